@@ -1,0 +1,275 @@
+//! One socket's life. A single task reads client frames and relays reply frames, so that while a
+//! client message waits for JetStream's ack no reply frame is written: a message's `accepted`
+//! always precedes the frames of its turn (SPEC §3), and the socket's frames are handled in order.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::SelectAll;
+use futures_util::StreamExt as _;
+use shared::ids::{MessageId, ThreadId, TurnId};
+use shared::protocol::bus::{InboundKind, InboundMessage};
+use shared::protocol::validate::parse_client_frame;
+use shared::protocol::{ClientFrame, ErrorCode, FrameError, ServerFrame};
+use shared::subjects::Subjects;
+
+use crate::rate_limit::Decision;
+use crate::state::AppState;
+
+/// The NATS header in which workers name a reply frame's `type`, so the edge relays without parsing.
+pub const FRAME_TYPE_HEADER: &str = "Frame-Type";
+
+/// Drives one WebSocket until the client leaves or the edge shuts down.
+#[tracing::instrument(name = "socket", skip_all)]
+pub async fn run(mut socket: WebSocket, state: AppState) {
+    state.metrics.connections.inc();
+    let mut connection = Connection {
+        state: state.clone(),
+        attached: HashSet::new(),
+        relays: SelectAll::new(),
+    };
+    if let Err(error) = connection.drive(&mut socket).await {
+        tracing::debug!(%error, "Socket ended with an error.");
+    }
+    state.metrics.connections.dec();
+}
+
+struct Connection {
+    state: AppState,
+    /// Threads this socket relays.
+    attached: HashSet<ThreadId>,
+    /// One live subscription per attached thread's reply subject.
+    relays: SelectAll<async_nats::Subscriber>,
+}
+
+impl Connection {
+    async fn drive(&mut self, socket: &mut WebSocket) -> Result<(), axum::Error> {
+        let close_sockets = self.state.close_sockets.clone();
+        loop {
+            tokio::select! {
+                () = close_sockets.cancelled() => {
+                    let frame = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
+                    return socket.send(Message::Close(Some(frame))).await;
+                }
+                incoming = socket.recv() => {
+                    let Some(incoming) = incoming else { return Ok(()) };
+                    let reply = match incoming? {
+                        Message::Text(text) => self.handle_text(text.as_str()).await,
+                        Message::Binary(bytes) => Some(self.refuse(binary_frame_error(bytes.len()))),
+                        Message::Close(_) => return Ok(()),
+                        Message::Ping(_) | Message::Pong(_) => None,
+                    };
+                    if let Some(reply) = reply {
+                        self.send_own(socket, &reply).await?;
+                    }
+                }
+                Some(relayed) = self.relays.next(), if !self.relays.is_empty() => {
+                    self.relay(socket, relayed).await?;
+                }
+            }
+        }
+    }
+
+    /// Validates, then acts on one text frame; the answer, if any, goes back on this socket.
+    async fn handle_text(&mut self, text: &str) -> Option<ServerFrame> {
+        let tokens = &self.state.tokens;
+        let frame = match parse_client_frame(text, |thread, token| tokens.verify(thread, token)) {
+            Ok(frame) => frame,
+            Err(error) => return Some(self.refuse(error)),
+        };
+        self.state
+            .metrics
+            .frames_in
+            .with_label_values(&[frame.kind()])
+            .inc();
+        let result = match frame {
+            ClientFrame::Message {
+                thread_id,
+                content,
+                message_id,
+            } => {
+                if self.state.message_limit.check(&thread_id) == Decision::Limited {
+                    let error = FrameError::new(
+                        ErrorCode::RateLimited,
+                        "too many messages on this thread; slow down and send it again",
+                    );
+                    return Some(self.refuse(error.on_thread(&thread_id)));
+                }
+                self.accept(thread_id, message_id, InboundKind::Message { content })
+                    .await
+            }
+            ClientFrame::InterruptResponse {
+                thread_id,
+                approved,
+                interrupt_id,
+            } => {
+                let kind = InboundKind::InterruptResponse {
+                    approved,
+                    interrupt_id,
+                };
+                self.accept(thread_id, None, kind).await
+            }
+            ClientFrame::Resume { thread_id, .. } => self.attach(&thread_id).await.map(|()| None),
+        };
+        match result {
+            Ok(reply) => reply,
+            Err(error) => Some(self.refuse(error)),
+        }
+    }
+
+    /// Attaches the socket to the thread, stores the message in JetStream and answers `accepted`.
+    async fn accept(
+        &mut self,
+        thread_id: ThreadId,
+        message_id: Option<MessageId>,
+        kind: InboundKind,
+    ) -> Result<Option<ServerFrame>, FrameError> {
+        // Subscribe before publishing: the reply subject is then live before any worker can answer.
+        self.attach(&thread_id).await?;
+        let message = InboundMessage {
+            message_id: message_id.unwrap_or_else(MessageId::generate),
+            thread_id,
+            turn_id: TurnId::generate(),
+            received_at: chrono::Utc::now(),
+            kind,
+        };
+        self.publish(&message).await?;
+        Ok(Some(ServerFrame::Accepted {
+            thread_id: message.thread_id,
+            message_id: message.message_id,
+        }))
+    }
+
+    async fn publish(&self, message: &InboundMessage) -> Result<(), FrameError> {
+        let thread = &message.thread_id;
+        let busy = || {
+            FrameError::new(
+                ErrorCode::Busy,
+                "the message queue is unavailable; nothing was stored, send it again",
+            )
+            .on_thread(thread)
+        };
+        // While disconnected the client would buffer the publish and send it after reconnecting,
+        // possibly after the client was told `busy`: refuse it here instead.
+        if self.state.nats.connection_state() != async_nats::connection::State::Connected {
+            return Err(busy());
+        }
+        let payload = message.to_bytes().map_err(|error| {
+            tracing::error!(%error, "Cannot encode an inbound message.");
+            FrameError::new(ErrorCode::Internal, "internal error").on_thread(thread)
+        })?;
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(Subjects::message_dedup_id(thread, &message.message_id));
+        let started = Instant::now();
+        let stored = async {
+            self.state
+                .jetstream
+                .send_publish(self.state.subjects.inbound(thread), publish)
+                .await?
+                .await
+        }
+        .await;
+        match stored {
+            Ok(_ack) => {
+                self.state
+                    .metrics
+                    .publish_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, thread_id = %thread, "JetStream did not store a client message.");
+                Err(busy())
+            }
+        }
+    }
+
+    /// Starts relaying the thread's reply subject to this socket (once per thread).
+    async fn attach(&mut self, thread: &ThreadId) -> Result<(), FrameError> {
+        if self.attached.contains(thread) {
+            return Ok(());
+        }
+        let subscriber = self
+            .state
+            .nats
+            .subscribe(self.state.subjects.replies(thread))
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, thread_id = %thread, "Cannot subscribe to a reply subject.");
+                FrameError::new(
+                    ErrorCode::Busy,
+                    "the message queue is unavailable; try again",
+                )
+                .on_thread(thread)
+            })?;
+        self.relays.push(subscriber);
+        self.attached.insert(thread.clone());
+        Ok(())
+    }
+
+    async fn relay(
+        &self,
+        socket: &mut WebSocket,
+        message: async_nats::Message,
+    ) -> Result<(), axum::Error> {
+        let kind = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(FRAME_TYPE_HEADER))
+            .map_or("unknown", |value| value.as_str());
+        self.state
+            .metrics
+            .frames_out
+            .with_label_values(&[kind])
+            .inc();
+        match Utf8Bytes::try_from(message.payload) {
+            Ok(text) => socket.send(Message::Text(text)).await,
+            Err(error) => {
+                tracing::error!(%error, subject = %message.subject, "Dropped a reply frame that is not UTF-8.");
+                Ok(())
+            }
+        }
+    }
+
+    fn refuse(&self, error: FrameError) -> ServerFrame {
+        self.state
+            .metrics
+            .errors
+            .with_label_values(&[error.code.as_str()])
+            .inc();
+        ServerFrame::from(error)
+    }
+
+    async fn send_own(
+        &self,
+        socket: &mut WebSocket,
+        frame: &ServerFrame,
+    ) -> Result<(), axum::Error> {
+        let kind = match frame {
+            ServerFrame::Accepted { .. } => "accepted",
+            ServerFrame::Error { .. } => "error",
+        };
+        self.state
+            .metrics
+            .frames_out
+            .with_label_values(&[kind])
+            .inc();
+        match serde_json::to_string(frame) {
+            Ok(text) => socket.send(Message::Text(text.into())).await,
+            Err(error) => {
+                tracing::error!(%error, "Cannot encode a server frame.");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn binary_frame_error(len: usize) -> FrameError {
+    if len > shared::protocol::validate::MAX_FRAME_BYTES {
+        FrameError::new(ErrorCode::MessageTooLarge, "frame is larger than 32 KiB")
+    } else {
+        FrameError::new(ErrorCode::InvalidFrame, "frames must be JSON text frames")
+    }
+}

@@ -1,0 +1,41 @@
+//! HTTP API errors: `{"error": {"code", "message"}}` with a fitting status (SPEC §4).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("too many requests")]
+    RateLimited,
+    #[error("a dependency is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many new threads from this address; try again in a minute.".into(),
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The service is temporarily unavailable; try again shortly.".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if let Self::Unavailable(error) = &self {
+            tracing::error!(error = format!("{error:#}"), "Request failed.");
+        }
+        let body = serde_json::json!({"error": {"code": code, "message": message}});
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,70 @@
+//! The edge's Prometheus metrics.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use shared::metrics::register;
+
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    pub registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// Valid client frames, by `type`.
+    pub frames_in: IntCounterVec,
+    /// Frames written to sockets, by `type`.
+    pub frames_out: IntCounterVec,
+    /// Error frames and HTTP errors, by code.
+    pub errors: IntCounterVec,
+    /// Time from publish to JetStream's ack.
+    pub publish_seconds: Histogram,
+    pub threads_created: IntCounter,
+}
+
+impl EdgeMetrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("edge".into()), None)?;
+        Ok(Self {
+            connections: register(
+                &registry,
+                IntGauge::new("ws_connections", "Open WebSocket connections.")?,
+            )?,
+            frames_in: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("frames_in_total", "Valid client frames, by type."),
+                    &["type"],
+                )?,
+            )?,
+            frames_out: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("frames_out_total", "Frames written to sockets, by type."),
+                    &["type"],
+                )?,
+            )?,
+            errors: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("errors_total", "Errors answered to clients, by code."),
+                    &["code"],
+                )?,
+            )?,
+            publish_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "publish_duration_seconds",
+                        "Time from publishing a client message to JetStream's ack.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                )?,
+            )?,
+            threads_created: register(
+                &registry,
+                IntCounter::new("threads_created_total", "Threads created.")?,
+            )?,
+            registry,
+        })
+    }
+}

@@ -1,0 +1,30 @@
+//! The edge's command line: every setting is also an environment variable (SPEC §2).
+
+use shared::config::{
+    DatabaseSettings, EdgeSettings, NatsSettings, ShutdownSettings, TelemetrySettings,
+};
+
+/// Stateless WebSocket edge of Smart Support.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "edge", version, about)]
+pub struct Settings {
+    #[command(flatten)]
+    pub edge: EdgeSettings,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub shutdown: ShutdownSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Settings::command().debug_assert();
+    }
+}

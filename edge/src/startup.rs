@@ -1,0 +1,126 @@
+//! Wiring: connect NATS and PostgreSQL, bind the listener, serve until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shared::auth::ThreadTokens;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::EdgeMetrics;
+use crate::rate_limit::KeyedLimit;
+use crate::state::AppState;
+use crate::Settings;
+
+/// How long a publish may wait for JetStream's ack before the client gets `busy`.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often idle rate-limit entries are evicted.
+const EVICT_EVERY: Duration = Duration::from_secs(30);
+
+/// A built edge, bound to its port and ready to serve.
+pub struct Edge {
+    listener: TcpListener,
+    state: AppState,
+    settings: Settings,
+}
+
+impl Edge {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let nats = shared::jetstream::connect(&settings.nats, "edge").await?;
+        let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
+        shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
+        let db = shared::db::connect_and_migrate(&settings.database).await?;
+        let tokens = ThreadTokens::new(settings.edge.auth_secret.expose().as_bytes())
+            .context("AUTH_SECRET cannot key HMAC-SHA256")?;
+        let window = Duration::from_secs(settings.edge.rate_limit_window_secs);
+        let state = AppState {
+            nats,
+            jetstream,
+            db,
+            subjects: Arc::new(settings.nats.subjects()),
+            tokens: Arc::new(tokens),
+            message_limit: Arc::new(KeyedLimit::new(settings.edge.rate_limit_messages, window)),
+            thread_limit: Arc::new(KeyedLimit::new(
+                settings.edge.threads_per_minute,
+                Duration::from_secs(60),
+            )),
+            metrics: EdgeMetrics::new()?,
+            close_sockets: CancellationToken::new(),
+            sockets: TaskTracker::new(),
+        };
+        let listener = TcpListener::bind(settings.edge.addr)
+            .await
+            .with_context(|| format!("Failed to listen on EDGE_ADDR {}", settings.edge.addr))?;
+        Ok(Self {
+            listener,
+            state,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets sockets drain for the grace
+    /// period, and closes the rest with 1001.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            settings,
+        } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, prefix = %settings.nats.prefix, "Edge listening.");
+        let evictor = tokio::spawn(evict_idle_limits(state.clone()));
+        let app = crate::routes::router(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?;
+
+        let grace = settings.shutdown.grace();
+        tracing::info!(
+            open_sockets = state.sockets.len(),
+            ?grace,
+            "Draining sockets."
+        );
+        state.sockets.close();
+        if tokio::time::timeout(grace, state.sockets.wait())
+            .await
+            .is_err()
+        {
+            state.close_sockets.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), state.sockets.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("Some sockets did not close in time.");
+            }
+        }
+        evictor.abort();
+        if let Err(error) = state.nats.flush().await {
+            tracing::warn!(%error, "Cannot flush NATS at shutdown.");
+        }
+        tracing::info!("Edge stopped.");
+        Ok(())
+    }
+}
+
+async fn evict_idle_limits(state: AppState) {
+    let mut every = tokio::time::interval(EVICT_EVERY);
+    loop {
+        every.tick().await;
+        state.message_limit.evict_idle();
+        state.thread_limit.evict_idle();
+    }
+}

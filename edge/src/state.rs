@@ -1,0 +1,32 @@
+//! What handlers may touch.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use shared::auth::ThreadTokens;
+use shared::ids::ThreadId;
+use shared::subjects::Subjects;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::EdgeMetrics;
+use crate::rate_limit::KeyedLimit;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub nats: async_nats::Client,
+    pub jetstream: async_nats::jetstream::Context,
+    pub db: PgPool,
+    pub subjects: Arc<Subjects>,
+    pub tokens: Arc<ThreadTokens>,
+    /// Accepted `message` frames per thread (this process only).
+    pub message_limit: Arc<KeyedLimit<ThreadId>>,
+    /// Thread creations per client address.
+    pub thread_limit: Arc<KeyedLimit<IpAddr>>,
+    pub metrics: EdgeMetrics,
+    /// Cancelled when sockets must close (after the shutdown grace period).
+    pub close_sockets: CancellationToken,
+    /// Every socket task, so shutdown can wait for them.
+    pub sockets: TaskTracker,
+}

@@ -1,0 +1,61 @@
+//! The message the edge publishes to `<prefix>.in.<thread>` and workers consume.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MessageId, ThreadId, TurnId};
+use crate::protocol::frames::UserText;
+
+/// One accepted client frame, as stored in the `<PREFIX>_IN` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    pub thread_id: ThreadId,
+    pub message_id: MessageId,
+    /// Chosen by the edge; JetStream's duplicate window keeps the first copy, so every attempt
+    /// at this message sees the same turn id.
+    pub turn_id: TurnId,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    #[serde(flatten)]
+    pub kind: InboundKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InboundKind {
+    Message {
+        content: UserText,
+    },
+    InterruptResponse {
+        approved: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interrupt_id: Option<String>,
+    },
+}
+
+impl InboundMessage {
+    pub fn to_bytes(&self) -> Result<bytes::Bytes, serde_json::Error> {
+        serde_json::to_vec(self).map(bytes::Bytes::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let message = InboundMessage {
+            thread_id: ThreadId::parse("t").unwrap(),
+            message_id: MessageId::parse("m").unwrap(),
+            turn_id: TurnId::generate(),
+            received_at: chrono::Utc::now(),
+            kind: InboundKind::Message {
+                content: UserText::parse("hello".into()).unwrap(),
+            },
+        };
+        let bytes = message.to_bytes().unwrap();
+        assert_eq!(
+            serde_json::from_slice::<InboundMessage>(&bytes).unwrap(),
+            message
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! Frames between browser and edge (SPEC §3). These enums are the only wire contract.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MessageId, ThreadId, TurnId};
+
+/// Content of a user message: 1–10,000 characters (Unicode scalar values), not blank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserText(String);
+
+impl UserText {
+    pub const MAX_CHARS: usize = 10_000;
+
+    /// `missing_content` when blank, `content_too_long` past [`Self::MAX_CHARS`].
+    pub fn parse(raw: String) -> Result<Self, ErrorCode> {
+        if raw.trim().is_empty() {
+            return Err(ErrorCode::MissingContent);
+        }
+        if raw.chars().count() > Self::MAX_CHARS {
+            return Err(ErrorCode::ContentTooLong);
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated client frame. Built only by [`crate::protocol::validate::parse_client_frame`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    Message {
+        thread_id: ThreadId,
+        content: UserText,
+        message_id: Option<MessageId>,
+    },
+    InterruptResponse {
+        thread_id: ThreadId,
+        approved: bool,
+        interrupt_id: Option<String>,
+    },
+    Resume {
+        thread_id: ThreadId,
+        after_seq: u64,
+    },
+}
+
+impl ClientFrame {
+    pub fn thread_id(&self) -> &ThreadId {
+        match self {
+            Self::Message { thread_id, .. }
+            | Self::InterruptResponse { thread_id, .. }
+            | Self::Resume { thread_id, .. } => thread_id,
+        }
+    }
+
+    /// The `type` of the frame, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Message { .. } => "message",
+            Self::InterruptResponse { .. } => "interrupt_response",
+            Self::Resume { .. } => "resume",
+        }
+    }
+}
+
+/// A frame the edge itself writes to a socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Accepted {
+        thread_id: ThreadId,
+        message_id: MessageId,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        retryable: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread_id: Option<ThreadId>,
+    },
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(error: FrameError) -> Self {
+        Self::Error {
+            code: error.code,
+            retryable: error.code.retryable(),
+            message: error.message,
+            thread_id: error.thread_id,
+        }
+    }
+}
+
+/// A frame a worker produced for a thread: `seq` numbers it within the thread (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadFrame {
+    pub thread_id: ThreadId,
+    pub seq: u64,
+    pub turn_id: TurnId,
+    #[serde(flatten)]
+    pub body: FrameBody,
+}
+
+/// What a thread frame says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FrameBody {
+    Token {
+        agent: String,
+        content: String,
+    },
+    ToolCall {
+        agent: String,
+        tool: String,
+        args: serde_json::Value,
+    },
+    ToolResult {
+        agent: String,
+        tool: String,
+        ok: bool,
+    },
+    Interrupt {
+        interrupt_id: String,
+        action: String,
+        params: serde_json::Value,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    },
+    InterruptExpired {
+        interrupt_id: String,
+        action: String,
+        message: String,
+    },
+    Clarification {
+        message: String,
+    },
+    TurnReset,
+    MessageComplete {
+        usage: Usage,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl FrameBody {
+    /// The `type` of the frame, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Token { .. } => "token",
+            Self::ToolCall { .. } => "tool_call",
+            Self::ToolResult { .. } => "tool_result",
+            Self::Interrupt { .. } => "interrupt",
+            Self::InterruptExpired { .. } => "interrupt_expired",
+            Self::Clarification { .. } => "clarification",
+            Self::TurnReset => "turn_reset",
+            Self::MessageComplete { .. } => "message_complete",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
+/// Model usage of one turn, summed over every model call in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// The error codes of SPEC §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MessageTooLarge,
+    InvalidJson,
+    InvalidFrame,
+    UnknownType,
+    MissingThreadId,
+    InvalidThreadId,
+    Unauthorized,
+    MissingContent,
+    ContentTooLong,
+    RateLimited,
+    Busy,
+    SessionExpired,
+    NoPendingInterrupt,
+    ProcessingFailed,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Only `rate_limited` and `busy` invite the client to send the same frame again.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::RateLimited | Self::Busy)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MessageTooLarge => "message_too_large",
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidFrame => "invalid_frame",
+            Self::UnknownType => "unknown_type",
+            Self::MissingThreadId => "missing_thread_id",
+            Self::InvalidThreadId => "invalid_thread_id",
+            Self::Unauthorized => "unauthorized",
+            Self::MissingContent => "missing_content",
+            Self::ContentTooLong => "content_too_long",
+            Self::RateLimited => "rate_limited",
+            Self::Busy => "busy",
+            Self::SessionExpired => "session_expired",
+            Self::NoPendingInterrupt => "no_pending_interrupt",
+            Self::ProcessingFailed => "processing_failed",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A refused client frame: answered with an `error` frame, the socket stays open.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Set whenever the frame named a valid thread id.
+    pub thread_id: Option<ThreadId>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            thread_id: None,
+        }
+    }
+
+    pub fn on_thread(mut self, thread_id: &ThreadId) -> Self {
+        self.thread_id = Some(thread_id.clone());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_frames_serialize_flat() {
+        let frame = ThreadFrame {
+            thread_id: ThreadId::parse("t1").unwrap(),
+            seq: 3,
+            turn_id: TurnId::from(uuid::Uuid::nil()),
+            body: FrameBody::Token {
+                agent: "general".into(),
+                content: "Hi".into(),
+            },
+        };
+        let json = serde_json::to_value(&frame).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"thread_id": "t1", "seq": 3, "turn_id": uuid::Uuid::nil(),
+                               "type": "token", "agent": "general", "content": "Hi"})
+        );
+        let back: ThreadFrame = serde_json::from_value(json).unwrap();
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn only_rate_limited_and_busy_are_retryable() {
+        assert!(ErrorCode::RateLimited.retryable());
+        assert!(ErrorCode::Busy.retryable());
+        assert!(!ErrorCode::Unauthorized.retryable());
+        assert_eq!(
+            serde_json::to_value(ErrorCode::ContentTooLong).unwrap(),
+            "content_too_long"
+        );
+        assert_eq!(ErrorCode::ContentTooLong.as_str(), "content_too_long");
+    }
+
+    #[test]
+    fn user_text_counts_characters_not_bytes() {
+        assert!(UserText::parse("é".repeat(10_000)).is_ok());
+        assert_eq!(
+            UserText::parse("é".repeat(10_001)),
+            Err(ErrorCode::ContentTooLong)
+        );
+        assert_eq!(
+            UserText::parse(" \n\t ".into()),
+            Err(ErrorCode::MissingContent)
+        );
+    }
+}

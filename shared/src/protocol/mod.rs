@@ -1,0 +1,8 @@
+//! The wire protocol. `frames`: browser ⇄ edge (SPEC §3); `bus`: edge → worker over JetStream;
+//! `validate`: raw client text → a typed [`frames::ClientFrame`] or a typed [`frames::FrameError`].
+
+pub mod bus;
+pub mod frames;
+pub mod validate;
+
+pub use frames::{ClientFrame, ErrorCode, FrameBody, FrameError, ServerFrame, ThreadFrame, Usage};

@@ -1,0 +1,348 @@
+//! Raw client text → [`ClientFrame`], with the checks of SPEC §3 in their order:
+//! size → JSON → object and field types → type → thread id → token → content.
+//! (The rate limit, the last check, belongs to the edge.)
+
+use serde_json::{Map, Value};
+
+use crate::ids::{MessageId, ThreadId};
+use crate::protocol::frames::{ClientFrame, ErrorCode, FrameError, UserText};
+
+/// The largest client frame: 32 KiB of UTF-8 text, checked before parsing.
+pub const MAX_FRAME_BYTES: usize = 32 * 1024;
+
+/// The JSON type each known field must have when present (and not null).
+#[derive(Clone, Copy)]
+enum FieldType {
+    String,
+    Boolean,
+    NonNegativeInteger,
+    MessageId,
+}
+
+const FIELD_TYPES: [(&str, FieldType); 8] = [
+    ("type", FieldType::String),
+    ("thread_id", FieldType::String),
+    ("token", FieldType::String),
+    ("content", FieldType::String),
+    ("message_id", FieldType::MessageId),
+    ("interrupt_id", FieldType::String),
+    ("approved", FieldType::Boolean),
+    ("after_seq", FieldType::NonNegativeInteger),
+];
+
+/// Validates one client frame. `authorize(thread, token)` checks the thread token; it runs only
+/// after the frame's structure and thread id are known to be good.
+pub fn parse_client_frame(
+    text: &str,
+    authorize: impl FnOnce(&ThreadId, &str) -> bool,
+) -> Result<ClientFrame, FrameError> {
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "frame is {} bytes; the limit is {MAX_FRAME_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| FrameError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(FrameError::new(
+            ErrorCode::InvalidFrame,
+            "a frame must be a JSON object",
+        ));
+    };
+    // Every error of a frame that named a valid thread id carries it.
+    let named_thread = field(&fields, "thread_id")
+        .and_then(Value::as_str)
+        .and_then(|raw| ThreadId::parse(raw).ok());
+    let on_thread = |error: FrameError| match &named_thread {
+        Some(thread) => error.on_thread(thread),
+        None => error,
+    };
+
+    check_field_types(&fields).map_err(on_thread)?;
+
+    let kind = match field(&fields, "type").and_then(Value::as_str) {
+        None => return Err(on_thread(missing_field("type"))),
+        Some(kind @ ("message" | "interrupt_response" | "resume")) => kind,
+        Some(other) => {
+            return Err(on_thread(FrameError::new(
+                ErrorCode::UnknownType,
+                format!("unknown frame type `{other}`"),
+            )))
+        }
+    };
+    let approved = field(&fields, "approved").and_then(Value::as_bool);
+    let after_seq = field(&fields, "after_seq").and_then(Value::as_u64);
+    match kind {
+        "interrupt_response" if approved.is_none() => {
+            return Err(on_thread(missing_field("approved")))
+        }
+        "resume" if after_seq.is_none() => return Err(on_thread(missing_field("after_seq"))),
+        _ => {}
+    }
+
+    let thread_id = match (field(&fields, "thread_id"), &named_thread) {
+        (None, _) => {
+            return Err(FrameError::new(
+                ErrorCode::MissingThreadId,
+                "missing field `thread_id`",
+            ))
+        }
+        (Some(_), Some(thread)) => thread.clone(),
+        (Some(_), None) => {
+            return Err(FrameError::new(
+                ErrorCode::InvalidThreadId,
+                "`thread_id` must be 1 to 128 characters of a-z, A-Z, 0-9, '_' or '-'",
+            ))
+        }
+    };
+
+    let token = field(&fields, "token").and_then(Value::as_str);
+    if !token.is_some_and(|token| authorize(&thread_id, token)) {
+        let message = if token.is_none() {
+            "missing thread token"
+        } else {
+            "the token does not match this thread"
+        };
+        return Err(FrameError::new(ErrorCode::Unauthorized, message).on_thread(&thread_id));
+    }
+
+    let frame = match kind {
+        "message" => {
+            let raw = field(&fields, "content")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let content = UserText::parse(raw.to_owned()).map_err(|code| {
+                let message = match code {
+                    ErrorCode::ContentTooLong => {
+                        format!("content is longer than {} characters", UserText::MAX_CHARS)
+                    }
+                    _ => "content is missing or blank".to_owned(),
+                };
+                FrameError::new(code, message).on_thread(&thread_id)
+            })?;
+            let message_id = field(&fields, "message_id")
+                .and_then(Value::as_str)
+                .and_then(|raw| MessageId::parse(raw).ok());
+            ClientFrame::Message {
+                thread_id,
+                content,
+                message_id,
+            }
+        }
+        "interrupt_response" => ClientFrame::InterruptResponse {
+            thread_id,
+            approved: approved.unwrap_or_default(),
+            interrupt_id: field(&fields, "interrupt_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        },
+        _ => ClientFrame::Resume {
+            thread_id,
+            after_seq: after_seq.unwrap_or_default(),
+        },
+    };
+    Ok(frame)
+}
+
+/// A present, non-null field. A null field counts as missing.
+fn field<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    fields.get(name).filter(|value| !value.is_null())
+}
+
+fn missing_field(name: &str) -> FrameError {
+    FrameError::new(ErrorCode::InvalidFrame, format!("missing field `{name}`"))
+}
+
+fn check_field_types(fields: &Map<String, Value>) -> Result<(), FrameError> {
+    for (name, expected) in FIELD_TYPES {
+        let Some(value) = field(fields, name) else {
+            continue;
+        };
+        let (ok, wanted) = match expected {
+            FieldType::String => (value.is_string(), "a string"),
+            FieldType::Boolean => (value.is_boolean(), "a JSON boolean"),
+            FieldType::NonNegativeInteger => (value.is_u64(), "a non-negative integer"),
+            FieldType::MessageId => (
+                value
+                    .as_str()
+                    .is_some_and(|raw| MessageId::parse(raw).is_ok()),
+                "1 to 64 characters of a-z, A-Z, 0-9, '_' or '-'",
+            ),
+        };
+        if !ok {
+            return Err(FrameError::new(
+                ErrorCode::InvalidFrame,
+                format!("`{name}` must be {wanted}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<ClientFrame, FrameError> {
+        parse_client_frame(&value.to_string(), |_, token| token == "good")
+    }
+
+    fn code(value: Value) -> ErrorCode {
+        parse(value).expect_err("frame must be refused").code
+    }
+
+    fn message(content: &str) -> Value {
+        json!({"type": "message", "thread_id": "t1", "token": "good", "content": content})
+    }
+
+    #[test]
+    fn accepts_each_frame_type() {
+        assert!(matches!(
+            parse(message("hi")),
+            Ok(ClientFrame::Message {
+                message_id: None,
+                ..
+            })
+        ));
+        let with_id = json!({"type": "message", "thread_id": "t1", "token": "good",
+                             "content": "hi", "message_id": "m-1"});
+        assert!(matches!(
+            parse(with_id),
+            Ok(ClientFrame::Message {
+                message_id: Some(_),
+                ..
+            })
+        ));
+        let approval = json!({"type": "interrupt_response", "thread_id": "t1", "token": "good",
+                              "approved": false, "interrupt_id": "i1"});
+        assert!(matches!(
+            parse(approval),
+            Ok(ClientFrame::InterruptResponse {
+                approved: false,
+                interrupt_id: Some(_),
+                ..
+            })
+        ));
+        let resume = json!({"type": "resume", "thread_id": "t1", "token": "good", "after_seq": 7});
+        assert!(matches!(
+            parse(resume),
+            Ok(ClientFrame::Resume { after_seq: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn size_is_checked_before_json() {
+        let huge = "x".repeat(MAX_FRAME_BYTES + 1);
+        let err = parse_client_frame(&huge, |_, _| true).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MessageTooLarge);
+        // Exactly at the limit the frame is parsed (and here fails as JSON).
+        let at_limit = "x".repeat(MAX_FRAME_BYTES);
+        let err = parse_client_frame(&at_limit, |_, _| true).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn structural_errors() {
+        assert_eq!(
+            parse_client_frame("{nope", |_, _| true).unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(code(json!([1, 2])), ErrorCode::InvalidFrame);
+        assert_eq!(code(json!("message")), ErrorCode::InvalidFrame);
+        assert_eq!(
+            code(json!({"thread_id": "t1", "token": "good"})),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(code(json!({"type": 5})), ErrorCode::InvalidFrame);
+        assert_eq!(
+            code(json!({"type": "shout", "thread_id": "t1"})),
+            ErrorCode::UnknownType
+        );
+    }
+
+    #[test]
+    fn field_types_are_strict() {
+        let approval = |approved: Value| json!({"type": "interrupt_response", "thread_id": "t1", "token": "good", "approved": approved});
+        assert_eq!(code(approval(json!("true"))), ErrorCode::InvalidFrame);
+        assert_eq!(code(approval(json!(1))), ErrorCode::InvalidFrame);
+        assert_eq!(code(approval(Value::Null)), ErrorCode::InvalidFrame);
+        let resume = |after: Value| json!({"type": "resume", "thread_id": "t1", "token": "good", "after_seq": after});
+        assert_eq!(code(resume(json!(-1))), ErrorCode::InvalidFrame);
+        assert_eq!(code(resume(json!(1.5))), ErrorCode::InvalidFrame);
+        assert_eq!(code(resume(json!("3"))), ErrorCode::InvalidFrame);
+        let mut bad_content = message("x");
+        bad_content["content"] = json!(42);
+        assert_eq!(code(bad_content), ErrorCode::InvalidFrame);
+        let mut bad_id = message("x");
+        bad_id["message_id"] = json!("has space");
+        assert_eq!(code(bad_id), ErrorCode::InvalidFrame);
+    }
+
+    #[test]
+    fn field_type_errors_come_before_unknown_type() {
+        assert_eq!(
+            code(json!({"type": "shout", "thread_id": "t1", "approved": "yes"})),
+            ErrorCode::InvalidFrame
+        );
+    }
+
+    #[test]
+    fn thread_id_checks() {
+        assert_eq!(
+            code(json!({"type": "message", "token": "good", "content": "x"})),
+            ErrorCode::MissingThreadId
+        );
+        assert_eq!(
+            code(json!({"type": "message", "thread_id": null, "token": "good", "content": "x"})),
+            ErrorCode::MissingThreadId
+        );
+        assert_eq!(
+            code(json!({"type": "message", "thread_id": "a.b", "token": "good", "content": "x"})),
+            ErrorCode::InvalidThreadId
+        );
+        assert_eq!(
+            code(json!({"type": "message", "thread_id": 5})),
+            ErrorCode::InvalidFrame
+        );
+    }
+
+    #[test]
+    fn token_is_checked_before_content() {
+        let bad_token =
+            json!({"type": "message", "thread_id": "t1", "token": "bad", "content": ""});
+        let err = parse(bad_token).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthorized);
+        assert_eq!(err.thread_id.unwrap().as_str(), "t1");
+        assert_eq!(
+            code(json!({"type": "message", "thread_id": "t1", "content": "x"})),
+            ErrorCode::Unauthorized
+        );
+    }
+
+    #[test]
+    fn content_checks() {
+        assert_eq!(
+            code(json!({"type": "message", "thread_id": "t1", "token": "good"})),
+            ErrorCode::MissingContent
+        );
+        assert_eq!(code(message("   ")), ErrorCode::MissingContent);
+        assert_eq!(
+            code(message(&"a".repeat(10_001))),
+            ErrorCode::ContentTooLong
+        );
+        assert!(parse(message(&"é".repeat(10_000))).is_ok());
+    }
+
+    #[test]
+    fn errors_name_a_valid_thread() {
+        let err = parse(json!({"type": "nope", "thread_id": "t9"})).unwrap_err();
+        assert_eq!(err.thread_id.unwrap().as_str(), "t9");
+        let err = parse(json!({"type": "nope", "thread_id": "bad id"})).unwrap_err();
+        assert!(err.thread_id.is_none());
+    }
+}

@@ -1,0 +1,31 @@
+//! Tracing set-up: pretty output on a terminal, JSON lines otherwise; `RUST_LOG` filters.
+
+use std::io::IsTerminal as _;
+
+use tracing_subscriber::EnvFilter;
+
+/// `LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Installs the global subscriber once. `format` defaults to pretty on a TTY, JSON otherwise.
+pub fn init_tracing(service: &str, format: Option<LogFormat>) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{service}=info,shared=info")));
+    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(error) = installed {
+        eprintln!("tracing was already initialised: {error}");
+    }
+}

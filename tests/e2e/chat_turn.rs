@@ -1,0 +1,78 @@
+use e2e::ws::{seqs, tokens_text};
+use e2e::{StackOptions, TestApp};
+
+#[tokio::test]
+async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+
+    ws.send(&thread.message("Where is my order?")).await;
+    let accepted = ws.expect_type("accepted").await;
+    assert_eq!(accepted["thread_id"], thread.thread_id.as_str());
+    assert!(accepted["message_id"].is_string());
+    assert!(accepted.get("seq").is_none(), "accepted has no seq");
+    let first = ws.frames_until_type("message_complete").await;
+    assert_eq!(first.len(), 6, "5 tokens then message_complete: {first:?}");
+    assert_eq!(seqs(&first), vec![1, 2, 3, 4, 5, 6]);
+    assert!(first[..5]
+        .iter()
+        .all(|f| f["type"] == "token" && f["agent"] == "general"));
+    let turn_id = first[0]["turn_id"].clone();
+    assert!(first
+        .iter()
+        .all(|f| f["turn_id"] == turn_id && f["thread_id"] == thread.thread_id.as_str()));
+    let usage = &first[5]["usage"];
+    assert_eq!(usage["prompt_tokens"], 4);
+    assert_eq!(usage["completion_tokens"], 5);
+    assert_eq!(usage["cost_usd"], 0.0);
+
+    ws.send(&thread.message("And my invoice?")).await;
+    ws.expect_type("accepted").await;
+    let second = ws.frames_until_type("message_complete").await;
+    assert_eq!(seqs(&second), vec![7, 8, 9, 10, 11, 12]);
+    assert_ne!(
+        second[0]["turn_id"], turn_id,
+        "each message is its own turn"
+    );
+
+    // The thread's state and both turns are in PostgreSQL, with the reply the client saw.
+    let db = app.db().await;
+    let (last_seq, last_in_seq): (i64, i64) =
+        sqlx::query_as("SELECT last_seq, last_in_seq FROM threads WHERE id = $1")
+            .bind(&thread.thread_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(last_seq, 12);
+    assert_eq!(last_in_seq, 2);
+    let turns: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT content, reply, first_seq, last_seq FROM turns WHERE thread_id = $1 ORDER BY in_seq",
+    )
+    .bind(&thread.thread_id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[0].0, "Where is my order?");
+    assert_eq!(turns[0].1, tokens_text(&first));
+    assert_eq!((turns[0].2, turns[0].3), (1, 6));
+    assert_eq!((turns[1].2, turns[1].3), (7, 12));
+}
+
+#[tokio::test]
+async fn threads_are_numbered_independently_and_run_concurrently() {
+    let app = TestApp::spawn(StackOptions::default().with("SCRIPTED_TOKEN_DELAY_MS", "20")).await;
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        let thread = app.create_thread().await;
+        let mut ws = app.connect(0).await;
+        ws.send(&thread.message("hello")).await;
+        ws.expect_type("accepted").await;
+        sockets.push(ws);
+    }
+    for ws in &mut sockets {
+        let frames = ws.frames_until_type("message_complete").await;
+        assert_eq!(seqs(&frames), vec![1, 2, 3, 4, 5, 6]);
+    }
+}

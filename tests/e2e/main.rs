@@ -1,0 +1,10 @@
+//! End-to-end tests: the real binaries, real NATS, real PostgreSQL.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod chat_turn;
+mod errors;
+mod fanout;
+mod health;
+mod idempotency;
+mod shutdown;

@@ -1,0 +1,366 @@
+//! Test harness: starts the real `edge` and `worker` binaries against the real NATS and PostgreSQL,
+//! each test in its own NATS prefix and database, and speaks to them like a browser would.
+
+pub mod proxy;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+pub use ws::WsClient;
+
+/// The longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Server URL without a database name.
+pub fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Where `cargo build` put the binaries: next to this test executable's `deps/` folder.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`), as ./dev test does",
+        path.display()
+    );
+    path
+}
+
+/// A thread created over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Thread {
+    pub thread_id: String,
+    pub token: String,
+}
+
+impl Thread {
+    pub fn message(&self, content: &str) -> Value {
+        serde_json::json!({"type": "message", "thread_id": self.thread_id, "token": self.token, "content": content})
+    }
+
+    pub fn message_with_id(&self, content: &str, message_id: &str) -> Value {
+        let mut frame = self.message(content);
+        frame["message_id"] = message_id.into();
+        frame
+    }
+
+    pub fn resume(&self, after_seq: u64) -> Value {
+        serde_json::json!({"type": "resume", "thread_id": self.thread_id, "token": self.token, "after_seq": after_seq})
+    }
+}
+
+/// One running binary; killed when dropped.
+pub struct Process {
+    child: Child,
+    /// The first JSON log line of each message the test waits for.
+    pub addr: Option<String>,
+}
+
+impl Process {
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("process is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("process exits after SIGTERM")
+            .expect("exit status")
+    }
+}
+
+/// How to start a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub edges: usize,
+    pub workers: usize,
+    pub env: HashMap<String, String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        let env = [
+            ("SCRIPTED_REPLY_TOKENS", "5"),
+            ("SCRIPTED_TOKEN_DELAY_MS", "0"),
+            ("SHUTDOWN_GRACE_SECS", "2"),
+        ];
+        Self {
+            edges: 1,
+            workers: 1,
+            env: env
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+impl StackOptions {
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A whole stack: its own NATS prefix and database, real processes. Cleaned up on drop.
+pub struct TestApp {
+    pub prefix: String,
+    pub database: String,
+    pub database_url: String,
+    pub nats_url: String,
+    pub env: HashMap<String, String>,
+    pub edges: Vec<Process>,
+    pub workers: Vec<Process>,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn(options: StackOptions) -> Self {
+        Self::spawn_with_urls(options, nats_url(), None).await
+    }
+
+    /// `database_url` overrides the URL the processes use (for example through a proxy); the
+    /// database is still created and dropped on the real server.
+    pub async fn spawn_with_urls(
+        options: StackOptions,
+        nats_url: String,
+        database_url: Option<String>,
+    ) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("t{id}");
+        let database = format!("test_{id}");
+        let real_database_url = format!("{}/{database}", postgres_url());
+        let mut env = options.env.clone();
+        env.insert("NATS_URL".into(), nats_url.clone());
+        env.insert("NATS_PREFIX".into(), prefix.clone());
+        env.insert(
+            "DATABASE_URL".into(),
+            database_url.unwrap_or_else(|| real_database_url.clone()),
+        );
+        env.entry("AUTH_SECRET".into())
+            .or_insert_with(|| "test-secret".into());
+        env.insert("LOG_FORMAT".into(), "json".into());
+        let mut app = Self {
+            prefix,
+            database,
+            database_url: real_database_url,
+            nats_url,
+            env,
+            edges: Vec::new(),
+            workers: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..options.edges {
+            app.start_edge().await;
+        }
+        for _ in 0..options.workers {
+            app.start_worker().await;
+        }
+        app
+    }
+
+    pub async fn start_edge(&mut self) -> usize {
+        let process = self
+            .start("edge", &[("EDGE_ADDR", "127.0.0.1:0")], "Edge listening.")
+            .await;
+        self.edges.push(process);
+        self.edges.len() - 1
+    }
+
+    pub async fn start_worker(&mut self) -> usize {
+        let process = self
+            .start(
+                "worker",
+                &[("METRICS_ADDR", "127.0.0.1:0")],
+                "Worker pulling.",
+            )
+            .await;
+        self.workers.push(process);
+        self.workers.len() - 1
+    }
+
+    /// Starts a binary and waits for its readiness log line; returns with its `addr` field if any.
+    async fn start(&self, name: &str, extra: &[(&str, &str)], ready: &str) -> Process {
+        let mut command = Command::new(binary(name));
+        command
+            .envs(&self.env)
+            .envs(extra.iter().copied())
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = oneshot::channel::<Value>();
+        let ready = ready.to_owned();
+        let label = name.to_owned();
+        let echo = std::env::var_os("TEST_LOG").is_some();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[{label}] {line}");
+                }
+                let Ok(log) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if log["message"] == ready.as_str() {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(log);
+                    }
+                }
+            }
+        });
+        let log = tokio::time::timeout(WAIT, ready_rx)
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not become ready in time"))
+            .unwrap_or_else(|_| panic!("{name} exited before becoming ready"));
+        Process {
+            child,
+            addr: log["addr"].as_str().map(str::to_owned),
+        }
+    }
+
+    pub fn http_url(&self, edge: usize) -> String {
+        format!(
+            "http://{}",
+            self.edges[edge].addr.as_deref().expect("edge address")
+        )
+    }
+
+    pub fn ws_url(&self, edge: usize) -> String {
+        format!(
+            "ws://{}/ws",
+            self.edges[edge].addr.as_deref().expect("edge address")
+        )
+    }
+
+    pub async fn create_thread(&self) -> Thread {
+        self.create_thread_on(0).await
+    }
+
+    pub async fn create_thread_on(&self, edge: usize) -> Thread {
+        let response = self
+            .http
+            .post(format!("{}/api/threads", self.http_url(edge)))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("POST /api/threads");
+        assert_eq!(response.status(), 201, "thread creation");
+        response.json().await.expect("thread JSON")
+    }
+
+    pub async fn connect(&self, edge: usize) -> WsClient {
+        WsClient::connect(&self.ws_url(edge)).await
+    }
+
+    pub async fn db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("connect to NATS");
+        async_nats::jetstream::new(client)
+    }
+
+    /// Messages stored in `<PREFIX>_IN`.
+    pub async fn stored_inbound(&self) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js
+            .get_stream(format!("{}_IN", self.prefix.to_uppercase()))
+            .await
+            .expect("inbound stream exists");
+        stream.info().await.expect("stream info").state.messages
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        for process in self.edges.iter_mut().chain(self.workers.iter_mut()) {
+            let _ = process.child.start_kill();
+        }
+        let prefix = self.prefix.to_uppercase();
+        let database = self.database.clone();
+        // Drop runs inside the test's runtime: clean up on a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let js = async_nats::jetstream::new(client);
+                    for suffix in ["IN", "OUT"] {
+                        let _ = js.delete_stream(format!("{prefix}_{suffix}")).await;
+                    }
+                }
+                if let Ok(pool) =
+                    sqlx::PgPool::connect(&format!("{}/postgres", postgres_url())).await
+                {
+                    let _ = sqlx::query(&format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    ))
+                    .execute(&pool)
+                    .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`WAIT`] naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

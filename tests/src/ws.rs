@@ -1,0 +1,122 @@
+//! A WebSocket client that speaks the chat protocol, with a timeout on every wait.
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::WAIT;
+
+pub struct WsClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("WebSocket connect timed out")
+            .expect("WebSocket connects");
+        Self { socket }
+    }
+
+    pub async fn send(&mut self, frame: &Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send a frame");
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.socket
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send a binary frame");
+    }
+
+    /// The next text frame, as JSON. Panics on timeout or close.
+    pub async fn next_frame(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("socket closed")
+                .expect("socket error");
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str()).expect("frames are JSON")
+                }
+                Message::Close(frame) => panic!("socket closed by the server: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame, or the close frame's code if the server closes the socket.
+    pub async fn next_frame_or_close(&mut self) -> Result<Value, Option<u16>> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("timed out waiting for a frame or close");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(text.as_str()).expect("frames are JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Frames up to and including the first that satisfies `last`.
+    pub async fn frames_until(&mut self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next_frame().await;
+            let done = last(&frame);
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+
+    /// Frames up to and including the next frame of type `kind`.
+    pub async fn frames_until_type(&mut self, kind: &str) -> Vec<Value> {
+        self.frames_until(|frame| frame["type"] == kind).await
+    }
+
+    /// The next frame, which must be of type `kind`.
+    pub async fn expect_type(&mut self, kind: &str) -> Value {
+        let frame = self.next_frame().await;
+        assert_eq!(frame["type"], kind, "unexpected frame: {frame}");
+        frame
+    }
+
+    /// The next frame, which must be an `error` with `code`.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let frame = self.expect_type("error").await;
+        assert_eq!(frame["code"], code, "unexpected error: {frame}");
+        frame
+    }
+}
+
+/// The `seq` of each frame that has one.
+pub fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().filter_map(|f| f["seq"].as_u64()).collect()
+}
+
+/// The concatenated `content` of the `token` frames.
+pub fn tokens_text(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "token")
+        .filter_map(|f| f["content"].as_str())
+        .collect()
+}

@@ -1,0 +1,132 @@
+//! The pull loop: takes only as many messages as it has free turn slots, runs each delivery, and
+//! answers JetStream (ack / nak) once the outcome is committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::AckKind;
+use futures_util::StreamExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::turn::{DeliveryOutcome, TurnRunner};
+
+/// How long one pull request waits for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Delay before a delivery whose thread is leased elsewhere is offered again.
+const BUSY_RETRY: Duration = Duration::from_millis(100);
+
+/// Pulls and runs deliveries until `stop` is cancelled. In-flight turns are tracked by `turns`.
+pub async fn run(
+    consumer: PullConsumer,
+    runner: TurnRunner,
+    concurrency: usize,
+    turns: TaskTracker,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    while !stop.is_cancelled() {
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = stop.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(%error, "Pull request failed; retrying.");
+                tokio::select! {
+                    () = tokio::time::sleep(PULL_EXPIRES) => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                next = batch.next() => next,
+                // Unacked messages of this batch are redelivered after the ack wait.
+                () = stop.cancelled() => None,
+            };
+            let Some(next) = next else { break };
+            match next {
+                Ok(message) => {
+                    let Some(permit) = permits.pop() else {
+                        // The server sent more than asked: let another worker have it now.
+                        nak(&message, Duration::ZERO).await;
+                        continue;
+                    };
+                    turns.spawn(handle(message, runner.clone(), permit));
+                }
+                Err(error) => tracing::warn!(%error, "Pull batch error."),
+            }
+        }
+    }
+}
+
+/// Runs one delivery and answers JetStream.
+async fn handle(
+    message: async_nats::jetstream::Message,
+    runner: TurnRunner,
+    _slot: OwnedSemaphorePermit,
+) {
+    runner.metrics.in_flight.inc();
+    let answer = match (
+        message.info(),
+        runner.subjects.thread_of_inbound(&message.subject),
+    ) {
+        (Ok(info), Some(thread)) => {
+            let delivered_seq = info.stream_sequence;
+            match runner.handle_delivery(&thread, delivered_seq).await {
+                Ok(outcome) => {
+                    runner
+                        .metrics
+                        .deliveries
+                        .with_label_values(&[outcome.as_str()])
+                        .inc();
+                    match outcome {
+                        DeliveryOutcome::Processed | DeliveryOutcome::Duplicate => AckKind::Ack,
+                        DeliveryOutcome::Busy => AckKind::Nak(Some(BUSY_RETRY)),
+                    }
+                }
+                Err(error) => {
+                    runner
+                        .metrics
+                        .deliveries
+                        .with_label_values(&["failed"])
+                        .inc();
+                    tracing::warn!(%error, thread_id = %thread, delivered_seq, "Turn failed; it will be retried.");
+                    error.ack_kind()
+                }
+            }
+        }
+        _ => {
+            tracing::error!(subject = %message.subject, "A delivery that is not a thread message; dropping it.");
+            AckKind::Term
+        }
+    };
+    if let Err(error) = message.ack_with(answer).await {
+        tracing::warn!(%error, "Cannot answer JetStream; the message will be redelivered.");
+    }
+    runner.metrics.in_flight.dec();
+}
+
+async fn nak(message: &async_nats::jetstream::Message, delay: Duration) {
+    if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::warn!(%error, "Cannot nak a message; it will be redelivered after the ack wait.");
+    }
+}

@@ -1,0 +1,16 @@
+//! The turn worker: pulls client messages from the shared durable consumer, runs each thread's
+//! turns in order under a fenced per-thread lease, streams numbered reply frames, and commits
+//! each turn to PostgreSQL before acknowledging it.
+
+pub mod consumer;
+pub mod error;
+pub mod llm;
+pub mod metrics;
+pub mod publish;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod turn;
+
+pub use settings::Settings;
+pub use startup::Worker;

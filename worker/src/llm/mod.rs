@@ -1,0 +1,5 @@
+//! Model providers. For now the offline, deterministic scripted model.
+
+pub mod scripted;
+
+pub use scripted::ScriptedModel;

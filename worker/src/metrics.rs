@@ -1,0 +1,66 @@
+//! The worker's Prometheus metrics, served on `METRICS_ADDR`.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use shared::metrics::register;
+
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub registry: Registry,
+    /// Turns committed, by outcome.
+    pub turns: IntCounterVec,
+    /// Time from the start of a turn to its commit.
+    pub turn_seconds: Histogram,
+    /// Deliveries being handled now.
+    pub in_flight: IntGauge,
+    /// What became of each delivery.
+    pub deliveries: IntCounterVec,
+    /// Reply frames published, by type.
+    pub frames: IntCounterVec,
+}
+
+impl WorkerMetrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("worker".into()), None)?;
+        Ok(Self {
+            turns: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("turns_total", "Turns committed, by outcome."),
+                    &["outcome"],
+                )?,
+            )?,
+            turn_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("turn_duration_seconds", "Time from turn start to commit.")
+                        .buckets(vec![
+                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                            10.0, 30.0,
+                        ]),
+                )?,
+            )?,
+            in_flight: register(
+                &registry,
+                IntGauge::new("deliveries_in_flight", "Deliveries being handled now.")?,
+            )?,
+            deliveries: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "deliveries_total",
+                        "Deliveries by result: processed, duplicate, busy (thread leased elsewhere), failed.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            frames: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("frames_published_total", "Reply frames published, by type."),
+                    &["type"],
+                )?,
+            )?,
+            registry,
+        })
+    }
+}

@@ -1,0 +1,30 @@
+//! The worker's command line: every setting is also an environment variable (SPEC §2).
+
+use shared::config::{
+    DatabaseSettings, NatsSettings, ShutdownSettings, TelemetrySettings, WorkerSettings,
+};
+
+/// Turn worker of Smart Support.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "worker", version, about)]
+pub struct Settings {
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub shutdown: ShutdownSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Settings::command().debug_assert();
+    }
+}

@@ -1,0 +1,148 @@
+//! Wiring: NATS, streams and the durable consumer, PostgreSQL, the metrics listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::llm::ScriptedModel;
+use crate::metrics::WorkerMetrics;
+use crate::store::Store;
+use crate::turn::TurnRunner;
+use crate::Settings;
+
+/// How long a worker may hold a thread without renewing it before another may take over.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// How long a frame publish may wait for JetStream's ack.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Worker {
+    settings: Settings,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    runner: TurnRunner,
+    metrics_listener: TcpListener,
+    nats: async_nats::Client,
+}
+
+impl Worker {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let nats = shared::jetstream::connect(&settings.nats, "worker").await?;
+        let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
+        let (inbound, replies) =
+            shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
+        let consumer = shared::jetstream::ensure_workers_consumer(&inbound, &settings.nats).await?;
+        let db = shared::db::connect_and_migrate(&settings.database).await?;
+        let worker_id = uuid::Uuid::new_v4();
+        let store = Store::new(
+            db,
+            worker_id,
+            LEASE_TTL,
+            Duration::from_secs(settings.worker.session_ttl_secs),
+        );
+        let model = ScriptedModel {
+            reply_tokens: settings.worker.scripted_reply_tokens,
+            token_delay: Duration::from_millis(settings.worker.scripted_token_delay_ms),
+        };
+        let metrics_listener = TcpListener::bind(settings.worker.metrics_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "Failed to listen on METRICS_ADDR {}",
+                    settings.worker.metrics_addr
+                )
+            })?;
+        let runner = TurnRunner {
+            jetstream,
+            inbound,
+            replies,
+            subjects: settings.nats.subjects(),
+            store,
+            model,
+            metrics: WorkerMetrics::new()?,
+        };
+        tracing::info!(%worker_id, "Worker built.");
+        Ok(Self {
+            settings,
+            consumer,
+            runner,
+            metrics_listener,
+            nats,
+        })
+    }
+
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.metrics_listener.local_addr()
+    }
+
+    /// Pulls and runs turns until `shutdown` resolves; then stops pulling, lets in-flight turns
+    /// finish within the grace period, and returns. Unfinished turns are redelivered elsewhere.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            consumer,
+            runner,
+            metrics_listener,
+            nats,
+        } = self;
+        let registry = runner.metrics.registry.clone();
+        let metrics_app = axum::Router::new().route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { shared::metrics::render(&registry) }
+            }),
+        );
+        let stop_metrics = CancellationToken::new();
+        let serve_metrics = axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(stop_metrics.clone().cancelled_owned());
+        let metrics_server = tokio::spawn(async move { serve_metrics.await });
+
+        let stop = CancellationToken::new();
+        let turns = TaskTracker::new();
+        let concurrency = settings.worker.concurrency as usize;
+        tracing::info!(concurrency, prefix = %settings.nats.prefix, "Worker pulling.");
+        let pulling = tokio::spawn(crate::consumer::run(
+            consumer,
+            runner,
+            concurrency,
+            turns.clone(),
+            stop.clone(),
+        ));
+        shutdown.await;
+        stop.cancel();
+        pulling.await.context("the pull loop panicked")?;
+        turns.close();
+        let grace = settings.shutdown.grace();
+        tracing::info!(
+            in_flight = turns.len(),
+            ?grace,
+            "Stopped pulling; finishing in-flight turns."
+        );
+        if tokio::time::timeout(grace, turns.wait()).await.is_err() {
+            tracing::warn!(
+                unfinished = turns.len(),
+                "Grace period over; unfinished turns will be redelivered."
+            );
+        }
+        if let Err(error) = nats.flush().await {
+            tracing::warn!(%error, "Cannot flush NATS at shutdown.");
+        }
+        stop_metrics.cancel();
+        match metrics_server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Metrics server failed."),
+            Err(error) => tracing::warn!(%error, "Metrics server panicked."),
+        }
+        tracing::info!("Worker stopped.");
+        Ok(())
+    }
+}

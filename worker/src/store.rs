@@ -1,0 +1,215 @@
+//! PostgreSQL: per-thread leases fenced by an epoch, and the one statement that commits a turn.
+
+use std::time::Duration;
+
+use shared::ids::ThreadId;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// This worker's hold on a thread. Only the holder of the current epoch can commit a turn.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub thread_id: ThreadId,
+    pub epoch: i64,
+    /// Stream sequence of the last client message whose turn committed.
+    pub last_in_seq: u64,
+    /// The last reply frame `seq` committed for the thread.
+    pub last_seq: u64,
+    /// The session has been inactive for longer than `SESSION_TTL_SECS`.
+    pub expired: bool,
+}
+
+/// A finished turn, written once with the thread's new position.
+#[derive(Debug, Clone)]
+pub struct TurnRecord {
+    pub in_seq: u64,
+    pub turn_id: Uuid,
+    pub message_id: String,
+    pub kind: &'static str,
+    pub content: Option<String>,
+    pub reply: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The thread's status after this turn.
+    pub status: ThreadStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadStatus {
+    Open,
+    Expired,
+}
+
+impl ThreadStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// Whether the commit hands the lease back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCommit {
+    KeepLease,
+    ReleaseLease,
+}
+
+/// Outcome of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Yes,
+    /// Another worker took the lease (a newer epoch): nothing was written.
+    Fenced,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: PgPool,
+    worker_id: Uuid,
+    lease_ttl: Duration,
+    session_ttl: Duration,
+}
+
+impl Store {
+    pub fn new(db: PgPool, worker_id: Uuid, lease_ttl: Duration, session_ttl: Duration) -> Self {
+        Self {
+            db,
+            worker_id,
+            lease_ttl,
+            session_ttl,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.db
+    }
+
+    /// Takes the thread's lease if it is free or expired; `None` while another worker holds it.
+    pub async fn acquire(&self, thread_id: &ThreadId) -> Result<Option<Lease>, sqlx::Error> {
+        let row: Option<(i64, i64, i64, bool)> = sqlx::query_as(
+            "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
+             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+             ON CONFLICT (id) DO UPDATE
+                SET lease_owner = EXCLUDED.lease_owner,
+                    lease_epoch = threads.lease_epoch + 1,
+                    lease_expires_at = EXCLUDED.lease_expires_at
+                WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
+             RETURNING lease_epoch, last_in_seq, last_seq,
+                       (status = 'expired' OR last_active_at < now() - make_interval(secs => $4))",
+        )
+        .bind(thread_id.as_str())
+        .bind(self.worker_id)
+        .bind(self.lease_ttl.as_secs_f64())
+        .bind(self.session_ttl.as_secs_f64())
+        .fetch_optional(&self.db)
+        .await?;
+        Ok(row.map(|(epoch, last_in_seq, last_seq, expired)| Lease {
+            thread_id: thread_id.clone(),
+            epoch,
+            last_in_seq: to_u64(last_in_seq),
+            last_seq: to_u64(last_seq),
+            expired,
+        }))
+    }
+
+    /// Advances the thread past `turn.in_seq` and records the turn, in one statement, only if
+    /// this lease is still the current one.
+    pub async fn commit(
+        &self,
+        lease: &Lease,
+        turn: &TurnRecord,
+        after: AfterCommit,
+    ) -> Result<Committed, sqlx::Error> {
+        let release = after == AfterCommit::ReleaseLease;
+        let done = sqlx::query(
+            "WITH advanced AS (
+                UPDATE threads
+                   SET last_in_seq = $3,
+                       last_seq = GREATEST(last_seq, $4),
+                       status = $5,
+                       last_active_at = CASE WHEN $5 = 'open' THEN now() ELSE last_active_at END,
+                       lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
+                       lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END
+                 WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
+             RETURNING id
+             )
+             INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
+                                first_seq, last_seq, prompt_tokens, completion_tokens, cost_usd,
+                                received_at, started_at)
+             SELECT id, $3, $8, $9, $10, $11, $12, $13, $4, $14, $15, $16, $17, $18 FROM advanced",
+        )
+        .bind(lease.thread_id.as_str())
+        .bind(lease.epoch)
+        .bind(to_i64(turn.in_seq))
+        .bind(to_i64(turn.last_seq))
+        .bind(turn.status.as_str())
+        .bind(release)
+        .bind(self.worker_id)
+        .bind(turn.turn_id)
+        .bind(&turn.message_id)
+        .bind(turn.kind)
+        .bind(turn.content.as_deref())
+        .bind(&turn.reply)
+        .bind(to_i64(turn.first_seq))
+        .bind(to_i64(turn.prompt_tokens))
+        .bind(to_i64(turn.completion_tokens))
+        .bind(turn.cost_usd)
+        .bind(turn.received_at)
+        .bind(turn.started_at)
+        .execute(&self.db)
+        .await?;
+        Ok(if done.rows_affected() == 1 {
+            Committed::Yes
+        } else {
+            Committed::Fenced
+        })
+    }
+
+    /// Advances the thread past a message that cannot be a turn (it does not decode), with no row.
+    pub async fn skip(&self, lease: &Lease, in_seq: u64) -> Result<Committed, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE threads SET last_in_seq = $3
+              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $4 AND last_in_seq < $3",
+        )
+        .bind(lease.thread_id.as_str())
+        .bind(lease.epoch)
+        .bind(to_i64(in_seq))
+        .bind(self.worker_id)
+        .execute(&self.db)
+        .await?;
+        Ok(if done.rows_affected() == 1 {
+            Committed::Yes
+        } else {
+            Committed::Fenced
+        })
+    }
+
+    /// Hands the lease back so the next delivery for the thread need not wait for it to expire.
+    pub async fn release(&self, lease: &Lease) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE threads SET lease_owner = NULL, lease_expires_at = NULL
+              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3",
+        )
+        .bind(lease.thread_id.as_str())
+        .bind(lease.epoch)
+        .bind(self.worker_id)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+}

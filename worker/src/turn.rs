@@ -1,0 +1,229 @@
+//! One thread's turns, in stream order, under its lease. A delivery is only a prompt to look at
+//! its thread: the lease holder reads the thread's unprocessed messages straight from the stream
+//! (JetStream direct get), oldest first, up to the delivered one, and commits each with its
+//! stream sequence. So turns run in accepted order however many workers pull.
+
+use std::time::Instant;
+
+use async_nats::jetstream::{self, message::StreamMessage, stream};
+use shared::ids::ThreadId;
+use shared::protocol::bus::{InboundKind, InboundMessage};
+use shared::protocol::{ErrorCode, FrameBody, Usage};
+use shared::subjects::Subjects;
+
+use crate::error::TurnError;
+use crate::llm::ScriptedModel;
+use crate::metrics::WorkerMetrics;
+use crate::publish::{self, FramePublisher};
+use crate::store::{AfterCommit, Committed, Lease, Store, ThreadStatus, TurnRecord};
+
+/// The agent that labels the scripted model's general replies.
+const GENERAL_AGENT: &str = "general";
+
+/// What became of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Its turn (and any earlier ones of the thread) committed.
+    Processed,
+    /// Already committed earlier: acknowledged without effect.
+    Duplicate,
+    /// Another worker holds the thread's lease; it will be offered again.
+    Busy,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processed => "processed",
+            Self::Duplicate => "duplicate",
+            Self::Busy => "busy",
+        }
+    }
+}
+
+/// Everything a turn needs.
+#[derive(Clone)]
+pub struct TurnRunner {
+    pub jetstream: jetstream::Context,
+    pub inbound: stream::Stream,
+    pub replies: stream::Stream,
+    pub subjects: Subjects,
+    pub store: Store,
+    pub model: ScriptedModel,
+    pub metrics: WorkerMetrics,
+}
+
+impl TurnRunner {
+    /// Handles the delivery of the message stored at `delivered_seq` on `thread`'s subject.
+    #[tracing::instrument(name = "delivery", skip(self), fields(thread_id = %thread))]
+    pub async fn handle_delivery(
+        &self,
+        thread: &ThreadId,
+        delivered_seq: u64,
+    ) -> Result<DeliveryOutcome, TurnError> {
+        let Some(mut lease) = self.store.acquire(thread).await? else {
+            return Ok(DeliveryOutcome::Busy);
+        };
+        if lease.last_in_seq >= delivered_seq {
+            self.store.release(&lease).await?;
+            return Ok(DeliveryOutcome::Duplicate);
+        }
+        let drained = self.drain(&mut lease, delivered_seq).await;
+        if drained.is_err() {
+            if let Err(error) = self.store.release(&lease).await {
+                tracing::warn!(%error, "Cannot release a lease after a failed turn; it will expire.");
+            }
+        }
+        drained
+    }
+
+    /// Runs the thread's unprocessed messages in stream order, through `up_to`.
+    async fn drain(&self, lease: &mut Lease, up_to: u64) -> Result<DeliveryOutcome, TurnError> {
+        let subject = self.subjects.inbound(&lease.thread_id);
+        loop {
+            let next = match self
+                .inbound
+                .direct_get_next_for_subject(subject.clone(), Some(lease.last_in_seq + 1))
+                .await
+            {
+                Ok(next) => next,
+                Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {
+                    // The rest has aged out of the stream: nothing is left to run.
+                    self.store.release(lease).await?;
+                    return Ok(DeliveryOutcome::Processed);
+                }
+                Err(error) => return Err(TurnError::nats(error)),
+            };
+            let in_seq = next.sequence;
+            let after = if in_seq >= up_to {
+                AfterCommit::ReleaseLease
+            } else {
+                AfterCommit::KeepLease
+            };
+            let last_seq = self.run_turn(lease, next, after).await?;
+            lease.last_in_seq = in_seq;
+            lease.last_seq = last_seq;
+            if in_seq >= up_to {
+                return Ok(DeliveryOutcome::Processed);
+            }
+        }
+    }
+
+    /// Runs and commits the turn of one stored client message; returns the thread's last `seq`.
+    async fn run_turn(
+        &self,
+        lease: &Lease,
+        stored: StreamMessage,
+        after: AfterCommit,
+    ) -> Result<u64, TurnError> {
+        let started = Instant::now();
+        let started_at = chrono::Utc::now();
+        let in_seq = stored.sequence;
+        let message: InboundMessage = match serde_json::from_slice(&stored.payload) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(%error, in_seq, "Skipping a stored message that does not decode.");
+                return match self.store.skip(lease, in_seq).await? {
+                    Committed::Yes => Ok(lease.last_seq),
+                    Committed::Fenced => Err(TurnError::LeaseLost),
+                };
+            }
+        };
+        let subject = self.subjects.replies(&lease.thread_id);
+        let previous = publish::last_frame(&self.replies, &subject).await?;
+        let last_seq = previous
+            .as_ref()
+            .map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
+        let mut out = FramePublisher::new(
+            self.jetstream.clone(),
+            self.metrics.clone(),
+            subject,
+            lease.thread_id.clone(),
+            message.turn_id,
+            last_seq,
+        );
+        if previous.is_some_and(|frame| frame.turn_id == message.turn_id) {
+            // An earlier attempt at this turn published frames and did not commit.
+            out.send(FrameBody::TurnReset).await?;
+        }
+
+        let mut reply = String::new();
+        let mut usage = Usage::default();
+        let mut status = ThreadStatus::Open;
+        let (kind, content) = match message.kind {
+            InboundKind::Message { content } => ("message", Some(content)),
+            InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
+        };
+        if lease.expired {
+            status = ThreadStatus::Expired;
+            out.send(error_body(
+                ErrorCode::SessionExpired,
+                "This conversation has expired; please start a new one.",
+            ))
+            .await?;
+        } else if let Some(content) = &content {
+            usage.prompt_tokens = self.model.prompt_tokens(content.as_str());
+            for token in self.model.reply_tokens() {
+                if !self.model.token_delay.is_zero() {
+                    tokio::time::sleep(self.model.token_delay).await;
+                }
+                reply.push_str(&token);
+                usage.completion_tokens += 1;
+                out.send(FrameBody::Token {
+                    agent: GENERAL_AGENT.into(),
+                    content: token,
+                })
+                .await?;
+            }
+            out.send(FrameBody::MessageComplete { usage }).await?;
+        } else {
+            out.send(error_body(
+                ErrorCode::NoPendingInterrupt,
+                "There is no pending approval on this thread.",
+            ))
+            .await?;
+        }
+        out.await_acks().await?;
+
+        let record = TurnRecord {
+            in_seq,
+            turn_id: message.turn_id.as_uuid(),
+            message_id: message.message_id.to_string(),
+            kind,
+            content: content.map(|content| content.as_str().to_owned()),
+            reply,
+            first_seq: out.first_seq(),
+            last_seq: out.last_seq(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_usd: usage.cost_usd,
+            received_at: message.received_at,
+            started_at,
+            status,
+        };
+        match self.store.commit(lease, &record, after).await? {
+            Committed::Yes => {
+                self.metrics
+                    .turns
+                    .with_label_values(&[match status {
+                        ThreadStatus::Open => "completed",
+                        ThreadStatus::Expired => "session_expired",
+                    }])
+                    .inc();
+                self.metrics
+                    .turn_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(out.last_seq())
+            }
+            Committed::Fenced => Err(TurnError::LeaseLost),
+        }
+    }
+}
+
+fn error_body(code: ErrorCode, message: &str) -> FrameBody {
+    FrameBody::Error {
+        code,
+        message: message.into(),
+        retryable: code.retryable(),
+    }
+}
