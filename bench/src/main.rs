@@ -1,1 +1,225 @@
-fn main() {}
+//! Load generator for Smart Support.
+//!
+//! `loadgen chat` runs N concurrent WebSocket clients against an edge (each creates its own thread
+//! and sends M messages back to back) and, with `--floor`, the same traffic through bare NATS in
+//! the same run. `loadgen idle` holds N idle sockets and reads the edge's memory.
+
+mod chat;
+mod floor;
+mod idle;
+mod stats;
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use stats::{Measured, Report, MARKDOWN_HEADER};
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about = "Load generator for Smart Support")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Concurrent chat clients, each on its own thread, messages back to back.
+    Chat(ChatArgs),
+    /// Idle sockets held open; reports the edge's resident memory.
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ChatArgs {
+    /// The edge's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Concurrent clients (each with its own thread and socket).
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Messages each client sends, one after another.
+    #[arg(long, default_value_t = 20)]
+    messages: usize,
+    /// Also measure the bare NATS floor, in the same run, with the same shape.
+    #[arg(long)]
+    floor: bool,
+    /// NATS for the floor.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Tokens per reply in the floor (frames per turn = tokens + 1); match SCRIPTED_REPLY_TOKENS.
+    #[arg(long, default_value_t = 20)]
+    tokens: usize,
+    /// A turn that takes longer fails the run.
+    #[arg(long, default_value_t = 120)]
+    turn_timeout_secs: u64,
+    /// Append the figures and this command to a markdown file (e.g. BENCHMARKS.md).
+    #[arg(long)]
+    append_to: Option<std::path::PathBuf>,
+    /// A label for the appended block.
+    #[arg(long)]
+    label: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct IdleArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// The edge's process id, to read its resident memory.
+    #[arg(long)]
+    edge_pid: Option<u32>,
+    /// How long to hold the sockets before measuring.
+    #[arg(long, default_value_t = 5)]
+    hold_secs: u64,
+    #[arg(long)]
+    append_to: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Chat(args) => chat(args).await,
+        Command::Idle(args) => {
+            let report = idle::run(
+                &args.url,
+                args.connections,
+                args.edge_pid,
+                Duration::from_secs(args.hold_secs),
+            )
+            .await?;
+            println!("{report}");
+            if let Some(path) = &args.append_to {
+                append(path, &format!("```\n{}\n```\n{report}\n", command_line()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let turn_timeout = Duration::from_secs(args.turn_timeout_secs);
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..args.connections)
+        .map(|_| {
+            tokio::spawn(chat::client(
+                http.clone(),
+                args.url.trim_end_matches('/').to_owned(),
+                args.messages,
+                turn_timeout,
+            ))
+        })
+        .collect();
+    let pipeline = Report::new(
+        "pipeline",
+        args.connections,
+        args.messages,
+        &gather(clients).await?,
+        started.elapsed(),
+    );
+    let mut reports = vec![pipeline];
+
+    if args.floor {
+        let floor = std::sync::Arc::new(floor::Floor::start(&args.nats_url, args.tokens).await?);
+        let started = Instant::now();
+        let clients: Vec<_> = (0..args.connections)
+            .map(|_| {
+                let floor = floor.clone();
+                let (messages, tokens) = (args.messages, args.tokens);
+                tokio::spawn(async move { floor.client(messages, tokens, turn_timeout).await })
+            })
+            .collect();
+        let measured = gather(clients).await;
+        let wall = started.elapsed();
+        if let Ok(floor) = std::sync::Arc::try_unwrap(floor) {
+            floor.stop().await;
+        }
+        reports.push(Report::new(
+            "floor",
+            args.connections,
+            args.messages,
+            &measured?,
+            wall,
+        ));
+    }
+
+    let mut table = format!("{MARKDOWN_HEADER}\n");
+    for report in &reports {
+        table.push_str(&report.markdown_row());
+        table.push('\n');
+    }
+    let ratio = match reports.as_slice() {
+        [pipeline, floor] => Some(pipeline.turns_per_sec / floor.turns_per_sec.max(f64::EPSILON)),
+        _ => None,
+    };
+    let first_token_vs_floor_turn = match reports.as_slice() {
+        [pipeline, floor] => {
+            Some(pipeline.first_token_ms.p99 / floor.turn_ms.p99.max(f64::EPSILON))
+        }
+        _ => None,
+    };
+    print!("{table}");
+    if let Some(ratio) = ratio {
+        println!("pipeline / floor turns/s: {:.1}%", ratio * 100.0);
+    }
+    let json = serde_json::json!({
+        "reports": reports,
+        "pipeline_over_floor_turns": ratio,
+        "first_token_p99_over_floor_turn_p99": first_token_vs_floor_turn,
+    });
+    println!("{json}");
+    if let Some(path) = &args.append_to {
+        let mut block = String::new();
+        if let Some(label) = &args.label {
+            block.push_str(&format!("#### {label}\n\n"));
+        }
+        block.push_str(&format!("```\n{}\n```\n\n{table}", command_line()));
+        if let (Some(ratio), Some(ft)) = (ratio, first_token_vs_floor_turn) {
+            block.push_str(&format!(
+                "\npipeline / floor turns/s: **{:.1}%**; pipeline first-token p99 / floor turn p99: **{ft:.2}×**\n",
+                ratio * 100.0
+            ));
+        }
+        append(path, &block)?;
+    }
+    Ok(())
+}
+
+async fn gather(
+    clients: Vec<tokio::task::JoinHandle<anyhow::Result<Measured>>>,
+) -> anyhow::Result<Measured> {
+    let mut total = Measured::new();
+    let mut failures = 0usize;
+    let mut last_error = None;
+    for client in clients {
+        match client.await.context("client task panicked")? {
+            Ok(measured) => total.merge(&measured),
+            Err(error) => {
+                failures += 1;
+                last_error = Some(error);
+            }
+        }
+    }
+    if let Some(error) = last_error {
+        return Err(error.context(format!("{failures} client(s) failed")));
+    }
+    Ok(total)
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo run --release -p loadgen -- {}", args.join(" "))
+}
+
+fn append(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    writeln!(file, "{text}")?;
+    Ok(())
+}
