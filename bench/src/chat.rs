@@ -46,7 +46,7 @@ pub(crate) async fn client(
     }
     let thread: NewThread = response.json().await.context("thread JSON")?;
     let ws_url = format!("{}/ws", base_url.replacen("http", "ws", 1));
-    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(&ws_url, None, true)
         .await
         .with_context(|| format!("connect {ws_url}"))?;
     let mut measured = Measured::new();

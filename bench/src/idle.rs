@@ -28,7 +28,7 @@ pub(crate) async fn run(
     let sockets: Vec<_> = stream::iter(0..connections)
         .map(|_| {
             let ws_url = ws_url.clone();
-            async move { tokio_tungstenite::connect_async(&ws_url).await }
+            async move { tokio_tungstenite::connect_async_with_config(&ws_url, None, true).await }
         })
         .buffer_unordered(256)
         .collect()

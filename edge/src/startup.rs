@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use shared::auth::ThreadTokens;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,12 @@ impl Edge {
         let evictor = tokio::spawn(evict_idle_limits(state.clone()));
         let app = crate::routes::router(state.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
+        // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "Cannot set TCP_NODELAY.");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -3,9 +3,10 @@
 //! (JetStream direct get), oldest first, up to the delivered one, and commits each with its
 //! stream sequence. So turns run in accepted order however many workers pull.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::StreamMessage, stream};
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use shared::ids::ThreadId;
 use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::{ErrorCode, FrameBody, Usage};
@@ -61,7 +62,7 @@ impl TurnRunner {
         thread: &ThreadId,
         delivered_seq: u64,
     ) -> Result<DeliveryOutcome, TurnError> {
-        let Some(mut lease) = self.store.acquire(thread).await? else {
+        let Some(mut lease) = self.acquire_soon(thread).await? else {
             return Ok(DeliveryOutcome::Busy);
         };
         if lease.last_in_seq >= delivered_seq {
@@ -75,6 +76,27 @@ impl TurnRunner {
             }
         }
         drained
+    }
+
+    /// Takes the thread's lease, retrying briefly while another turn holds it: a client that got
+    /// `message_complete` often sends its next message while that turn is still committing, and
+    /// the lease is free a moment later. `None` if it stays taken (a long turn elsewhere).
+    async fn acquire_soon(&self, thread: &ThreadId) -> Result<Option<Lease>, TurnError> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(32))
+            .with_max_times(7)
+            .with_jitter()
+            .build();
+        loop {
+            if let Some(lease) = self.store.acquire(thread).await? {
+                return Ok(Some(lease));
+            }
+            match delays.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Ok(None),
+            }
+        }
     }
 
     /// Runs the thread's unprocessed messages in stream order, through `up_to`.
@@ -165,6 +187,7 @@ impl TurnRunner {
             usage.prompt_tokens = self.model.prompt_tokens(content.as_str());
             for token in self.model.reply_tokens() {
                 if !self.model.token_delay.is_zero() {
+                    out.flush().await?;
                     tokio::time::sleep(self.model.token_delay).await;
                 }
                 reply.push_str(&token);
@@ -183,7 +206,7 @@ impl TurnRunner {
             ))
             .await?;
         }
-        out.await_acks().await?;
+        out.finish().await?;
 
         let record = TurnRecord {
             in_seq,

@@ -7,18 +7,15 @@ use std::time::Instant;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::SelectAll;
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use shared::ids::{MessageId, ThreadId, TurnId};
-use shared::protocol::bus::{InboundKind, InboundMessage};
+use shared::protocol::bus::{bundle, InboundKind, InboundMessage};
 use shared::protocol::validate::parse_client_frame;
 use shared::protocol::{ClientFrame, ErrorCode, FrameError, ServerFrame};
 use shared::subjects::Subjects;
 
 use crate::rate_limit::Decision;
 use crate::state::AppState;
-
-/// The NATS header in which workers name a reply frame's `type`, so the edge relays without parsing.
-pub const FRAME_TYPE_HEADER: &str = "Frame-Type";
 
 /// Drives one WebSocket until the client leaves or the edge shuts down.
 #[tracing::instrument(name = "socket", skip_all)]
@@ -209,28 +206,33 @@ impl Connection {
         Ok(())
     }
 
+    /// Writes each frame of a reply bundle to the socket as its own text frame, then flushes once.
     async fn relay(
         &self,
         socket: &mut WebSocket,
         message: async_nats::Message,
     ) -> Result<(), axum::Error> {
-        let kind = message
+        let types = message
             .headers
             .as_ref()
-            .and_then(|headers| headers.get(FRAME_TYPE_HEADER))
-            .map_or("unknown", |value| value.as_str());
-        self.state
-            .metrics
-            .frames_out
-            .with_label_values(&[kind])
-            .inc();
-        match Utf8Bytes::try_from(message.payload) {
-            Ok(text) => socket.send(Message::Text(text)).await,
-            Err(error) => {
-                tracing::error!(%error, subject = %message.subject, "Dropped a reply frame that is not UTF-8.");
-                Ok(())
+            .and_then(|headers| headers.get(bundle::FRAME_TYPES_HEADER))
+            .map_or("", |value| value.as_str());
+        for kind in types.split(',').filter(|kind| !kind.is_empty()) {
+            self.state
+                .metrics
+                .frames_out
+                .with_label_values(&[kind])
+                .inc();
+        }
+        for frame in bundle::frames(&message.payload) {
+            match Utf8Bytes::try_from(message.payload.slice_ref(frame)) {
+                Ok(text) => socket.feed(Message::Text(text)).await?,
+                Err(error) => {
+                    tracing::error!(%error, subject = %message.subject, "Dropped a reply frame that is not UTF-8.");
+                }
             }
         }
+        socket.flush().await
     }
 
     fn refuse(&self, error: FrameError) -> ServerFrame {

@@ -11,8 +11,21 @@ use crate::state::AppState;
 /// and this, the frame is read and answered with `message_too_large`, and the socket stays open.
 const MAX_WS_MESSAGE_BYTES: usize = 8 * MAX_FRAME_BYTES;
 
+/// tungstenite reads into a buffer of this size (its default, 128 KiB, would cost an idle socket
+/// 128 KiB of memory; client frames are small).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Frames of one reply bundle are gathered up to this size before a write to the socket.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Output a client does not read may pile up to this before the socket is dropped.
+const MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    ws.max_message_size(MAX_WS_MESSAGE_BYTES)
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
+        .max_message_size(MAX_WS_MESSAGE_BYTES)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();

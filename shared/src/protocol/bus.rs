@@ -59,3 +59,40 @@ mod tests {
         );
     }
 }
+
+/// Reply frames travel from workers to edges in **bundles**: one NATS message on
+/// `<prefix>.out.<thread>` carries one or more `ThreadFrame`s, each a line of JSON (JSON text
+/// never holds a raw newline). A worker bundles the frames it has ready at once — a burst of tokens
+/// from one model chunk — so the bus carries fewer, larger messages; edges write each line to the
+/// socket as its own WebSocket frame.
+pub mod bundle {
+    /// Header naming the `type` of each frame of the bundle, comma-separated and in order, so an
+    /// edge can count frames by type without parsing them.
+    pub const FRAME_TYPES_HEADER: &str = "Frame-Types";
+
+    /// The frames of a bundle, in order.
+    pub fn frames(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+        payload
+            .split(|byte| *byte == b'\n')
+            .filter(|line| !line.is_empty())
+    }
+
+    /// The last frame of a bundle.
+    pub fn last_frame(payload: &[u8]) -> Option<&[u8]> {
+        frames(payload).last()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn splits_lines_and_finds_the_last() {
+            let payload = b"{\"a\":1}\n{\"b\":\"x\\ny\"}\n";
+            let frames: Vec<_> = frames(payload).collect();
+            assert_eq!(frames, vec![&b"{\"a\":1}"[..], &b"{\"b\":\"x\\ny\"}"[..]]);
+            assert_eq!(last_frame(payload), Some(&b"{\"b\":\"x\\ny\"}"[..]));
+            assert_eq!(last_frame(b""), None);
+        }
+    }
+}
