@@ -95,15 +95,26 @@ start_postgres() {
   [ -n "$bin" ] || { log "PostgreSQL server binaries not found"; return 1; }
   local data="$LOCAL/pg"
   mkdir -p "$data"
-  if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$data"; chmod 700 "$data"; fi
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres "$data"
+    chmod 700 "$data"
+    # The server runs as `postgres`, which may not be able to reach a checkout inside a private
+    # folder (a mktemp -d, a home directory): then keep the data in a folder of its own in /tmp.
+    if ! runuser -u postgres -- test -w "$data"; then
+      data="/tmp/smart-support-pg-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+      mkdir -p "$data"
+      chown postgres "$data"
+      chmod 700 "$data"
+      log "postgres cannot reach $LOCAL; using $data for its data"
+    fi
+  fi
+  echo "$data" >"$LOCAL/pg.datadir"
   if [ ! -f "$data/PG_VERSION" ]; then
-    log "initialising a project-local PostgreSQL cluster in .local/pg"
+    log "initialising a project-local PostgreSQL cluster in $data"
     as_pg_user "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
   fi
-  log "starting the project-local PostgreSQL"
-  touch "$LOCAL/pg.log"
-  [ "$(id -u)" -ne 0 ] || chown postgres "$LOCAL/pg.log"
-  as_pg_user "$bin/pg_ctl" -D "$data" -l "$LOCAL/pg.log" -w \
+  log "starting the project-local PostgreSQL (log: $data/server.log)"
+  as_pg_user "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w \
     -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k /tmp -c max_connections=300" start >/dev/null
   wait_port "$PG_PORT" PostgreSQL
   echo postgres >>"$STARTED"
@@ -113,7 +124,7 @@ stop_started() {
   [ -f "$STARTED" ] || return 0
   if grep -qx postgres "$STARTED"; then
     log "stopping the project-local PostgreSQL"
-    as_pg_user "$(pg_bin)/pg_ctl" -D "$LOCAL/pg" -m fast stop >/dev/null || true
+    as_pg_user "$(pg_bin)/pg_ctl" -D "$(cat "$LOCAL/pg.datadir")" -m fast stop >/dev/null || true
   fi
   if grep -qx nats "$STARTED" && [ -f "$LOCAL/nats.pid" ]; then
     log "stopping the project-local NATS"
