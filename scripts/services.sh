@@ -73,7 +73,7 @@ pg_bin() {
 
 # Runs a PostgreSQL server command as a non-root user (the server refuses to run as root).
 as_pg_user() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 start_postgres() {
@@ -100,7 +100,7 @@ start_postgres() {
     chmod 700 "$data"
     # The server runs as `postgres`, which may not be able to reach a checkout inside a private
     # folder (a mktemp -d, a home directory): then keep the data in a folder of its own in /tmp.
-    if ! runuser -u postgres -- test -w "$data"; then
+    if ! as_pg_user test -w "$data"; then
       data="/tmp/smart-support-pg-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
       mkdir -p "$data"
       chown postgres "$data"
