@@ -102,40 +102,64 @@ impl TurnRunner {
     /// Runs the thread's unprocessed messages in stream order, through `up_to`.
     async fn drain(&self, lease: &mut Lease, up_to: u64) -> Result<DeliveryOutcome, TurnError> {
         let subject = self.subjects.inbound(&lease.thread_id);
+        // Only the first turn under a new lease can follow frames of an attempt that did not
+        // commit; after that this worker published the thread's last frame itself. Both reads go
+        // out together.
+        let replies = self.subjects.replies(&lease.thread_id);
+        let (first, previous) = tokio::join!(
+            self.next_message(&subject, lease.last_in_seq),
+            publish::last_frame(&self.replies, &replies)
+        );
+        let mut next = first?;
+        let mut previous = previous?;
         loop {
-            let next = match self
-                .inbound
-                .direct_get_next_for_subject(subject.clone(), Some(lease.last_in_seq + 1))
-                .await
-            {
-                Ok(next) => next,
-                Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {
-                    // The rest has aged out of the stream: nothing is left to run.
-                    self.store.release(lease).await?;
-                    return Ok(DeliveryOutcome::Processed);
-                }
-                Err(error) => return Err(TurnError::nats(error)),
+            let Some(message) = next else {
+                // The rest has aged out of the stream: nothing is left to run.
+                self.store.release(lease).await?;
+                return Ok(DeliveryOutcome::Processed);
             };
-            let in_seq = next.sequence;
+            let in_seq = message.sequence;
             let after = if in_seq >= up_to {
                 AfterCommit::ReleaseLease
             } else {
                 AfterCommit::KeepLease
             };
-            let last_seq = self.run_turn(lease, next, after).await?;
+            let last_seq = self
+                .run_turn(lease, message, previous.take(), after)
+                .await?;
             lease.last_in_seq = in_seq;
             lease.last_seq = last_seq;
             if in_seq >= up_to {
                 return Ok(DeliveryOutcome::Processed);
             }
+            next = self.next_message(&subject, lease.last_in_seq).await?;
+        }
+    }
+
+    /// The thread's first stored message after `after_seq`, if any.
+    async fn next_message(
+        &self,
+        subject: &str,
+        after_seq: u64,
+    ) -> Result<Option<StreamMessage>, TurnError> {
+        match self
+            .inbound
+            .direct_get_next_for_subject(subject, Some(after_seq + 1))
+            .await
+        {
+            Ok(message) => Ok(Some(message)),
+            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(error) => Err(TurnError::nats(error)),
         }
     }
 
     /// Runs and commits the turn of one stored client message; returns the thread's last `seq`.
+    /// `previous` is the last frame stored for the thread, when it may be newer than the lease says.
     async fn run_turn(
         &self,
         lease: &Lease,
         stored: StreamMessage,
+        previous: Option<publish::LastFrame>,
         after: AfterCommit,
     ) -> Result<u64, TurnError> {
         let started = Instant::now();
@@ -152,7 +176,6 @@ impl TurnRunner {
             }
         };
         let subject = self.subjects.replies(&lease.thread_id);
-        let previous = publish::last_frame(&self.replies, &subject).await?;
         let last_seq = previous
             .as_ref()
             .map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));

@@ -79,7 +79,9 @@ pub mod bundle {
 
     /// The last frame of a bundle.
     pub fn last_frame(payload: &[u8]) -> Option<&[u8]> {
-        frames(payload).last()
+        payload
+            .rsplit(|byte| *byte == b'\n')
+            .find(|line| !line.is_empty())
     }
 
     #[cfg(test)]
