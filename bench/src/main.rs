@@ -209,8 +209,21 @@ async fn gather(
     Ok(total)
 }
 
+/// This run's command, quoted so it can be pasted back into a shell.
 fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|arg| {
+            let plain = arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c));
+            if plain {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
     format!("cargo run --release -p loadgen -- {}", args.join(" "))
 }
 
