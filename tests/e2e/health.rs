@@ -105,4 +105,36 @@ async fn metrics_count_connections_frames_and_errors() {
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
+
+    let worker_metrics = format!(
+        "http://{}/metrics",
+        app.workers[0]
+            .addr
+            .as_deref()
+            .expect("worker metrics address")
+    );
+    let expected = [
+        "worker_deliveries_total{result=\"processed\"} 1",
+        "worker_turns_total{outcome=\"completed\"} 1",
+        "worker_frames_published_total{type=\"token\"} 5",
+        "worker_frames_published_total{type=\"message_complete\"} 1",
+        "worker_turn_duration_seconds_count 1",
+    ];
+    // The worker counts a delivery once it is committed, just after the client saw the turn end.
+    eventually("the worker's metrics to count the turn", || async {
+        let text = app
+            .http
+            .get(&worker_metrics)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        expected
+            .iter()
+            .all(|line| text.contains(line))
+            .then_some(())
+    })
+    .await;
 }

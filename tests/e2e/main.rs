@@ -8,3 +8,4 @@ mod fanout;
 mod health;
 mod idempotency;
 mod shutdown;
+mod startup;

@@ -202,6 +202,20 @@ impl TestApp {
         self.workers.len() - 1
     }
 
+    /// Runs a binary with this stack's settings (and `extra`) until it exits; for start-up failures.
+    pub async fn run_to_exit(&self, name: &str, extra: &[(&str, &str)]) -> std::process::Output {
+        let run = Command::new(binary(name))
+            .envs(&self.env)
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(WAIT, run)
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not exit"))
+            .unwrap_or_else(|e| panic!("{name} runs: {e}"))
+    }
+
     /// Starts a binary and waits for its readiness log line; returns with its `addr` field if any.
     async fn start(&self, name: &str, extra: &[(&str, &str)], ready: &str) -> Process {
         let mut command = Command::new(binary(name));

@@ -93,6 +93,7 @@ impl Worker {
             metrics_listener,
             nats,
         } = self;
+        let metrics_addr = metrics_listener.local_addr()?;
         let registry = runner.metrics.registry.clone();
         let metrics_app = axum::Router::new().route(
             "/metrics",
@@ -109,7 +110,12 @@ impl Worker {
         let stop = CancellationToken::new();
         let turns = TaskTracker::new();
         let concurrency = settings.worker.concurrency as usize;
-        tracing::info!(concurrency, prefix = %settings.nats.prefix, "Worker pulling.");
+        tracing::info!(
+            concurrency,
+            prefix = %settings.nats.prefix,
+            addr = %metrics_addr,
+            "Worker pulling."
+        );
         let pulling = tokio::spawn(crate::consumer::run(
             consumer,
             runner,
