@@ -34,7 +34,8 @@ impl Edge {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let nats = shared::jetstream::connect(&settings.nats, "edge").await?;
         let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
-        shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
+        let (_inbound, replies) =
+            shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
         let db = shared::db::connect_and_migrate(&settings.database).await?;
         let tokens = ThreadTokens::new(settings.edge.auth_secret.expose().as_bytes())
             .context("AUTH_SECRET cannot key HMAC-SHA256")?;
@@ -42,6 +43,7 @@ impl Edge {
         let state = AppState {
             nats,
             jetstream,
+            replies,
             db,
             subjects: Arc::new(settings.nats.subjects()),
             tokens: Arc::new(tokens),

@@ -17,6 +17,8 @@ use crate::rate_limit::KeyedLimit;
 pub struct AppState {
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
+    /// `<PREFIX>_OUT`: retained reply frames, replayed on `resume`.
+    pub replies: async_nats::jetstream::stream::Stream,
     pub db: PgPool,
     pub subjects: Arc<Subjects>,
     pub tokens: Arc<ThreadTokens>,

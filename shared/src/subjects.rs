@@ -57,6 +57,12 @@ impl Subjects {
         format!("{thread}:{message_id}")
     }
 
+    /// The thread id of a subject produced by [`Subjects::replies`].
+    pub fn thread_of_replies(&self, subject: &str) -> Option<ThreadId> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".out.")?;
+        ThreadId::parse(rest).ok()
+    }
+
     /// The thread id of a subject produced by [`Subjects::inbound`].
     pub fn thread_of_inbound(&self, subject: &str) -> Option<ThreadId> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".in.")?;
@@ -79,5 +85,10 @@ mod tests {
         assert_eq!(subjects.replies(&thread), "chat.out.t1");
         assert_eq!(subjects.thread_of_inbound("chat.in.t1"), Some(thread));
         assert_eq!(subjects.thread_of_inbound("chat.out.t1"), None);
+        assert_eq!(
+            subjects.thread_of_replies("chat.out.t1"),
+            Some(ThreadId::parse("t1").unwrap())
+        );
+        assert_eq!(subjects.thread_of_replies("chat.in.t1"), None);
     }
 }

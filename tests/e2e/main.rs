@@ -7,5 +7,6 @@ mod errors;
 mod fanout;
 mod health;
 mod idempotency;
+mod resume;
 mod shutdown;
 mod startup;

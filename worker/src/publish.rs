@@ -107,11 +107,13 @@ impl FramePublisher {
         if self.pending.len() >= MAX_PENDING_ACKS {
             self.await_pending().await?;
         }
+        let first_seq = self.next_seq - self.bundle_types.len() as u64;
         let mut headers = HeaderMap::new();
         headers.insert(
             bundle::FRAME_TYPES_HEADER,
             self.bundle_types.join(",").as_str(),
         );
+        headers.insert(bundle::FIRST_SEQ_HEADER, first_seq.to_string().as_str());
         let payload = std::mem::take(&mut self.bundle);
         let publish = PublishMessage::build()
             .payload(payload.into())

@@ -1,10 +1,16 @@
 //! One socket's life. A single task reads client frames and relays reply frames, so that while a
 //! client message waits for JetStream's ack no reply frame is written: a message's `accepted`
 //! always precedes the frames of its turn (SPEC §3), and the socket's frames are handled in order.
+//!
+//! For each attached thread the socket remembers the last `seq` it wrote. A `resume` subscribes to
+//! the live subject first (live frames wait in the subscription), writes the retained frames after
+//! `after_seq` from `<PREFIX>_OUT`, and then relays live frames past the last one written: no gap
+//! and no duplicate at the seam.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Instant;
 
+use async_nats::jetstream::consumer;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::SelectAll;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -23,7 +29,7 @@ pub async fn run(mut socket: WebSocket, state: AppState) {
     state.metrics.connections.inc();
     let mut connection = Connection {
         state: state.clone(),
-        attached: HashSet::new(),
+        attached: HashMap::new(),
         relays: SelectAll::new(),
     };
     if let Err(error) = connection.drive(&mut socket).await {
@@ -34,8 +40,8 @@ pub async fn run(mut socket: WebSocket, state: AppState) {
 
 struct Connection {
     state: AppState,
-    /// Threads this socket relays.
-    attached: HashSet<ThreadId>,
+    /// Threads this socket relays, with the last `seq` written to it for each.
+    attached: HashMap<ThreadId, u64>,
     /// One live subscription per attached thread's reply subject.
     relays: SelectAll<async_nats::Subscriber>,
 }
@@ -52,7 +58,7 @@ impl Connection {
                 incoming = socket.recv() => {
                     let Some(incoming) = incoming else { return Ok(()) };
                     let reply = match incoming? {
-                        Message::Text(text) => self.handle_text(text.as_str()).await,
+                        Message::Text(text) => self.handle_text(socket, text.as_str()).await?,
                         Message::Binary(bytes) => Some(self.refuse(binary_frame_error(bytes.len()))),
                         Message::Close(_) => return Ok(()),
                         Message::Ping(_) | Message::Pong(_) => None,
@@ -69,11 +75,15 @@ impl Connection {
     }
 
     /// Validates, then acts on one text frame; the answer, if any, goes back on this socket.
-    async fn handle_text(&mut self, text: &str) -> Option<ServerFrame> {
+    async fn handle_text(
+        &mut self,
+        socket: &mut WebSocket,
+        text: &str,
+    ) -> Result<Option<ServerFrame>, axum::Error> {
         let tokens = &self.state.tokens;
         let frame = match parse_client_frame(text, |thread, token| tokens.verify(thread, token)) {
             Ok(frame) => frame,
-            Err(error) => return Some(self.refuse(error)),
+            Err(error) => return Ok(Some(self.refuse(error))),
         };
         self.state
             .metrics
@@ -91,7 +101,7 @@ impl Connection {
                         ErrorCode::RateLimited,
                         "too many messages on this thread; slow down and send it again",
                     );
-                    return Some(self.refuse(error.on_thread(&thread_id)));
+                    return Ok(Some(self.refuse(error.on_thread(&thread_id))));
                 }
                 self.accept(thread_id, message_id, InboundKind::Message { content })
                     .await
@@ -107,12 +117,19 @@ impl Connection {
                 };
                 self.accept(thread_id, None, kind).await
             }
-            ClientFrame::Resume { thread_id, .. } => self.attach(&thread_id).await.map(|()| None),
+            ClientFrame::Resume {
+                thread_id,
+                after_seq,
+            } => match self.resume(socket, &thread_id, after_seq).await {
+                Ok(()) => Ok(None),
+                Err(ResumeError::Socket(error)) => return Err(error),
+                Err(ResumeError::Frame(error)) => Err(error),
+            },
         };
-        match result {
+        Ok(match result {
             Ok(reply) => reply,
             Err(error) => Some(self.refuse(error)),
-        }
+        })
     }
 
     /// Attaches the socket to the thread, stores the message in JetStream and answers `accepted`.
@@ -185,7 +202,7 @@ impl Connection {
 
     /// Starts relaying the thread's reply subject to this socket (once per thread).
     async fn attach(&mut self, thread: &ThreadId) -> Result<(), FrameError> {
-        if self.attached.contains(thread) {
+        if self.attached.contains_key(thread) {
             return Ok(());
         }
         let subscriber = self
@@ -202,37 +219,122 @@ impl Connection {
                 .on_thread(thread)
             })?;
         self.relays.push(subscriber);
-        self.attached.insert(thread.clone());
+        self.attached.insert(thread.clone(), 0);
         Ok(())
     }
 
-    /// Writes each frame of a reply bundle to the socket as its own text frame, then flushes once.
+    /// Attaches the socket and writes the retained frames with `seq > after_seq`, in order.
+    async fn resume(
+        &mut self,
+        socket: &mut WebSocket,
+        thread: &ThreadId,
+        after_seq: u64,
+    ) -> Result<(), ResumeError> {
+        self.attach(thread).await.map_err(ResumeError::Frame)?;
+        let unavailable = |error: &dyn std::fmt::Display| {
+            tracing::warn!(%error, thread_id = %thread, "Cannot read retained frames for a resume.");
+            ResumeError::Frame(
+                FrameError::new(
+                    ErrorCode::Busy,
+                    "retained frames are unavailable; resume again",
+                )
+                .on_thread(thread),
+            )
+        };
+        let subject = self.state.subjects.replies(thread);
+        let mut last_written = after_seq;
+        let retained = self
+            .state
+            .replies
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if retained.cached_info().num_pending > 0 {
+            let mut messages = retained.messages().await.map_err(|e| unavailable(&e))?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| unavailable(&e))?;
+                let pending = message.info().map_or(0, |info| info.pending);
+                last_written = self
+                    .write_bundle(socket, &message.message, last_written)
+                    .await
+                    .map_err(ResumeError::Socket)?;
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        socket.flush().await.map_err(ResumeError::Socket)?;
+        // Live frames waiting in the subscription are written only past what was replayed.
+        if let Some(last) = self.attached.get_mut(thread) {
+            *last = last_written;
+        }
+        Ok(())
+    }
+
+    /// Relays a live reply bundle: the frames this socket does not have yet, then one flush.
     async fn relay(
-        &self,
+        &mut self,
         socket: &mut WebSocket,
         message: async_nats::Message,
     ) -> Result<(), axum::Error> {
-        let types = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(bundle::FRAME_TYPES_HEADER))
-            .map_or("", |value| value.as_str());
-        for kind in types.split(',').filter(|kind| !kind.is_empty()) {
-            self.state
-                .metrics
-                .frames_out
-                .with_label_values(&[kind])
-                .inc();
+        let Some(thread) = self.state.subjects.thread_of_replies(&message.subject) else {
+            return Ok(());
+        };
+        let last = self.attached.get(&thread).copied().unwrap_or_default();
+        let written = self.write_bundle(socket, &message, last).await?;
+        if let Some(last) = self.attached.get_mut(&thread) {
+            *last = written;
         }
-        for frame in bundle::frames(&message.payload) {
+        socket.flush().await
+    }
+
+    /// Feeds the frames of a bundle with `seq > last_written` to the socket (without flushing);
+    /// returns the new last written `seq`.
+    async fn write_bundle(
+        &self,
+        socket: &mut WebSocket,
+        message: &async_nats::Message,
+        last_written: u64,
+    ) -> Result<u64, axum::Error> {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str())
+        };
+        let mut types = header(bundle::FRAME_TYPES_HEADER).unwrap_or("").split(',');
+        // Without a first seq (not from our workers) every frame is written.
+        let first_seq = header(bundle::FIRST_SEQ_HEADER).and_then(|raw| raw.parse::<u64>().ok());
+        let mut last = last_written;
+        for (index, frame) in bundle::frames(&message.payload).enumerate() {
+            let kind = types.next().unwrap_or("unknown");
+            if let Some(first) = first_seq {
+                let seq = first + index as u64;
+                if seq <= last {
+                    continue;
+                }
+                last = seq;
+            }
             match Utf8Bytes::try_from(message.payload.slice_ref(frame)) {
-                Ok(text) => socket.feed(Message::Text(text)).await?,
+                Ok(text) => {
+                    self.state
+                        .metrics
+                        .frames_out
+                        .with_label_values(&[kind])
+                        .inc();
+                    socket.feed(Message::Text(text)).await?;
+                }
                 Err(error) => {
                     tracing::error!(%error, subject = %message.subject, "Dropped a reply frame that is not UTF-8.");
                 }
             }
         }
-        socket.flush().await
+        Ok(last)
     }
 
     fn refuse(&self, error: FrameError) -> ServerFrame {
@@ -266,6 +368,12 @@ impl Connection {
             }
         }
     }
+}
+
+/// Why a `resume` stopped: the socket itself failed, or the client gets an error frame.
+enum ResumeError {
+    Socket(axum::Error),
+    Frame(FrameError),
 }
 
 fn binary_frame_error(len: usize) -> FrameError {

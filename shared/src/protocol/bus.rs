@@ -70,6 +70,10 @@ pub mod bundle {
     /// edge can count frames by type without parsing them.
     pub const FRAME_TYPES_HEADER: &str = "Frame-Types";
 
+    /// Header with the `seq` of the bundle's first frame; the others follow one by one. Edges use
+    /// it to skip frames a socket already has (the seam of a `resume`) without parsing them.
+    pub const FIRST_SEQ_HEADER: &str = "Frame-First-Seq";
+
     /// The frames of a bundle, in order.
     pub fn frames(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
         payload
