@@ -213,6 +213,14 @@ pub struct WorkerSettings {
         default_value_t = 1800
     )]
     pub session_ttl_secs: u64,
+    /// Seconds JetStream waits for a worker's ack before redelivering a message (set when the
+    /// durable consumer is created). Workers send in-progress acks during long turns.
+    #[arg(long = "ack-wait-secs", env = "ACK_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_wait_secs: u64,
+    /// Seconds a worker's hold on a thread lasts without renewal; after a crash, another worker
+    /// takes the thread over once it has run out.
+    #[arg(long = "lease-ttl-secs", env = "LEASE_TTL_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_ttl_secs: u64,
     /// Prometheus /metrics listen address of this worker.
     #[arg(
         long = "metrics-addr",

@@ -12,9 +12,6 @@ use crate::config::NatsSettings;
 /// The duplicate window of `<PREFIX>_IN` (SPEC §3): a message id sent again within it is stored once.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// How long a delivered message may stay unacknowledged before JetStream redelivers it.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
-
 /// Connects to the NATS servers of `NATS_URL` (comma-separated). The client reconnects by itself.
 pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
     let servers: Vec<async_nats::ServerAddr> = settings
@@ -94,13 +91,14 @@ pub async fn ensure_streams(
 pub async fn ensure_workers_consumer(
     inbound: &stream::Stream,
     settings: &NatsSettings,
+    ack_wait: Duration,
 ) -> anyhow::Result<consumer::PullConsumer> {
     let name = settings.subjects().workers_consumer();
     let config = consumer::pull::Config {
         durable_name: Some(name.clone()),
         description: Some("Turn workers".into()),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
+        ack_wait,
         // Attempts are counted by the project, not by JetStream: redeliver for ever.
         max_deliver: -1,
         max_ack_pending: 100_000,

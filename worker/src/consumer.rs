@@ -19,15 +19,24 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Delay before a delivery whose thread is leased elsewhere is offered again.
 const BUSY_RETRY: Duration = Duration::from_millis(100);
 
+/// How the pull loop runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PullSettings {
+    /// Deliveries handled at once; the loop never pulls more.
+    pub concurrency: usize,
+    /// How often a delivery still being worked on tells JetStream so (a third of the ack wait).
+    pub progress_every: Duration,
+}
+
 /// Pulls and runs deliveries until `stop` is cancelled. In-flight turns are tracked by `turns`.
 pub async fn run(
     consumer: PullConsumer,
     runner: TurnRunner,
-    concurrency: usize,
+    settings: PullSettings,
     turns: TaskTracker,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(concurrency));
+    let slots = Arc::new(Semaphore::new(settings.concurrency));
     while !stop.is_cancelled() {
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
@@ -70,7 +79,12 @@ pub async fn run(
                         nak(&message, Duration::ZERO).await;
                         continue;
                     };
-                    turns.spawn(handle(message, runner.clone(), permit));
+                    turns.spawn(handle(
+                        message,
+                        runner.clone(),
+                        settings.progress_every,
+                        permit,
+                    ));
                 }
                 Err(error) => tracing::warn!(%error, "Pull batch error."),
             }
@@ -82,6 +96,7 @@ pub async fn run(
 async fn handle(
     message: async_nats::jetstream::Message,
     runner: TurnRunner,
+    progress_every: Duration,
     _slot: OwnedSemaphorePermit,
 ) {
     runner.metrics.in_flight.inc();
@@ -91,7 +106,11 @@ async fn handle(
     ) {
         (Ok(info), Some(thread)) => {
             let delivered_seq = info.stream_sequence;
-            match runner.handle_delivery(&thread, delivered_seq).await {
+            let handled = tokio::select! {
+                handled = runner.handle_delivery(&thread, delivered_seq) => handled,
+                never = report_progress(&message, progress_every) => match never {},
+            };
+            match handled {
                 Ok(outcome) => {
                     runner
                         .metrics
@@ -123,6 +142,21 @@ async fn handle(
         tracing::warn!(%error, "Cannot answer JetStream; the message will be redelivered.");
     }
     runner.metrics.in_flight.dec();
+}
+
+/// Tells JetStream every `every` that the delivery is still being worked on, so a long turn is
+/// not redelivered to another worker while this one runs it. Never returns.
+async fn report_progress(
+    message: &async_nats::jetstream::Message,
+    every: Duration,
+) -> std::convert::Infallible {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = message.ack_with(AckKind::Progress).await {
+            tracing::warn!(%error, "Cannot report progress; the message may be redelivered.");
+        }
+    }
 }
 
 async fn nak(message: &async_nats::jetstream::Message, delay: Duration) {

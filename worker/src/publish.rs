@@ -2,11 +2,12 @@
 //! bundles (`shared::protocol::bus::bundle`): frames ready together go in one NATS message. The
 //! `<PREFIX>_OUT` stream stores them (for `resume`); every attached edge relays them live.
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::consumer;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
-use serde::Deserialize;
+use futures_util::StreamExt as _;
 use shared::ids::{ThreadId, TurnId};
 use shared::protocol::bus::bundle;
 use shared::protocol::{FrameBody, ThreadFrame};
@@ -14,33 +15,88 @@ use shared::protocol::{FrameBody, ThreadFrame};
 use crate::error::TurnError;
 use crate::metrics::WorkerMetrics;
 
-/// Publish acks in flight before the publisher waits for them.
-const MAX_PENDING_ACKS: usize = 64;
-
 /// A bundle is sent once it holds this many frames, even if more are ready.
 const MAX_BUNDLE_FRAMES: usize = 64;
 
-/// What the last frame stored for a thread says about where numbering resumes.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LastFrame {
-    pub seq: u64,
-    pub turn_id: TurnId,
+/// Where a thread's reply subject stands in `<PREFIX>_OUT`.
+#[derive(Debug, Clone, Default)]
+pub struct Tail {
+    /// Stream sequence of the subject's last bundle: the next publish must find it still last.
+    pub stream_seq: Option<u64>,
+    /// The last frame of that bundle.
+    pub frame: Option<ThreadFrame>,
 }
 
-/// The last frame `<PREFIX>_OUT` holds for the subject, if any.
-pub async fn last_frame(
-    replies: &stream::Stream,
-    subject: &str,
-) -> Result<Option<LastFrame>, TurnError> {
+/// The tail of the thread's reply subject.
+pub async fn tail(replies: &stream::Stream, subject: &str) -> Result<Tail, TurnError> {
     match replies.direct_get_last_for_subject(subject).await {
-        Ok(message) => Ok(bundle::last_frame(&message.payload)
-            .and_then(|frame| serde_json::from_slice(frame).ok())),
-        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Ok(message) => Ok(Tail {
+            stream_seq: Some(message.sequence),
+            frame: bundle::last_frame(&message.payload)
+                .and_then(|frame| serde_json::from_slice(frame).ok()),
+        }),
+        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(Tail::default()),
         Err(error) => Err(TurnError::nats(error)),
     }
 }
 
-/// Numbers, bundles and publishes one turn's frames.
+/// What an attempt at a turn published, read back from `<PREFIX>_OUT`.
+#[derive(Debug, Clone, Default)]
+pub struct PublishedTurn {
+    /// `seq` of the attempt's first frame (after the last `turn_reset`, if any).
+    pub first_seq: Option<u64>,
+    /// The text of its `token` frames, in order.
+    pub reply: String,
+}
+
+/// Reads back the frames of `turn_id`'s last attempt on the subject. Used only when a worker died
+/// after publishing a whole turn but before committing it: the turn is then committed from what
+/// its clients already saw, not run again.
+pub async fn published_turn(
+    replies: &stream::Stream,
+    subject: &str,
+    turn_id: TurnId,
+) -> Result<PublishedTurn, TurnError> {
+    let reader = replies
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(TurnError::nats)?;
+    let mut turn = PublishedTurn::default();
+    if reader.cached_info().num_pending == 0 {
+        return Ok(turn);
+    }
+    let mut bundles = reader.messages().await.map_err(TurnError::nats)?;
+    while let Some(bundle_message) = bundles.next().await {
+        let bundle_message = bundle_message.map_err(TurnError::nats)?;
+        for line in bundle::frames(&bundle_message.payload) {
+            let Ok(frame) = serde_json::from_slice::<ThreadFrame>(line) else {
+                continue;
+            };
+            if frame.turn_id != turn_id {
+                continue;
+            }
+            match frame.body {
+                FrameBody::TurnReset => turn = PublishedTurn::default(),
+                FrameBody::Token { content, .. } => turn.reply.push_str(&content),
+                _ => {}
+            }
+            turn.first_seq.get_or_insert(frame.seq);
+        }
+        if bundle_message.info().map_or(0, |info| info.pending) == 0 {
+            break;
+        }
+    }
+    Ok(turn)
+}
+
+/// Numbers, bundles and publishes one turn's frames. Every bundle is published with
+/// `Nats-Expected-Last-Subject-Sequence` set to the previous bundle's stream sequence: if anyone
+/// else (a worker that lost the thread's lease and does not know it yet) published to the
+/// subject in between, the publish fails and this turn stops, so two attempts never interleave.
 pub struct FramePublisher {
     jetstream: jetstream::Context,
     metrics: WorkerMetrics,
@@ -52,11 +108,13 @@ pub struct FramePublisher {
     /// Frames not yet published: JSON lines, and their types.
     bundle: Vec<u8>,
     bundle_types: Vec<&'static str>,
-    pending: Vec<PublishAckFuture>,
+    /// Stream sequence of the subject's last bundle, once known.
+    subject_seq: Option<u64>,
 }
 
 impl FramePublisher {
-    /// Frames continue after `last_seq`, the highest `seq` the thread has used.
+    /// Frames continue after `last_seq`, the highest `seq` the thread has used; `subject_seq`
+    /// is the stream sequence of the subject's last bundle (`None`: the subject is empty).
     pub fn new(
         jetstream: jetstream::Context,
         metrics: WorkerMetrics,
@@ -64,6 +122,7 @@ impl FramePublisher {
         thread_id: ThreadId,
         turn_id: TurnId,
         last_seq: u64,
+        subject_seq: Option<u64>,
     ) -> Self {
         Self {
             jetstream,
@@ -75,7 +134,7 @@ impl FramePublisher {
             first_seq: last_seq + 1,
             bundle: Vec::new(),
             bundle_types: Vec::new(),
-            pending: Vec::new(),
+            subject_seq,
         }
     }
 
@@ -99,13 +158,10 @@ impl FramePublisher {
         Ok(())
     }
 
-    /// Publishes the frames added since the last flush as one bundle.
+    /// Publishes the frames added since the last flush as one bundle, and waits until it is stored.
     pub async fn flush(&mut self) -> Result<(), TurnError> {
         if self.bundle_types.is_empty() {
             return Ok(());
-        }
-        if self.pending.len() >= MAX_PENDING_ACKS {
-            self.await_pending().await?;
         }
         let first_seq = self.next_seq - self.bundle_types.len() as u64;
         let mut headers = HeaderMap::new();
@@ -115,15 +171,27 @@ impl FramePublisher {
         );
         headers.insert(bundle::FIRST_SEQ_HEADER, first_seq.to_string().as_str());
         let payload = std::mem::take(&mut self.bundle);
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .payload(payload.into())
             .headers(headers);
-        let ack = self
-            .jetstream
-            .send_publish(self.subject.clone(), publish)
-            .await
-            .map_err(TurnError::nats)?;
-        self.pending.push(ack);
+        if let Some(subject_seq) = self.subject_seq {
+            publish = publish.expected_last_subject_sequence(subject_seq);
+        }
+        let stored = async {
+            self.jetstream
+                .send_publish(self.subject.clone(), publish)
+                .await?
+                .await
+        }
+        .await;
+        let ack = match stored {
+            Ok(ack) => ack,
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                return Err(TurnError::LeaseLost)
+            }
+            Err(error) => return Err(TurnError::nats(error)),
+        };
+        self.subject_seq = Some(ack.sequence);
         for kind in self.bundle_types.drain(..) {
             self.metrics.frames.with_label_values(&[kind]).inc();
         }
@@ -140,16 +208,8 @@ impl FramePublisher {
         self.next_seq - 1
     }
 
-    /// Publishes what is left and waits until JetStream has stored every frame.
-    pub async fn finish(&mut self) -> Result<(), TurnError> {
-        self.flush().await?;
-        self.await_pending().await
-    }
-
-    async fn await_pending(&mut self) -> Result<(), TurnError> {
-        for ack in self.pending.drain(..) {
-            ack.await.map_err(TurnError::nats)?;
-        }
-        Ok(())
+    /// Stream sequence of the subject's last bundle, for the thread's next turn.
+    pub fn subject_seq(&self) -> Option<u64> {
+        self.subject_seq
     }
 }

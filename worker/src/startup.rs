@@ -16,9 +16,6 @@ use crate::store::Store;
 use crate::turn::TurnRunner;
 use crate::Settings;
 
-/// How long a worker may hold a thread without renewing it before another may take over.
-const LEASE_TTL: Duration = Duration::from_secs(60);
-
 /// How long a frame publish may wait for JetStream's ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,13 +33,15 @@ impl Worker {
         let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
         let (inbound, replies) =
             shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
-        let consumer = shared::jetstream::ensure_workers_consumer(&inbound, &settings.nats).await?;
+        let ack_wait = Duration::from_secs(settings.worker.ack_wait_secs);
+        let consumer =
+            shared::jetstream::ensure_workers_consumer(&inbound, &settings.nats, ack_wait).await?;
         let db = shared::db::connect_and_migrate(&settings.database).await?;
         let worker_id = uuid::Uuid::new_v4();
         let store = Store::new(
             db,
             worker_id,
-            LEASE_TTL,
+            Duration::from_secs(settings.worker.lease_ttl_secs),
             Duration::from_secs(settings.worker.session_ttl_secs),
         );
         let model = ScriptedModel {
@@ -119,7 +118,10 @@ impl Worker {
         let pulling = tokio::spawn(crate::consumer::run(
             consumer,
             runner,
-            concurrency,
+            crate::consumer::PullSettings {
+                concurrency,
+                progress_every: Duration::from_secs(settings.worker.ack_wait_secs) / 3,
+            },
             turns.clone(),
             stop.clone(),
         ));

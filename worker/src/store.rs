@@ -199,6 +199,26 @@ impl Store {
         })
     }
 
+    /// Extends the lease by its TTL; `false` if another worker has taken it.
+    pub async fn renew(&self, thread_id: &ThreadId, epoch: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE threads SET lease_expires_at = now() + make_interval(secs => $3)
+              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $4",
+        )
+        .bind(thread_id.as_str())
+        .bind(epoch)
+        .bind(self.lease_ttl.as_secs_f64())
+        .bind(self.worker_id)
+        .execute(&self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// How long a lease lasts without renewal.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
     /// Hands the lease back so the next delivery for the thread need not wait for it to expire.
     pub async fn release(&self, lease: &Lease) -> Result<(), sqlx::Error> {
         sqlx::query(

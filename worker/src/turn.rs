@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, message::StreamMessage, stream};
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use shared::ids::ThreadId;
 use shared::protocol::bus::{InboundKind, InboundMessage};
-use shared::protocol::{ErrorCode, FrameBody, Usage};
+use shared::protocol::{ErrorCode, FrameBody, ThreadFrame, Usage};
 use shared::subjects::Subjects;
 
 use crate::error::TurnError;
@@ -69,7 +69,11 @@ impl TurnRunner {
             self.store.release(&lease).await?;
             return Ok(DeliveryOutcome::Duplicate);
         }
-        let drained = self.drain(&mut lease, delivered_seq).await;
+        let (thread_id, epoch) = (lease.thread_id.clone(), lease.epoch);
+        let drained = tokio::select! {
+            drained = self.drain(&mut lease, delivered_seq) => drained,
+            lost = self.keep_lease(&thread_id, epoch) => Err(lost),
+        };
         if drained.is_err() {
             if let Err(error) = self.store.release(&lease).await {
                 tracing::warn!(%error, "Cannot release a lease after a failed turn; it will expire.");
@@ -99,6 +103,72 @@ impl TurnRunner {
         }
     }
 
+    /// Commits a turn whose frames an earlier attempt fully published, from those frames.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_published(
+        &self,
+        lease: &Lease,
+        message: InboundMessage,
+        in_seq: u64,
+        end: &ThreadFrame,
+        tail: &publish::Tail,
+        started_at: chrono::DateTime<chrono::Utc>,
+        after: AfterCommit,
+    ) -> Result<(u64, Option<u64>), TurnError> {
+        let subject = self.subjects.replies(&lease.thread_id);
+        let published = publish::published_turn(&self.replies, &subject, message.turn_id).await?;
+        let (usage, status) = match &end.body {
+            FrameBody::MessageComplete { usage } => (*usage, ThreadStatus::Open),
+            FrameBody::Error {
+                code: ErrorCode::SessionExpired,
+                ..
+            } => (Usage::default(), ThreadStatus::Expired),
+            _ => (Usage::default(), ThreadStatus::Open),
+        };
+        let (kind, content) = match message.kind {
+            InboundKind::Message { content } => ("message", Some(content.as_str().to_owned())),
+            InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
+        };
+        let record = TurnRecord {
+            in_seq,
+            turn_id: message.turn_id.as_uuid(),
+            message_id: message.message_id.to_string(),
+            kind,
+            content,
+            reply: published.reply,
+            first_seq: published.first_seq.unwrap_or(end.seq),
+            last_seq: end.seq,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_usd: usage.cost_usd,
+            received_at: message.received_at,
+            started_at,
+            status,
+        };
+        match self.store.commit(lease, &record, after).await? {
+            Committed::Yes => {
+                self.metrics.turns.with_label_values(&["recovered"]).inc();
+                Ok((end.seq, tail.stream_seq))
+            }
+            Committed::Fenced => Err(TurnError::LeaseLost),
+        }
+    }
+
+    /// Renews the lease every third of its TTL while the turns run; returns once it is lost (to a
+    /// newer epoch after this worker stalled past the TTL) or cannot be renewed.
+    async fn keep_lease(&self, thread_id: &ThreadId, epoch: i64) -> TurnError {
+        let every = self.store.lease_ttl() / 3;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticks.tick().await;
+            match self.store.renew(thread_id, epoch).await {
+                Ok(true) => {}
+                Ok(false) => return TurnError::LeaseLost,
+                Err(error) => return TurnError::Database(error),
+            }
+        }
+    }
+
     /// Runs the thread's unprocessed messages in stream order, through `up_to`.
     async fn drain(&self, lease: &mut Lease, up_to: u64) -> Result<DeliveryOutcome, TurnError> {
         let subject = self.subjects.inbound(&lease.thread_id);
@@ -106,12 +176,12 @@ impl TurnRunner {
         // commit; after that this worker published the thread's last frame itself. Both reads go
         // out together.
         let replies = self.subjects.replies(&lease.thread_id);
-        let (first, previous) = tokio::join!(
+        let (first, tail) = tokio::join!(
             self.next_message(&subject, lease.last_in_seq),
-            publish::last_frame(&self.replies, &replies)
+            publish::tail(&self.replies, &replies)
         );
         let mut next = first?;
-        let mut previous = previous?;
+        let mut tail = tail?;
         loop {
             let Some(message) = next else {
                 // The rest has aged out of the stream: nothing is left to run.
@@ -124,11 +194,14 @@ impl TurnRunner {
             } else {
                 AfterCommit::KeepLease
             };
-            let last_seq = self
-                .run_turn(lease, message, previous.take(), after)
-                .await?;
+            let (last_seq, subject_seq) = self.run_turn(lease, message, &tail, after).await?;
             lease.last_in_seq = in_seq;
             lease.last_seq = last_seq;
+            // This worker published the subject's last bundle itself.
+            tail = publish::Tail {
+                stream_seq: subject_seq,
+                frame: None,
+            };
             if in_seq >= up_to {
                 return Ok(DeliveryOutcome::Processed);
             }
@@ -153,15 +226,16 @@ impl TurnRunner {
         }
     }
 
-    /// Runs and commits the turn of one stored client message; returns the thread's last `seq`.
-    /// `previous` is the last frame stored for the thread, when it may be newer than the lease says.
+    /// Runs and commits the turn of one stored client message. `tail` is where the thread's reply
+    /// subject stands (its last frame only when it may be newer than the lease says). Returns the
+    /// thread's last `seq` and the stream sequence of its last bundle.
     async fn run_turn(
         &self,
         lease: &Lease,
         stored: StreamMessage,
-        previous: Option<publish::LastFrame>,
+        tail: &publish::Tail,
         after: AfterCommit,
-    ) -> Result<u64, TurnError> {
+    ) -> Result<(u64, Option<u64>), TurnError> {
         let started = Instant::now();
         let started_at = chrono::Utc::now();
         let in_seq = stored.sequence;
@@ -170,15 +244,22 @@ impl TurnRunner {
             Err(error) => {
                 tracing::error!(%error, in_seq, "Skipping a stored message that does not decode.");
                 return match self.store.skip(lease, in_seq).await? {
-                    Committed::Yes => Ok(lease.last_seq),
+                    Committed::Yes => Ok((lease.last_seq, tail.stream_seq)),
                     Committed::Fenced => Err(TurnError::LeaseLost),
                 };
             }
         };
         let subject = self.subjects.replies(&lease.thread_id);
-        let last_seq = previous
-            .as_ref()
-            .map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
+        let previous = tail.frame.as_ref();
+        let last_seq = previous.map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
+        let earlier_attempt = previous.filter(|frame| frame.turn_id == message.turn_id);
+        if let Some(end) = earlier_attempt.filter(|frame| is_terminal(&frame.body)) {
+            // An earlier attempt published the whole turn and died before committing it: its
+            // clients have the turn; commit what they saw instead of running it again.
+            return self
+                .commit_published(lease, message, in_seq, end, tail, started_at, after)
+                .await;
+        }
         let mut out = FramePublisher::new(
             self.jetstream.clone(),
             self.metrics.clone(),
@@ -186,9 +267,10 @@ impl TurnRunner {
             lease.thread_id.clone(),
             message.turn_id,
             last_seq,
+            tail.stream_seq,
         );
-        if previous.is_some_and(|frame| frame.turn_id == message.turn_id) {
-            // An earlier attempt at this turn published frames and did not commit.
+        if earlier_attempt.is_some() {
+            // An earlier attempt at this turn published part of it and did not commit.
             out.send(FrameBody::TurnReset).await?;
         }
 
@@ -229,7 +311,7 @@ impl TurnRunner {
             ))
             .await?;
         }
-        out.finish().await?;
+        out.flush().await?;
 
         let record = TurnRecord {
             in_seq,
@@ -259,11 +341,19 @@ impl TurnRunner {
                 self.metrics
                     .turn_seconds
                     .observe(started.elapsed().as_secs_f64());
-                Ok(out.last_seq())
+                Ok((out.last_seq(), out.subject_seq()))
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
     }
+}
+
+/// A frame that ends a turn.
+fn is_terminal(body: &FrameBody) -> bool {
+    matches!(
+        body,
+        FrameBody::MessageComplete { .. } | FrameBody::Error { .. }
+    )
 }
 
 fn error_body(code: ErrorCode, message: &str) -> FrameBody {
