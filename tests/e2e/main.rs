@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod chat_turn;
+mod delivery;
 mod errors;
 mod fanout;
 mod health;

@@ -77,6 +77,12 @@ pub struct Process {
 }
 
 impl Process {
+    /// SIGKILL: the process dies wherever it is.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("process is running");

@@ -1,0 +1,207 @@
+//! SPEC §6 under real failures: workers SIGKILLed mid-turn, many workers, per-thread order.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use e2e::ws::seqs;
+use e2e::{StackOptions, TestApp, Thread, WsClient};
+use serde_json::Value;
+
+/// What one client saw: per message, the frames of its turn (all attempts).
+struct Conversation {
+    thread: Thread,
+    turns: Vec<Vec<Value>>,
+}
+
+/// Sends `messages` messages one after another, each once its previous turn has completed.
+async fn converse(mut ws: WsClient, thread: Thread, messages: usize) -> Conversation {
+    let mut turns = Vec::with_capacity(messages);
+    for i in 0..messages {
+        ws.send(&thread.message_with_id(&format!("message {i}"), &format!("m{i}")))
+            .await;
+        let accepted = ws.expect_type("accepted").await;
+        assert_eq!(accepted["message_id"], format!("m{i}"));
+        turns.push(ws.frames_until_type("message_complete").await);
+    }
+    Conversation { thread, turns }
+}
+
+/// The text a client keeps for a turn: tokens after the last `turn_reset`.
+fn kept_text(frames: &[Value]) -> String {
+    let mut text = String::new();
+    for frame in frames {
+        match frame["type"].as_str() {
+            Some("turn_reset") => text.clear(),
+            Some("token") => text.push_str(frame["content"].as_str().unwrap_or_default()),
+            _ => {}
+        }
+    }
+    text
+}
+
+/// Checks one conversation against its frames and the database.
+async fn check(app: &TestApp, conversation: &Conversation, messages: usize) -> usize {
+    let frames: Vec<Value> = conversation.turns.iter().flatten().cloned().collect();
+    let seen = seqs(&frames);
+    assert_eq!(
+        seen,
+        (1..=seen.len() as u64).collect::<Vec<_>>(),
+        "thread {}: seq must be 1, 2, 3 … with no gap and no duplicate",
+        conversation.thread.thread_id
+    );
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT message_id, reply, last_seq FROM turns WHERE thread_id = $1 ORDER BY in_seq",
+    )
+    .bind(&conversation.thread.thread_id)
+    .fetch_all(&app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows.len(),
+        messages,
+        "one committed turn per accepted message"
+    );
+    let mut resets = 0;
+    for (i, (turn, row)) in conversation.turns.iter().zip(&rows).enumerate() {
+        assert_eq!(row.0, format!("m{i}"), "turns run in the order accepted");
+        let completes = turn
+            .iter()
+            .filter(|f| f["type"] == "message_complete")
+            .count();
+        assert_eq!(
+            completes, 1,
+            "exactly one message_complete per turn: {turn:?}"
+        );
+        let turn_ids: std::collections::HashSet<_> =
+            turn.iter().map(|f| f["turn_id"].to_string()).collect();
+        assert_eq!(turn_ids.len(), 1, "every attempt keeps the turn id");
+        assert_eq!(
+            kept_text(turn),
+            row.1,
+            "the client's text is the committed reply"
+        );
+        assert_eq!(turn.last().unwrap()["seq"], row.2);
+        resets += turn.iter().filter(|f| f["type"] == "turn_reset").count();
+    }
+    resets
+}
+
+#[tokio::test]
+async fn workers_killed_mid_turn_lose_nothing_and_duplicate_nothing() {
+    const THREADS: usize = 25;
+    const MESSAGES: usize = 20;
+    let options = StackOptions {
+        workers: 2,
+        ..StackOptions::default()
+    }
+    .with("SCRIPTED_REPLY_TOKENS", "10")
+    .with("SCRIPTED_TOKEN_DELAY_MS", "20")
+    .with("ACK_WAIT_SECS", "2")
+    .with("LEASE_TTL_SECS", "2")
+    .with("RATE_LIMIT_MESSAGES", "1000");
+    let mut app = TestApp::spawn(options).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..THREADS {
+        let thread = app.create_thread().await;
+        let ws = app.connect(0).await;
+        clients.push(tokio::spawn(converse(ws, thread, MESSAGES)));
+    }
+
+    // Kill a worker every 1.5 s, at whatever point of a turn it is, and start another.
+    let mut kills = 0usize;
+    let mut victim = 0usize;
+    while !clients.iter().all(|client| client.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        app.workers[victim].kill().await;
+        kills += 1;
+        let replacement = app.start_worker().await;
+        app.workers.swap(victim, replacement);
+        app.workers.pop();
+        victim = (victim + 1) % 2;
+    }
+    assert!(kills >= 2, "the run was too short to kill anything");
+
+    let mut resets = 0;
+    let mut conversations = HashMap::new();
+    for client in clients {
+        let conversation = client.await.expect("client task");
+        resets += check(&app, &conversation, MESSAGES).await;
+        conversations.insert(conversation.thread.thread_id.clone(), conversation);
+    }
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM turns")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(total, (THREADS * MESSAGES) as i64);
+    eprintln!("{kills} workers killed, {resets} turn resets, {total} turns committed once each");
+}
+
+#[tokio::test]
+async fn three_workers_keep_per_thread_order_for_messages_sent_back_to_back() {
+    const THREADS: usize = 100;
+    const MESSAGES: usize = 5;
+    let options = StackOptions {
+        workers: 3,
+        ..StackOptions::default()
+    }
+    .with("THREADS_PER_MINUTE", "0");
+    let app = TestApp::spawn(options).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..THREADS {
+        let thread = app.create_thread().await;
+        let mut ws = app.connect(0).await;
+        clients.push(tokio::spawn(async move {
+            // All five go out before any answer: order is the accepted order.
+            for i in 0..MESSAGES {
+                ws.send(&thread.message_with_id(&format!("message {i}"), &format!("m{i}")))
+                    .await;
+            }
+            let mut frames = Vec::new();
+            let mut completes = 0;
+            while completes < MESSAGES {
+                let frame = ws.next_frame().await;
+                if frame["type"] == "message_complete" {
+                    completes += 1;
+                }
+                frames.push(frame);
+            }
+            (thread, frames)
+        }));
+    }
+    let db = app.db().await;
+    for client in clients {
+        let (thread, frames) = client.await.expect("client task");
+        let accepted: Vec<&Value> = frames.iter().filter(|f| f["type"] == "accepted").collect();
+        let ids: Vec<String> = accepted
+            .iter()
+            .map(|f| f["message_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            ids,
+            (0..MESSAGES).map(|i| format!("m{i}")).collect::<Vec<_>>()
+        );
+        let thread_frames: Vec<Value> = frames.into_iter().filter(|f| f["seq"].is_u64()).collect();
+        assert_eq!(
+            seqs(&thread_frames),
+            (1..=(MESSAGES as u64 * 6)).collect::<Vec<_>>()
+        );
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT message_id FROM turns WHERE thread_id = $1 ORDER BY in_seq")
+                .bind(&thread.thread_id)
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        assert_eq!(rows, ids, "committed once each, in the accepted order");
+        // Frames of turn k all come before those of turn k + 1.
+        let turn_order: Vec<String> = thread_frames
+            .chunks(6)
+            .map(|turn| {
+                assert!(turn.iter().all(|f| f["turn_id"] == turn[0]["turn_id"]));
+                turn[0]["turn_id"].to_string()
+            })
+            .collect();
+        assert_eq!(turn_order.len(), MESSAGES);
+    }
+}
