@@ -203,6 +203,13 @@ pub struct WorkerSettings {
         default_value_t = 15
     )]
     pub scripted_token_delay_ms: u64,
+    /// Messages whose content contains this text make the scripted model fail after two tokens: a
+    /// simulated provider outage, for incident drills and tests. Unset: it never fails.
+    #[arg(long = "scripted-fail-on", env = "SCRIPTED_FAIL_ON")]
+    pub scripted_fail_on: Option<String>,
+    /// Failed attempts at a turn before its message is dead-lettered.
+    #[arg(long = "turn-max-attempts", env = "TURN_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_max_attempts: u32,
     /// Turns in flight per worker process.
     #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,

@@ -4,10 +4,12 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod ids;
 pub mod jetstream;
 pub mod metrics;
 pub mod protocol;
+pub mod replay;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;

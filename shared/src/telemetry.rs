@@ -11,10 +11,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber once. `format` defaults to pretty on a TTY, JSON otherwise.
-pub fn init_tracing(service: &str, format: Option<LogFormat>) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("info,{service}=info,shared=info")));
+/// Installs the global subscriber once. `format` defaults to pretty on a TTY, JSON otherwise;
+/// `default_level` applies when `RUST_LOG` is unset.
+pub fn init_tracing(default_level: &str, format: Option<LogFormat>) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let format = format.unwrap_or(if std::io::stdout().is_terminal() {
         LogFormat::Pretty
     } else {

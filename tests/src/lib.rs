@@ -210,7 +210,18 @@ impl TestApp {
 
     /// Runs a binary with this stack's settings (and `extra`) until it exits; for start-up failures.
     pub async fn run_to_exit(&self, name: &str, extra: &[(&str, &str)]) -> std::process::Output {
+        self.run_command(name, &[], extra).await
+    }
+
+    /// Runs an operator command (`worker replay …`) with this stack's settings until it exits.
+    pub async fn run_command(
+        &self,
+        name: &str,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> std::process::Output {
         let run = Command::new(binary(name))
+            .args(args)
             .envs(&self.env)
             .envs(extra.iter().copied())
             .stdin(Stdio::null())

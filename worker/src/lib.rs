@@ -6,6 +6,7 @@ pub mod consumer;
 pub mod error;
 pub mod llm;
 pub mod metrics;
+pub mod operator;
 pub mod publish;
 pub mod settings;
 pub mod startup;

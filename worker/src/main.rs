@@ -3,7 +3,12 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = worker::Settings::parse();
-    shared::telemetry::init_tracing("worker", settings.telemetry.log_format);
+    if let Some(command) = &settings.command {
+        // Operator commands talk to people: only warnings go to the log.
+        shared::telemetry::init_tracing("warn", settings.telemetry.log_format);
+        return worker::operator::run(command, &settings).await;
+    }
+    shared::telemetry::init_tracing("info", settings.telemetry.log_format);
     let worker = worker::Worker::build(settings).await?;
     worker.run_until(shared::shutdown::shutdown_signal()).await
 }

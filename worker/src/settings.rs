@@ -4,10 +4,13 @@ use shared::config::{
     DatabaseSettings, NatsSettings, ShutdownSettings, TelemetrySettings, WorkerSettings,
 };
 
-/// Turn worker of Smart Support.
+/// Turn worker of Smart Support. With no command it runs the consumer; `replay` and
+/// `dead-letters` are the operator commands.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "worker", version, about)]
 pub struct Settings {
+    #[command(subcommand)]
+    pub command: Option<crate::operator::Command>,
     #[command(flatten)]
     pub worker: WorkerSettings,
     #[command(flatten)]

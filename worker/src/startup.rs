@@ -47,6 +47,7 @@ impl Worker {
         let model = ScriptedModel {
             reply_tokens: settings.worker.scripted_reply_tokens,
             token_delay: Duration::from_millis(settings.worker.scripted_token_delay_ms),
+            fail_on: settings.worker.scripted_fail_on.clone(),
         };
         let metrics_listener = TcpListener::bind(settings.worker.metrics_addr)
             .await
@@ -63,6 +64,7 @@ impl Worker {
             subjects: settings.nats.subjects(),
             store,
             model,
+            max_attempts: settings.worker.turn_max_attempts,
             metrics: WorkerMetrics::new()?,
         };
         tracing::info!(%worker_id, "Worker built.");

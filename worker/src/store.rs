@@ -54,6 +54,21 @@ impl ThreadStatus {
     }
 }
 
+/// A message given up on, with what its last attempt published.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub in_seq: u64,
+    pub kind: &'static str,
+    pub message_id: String,
+    pub turn_id: Uuid,
+    pub attempts: u32,
+    pub reason: String,
+    pub content: Option<String>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
 /// Whether the commit hands the lease back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterCommit {
@@ -197,6 +212,99 @@ impl Store {
         } else {
             Committed::Fenced
         })
+    }
+
+    /// Counts a failed attempt at the message; returns the attempts so far.
+    pub async fn record_failure(
+        &self,
+        thread_id: &ThreadId,
+        in_seq: u64,
+        reason: &str,
+    ) -> Result<u32, sqlx::Error> {
+        let attempts: i32 = sqlx::query_scalar(
+            "INSERT INTO turn_attempts (thread_id, in_seq, attempts, history)
+             VALUES ($1, $2, 1, jsonb_build_array(jsonb_build_object('at', now(), 'error', $3::text)))
+             ON CONFLICT (thread_id, in_seq) DO UPDATE
+                SET attempts = turn_attempts.attempts + 1,
+                    history = turn_attempts.history
+                              || jsonb_build_object('at', now(), 'error', $3::text)
+             RETURNING attempts",
+        )
+        .bind(thread_id.as_str())
+        .bind(to_i64(in_seq))
+        .bind(reason)
+        .fetch_one(&self.db)
+        .await?;
+        Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
+    }
+
+    /// Advances the thread past a dead-lettered message and files it, in one transaction, only if
+    /// this lease is still the current one.
+    pub async fn dead_letter(
+        &self,
+        lease: &Lease,
+        letter: &DeadLetter,
+        after: AfterCommit,
+    ) -> Result<Committed, sqlx::Error> {
+        let release = after == AfterCommit::ReleaseLease;
+        let mut tx = self.db.begin().await?;
+        let advanced = sqlx::query(
+            "UPDATE threads
+                SET last_in_seq = $3,
+                    last_seq = GREATEST(last_seq, $4),
+                    lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
+                    lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END
+              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $6 AND last_in_seq < $3",
+        )
+        .bind(lease.thread_id.as_str())
+        .bind(lease.epoch)
+        .bind(to_i64(letter.in_seq))
+        .bind(to_i64(letter.last_seq))
+        .bind(release)
+        .bind(self.worker_id)
+        .execute(&mut *tx)
+        .await?;
+        if advanced.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(Committed::Fenced);
+        }
+        sqlx::query(
+            "INSERT INTO dead_letters (id, thread_id, in_seq, message_id, turn_id, attempts, reason, history)
+             SELECT $1, $2, $3, $4, $5, $6, $7, COALESCE(
+                 (SELECT history FROM turn_attempts WHERE thread_id = $2 AND in_seq = $3), '[]')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(lease.thread_id.as_str())
+        .bind(to_i64(letter.in_seq))
+        .bind(&letter.message_id)
+        .bind(letter.turn_id)
+        .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
+        .bind(&letter.reason)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, first_seq,
+                                last_seq, received_at, started_at, outcome)
+             VALUES ($1, $2, $3, $4, $9, $5, $6, $7, $8, now(), 'dead_lettered')",
+        )
+        .bind(lease.thread_id.as_str())
+        .bind(to_i64(letter.in_seq))
+        .bind(letter.turn_id)
+        .bind(&letter.message_id)
+        .bind(letter.content.as_deref())
+        .bind(to_i64(letter.first_seq))
+        .bind(to_i64(letter.last_seq))
+        .bind(letter.received_at)
+        .bind(letter.kind)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM turn_attempts WHERE thread_id = $1 AND in_seq = $2")
+            .bind(lease.thread_id.as_str())
+            .bind(to_i64(letter.in_seq))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Committed::Yes)
     }
 
     /// Extends the lease by its TTL; `false` if another worker has taken it.

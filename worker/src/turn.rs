@@ -16,7 +16,7 @@ use crate::error::TurnError;
 use crate::llm::ScriptedModel;
 use crate::metrics::WorkerMetrics;
 use crate::publish::{self, FramePublisher};
-use crate::store::{AfterCommit, Committed, Lease, Store, ThreadStatus, TurnRecord};
+use crate::store::{AfterCommit, Committed, DeadLetter, Lease, Store, ThreadStatus, TurnRecord};
 
 /// The agent that labels the scripted model's general replies.
 const GENERAL_AGENT: &str = "general";
@@ -51,6 +51,8 @@ pub struct TurnRunner {
     pub subjects: Subjects,
     pub store: Store,
     pub model: ScriptedModel,
+    /// Failed attempts at a message before it is dead-lettered.
+    pub max_attempts: u32,
     pub metrics: WorkerMetrics,
 }
 
@@ -100,6 +102,79 @@ impl TurnRunner {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => return Ok(None),
             }
+        }
+    }
+
+    /// Gives up on a message after its last allowed attempt: the client gets `processing_failed`
+    /// (after a `turn_reset` if the attempt had sent part of the turn), the message goes to the
+    /// dead letters with its attempt history, and the thread moves on.
+    async fn dead_letter(
+        &self,
+        lease: &Lease,
+        stored: StreamMessage,
+        attempts: u32,
+        reason: &str,
+        after: AfterCommit,
+    ) -> Result<(u64, Option<u64>), TurnError> {
+        let in_seq = stored.sequence;
+        let message: InboundMessage = serde_json::from_slice(&stored.payload)
+            .map_err(|error| TurnError::Turn(error.to_string()))?;
+        let subject = self.subjects.replies(&lease.thread_id);
+        let tail = publish::tail(&self.replies, &subject).await?;
+        let last_seq = tail
+            .frame
+            .as_ref()
+            .map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
+        let mut out = FramePublisher::new(
+            self.jetstream.clone(),
+            self.metrics.clone(),
+            subject,
+            lease.thread_id.clone(),
+            message.turn_id,
+            last_seq,
+            tail.stream_seq,
+        );
+        if tail
+            .frame
+            .as_ref()
+            .is_some_and(|frame| frame.turn_id == message.turn_id)
+        {
+            out.send(FrameBody::TurnReset).await?;
+        }
+        out.send(error_body(
+            ErrorCode::ProcessingFailed,
+            "We could not process this message. It has been set aside, and an operator can replay it.",
+        ))
+        .await?;
+        out.flush().await?;
+        let letter = DeadLetter {
+            in_seq,
+            kind: match &message.kind {
+                InboundKind::Message { .. } => "message",
+                InboundKind::InterruptResponse { .. } => "interrupt_response",
+            },
+            message_id: message.message_id.to_string(),
+            turn_id: message.turn_id.as_uuid(),
+            attempts,
+            reason: reason.to_owned(),
+            content: match &message.kind {
+                InboundKind::Message { content } => Some(content.as_str().to_owned()),
+                InboundKind::InterruptResponse { .. } => None,
+            },
+            received_at: message.received_at,
+            first_seq: out.first_seq(),
+            last_seq: out.last_seq(),
+        };
+        match self.store.dead_letter(lease, &letter, after).await? {
+            Committed::Yes => {
+                self.metrics
+                    .turns
+                    .with_label_values(&["dead_lettered"])
+                    .inc();
+                tracing::warn!(thread_id = %lease.thread_id, in_seq, attempts, reason, "Message dead-lettered.");
+                Ok((out.last_seq(), out.subject_seq()))
+            }
+            Committed::Fenced => Err(TurnError::LeaseLost),
         }
     }
 
@@ -194,7 +269,22 @@ impl TurnRunner {
             } else {
                 AfterCommit::KeepLease
             };
-            let (last_seq, subject_seq) = self.run_turn(lease, message, &tail, after).await?;
+            let (last_seq, subject_seq) =
+                match self.run_turn(lease, message.clone(), &tail, after).await {
+                    Ok(position) => position,
+                    Err(TurnError::Turn(reason)) => {
+                        let attempts = self
+                            .store
+                            .record_failure(&lease.thread_id, in_seq, &reason)
+                            .await?;
+                        if attempts < self.max_attempts {
+                            return Err(TurnError::AttemptFailed { attempts, reason });
+                        }
+                        self.dead_letter(lease, message, attempts, &reason, after)
+                            .await?
+                    }
+                    Err(error) => return Err(error),
+                };
             lease.last_in_seq = in_seq;
             lease.last_seq = last_seq;
             // This worker published the subject's last bundle itself.
@@ -290,7 +380,15 @@ impl TurnRunner {
             .await?;
         } else if let Some(content) = &content {
             usage.prompt_tokens = self.model.prompt_tokens(content.as_str());
-            for token in self.model.reply_tokens() {
+            let fails = self.model.fails_on(content.as_str());
+            for (index, token) in self.model.reply_tokens().enumerate() {
+                if fails && index == crate::llm::scripted::TOKENS_BEFORE_FAILURE {
+                    // What a provider outage looks like mid-stream: some tokens went out.
+                    out.flush().await?;
+                    return Err(TurnError::Turn(
+                        "the scripted model failed (SCRIPTED_FAIL_ON matched the message)".into(),
+                    ));
+                }
                 if !self.model.token_delay.is_zero() {
                     out.flush().await?;
                     tokio::time::sleep(self.model.token_delay).await;

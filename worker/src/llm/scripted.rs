@@ -12,7 +12,12 @@ const WORDS: [&str; 12] = [
 pub struct ScriptedModel {
     pub reply_tokens: u32,
     pub token_delay: Duration,
+    /// Content that makes the model fail mid-reply (a simulated outage).
+    pub fail_on: Option<String>,
 }
+
+/// Tokens the scripted model streams before a simulated failure.
+pub const TOKENS_BEFORE_FAILURE: usize = 2;
 
 impl ScriptedModel {
     /// The reply's tokens, in order: the words of a fixed sentence, cycled, each with a trailing space.
@@ -25,6 +30,13 @@ impl ScriptedModel {
                 format!("{word} ")
             }
         })
+    }
+
+    /// Whether the model fails on this message, after [`TOKENS_BEFORE_FAILURE`] tokens.
+    pub fn fails_on(&self, content: &str) -> bool {
+        self.fail_on
+            .as_deref()
+            .is_some_and(|marker| !marker.is_empty() && content.contains(marker))
     }
 
     /// Prompt tokens of a message, by the scripted model's count: one per whitespace-separated word.
@@ -42,7 +54,10 @@ mod tests {
         let model = ScriptedModel {
             reply_tokens: 20,
             token_delay: Duration::ZERO,
+            fail_on: Some("boom".into()),
         };
+        assert!(model.fails_on("it goes boom"));
+        assert!(!model.fails_on("all good"));
         let tokens: Vec<_> = model.reply_tokens().collect();
         assert_eq!(tokens.len(), 20);
         assert_eq!(tokens[0], "Thanks ");
