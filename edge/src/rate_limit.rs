@@ -1,4 +1,5 @@
-//! Keyed rate limits on top of `governor`, with idle keys evicted so memory stays bounded.
+//! Keyed rate limits, with idle keys evicted so memory stays bounded: thread creations per client
+//! address on top of `governor`, and the per-thread message budget.
 
 use std::hash::Hash;
 use std::num::NonZeroU32;
@@ -112,5 +113,145 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "idle keys were kept");
             std::thread::yield_now();
         }
+    }
+}
+
+/// Per-thread message budget (SPEC §3): `count` messages per `window`, a token bucket that is
+/// checked before a message is published and charged only once JetStream has accepted it, so a
+/// message refused as `busy` costs nothing. (`governor` charges on the check itself and cannot
+/// refund, which is why this one is hand-rolled.)
+pub struct MessageBudget<K: Hash + Eq + Clone> {
+    /// Tokens per bucket (the burst), and the time one token takes to come back.
+    burst: f64,
+    refill_every: Option<Duration>,
+    buckets: std::sync::Mutex<std::collections::HashMap<K, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl<K: Hash + Eq + Clone> MessageBudget<K> {
+    /// `count == 0` or a zero window means unlimited.
+    pub fn new(count: u32, window: Duration) -> Self {
+        let refill_every = (count > 0 && !window.is_zero()).then(|| window / count);
+        Self {
+            burst: f64::from(count),
+            refill_every,
+            buckets: std::sync::Mutex::default(),
+        }
+    }
+
+    fn refilled(&self, bucket: Bucket, now: std::time::Instant) -> f64 {
+        let Some(every) = self.refill_every else {
+            return self.burst;
+        };
+        let earned = now.duration_since(bucket.at).as_secs_f64() / every.as_secs_f64();
+        (bucket.tokens + earned).min(self.burst)
+    }
+
+    /// Whether one more message fits, without charging for it.
+    pub fn check(&self, key: &K) -> Decision {
+        if self.refill_every.is_none() {
+            return Decision::Allowed;
+        }
+        let now = std::time::Instant::now();
+        let buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match buckets.get(key) {
+            Some(bucket) if self.refilled(*bucket, now) < 1.0 => Decision::Limited,
+            _ => Decision::Allowed,
+        }
+    }
+
+    /// Charges one accepted message.
+    pub fn charge(&self, key: &K) {
+        if self.refill_every.is_none() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tokens = buckets
+            .get(key)
+            .map_or(self.burst, |bucket| self.refilled(*bucket, now));
+        buckets.insert(
+            key.clone(),
+            Bucket {
+                tokens: (tokens - 1.0).max(0.0),
+                at: now,
+            },
+        );
+    }
+
+    /// Forgets buckets that have refilled: they would behave exactly like new ones.
+    pub fn evict_idle(&self) {
+        let now = std::time::Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        buckets.retain(|_, bucket| self.refilled(*bucket, now) < self.burst);
+        buckets.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn only_charged_messages_count() {
+        let budget = MessageBudget::new(2, Duration::from_secs(60));
+        for _ in 0..10 {
+            assert_eq!(
+                budget.check(&"a"),
+                Decision::Allowed,
+                "checks alone cost nothing"
+            );
+        }
+        budget.charge(&"a");
+        budget.charge(&"a");
+        assert_eq!(budget.check(&"a"), Decision::Limited);
+        assert_eq!(budget.check(&"b"), Decision::Allowed);
+    }
+
+    #[test]
+    fn refills_and_evicts() {
+        let budget = MessageBudget::new(1, Duration::from_millis(20));
+        budget.charge(&"a");
+        assert_eq!(budget.check(&"a"), Decision::Limited);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while budget.check(&"a") == Decision::Limited {
+            assert!(std::time::Instant::now() < deadline, "never refilled");
+            std::thread::yield_now();
+        }
+        budget.evict_idle();
+        assert!(budget.is_empty());
+    }
+
+    #[test]
+    fn zero_is_unlimited() {
+        let budget = MessageBudget::new(0, Duration::from_secs(1));
+        budget.charge(&"a");
+        assert_eq!(budget.check(&"a"), Decision::Allowed);
+        assert!(budget.is_empty());
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::EdgeMetrics;
-use crate::rate_limit::KeyedLimit;
+use crate::rate_limit::{KeyedLimit, MessageBudget};
 use crate::state::AppState;
 use crate::Settings;
 
@@ -32,7 +32,10 @@ pub struct Edge {
 
 impl Edge {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let nats = shared::jetstream::connect(&settings.nats, "edge").await?;
+        // A socket that stops reading is closed after WRITE_TIMEOUT; meanwhile its subscriptions
+        // hold at most this many bundles each.
+        let options = async_nats::ConnectOptions::new().subscription_capacity(4096);
+        let nats = shared::jetstream::connect_with(&settings.nats, "edge", options).await?;
         let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
         let (_inbound, replies) =
             shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
@@ -47,7 +50,10 @@ impl Edge {
             db,
             subjects: Arc::new(settings.nats.subjects()),
             tokens: Arc::new(tokens),
-            message_limit: Arc::new(KeyedLimit::new(settings.edge.rate_limit_messages, window)),
+            message_limit: Arc::new(MessageBudget::new(
+                settings.edge.rate_limit_messages,
+                window,
+            )),
             thread_limit: Arc::new(KeyedLimit::new(
                 settings.edge.threads_per_minute,
                 Duration::from_secs(60),

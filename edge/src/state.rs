@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::EdgeMetrics;
-use crate::rate_limit::KeyedLimit;
+use crate::rate_limit::{KeyedLimit, MessageBudget};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -23,7 +23,7 @@ pub struct AppState {
     pub subjects: Arc<Subjects>,
     pub tokens: Arc<ThreadTokens>,
     /// Accepted `message` frames per thread (this process only).
-    pub message_limit: Arc<KeyedLimit<ThreadId>>,
+    pub message_limit: Arc<MessageBudget<ThreadId>>,
     /// Thread creations per client address.
     pub thread_limit: Arc<KeyedLimit<IpAddr>>,
     pub metrics: EdgeMetrics,

@@ -14,6 +14,15 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Connects to the NATS servers of `NATS_URL` (comma-separated). The client reconnects by itself.
 pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
+    connect_with(settings, name, async_nats::ConnectOptions::new()).await
+}
+
+/// [`connect`] with options of the caller's (e.g. a smaller subscription capacity on the edge).
+pub async fn connect_with(
+    settings: &NatsSettings,
+    name: &str,
+    options: async_nats::ConnectOptions,
+) -> anyhow::Result<async_nats::Client> {
     let servers: Vec<async_nats::ServerAddr> = settings
         .url
         .split(',')
@@ -22,7 +31,7 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<asyn
         .map(str::parse)
         .collect::<Result<_, _>>()
         .with_context(|| format!("NATS_URL `{}` is not a list of NATS URLs", settings.url))?;
-    async_nats::ConnectOptions::new()
+    options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {
@@ -68,6 +77,12 @@ pub async fn ensure_streams(
         max_messages_per_subject: settings.reply_max_per_thread,
         num_replicas: settings.replicas,
         allow_direct: true,
+        // Edges relay what the stream stored, never what it refused.
+        republish: Some(stream::Republish {
+            source: subjects.replies_wildcard(),
+            destination: subjects.live_template(),
+            headers_only: false,
+        }),
         ..Default::default()
     };
     let mut streams = Vec::with_capacity(2);

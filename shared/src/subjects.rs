@@ -44,6 +44,23 @@ impl Subjects {
         format!("{}.out.{thread}", self.prefix)
     }
 
+    /// Where `<PREFIX>_OUT` republishes each reply bundle once it is stored; edges relay from
+    /// here, so a bundle the stream refused (a fenced-off attempt) never reaches a client.
+    pub fn live(&self, thread: &ThreadId) -> String {
+        format!("{}.live.{thread}", self.prefix)
+    }
+
+    /// The stream's republish destination for [`Subjects::live`].
+    pub fn live_template(&self) -> String {
+        format!("{}.live.{{{{wildcard(1)}}}}", self.prefix)
+    }
+
+    /// The thread id of a subject produced by [`Subjects::live`].
+    pub fn thread_of_live(&self, subject: &str) -> Option<ThreadId> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".live.")?;
+        ThreadId::parse(rest).ok()
+    }
+
     pub fn inbound_wildcard(&self) -> String {
         format!("{}.in.*", self.prefix)
     }
@@ -83,12 +100,21 @@ mod tests {
         assert_eq!(subjects.workers_consumer(), "chat-workers");
         assert_eq!(subjects.inbound(&thread), "chat.in.t1");
         assert_eq!(subjects.replies(&thread), "chat.out.t1");
-        assert_eq!(subjects.thread_of_inbound("chat.in.t1"), Some(thread));
+        assert_eq!(
+            subjects.thread_of_inbound("chat.in.t1"),
+            Some(thread.clone())
+        );
         assert_eq!(subjects.thread_of_inbound("chat.out.t1"), None);
         assert_eq!(
             subjects.thread_of_replies("chat.out.t1"),
             Some(ThreadId::parse("t1").unwrap())
         );
         assert_eq!(subjects.thread_of_replies("chat.in.t1"), None);
+        assert_eq!(subjects.live(&thread), "chat.live.t1");
+        assert_eq!(subjects.live_template(), "chat.live.{{wildcard(1)}}");
+        assert_eq!(
+            subjects.thread_of_live("chat.live.t1"),
+            Some(thread.clone())
+        );
     }
 }

@@ -76,3 +76,25 @@ async fn threads_are_numbered_independently_and_run_concurrently() {
         assert_eq!(seqs(&frames), vec![1, 2, 3, 4, 5, 6]);
     }
 }
+
+#[tokio::test]
+async fn content_the_database_cannot_store_as_is_does_not_block_the_thread() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    ws.send(&thread.message("nul \u{0} inside")).await;
+    ws.expect_type("accepted").await;
+    ws.frames_until_type("message_complete").await;
+    ws.send(&thread.message("next")).await;
+    ws.expect_type("accepted").await;
+    let next = ws.frames_until_type("message_complete").await;
+    assert_eq!(next[0]["seq"], 7);
+    let stored: String = sqlx::query_scalar(
+        "SELECT content FROM turns WHERE thread_id = $1 ORDER BY in_seq LIMIT 1",
+    )
+    .bind(&thread.thread_id)
+    .fetch_one(&app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(stored, "nul \u{FFFD} inside");
+}

@@ -205,3 +205,48 @@ async fn three_workers_keep_per_thread_order_for_messages_sent_back_to_back() {
         assert_eq!(turn_order.len(), MESSAGES);
     }
 }
+
+/// The fence the workers rely on (docs/architecture.md): on this NATS server, a publish that
+/// expects the subject's last sequence to be 0 (empty) or N fails once anyone else published.
+#[tokio::test]
+async fn the_nats_server_enforces_expected_last_subject_sequence() {
+    use async_nats::jetstream::context::PublishErrorKind;
+    use async_nats::jetstream::message::PublishMessage;
+
+    let app = TestApp::spawn(StackOptions {
+        edges: 1,
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await;
+    let js = app.jetstream().await;
+    let subject = format!("{}.out.fence", app.prefix);
+    let publish = |expected: u64| {
+        let js = js.clone();
+        let subject = subject.clone();
+        async move {
+            js.send_publish(
+                subject,
+                PublishMessage::build()
+                    .payload("x".into())
+                    .expected_last_subject_sequence(expected),
+            )
+            .await?
+            .await
+        }
+    };
+    let first = publish(0)
+        .await
+        .expect("an empty subject accepts expected 0");
+    let stale = publish(0)
+        .await
+        .expect_err("expected 0 fails once the subject has a message");
+    assert_eq!(stale.kind(), PublishErrorKind::WrongLastSequence);
+    publish(first.sequence)
+        .await
+        .expect("the right last sequence is accepted");
+    let stale = publish(first.sequence)
+        .await
+        .expect_err("a stale last sequence fails");
+    assert_eq!(stale.kind(), PublishErrorKind::WrongLastSequence);
+}

@@ -16,10 +16,11 @@ async fn still_works(app: &TestApp, ws: &mut WsClient) {
         .all(|f| f["thread_id"] == thread.thread_id.as_str()));
 }
 
+/// A valid message with `fields` changed; a field set to the string "<absent>" is removed.
 fn frame_for(thread: &Thread, fields: Value) -> Value {
     let mut frame = thread.message("hello");
     for (key, value) in fields.as_object().unwrap() {
-        if value.is_null() {
+        if value == "<absent>" {
             frame.as_object_mut().unwrap().remove(key);
         } else {
             frame[key] = value.clone();
@@ -61,9 +62,11 @@ async fn every_bad_frame_gets_its_code_and_the_socket_keeps_working() {
     let cases: Vec<(Value, &str, bool)> = vec![
         (json!({"type": "shout"}), "unknown_type", true),
         (json!({"type": null}), "invalid_frame", true),
+        (json!({"type": "<absent>"}), "invalid_frame", true),
         (json!({"content": 42}), "invalid_frame", true),
         (json!({"message_id": "has spaces"}), "invalid_frame", true),
-        (json!({"thread_id": null}), "missing_thread_id", false),
+        (json!({"thread_id": "<absent>"}), "missing_thread_id", false),
+        (json!({"thread_id": null}), "invalid_frame", false),
         (
             json!({"thread_id": "not valid!"}),
             "invalid_thread_id",
@@ -75,9 +78,11 @@ async fn every_bad_frame_gets_its_code_and_the_socket_keeps_working() {
             false,
         ),
         (json!({"token": "forged"}), "unauthorized", true),
+        (json!({"token": "<absent>"}), "unauthorized", true),
         (json!({"token": null}), "unauthorized", true),
         (json!({"token": other.token}), "unauthorized", true),
-        (json!({"content": null}), "missing_content", true),
+        (json!({"content": "<absent>"}), "missing_content", true),
+        (json!({"content": null}), "invalid_frame", true),
         (json!({"content": " \n\t "}), "missing_content", true),
         (
             json!({"content": "a".repeat(10_001)}),
@@ -136,6 +141,9 @@ async fn every_bad_frame_gets_its_code_and_the_socket_keeps_working() {
     accepted_messages += 1;
     let error = ws.expect_error("no_pending_interrupt").await;
     assert!(error["seq"].is_u64());
+    // Every turn ends with message_complete (SPEC §3).
+    let complete = ws.expect_type("message_complete").await;
+    assert_eq!(complete["usage"]["completion_tokens"], 0);
     still_works(&app, &mut ws).await;
     accepted_messages += 1;
 

@@ -12,8 +12,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TurnError {
-    #[error("database error")]
-    Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
     #[error("NATS error: {0}")]
     Nats(String),
     #[error("the thread's lease was lost to another worker")]
@@ -21,9 +21,29 @@ pub enum TurnError {
     /// The turn itself failed (the model, a tool): counted as an attempt at the message.
     #[error("the turn failed: {0}")]
     Turn(String),
+    /// The worker is shutting down and handed the turn back.
+    #[error("abandoned at shutdown")]
+    Abandoned,
     /// A counted failure; the message is offered again after a backoff.
     #[error("attempt {attempts} failed: {reason}")]
     AttemptFailed { attempts: u32, reason: String },
+}
+
+impl From<sqlx::Error> for TurnError {
+    /// Data the database refuses (SQLSTATE classes 22 and 23) will be refused on every attempt:
+    /// it counts against the message, which is dead-lettered in the end instead of retried for
+    /// ever. Anything else is the database being unavailable: retried without counting.
+    fn from(error: sqlx::Error) -> Self {
+        let refused = error
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23"));
+        if refused {
+            Self::Turn(format!("the database refused the turn: {error}"))
+        } else {
+            Self::Database(error)
+        }
+    }
 }
 
 impl TurnError {
@@ -38,6 +58,8 @@ impl TurnError {
             Self::Database(_) | Self::Nats(_) | Self::LeaseLost | Self::Turn(_) => {
                 AckKind::Nak(Some(RETRY_DELAY))
             }
+            // Another worker can take it at once.
+            Self::Abandoned => AckKind::Nak(None),
             // Exponential backoff between counted attempts: 1 s, 2 s, 4 s … up to 30 s.
             Self::AttemptFailed { attempts, .. } => {
                 let exponent = attempts.saturating_sub(1).min(5);

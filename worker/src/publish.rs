@@ -8,9 +8,10 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use futures_util::StreamExt as _;
+use serde::Deserialize;
 use shared::ids::{ThreadId, TurnId};
 use shared::protocol::bus::bundle;
-use shared::protocol::{FrameBody, ThreadFrame};
+use shared::protocol::{FrameBody, ThreadFrame, Usage};
 
 use crate::error::TurnError;
 use crate::metrics::WorkerMetrics;
@@ -18,24 +19,61 @@ use crate::metrics::WorkerMetrics;
 /// A bundle is sent once it holds this many frames, even if more are ready.
 const MAX_BUNDLE_FRAMES: usize = 64;
 
+/// What the last frame stored for a thread says: read leniently (only the fields every frame
+/// has, plus what ends a turn), so a frame type this worker does not know cannot hide the tail.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LastFrame {
+    pub seq: u64,
+    pub turn_id: TurnId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+impl LastFrame {
+    /// The frame ends its turn: `message_complete`, or an `error` that answers the message.
+    pub fn ends_turn(&self) -> bool {
+        matches!(self.kind.as_str(), "message_complete" | "error")
+    }
+}
+
 /// Where a thread's reply subject stands in `<PREFIX>_OUT`.
 #[derive(Debug, Clone, Default)]
 pub struct Tail {
     /// Stream sequence of the subject's last bundle: the next publish must find it still last.
     pub stream_seq: Option<u64>,
     /// The last frame of that bundle.
-    pub frame: Option<ThreadFrame>,
+    pub frame: Option<LastFrame>,
 }
 
-/// The tail of the thread's reply subject.
+/// The tail of the thread's reply subject, read from the stream leader (a replica may lag).
 pub async fn tail(replies: &stream::Stream, subject: &str) -> Result<Tail, TurnError> {
-    match replies.direct_get_last_for_subject(subject).await {
-        Ok(message) => Ok(Tail {
-            stream_seq: Some(message.sequence),
-            frame: bundle::last_frame(&message.payload)
-                .and_then(|frame| serde_json::from_slice(frame).ok()),
-        }),
-        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(Tail::default()),
+    match replies.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => {
+            let frame = bundle::last_frame(&message.payload)
+                .map(serde_json::from_slice::<LastFrame>)
+                .transpose()
+                .map_err(|error| {
+                    TurnError::Turn(format!(
+                        "the thread's last reply frame does not decode: {error}"
+                    ))
+                })?;
+            Ok(Tail {
+                stream_seq: Some(message.sequence),
+                frame,
+            })
+        }
+        Err(error)
+            if matches!(
+                error.kind(),
+                stream::LastRawMessageErrorKind::NoMessageFound
+            ) =>
+        {
+            Ok(Tail::default())
+        }
         Err(error) => Err(TurnError::nats(error)),
     }
 }
@@ -148,7 +186,8 @@ impl FramePublisher {
             turn_id: self.turn_id,
             body,
         };
-        serde_json::to_writer(&mut self.bundle, &frame).map_err(TurnError::nats)?;
+        serde_json::to_writer(&mut self.bundle, &frame)
+            .map_err(|error| TurnError::Turn(format!("a frame does not encode: {error}")))?;
         self.bundle.push(b'\n');
         self.bundle_types.push(kind);
         self.next_seq += 1;
@@ -174,9 +213,8 @@ impl FramePublisher {
         let mut publish = PublishMessage::build()
             .payload(payload.into())
             .headers(headers);
-        if let Some(subject_seq) = self.subject_seq {
-            publish = publish.expected_last_subject_sequence(subject_seq);
-        }
+        // 0 when the subject is empty: then the first bundle, too, is fenced.
+        publish = publish.expected_last_subject_sequence(self.subject_seq.unwrap_or(0));
         let stored = async {
             self.jetstream
                 .send_publish(self.subject.clone(), publish)

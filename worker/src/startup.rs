@@ -65,6 +65,7 @@ impl Worker {
             store,
             model,
             max_attempts: settings.worker.turn_max_attempts,
+            abandon: CancellationToken::new(),
             metrics: WorkerMetrics::new()?,
         };
         tracing::info!(%worker_id, "Worker built.");
@@ -96,6 +97,7 @@ impl Worker {
         } = self;
         let metrics_addr = metrics_listener.local_addr()?;
         let registry = runner.metrics.registry.clone();
+        let abandon = runner.abandon.clone();
         let metrics_app = axum::Router::new().route(
             "/metrics",
             get(move || {
@@ -140,8 +142,18 @@ impl Worker {
         if tokio::time::timeout(grace, turns.wait()).await.is_err() {
             tracing::warn!(
                 unfinished = turns.len(),
-                "Grace period over; unfinished turns will be redelivered."
+                "Grace period over; handing unfinished turns back."
             );
+            // Each releases its thread's lease and naks its message, so another worker takes it now.
+            abandon.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), turns.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "Some turns did not hand back in time; JetStream will redeliver them."
+                );
+            }
         }
         if let Err(error) = nats.flush().await {
             tracing::warn!(%error, "Cannot flush NATS at shutdown.");

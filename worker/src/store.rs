@@ -15,8 +15,10 @@ pub struct Lease {
     pub last_in_seq: u64,
     /// The last reply frame `seq` committed for the thread.
     pub last_seq: u64,
-    /// The session has been inactive for longer than `SESSION_TTL_SECS`.
+    /// The thread's status is `expired`.
     pub expired: bool,
+    /// The thread's last activity (its last committed turn, or its creation).
+    pub last_active_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A finished turn, written once with the thread's new position.
@@ -84,6 +86,15 @@ pub enum Committed {
     Fenced,
 }
 
+/// Text as PostgreSQL can store it: a NUL character (which a client may send) becomes U+FFFD.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -116,7 +127,7 @@ impl Store {
 
     /// Takes the thread's lease if it is free or expired; `None` while another worker holds it.
     pub async fn acquire(&self, thread_id: &ThreadId) -> Result<Option<Lease>, sqlx::Error> {
-        let row: Option<(i64, i64, i64, bool)> = sqlx::query_as(
+        let row: Option<(i64, i64, i64, bool, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
             "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
              VALUES ($1, $2, 1, now() + make_interval(secs => $3))
              ON CONFLICT (id) DO UPDATE
@@ -124,22 +135,23 @@ impl Store {
                     lease_epoch = threads.lease_epoch + 1,
                     lease_expires_at = EXCLUDED.lease_expires_at
                 WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
-             RETURNING lease_epoch, last_in_seq, last_seq,
-                       (status = 'expired' OR last_active_at < now() - make_interval(secs => $4))",
+             RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired', last_active_at",
         )
         .bind(thread_id.as_str())
         .bind(self.worker_id)
         .bind(self.lease_ttl.as_secs_f64())
-        .bind(self.session_ttl.as_secs_f64())
         .fetch_optional(&self.db)
         .await?;
-        Ok(row.map(|(epoch, last_in_seq, last_seq, expired)| Lease {
-            thread_id: thread_id.clone(),
-            epoch,
-            last_in_seq: to_u64(last_in_seq),
-            last_seq: to_u64(last_seq),
-            expired,
-        }))
+        Ok(row.map(
+            |(epoch, last_in_seq, last_seq, expired, last_active_at)| Lease {
+                thread_id: thread_id.clone(),
+                epoch,
+                last_in_seq: to_u64(last_in_seq),
+                last_seq: to_u64(last_seq),
+                expired,
+                last_active_at,
+            },
+        ))
     }
 
     /// Advances the thread past `turn.in_seq` and records the turn, in one statement, only if
@@ -178,8 +190,8 @@ impl Store {
         .bind(turn.turn_id)
         .bind(&turn.message_id)
         .bind(turn.kind)
-        .bind(turn.content.as_deref())
-        .bind(&turn.reply)
+        .bind(turn.content.as_deref().map(storable))
+        .bind(storable(&turn.reply))
         .bind(to_i64(turn.first_seq))
         .bind(to_i64(turn.prompt_tokens))
         .bind(to_i64(turn.completion_tokens))
@@ -195,16 +207,38 @@ impl Store {
         })
     }
 
+    /// Whether a message received at `received_at` finds the session expired: the thread is
+    /// marked expired, or it had been idle for longer than `SESSION_TTL_SECS` when the message
+    /// arrived (not when a worker got to it: a queue backlog does not expire anyone).
+    pub fn session_expired(
+        &self,
+        lease: &Lease,
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        let idle = (received_at - lease.last_active_at)
+            .to_std()
+            .unwrap_or_default();
+        lease.expired || idle > self.session_ttl
+    }
+
     /// Advances the thread past a message that cannot be a turn (it does not decode), with no row.
-    pub async fn skip(&self, lease: &Lease, in_seq: u64) -> Result<Committed, sqlx::Error> {
+    pub async fn skip(
+        &self,
+        lease: &Lease,
+        in_seq: u64,
+        after: AfterCommit,
+    ) -> Result<Committed, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE threads SET last_in_seq = $3
+            "UPDATE threads SET last_in_seq = $3,
+                    lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
+                    lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END
               WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $4 AND last_in_seq < $3",
         )
         .bind(lease.thread_id.as_str())
         .bind(lease.epoch)
         .bind(to_i64(in_seq))
         .bind(self.worker_id)
+        .bind(after == AfterCommit::ReleaseLease)
         .execute(&self.db)
         .await?;
         Ok(if done.rows_affected() == 1 {
@@ -232,10 +266,32 @@ impl Store {
         )
         .bind(thread_id.as_str())
         .bind(to_i64(in_seq))
-        .bind(reason)
+        .bind(storable(reason))
         .fetch_one(&self.db)
         .await?;
         Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
+    }
+
+    /// The failed attempts counted for a message, and the last error.
+    pub async fn failures(
+        &self,
+        thread_id: &ThreadId,
+        in_seq: u64,
+    ) -> Result<Option<(u32, String)>, sqlx::Error> {
+        let row: Option<(i32, Option<String>)> = sqlx::query_as(
+            "SELECT attempts, history -> -1 ->> 'error' FROM turn_attempts
+              WHERE thread_id = $1 AND in_seq = $2",
+        )
+        .bind(thread_id.as_str())
+        .bind(to_i64(in_seq))
+        .fetch_optional(&self.db)
+        .await?;
+        Ok(row.map(|(attempts, error)| {
+            (
+                u32::try_from(attempts).unwrap_or_default(),
+                error.unwrap_or_default(),
+            )
+        }))
     }
 
     /// Advances the thread past a dead-lettered message and files it, in one transaction, only if
@@ -279,7 +335,7 @@ impl Store {
         .bind(&letter.message_id)
         .bind(letter.turn_id)
         .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
-        .bind(&letter.reason)
+        .bind(storable(&letter.reason))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -291,7 +347,7 @@ impl Store {
         .bind(to_i64(letter.in_seq))
         .bind(letter.turn_id)
         .bind(&letter.message_id)
-        .bind(letter.content.as_deref())
+        .bind(letter.content.as_deref().map(storable))
         .bind(to_i64(letter.first_seq))
         .bind(to_i64(letter.last_seq))
         .bind(letter.received_at)

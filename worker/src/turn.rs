@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, message::StreamMessage, stream};
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use shared::ids::ThreadId;
 use shared::protocol::bus::{InboundKind, InboundMessage};
-use shared::protocol::{ErrorCode, FrameBody, ThreadFrame, Usage};
+use shared::protocol::{ErrorCode, FrameBody, Usage};
 use shared::subjects::Subjects;
 
 use crate::error::TurnError;
@@ -53,6 +53,8 @@ pub struct TurnRunner {
     pub model: ScriptedModel,
     /// Failed attempts at a message before it is dead-lettered.
     pub max_attempts: u32,
+    /// Cancelled when the shutdown grace period is over: turns still running hand their thread back.
+    pub abandon: tokio_util::sync::CancellationToken,
     pub metrics: WorkerMetrics,
 }
 
@@ -73,8 +75,11 @@ impl TurnRunner {
         }
         let (thread_id, epoch) = (lease.thread_id.clone(), lease.epoch);
         let drained = tokio::select! {
+            // A finished drain wins over a renewal that raced with its final commit.
+            biased;
             drained = self.drain(&mut lease, delivered_seq) => drained,
             lost = self.keep_lease(&thread_id, epoch) => Err(lost),
+            () = self.abandon.cancelled() => Err(TurnError::Abandoned),
         };
         if drained.is_err() {
             if let Err(error) = self.store.release(&lease).await {
@@ -178,49 +183,71 @@ impl TurnRunner {
         }
     }
 
-    /// Commits a turn whose frames an earlier attempt fully published, from those frames.
+    /// Commits a turn whose frames an earlier attempt fully published, from those frames. If that
+    /// attempt had given up on the message (`processing_failed`), files the dead letter instead.
     #[allow(clippy::too_many_arguments)]
     async fn commit_published(
         &self,
         lease: &Lease,
         message: InboundMessage,
         in_seq: u64,
-        end: &ThreadFrame,
+        end: &publish::LastFrame,
         tail: &publish::Tail,
         started_at: chrono::DateTime<chrono::Utc>,
         after: AfterCommit,
     ) -> Result<(u64, Option<u64>), TurnError> {
         let subject = self.subjects.replies(&lease.thread_id);
         let published = publish::published_turn(&self.replies, &subject, message.turn_id).await?;
-        let (usage, status) = match &end.body {
-            FrameBody::MessageComplete { usage } => (*usage, ThreadStatus::Open),
-            FrameBody::Error {
-                code: ErrorCode::SessionExpired,
-                ..
-            } => (Usage::default(), ThreadStatus::Expired),
-            _ => (Usage::default(), ThreadStatus::Open),
-        };
-        let (kind, content) = match message.kind {
+        let first_seq = published.first_seq.unwrap_or(end.seq);
+        let (kind, content) = match &message.kind {
             InboundKind::Message { content } => ("message", Some(content.as_str().to_owned())),
             InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
         };
-        let record = TurnRecord {
-            in_seq,
-            turn_id: message.turn_id.as_uuid(),
-            message_id: message.message_id.to_string(),
-            kind,
-            content,
-            reply: published.reply,
-            first_seq: published.first_seq.unwrap_or(end.seq),
-            last_seq: end.seq,
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            cost_usd: usage.cost_usd,
-            received_at: message.received_at,
-            started_at,
-            status,
+        let committed = if end.code.as_deref() == Some(ErrorCode::ProcessingFailed.as_str()) {
+            let (attempts, reason) = self
+                .store
+                .failures(&lease.thread_id, in_seq)
+                .await?
+                .unwrap_or((self.max_attempts, "failed attempts".to_owned()));
+            let letter = DeadLetter {
+                in_seq,
+                kind,
+                message_id: message.message_id.to_string(),
+                turn_id: message.turn_id.as_uuid(),
+                attempts,
+                reason,
+                content,
+                received_at: message.received_at,
+                first_seq,
+                last_seq: end.seq,
+            };
+            self.store.dead_letter(lease, &letter, after).await?
+        } else {
+            let usage = end.usage.unwrap_or_default();
+            let status = if end.code.as_deref() == Some(ErrorCode::SessionExpired.as_str()) {
+                ThreadStatus::Expired
+            } else {
+                ThreadStatus::Open
+            };
+            let record = TurnRecord {
+                in_seq,
+                turn_id: message.turn_id.as_uuid(),
+                message_id: message.message_id.to_string(),
+                kind,
+                content,
+                reply: published.reply,
+                first_seq,
+                last_seq: end.seq,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cost_usd: usage.cost_usd,
+                received_at: message.received_at,
+                started_at,
+                status,
+            };
+            self.store.commit(lease, &record, after).await?
         };
-        match self.store.commit(lease, &record, after).await? {
+        match committed {
             Committed::Yes => {
                 self.metrics.turns.with_label_values(&["recovered"]).inc();
                 Ok((end.seq, tail.stream_seq))
@@ -229,17 +256,23 @@ impl TurnRunner {
         }
     }
 
-    /// Renews the lease every third of its TTL while the turns run; returns once it is lost (to a
-    /// newer epoch after this worker stalled past the TTL) or cannot be renewed.
+    /// Renews the lease every third of its TTL while the turns run. Returns once the lease is
+    /// lost to a newer epoch (this worker stalled past the TTL), or when renewals have failed for
+    /// so long that the lease may have run out.
     async fn keep_lease(&self, thread_id: &ThreadId, epoch: i64) -> TurnError {
-        let every = self.store.lease_ttl() / 3;
+        let ttl = self.store.lease_ttl();
+        let every = ttl / 3;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut renewed = tokio::time::Instant::now();
         loop {
             ticks.tick().await;
             match self.store.renew(thread_id, epoch).await {
-                Ok(true) => {}
+                Ok(true) => renewed = tokio::time::Instant::now(),
                 Ok(false) => return TurnError::LeaseLost,
-                Err(error) => return TurnError::Database(error),
+                Err(error) if renewed.elapsed() >= ttl - every => {
+                    return TurnError::Database(error)
+                }
+                Err(error) => tracing::warn!(%error, "Cannot renew a lease; trying again."),
             }
         }
     }
@@ -287,6 +320,7 @@ impl TurnRunner {
                 };
             lease.last_in_seq = in_seq;
             lease.last_seq = last_seq;
+            lease.last_active_at = chrono::Utc::now();
             // This worker published the subject's last bundle itself.
             tail = publish::Tail {
                 stream_seq: subject_seq,
@@ -305,13 +339,20 @@ impl TurnRunner {
         subject: &str,
         after_seq: u64,
     ) -> Result<Option<StreamMessage>, TurnError> {
-        match self
+        // From the stream leader: a replica that lags would answer "nothing" for a message that
+        // exists, and the thread would skip it.
+        let next = self
             .inbound
-            .direct_get_next_for_subject(subject, Some(after_seq + 1))
-            .await
-        {
+            .raw_message_builder()
+            .sequence(after_seq + 1)
+            .next_by_subject(subject)
+            .send()
+            .await;
+        match next {
             Ok(message) => Ok(Some(message)),
-            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(error) if matches!(error.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
             Err(error) => Err(TurnError::nats(error)),
         }
     }
@@ -333,7 +374,7 @@ impl TurnRunner {
             Ok(message) => message,
             Err(error) => {
                 tracing::error!(%error, in_seq, "Skipping a stored message that does not decode.");
-                return match self.store.skip(lease, in_seq).await? {
+                return match self.store.skip(lease, in_seq, after).await? {
                     Committed::Yes => Ok((lease.last_seq, tail.stream_seq)),
                     Committed::Fenced => Err(TurnError::LeaseLost),
                 };
@@ -343,7 +384,7 @@ impl TurnRunner {
         let previous = tail.frame.as_ref();
         let last_seq = previous.map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
         let earlier_attempt = previous.filter(|frame| frame.turn_id == message.turn_id);
-        if let Some(end) = earlier_attempt.filter(|frame| is_terminal(&frame.body)) {
+        if let Some(end) = earlier_attempt.filter(|frame| frame.ends_turn()) {
             // An earlier attempt published the whole turn and died before committing it: its
             // clients have the turn; commit what they saw instead of running it again.
             return self
@@ -371,7 +412,7 @@ impl TurnRunner {
             InboundKind::Message { content } => ("message", Some(content)),
             InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
         };
-        if lease.expired {
+        if self.store.session_expired(lease, message.received_at) {
             status = ThreadStatus::Expired;
             out.send(error_body(
                 ErrorCode::SessionExpired,
@@ -408,6 +449,7 @@ impl TurnRunner {
                 "There is no pending approval on this thread.",
             ))
             .await?;
+            out.send(FrameBody::MessageComplete { usage }).await?;
         }
         out.flush().await?;
 
@@ -444,14 +486,6 @@ impl TurnRunner {
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
     }
-}
-
-/// A frame that ends a turn.
-fn is_terminal(body: &FrameBody) -> bool {
-    matches!(
-        body,
-        FrameBody::MessageComplete { .. } | FrameBody::Error { .. }
-    )
 }
 
 fn error_body(code: ErrorCode, message: &str) -> FrameBody {

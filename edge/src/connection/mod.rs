@@ -8,10 +8,12 @@
 //! and no duplicate at the seam.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer;
+use async_nats::jetstream::context::PublishErrorKind;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
+use backon::{ExponentialBuilder, Retryable as _};
 use futures_util::stream::SelectAll;
 use futures_util::{SinkExt as _, StreamExt as _};
 use shared::ids::{MessageId, ThreadId, TurnId};
@@ -60,7 +62,8 @@ impl Connection {
                     let reply = match incoming? {
                         Message::Text(text) => self.handle_text(socket, text.as_str()).await?,
                         Message::Binary(bytes) => Some(self.refuse(binary_frame_error(bytes.len()))),
-                        Message::Close(_) => return Ok(()),
+                        // tungstenite has queued the close reply: send it before leaving.
+                        Message::Close(_) => return socket.flush().await,
                         Message::Ping(_) | Message::Pong(_) => None,
                     };
                     if let Some(reply) = reply {
@@ -103,8 +106,17 @@ impl Connection {
                     );
                     return Ok(Some(self.refuse(error.on_thread(&thread_id))));
                 }
-                self.accept(thread_id, message_id, InboundKind::Message { content })
-                    .await
+                let accepted = self
+                    .accept(
+                        thread_id.clone(),
+                        message_id,
+                        InboundKind::Message { content },
+                    )
+                    .await;
+                if accepted.is_ok() {
+                    self.state.message_limit.charge(&thread_id);
+                }
+                accepted
             }
             ClientFrame::InterruptResponse {
                 thread_id,
@@ -173,17 +185,31 @@ impl Connection {
             tracing::error!(%error, "Cannot encode an inbound message.");
             FrameError::new(ErrorCode::Internal, "internal error").on_thread(thread)
         })?;
-        let publish = async_nats::jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .message_id(Subjects::message_dedup_id(thread, &message.message_id));
+        let dedup_id = Subjects::message_dedup_id(thread, &message.message_id);
         let started = Instant::now();
-        let stored = async {
+        // A failure after the message left may hide a stored message: send the same message id
+        // again (JetStream stores it once) before telling the client it was not stored.
+        let stored = (|| async {
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&dedup_id);
             self.state
                 .jetstream
                 .send_publish(self.state.subjects.inbound(thread), publish)
                 .await?
                 .await
-        }
+        })
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(2),
+        )
+        .when(|error| {
+            matches!(
+                error.kind(),
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::Other
+            )
+        })
         .await;
         match stored {
             Ok(_ack) => {
@@ -208,7 +234,7 @@ impl Connection {
         let subscriber = self
             .state
             .nats
-            .subscribe(self.state.subjects.replies(thread))
+            .subscribe(self.state.subjects.live(thread))
             .await
             .map_err(|error| {
                 tracing::warn!(%error, thread_id = %thread, "Cannot subscribe to a reply subject.");
@@ -267,7 +293,7 @@ impl Connection {
                 }
             }
         }
-        socket.flush().await.map_err(ResumeError::Socket)?;
+        timed(socket.flush()).await.map_err(ResumeError::Socket)?;
         // Live frames waiting in the subscription are written only past what was replayed.
         if let Some(last) = self.attached.get_mut(thread) {
             *last = last_written;
@@ -281,7 +307,7 @@ impl Connection {
         socket: &mut WebSocket,
         message: async_nats::Message,
     ) -> Result<(), axum::Error> {
-        let Some(thread) = self.state.subjects.thread_of_replies(&message.subject) else {
+        let Some(thread) = self.state.subjects.thread_of_live(&message.subject) else {
             return Ok(());
         };
         let last = self.attached.get(&thread).copied().unwrap_or_default();
@@ -289,7 +315,7 @@ impl Connection {
         if let Some(last) = self.attached.get_mut(&thread) {
             *last = written;
         }
-        socket.flush().await
+        timed(socket.flush()).await
     }
 
     /// Feeds the frames of a bundle with `seq > last_written` to the socket (without flushing);
@@ -327,7 +353,7 @@ impl Connection {
                         .frames_out
                         .with_label_values(&[kind])
                         .inc();
-                    socket.feed(Message::Text(text)).await?;
+                    timed(socket.feed(Message::Text(text))).await?;
                 }
                 Err(error) => {
                     tracing::error!(%error, subject = %message.subject, "Dropped a reply frame that is not UTF-8.");
@@ -361,13 +387,25 @@ impl Connection {
             .with_label_values(&[kind])
             .inc();
         match serde_json::to_string(frame) {
-            Ok(text) => socket.send(Message::Text(text.into())).await,
+            Ok(text) => timed(socket.send(Message::Text(text.into()))).await,
             Err(error) => {
                 tracing::error!(%error, "Cannot encode a server frame.");
                 Ok(())
             }
         }
     }
+}
+
+/// How long one write to a socket may take; a client that stops reading is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A socket write that gives up after [`WRITE_TIMEOUT`].
+async fn timed(
+    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), axum::Error> {
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(axum::Error::new("the client stopped reading")))
 }
 
 /// Why a `resume` stopped: the socket itself failed, or the client gets an error frame.

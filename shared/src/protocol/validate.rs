@@ -63,6 +63,13 @@ pub fn parse_client_frame(
     };
 
     check_field_types(&fields).map_err(on_thread)?;
+    // Every frame type requires a thread id: null is a malformed frame, absence its own code.
+    if fields.get("thread_id").is_some_and(Value::is_null) {
+        return Err(FrameError::new(
+            ErrorCode::InvalidFrame,
+            "`thread_id` must not be null",
+        ));
+    }
 
     let kind = match field(&fields, "type").and_then(Value::as_str) {
         None => return Err(on_thread(missing_field("type"))),
@@ -112,6 +119,12 @@ pub fn parse_client_frame(
 
     let frame = match kind {
         "message" => {
+            if fields.get("content").is_some_and(Value::is_null) {
+                return Err(
+                    FrameError::new(ErrorCode::InvalidFrame, "`content` must not be null")
+                        .on_thread(&thread_id),
+                );
+            }
             let raw = field(&fields, "content")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
@@ -148,7 +161,8 @@ pub fn parse_client_frame(
     Ok(frame)
 }
 
-/// A present, non-null field. A null field counts as missing.
+/// A present, non-null field. (A null required field is `invalid_frame`; a null optional one
+/// counts as absent.)
 fn field<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     fields.get(name).filter(|value| !value.is_null())
 }
@@ -299,7 +313,7 @@ mod tests {
         );
         assert_eq!(
             code(json!({"type": "message", "thread_id": null, "token": "good", "content": "x"})),
-            ErrorCode::MissingThreadId
+            ErrorCode::InvalidFrame
         );
         assert_eq!(
             code(json!({"type": "message", "thread_id": "a.b", "token": "good", "content": "x"})),
@@ -331,6 +345,10 @@ mod tests {
             ErrorCode::MissingContent
         );
         assert_eq!(code(message("   ")), ErrorCode::MissingContent);
+        assert_eq!(
+            code(json!({"type": "message", "thread_id": "t1", "token": "good", "content": null})),
+            ErrorCode::InvalidFrame
+        );
         assert_eq!(
             code(message(&"a".repeat(10_001))),
             ErrorCode::ContentTooLong
