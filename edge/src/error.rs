@@ -10,6 +10,12 @@ pub enum ApiError {
     RateLimited,
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("not found")]
+    NotFound,
 }
 
 impl ApiError {
@@ -24,6 +30,17 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "The service is temporarily unavailable; try again shortly.".into(),
+            ),
+            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message.clone()),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "A valid bearer token is required.".into(),
+            ),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "No such resource.".into(),
             ),
         }
     }

@@ -37,7 +37,7 @@ impl Edge {
         let options = async_nats::ConnectOptions::new().subscription_capacity(4096);
         let nats = shared::jetstream::connect_with(&settings.nats, "edge", options).await?;
         let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
-        let (_inbound, replies) =
+        let (inbound, replies) =
             shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
         let db = shared::db::connect_and_migrate(&settings.database).await?;
         let tokens = ThreadTokens::new(settings.edge.auth_secret.expose().as_bytes())
@@ -46,6 +46,7 @@ impl Edge {
         let state = AppState {
             nats,
             jetstream,
+            inbound,
             replies,
             db,
             subjects: Arc::new(settings.nats.subjects()),
@@ -59,6 +60,7 @@ impl Edge {
                 Duration::from_secs(60),
             )),
             metrics: EdgeMetrics::new()?,
+            admin_token: settings.edge.admin_token.clone(),
             close_sockets: CancellationToken::new(),
             sockets: TaskTracker::new(),
         };

@@ -17,6 +17,8 @@ use crate::rate_limit::{KeyedLimit, MessageBudget};
 pub struct AppState {
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
+    /// `<PREFIX>_IN`: client messages, read by replays.
+    pub inbound: async_nats::jetstream::stream::Stream,
     /// `<PREFIX>_OUT`: retained reply frames, replayed on `resume`.
     pub replies: async_nats::jetstream::stream::Stream,
     pub db: PgPool,
@@ -27,6 +29,8 @@ pub struct AppState {
     /// Thread creations per client address.
     pub thread_limit: Arc<KeyedLimit<IpAddr>>,
     pub metrics: EdgeMetrics,
+    /// `ADMIN_TOKEN`; the admin API answers 404 without one.
+    pub admin_token: Option<shared::config::Secret>,
     /// Cancelled when sockets must close (after the shutdown grace period).
     pub close_sockets: CancellationToken,
     /// Every socket task, so shutdown can wait for them.

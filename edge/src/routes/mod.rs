@@ -1,5 +1,6 @@
 //! The router: HTTP API, WebSocket and metrics.
 
+mod admin;
 mod health;
 mod metrics;
 mod threads;
@@ -23,8 +24,20 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(15),
         ));
+    let admin = Router::new()
+        .route("/api/admin/dead-letters", get(admin::dead_letters))
+        .route("/api/admin/replay", post(admin::replay))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(120),
+        ));
     Router::new()
         .route("/ws", get(ws::upgrade))
         .merge(api)
+        .merge(admin)
         .with_state(state)
 }
