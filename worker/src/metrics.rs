@@ -16,6 +16,10 @@ pub struct WorkerMetrics {
     pub deliveries: IntCounterVec,
     /// Reply frames published, by type.
     pub frames: IntCounterVec,
+    /// Messages stored and not yet delivered to any worker: the autoscaling signal.
+    pub queue_pending: IntGauge,
+    /// Messages delivered to workers and not yet acknowledged (in flight or waiting to be redelivered).
+    pub queue_ack_pending: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -58,6 +62,20 @@ impl WorkerMetrics {
                 IntCounterVec::new(
                     Opts::new("frames_published_total", "Reply frames published, by type."),
                     &["type"],
+                )?,
+            )?,
+            queue_pending: register(
+                &registry,
+                IntGauge::new(
+                    "queue_pending_messages",
+                    "Messages in the shared consumer not yet delivered to any worker.",
+                )?,
+            )?,
+            queue_ack_pending: register(
+                &registry,
+                IntGauge::new(
+                    "queue_ack_pending_messages",
+                    "Messages delivered to workers and not yet acknowledged.",
                 )?,
             )?,
             registry,

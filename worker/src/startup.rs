@@ -112,6 +112,7 @@ impl Worker {
 
         let stop = CancellationToken::new();
         let turns = TaskTracker::new();
+        let queue_depth = tokio::spawn(watch_queue_depth(consumer.clone(), runner.metrics.clone()));
         let concurrency = settings.worker.concurrency as usize;
         tracing::info!(
             concurrency,
@@ -155,6 +156,7 @@ impl Worker {
                 );
             }
         }
+        queue_depth.abort();
         if let Err(error) = nats.flush().await {
             tracing::warn!(%error, "Cannot flush NATS at shutdown.");
         }
@@ -166,5 +168,30 @@ impl Worker {
         }
         tracing::info!("Worker stopped.");
         Ok(())
+    }
+}
+
+/// How often the queue depth gauges are refreshed.
+const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `worker_queue_*` up to date from the shared consumer's state.
+async fn watch_queue_depth(
+    mut consumer: async_nats::jetstream::consumer::PullConsumer,
+    metrics: WorkerMetrics,
+) {
+    let mut every = tokio::time::interval(QUEUE_DEPTH_EVERY);
+    loop {
+        every.tick().await;
+        match consumer.info().await {
+            Ok(info) => {
+                metrics
+                    .queue_pending
+                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                metrics
+                    .queue_ack_pending
+                    .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+            }
+            Err(error) => tracing::debug!(%error, "Cannot read the consumer's state."),
+        }
     }
 }
