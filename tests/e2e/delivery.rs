@@ -250,3 +250,46 @@ async fn the_nats_server_enforces_expected_last_subject_sequence() {
         .expect_err("a stale last sequence fails");
     assert_eq!(stale.kind(), PublishErrorKind::WrongLastSequence);
 }
+
+/// A worker never pulls more than it can run: with WORKER_CONCURRENCY=2, JetStream never has more
+/// than 2 of its messages delivered and unacknowledged, however many are waiting.
+#[tokio::test]
+async fn a_worker_never_pulls_more_than_its_concurrency() {
+    let options = StackOptions::default()
+        .with("WORKER_CONCURRENCY", "2")
+        .with("SCRIPTED_TOKEN_DELAY_MS", "30");
+    let app = TestApp::spawn(options).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let thread = app.create_thread().await;
+        let mut ws = app.connect(0).await;
+        clients.push(tokio::spawn(async move {
+            ws.send(&thread.message("hello")).await;
+            ws.expect_type("accepted").await;
+            ws.frames_until_type("message_complete").await;
+        }));
+    }
+    let js = app.jetstream().await;
+    let stream = js
+        .get_stream(format!("{}_IN", app.prefix.to_uppercase()))
+        .await
+        .unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer(&format!("{}-workers", app.prefix))
+        .await
+        .unwrap();
+    let mut most = 0;
+    while !clients.iter().all(|client| client.is_finished()) {
+        let info = consumer.info().await.unwrap();
+        most = most.max(info.num_ack_pending);
+        assert!(
+            info.num_ack_pending <= 2,
+            "{} delivered at once",
+            info.num_ack_pending
+        );
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert!(most >= 1, "the check saw the worker busy");
+}
