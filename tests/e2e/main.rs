@@ -10,6 +10,7 @@ mod errors;
 mod fanout;
 mod health;
 mod idempotency;
+mod outages;
 mod resume;
 mod shutdown;
 mod startup;

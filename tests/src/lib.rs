@@ -1,6 +1,7 @@
 //! Test harness: starts the real `edge` and `worker` binaries against the real NATS and PostgreSQL,
 //! each test in its own NATS prefix and database, and speaks to them like a browser would.
 
+pub mod nats;
 pub mod proxy;
 pub mod ws;
 
@@ -22,6 +23,17 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Connects to the NATS server(s) of `url`, which may list several, comma-separated, as `NATS_URL`
+/// does.
+pub async fn nats_client(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect();
+    async_nats::connect(servers).await
 }
 
 /// Server URL without a database name.
@@ -322,10 +334,9 @@ impl TestApp {
             .expect("connect to the test database")
     }
 
+    /// JetStream on this stack's NATS (`nats_url`, which may be a private server or a cluster).
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(nats_url())
-            .await
-            .expect("connect to NATS");
+        let client = nats_client(&self.nats_url).await.expect("connect to NATS");
         async_nats::jetstream::new(client)
     }
 
@@ -347,6 +358,7 @@ impl Drop for TestApp {
         }
         let prefix = self.prefix.to_uppercase();
         let database = self.database.clone();
+        let nats_url = self.nats_url.clone();
         // Drop runs inside the test's runtime: clean up on a thread with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -356,7 +368,7 @@ impl Drop for TestApp {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(client) = async_nats::connect(nats_url()).await {
+                if let Ok(client) = nats_client(&nats_url).await {
                     let js = async_nats::jetstream::new(client);
                     for suffix in ["IN", "OUT"] {
                         let _ = js.delete_stream(format!("{prefix}_{suffix}")).await;

@@ -1,5 +1,7 @@
 //! A WebSocket client that speaks the chat protocol, with a timeout on every wait.
 
+use std::time::Duration;
+
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -26,6 +28,14 @@ impl WsClient {
 
     pub async fn send(&mut self, frame: &Value) {
         self.send_text(frame.to_string()).await;
+    }
+
+    /// Sends a frame; `false` if the socket is gone (for example closed by the server).
+    pub async fn try_send(&mut self, frame: &Value) -> bool {
+        self.socket
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_ok()
     }
 
     pub async fn send_text(&mut self, text: String) {
@@ -62,18 +72,31 @@ impl WsClient {
 
     /// The next frame, or the close frame's code if the server closes the socket.
     pub async fn next_frame_or_close(&mut self) -> Result<Value, Option<u16>> {
+        self.next_frame_within(WAIT)
+            .await
+            .expect("timed out waiting for a frame or close")
+    }
+
+    /// Like [`WsClient::next_frame_or_close`], but `None` if nothing arrives within `wait` (the
+    /// socket stays usable).
+    pub async fn next_frame_within(
+        &mut self,
+        wait: Duration,
+    ) -> Option<Result<Value, Option<u16>>> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let message = tokio::time::timeout(WAIT, self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
-                .expect("timed out waiting for a frame or close");
-            match message {
+                .ok()?;
+            let frame = match message {
                 Some(Ok(Message::Text(text))) => {
-                    return Ok(serde_json::from_str(text.as_str()).expect("frames are JSON"))
+                    Ok(serde_json::from_str(text.as_str()).expect("frames are JSON"))
                 }
-                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Close(frame))) => Err(frame.map(|f| u16::from(f.code))),
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(None),
-            }
+                Some(Err(_)) | None => Err(None),
+            };
+            return Some(frame);
         }
     }
 
