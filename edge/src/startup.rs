@@ -34,7 +34,16 @@ impl Edge {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // A socket that stops reading is closed after WRITE_TIMEOUT; meanwhile its subscriptions
         // hold at most this many bundles each.
-        let options = async_nats::ConnectOptions::new().subscription_capacity(4096);
+        // Each reconnection bumps `reconnects`: sockets then catch up on what they may have missed.
+        let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
+        let options = async_nats::ConnectOptions::new()
+            .subscription_capacity(4096)
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    reconnected.send_modify(|count| *count += 1);
+                }
+                async move { tracing::info!(%event, "NATS connection event.") }
+            });
         let nats = shared::jetstream::connect_with(&settings.nats, "edge", options).await?;
         let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
         let (inbound, replies) =
@@ -61,6 +70,7 @@ impl Edge {
             )),
             metrics: EdgeMetrics::new()?,
             admin_token: settings.edge.admin_token.clone(),
+            reconnects,
             close_sockets: CancellationToken::new(),
             sockets: TaskTracker::new(),
         };

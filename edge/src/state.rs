@@ -29,6 +29,9 @@ pub struct AppState {
     /// Thread creations per client address.
     pub thread_limit: Arc<KeyedLimit<IpAddr>>,
     pub metrics: EdgeMetrics,
+    /// Counts the edge's (re)connections to NATS: live frames published while it was away never
+    /// reached its subscriptions, so each socket catches up from the stream.
+    pub reconnects: tokio::sync::watch::Receiver<u64>,
     /// `ADMIN_TOKEN`; the admin API answers 404 without one.
     pub admin_token: Option<shared::config::Secret>,
     /// Cancelled when sockets must close (after the shutdown grace period).

@@ -14,10 +14,14 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Connects to the NATS servers of `NATS_URL` (comma-separated). The client reconnects by itself.
 pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
-    connect_with(settings, name, async_nats::ConnectOptions::new()).await
+    let options = async_nats::ConnectOptions::new().event_callback(|event| async move {
+        tracing::info!(%event, "NATS connection event.");
+    });
+    connect_with(settings, name, options).await
 }
 
-/// [`connect`] with options of the caller's (e.g. a smaller subscription capacity on the edge).
+/// [`connect`] with options of the caller's (e.g. a smaller subscription capacity on the edge, an
+/// event callback of its own).
 pub async fn connect_with(
     settings: &NatsSettings,
     name: &str,
@@ -34,9 +38,6 @@ pub async fn connect_with(
     options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move {
-            tracing::info!(%event, "NATS connection event.");
-        })
         .connect(servers)
         .await
         .with_context(|| format!("Failed to connect to NATS at {}", settings.url))

@@ -10,6 +10,7 @@ pub mod jetstream;
 pub mod metrics;
 pub mod protocol;
 pub mod replay;
+pub mod retained;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;

@@ -51,6 +51,14 @@ async fn resume_on_a_second_edge_mid_turn_continues_without_gap_or_duplicate() {
     // The second socket stayed attached and saw the new turn live, once.
     let live = second.frames_until_type("message_complete").await;
     assert_eq!(seqs(&live), (32..=62).collect::<Vec<_>>());
+
+    // Resuming from the middle of a long history starts exactly after the given seq.
+    for after in [1, 30, 31, 40, 61] {
+        let mut late = app.connect(1).await;
+        late.send(&thread.resume(after)).await;
+        let rest = late.frames_until(|f| f["seq"] == 62).await;
+        assert_eq!(seqs(&rest), (after + 1..=62).collect::<Vec<_>>(), "after {after}");
+    }
 }
 
 #[tokio::test]

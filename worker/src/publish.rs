@@ -2,16 +2,15 @@
 //! bundles (`shared::protocol::bus::bundle`): frames ready together go in one NATS message. The
 //! `<PREFIX>_OUT` stream stores them (for `resume`); every attached edge relays them live.
 
-use async_nats::jetstream::consumer;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use shared::ids::{ThreadId, TurnId};
 use shared::protocol::bus::bundle;
 use shared::protocol::{FrameBody, ThreadFrame, Usage};
+use shared::retained::BundleReader;
 
 use crate::error::TurnError;
 use crate::metrics::WorkerMetrics;
@@ -87,30 +86,22 @@ pub struct PublishedTurn {
     pub reply: String,
 }
 
-/// Reads back the frames of `turn_id`'s last attempt on the subject. Used only when a worker died
-/// after publishing a whole turn but before committing it: the turn is then committed from what
-/// its clients already saw, not run again.
+/// Reads back the frames of `turn_id`'s last attempt on the subject (they all follow
+/// `after_seq`, the thread's last committed frame). Used only when a worker died after publishing
+/// a whole turn but before committing it: the turn is then committed from what its clients
+/// already saw, not run again.
 pub async fn published_turn(
     replies: &stream::Stream,
     subject: &str,
     turn_id: TurnId,
+    after_seq: u64,
 ) -> Result<PublishedTurn, TurnError> {
-    let reader = replies
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject.to_owned(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
+    let mut reader = BundleReader::after(replies, subject, after_seq)
         .await
         .map_err(TurnError::nats)?;
     let mut turn = PublishedTurn::default();
-    if reader.cached_info().num_pending == 0 {
-        return Ok(turn);
-    }
-    let mut bundles = reader.messages().await.map_err(TurnError::nats)?;
-    while let Some(bundle_message) = bundles.next().await {
-        let bundle_message = bundle_message.map_err(TurnError::nats)?;
-        for line in bundle::frames(&bundle_message.payload) {
+    while let Some(stored) = reader.next().await.map_err(TurnError::nats)? {
+        for line in bundle::frames(&stored.payload) {
             let Ok(frame) = serde_json::from_slice::<ThreadFrame>(line) else {
                 continue;
             };
@@ -123,9 +114,6 @@ pub async fn published_turn(
                 _ => {}
             }
             turn.first_seq.get_or_insert(frame.seq);
-        }
-        if bundle_message.info().map_or(0, |info| info.pending) == 0 {
-            break;
         }
     }
     Ok(turn)

@@ -197,7 +197,9 @@ impl TurnRunner {
         after: AfterCommit,
     ) -> Result<(u64, Option<u64>), TurnError> {
         let subject = self.subjects.replies(&lease.thread_id);
-        let published = publish::published_turn(&self.replies, &subject, message.turn_id).await?;
+        let published =
+            publish::published_turn(&self.replies, &subject, message.turn_id, lease.last_seq)
+                .await?;
         let first_seq = published.first_seq.unwrap_or(end.seq);
         let (kind, content) = match &message.kind {
             InboundKind::Message { content } => ("message", Some(content.as_str().to_owned())),

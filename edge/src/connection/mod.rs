@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer;
 use async_nats::jetstream::context::PublishErrorKind;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use backon::{ExponentialBuilder, Retryable as _};
@@ -20,6 +19,7 @@ use shared::ids::{MessageId, ThreadId, TurnId};
 use shared::protocol::bus::{bundle, InboundKind, InboundMessage};
 use shared::protocol::validate::parse_client_frame;
 use shared::protocol::{ClientFrame, ErrorCode, FrameError, ServerFrame};
+use shared::retained::BundleReader;
 use shared::subjects::Subjects;
 
 use crate::rate_limit::Decision;
@@ -51,8 +51,11 @@ struct Connection {
 impl Connection {
     async fn drive(&mut self, socket: &mut WebSocket) -> Result<(), axum::Error> {
         let close_sockets = self.state.close_sockets.clone();
+        let mut reconnects = self.state.reconnects.clone();
+        reconnects.mark_unchanged();
         loop {
             tokio::select! {
+                Ok(()) = reconnects.changed() => self.catch_up(socket).await?,
                 () = close_sockets.cancelled() => {
                     let frame = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
                     return socket.send(Message::Close(Some(frame))).await;
@@ -249,6 +252,30 @@ impl Connection {
         Ok(())
     }
 
+    /// After the edge reconnected to NATS: writes, for every thread this socket has frames of, the
+    /// retained frames past the last one it has (live ones published meanwhile never reached it).
+    /// A thread with no frame on this socket yet has no known position; its client resumes when
+    /// it sees no answer.
+    async fn catch_up(&mut self, socket: &mut WebSocket) -> Result<(), axum::Error> {
+        let threads: Vec<(ThreadId, u64)> = self
+            .attached
+            .iter()
+            .filter(|(_, last)| **last > 0)
+            .map(|(thread, last)| (thread.clone(), *last))
+            .collect();
+        for (thread, last) in threads {
+            match self.resume(socket, &thread, last).await {
+                Ok(()) => {}
+                Err(ResumeError::Socket(error)) => return Err(error),
+                Err(ResumeError::Frame(error)) => {
+                    let frame = self.refuse(error);
+                    self.send_own(socket, &frame).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches the socket and writes the retained frames with `seq > after_seq`, in order.
     async fn resume(
         &mut self,
@@ -269,29 +296,14 @@ impl Connection {
         };
         let subject = self.state.subjects.replies(thread);
         let mut last_written = after_seq;
-        let retained = self
-            .state
-            .replies
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
+        let mut retained = BundleReader::after(&self.state.replies, &subject, after_seq)
             .await
             .map_err(|e| unavailable(&e))?;
-        if retained.cached_info().num_pending > 0 {
-            let mut messages = retained.messages().await.map_err(|e| unavailable(&e))?;
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| unavailable(&e))?;
-                let pending = message.info().map_or(0, |info| info.pending);
-                last_written = self
-                    .write_bundle(socket, &message.message, last_written)
-                    .await
-                    .map_err(ResumeError::Socket)?;
-                if pending == 0 {
-                    break;
-                }
-            }
+        while let Some(stored) = retained.next().await.map_err(|e| unavailable(&e))? {
+            last_written = self
+                .write_bundle(socket, Some(&stored.headers), &stored.payload, last_written)
+                .await
+                .map_err(ResumeError::Socket)?;
         }
         timed(socket.flush()).await.map_err(ResumeError::Socket)?;
         // Live frames waiting in the subscription are written only past what was replayed.
@@ -311,7 +323,9 @@ impl Connection {
             return Ok(());
         };
         let last = self.attached.get(&thread).copied().unwrap_or_default();
-        let written = self.write_bundle(socket, &message, last).await?;
+        let written = self
+            .write_bundle(socket, message.headers.as_ref(), &message.payload, last)
+            .await?;
         if let Some(last) = self.attached.get_mut(&thread) {
             *last = written;
         }
@@ -323,13 +337,12 @@ impl Connection {
     async fn write_bundle(
         &self,
         socket: &mut WebSocket,
-        message: &async_nats::Message,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &bytes::Bytes,
         last_written: u64,
     ) -> Result<u64, axum::Error> {
         let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
+            headers
                 .and_then(|headers| headers.get(name))
                 .map(|value| value.as_str())
         };
@@ -337,7 +350,7 @@ impl Connection {
         // Without a first seq (not from our workers) every frame is written.
         let first_seq = header(bundle::FIRST_SEQ_HEADER).and_then(|raw| raw.parse::<u64>().ok());
         let mut last = last_written;
-        for (index, frame) in bundle::frames(&message.payload).enumerate() {
+        for (index, frame) in bundle::frames(payload).enumerate() {
             let kind = types.next().unwrap_or("unknown");
             if let Some(first) = first_seq {
                 let seq = first + index as u64;
@@ -346,7 +359,7 @@ impl Connection {
                 }
                 last = seq;
             }
-            match Utf8Bytes::try_from(message.payload.slice_ref(frame)) {
+            match Utf8Bytes::try_from(payload.slice_ref(frame)) {
                 Ok(text) => {
                     self.state
                         .metrics
@@ -356,7 +369,7 @@ impl Connection {
                     timed(socket.feed(Message::Text(text))).await?;
                 }
                 Err(error) => {
-                    tracing::error!(%error, subject = %message.subject, "Dropped a reply frame that is not UTF-8.");
+                    tracing::error!(%error, "Dropped a reply frame that is not UTF-8.");
                 }
             }
         }
