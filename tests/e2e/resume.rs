@@ -57,7 +57,11 @@ async fn resume_on_a_second_edge_mid_turn_continues_without_gap_or_duplicate() {
         let mut late = app.connect(1).await;
         late.send(&thread.resume(after)).await;
         let rest = late.frames_until(|f| f["seq"] == 62).await;
-        assert_eq!(seqs(&rest), (after + 1..=62).collect::<Vec<_>>(), "after {after}");
+        assert_eq!(
+            seqs(&rest),
+            (after + 1..=62).collect::<Vec<_>>(),
+            "after {after}"
+        );
     }
 }
 
