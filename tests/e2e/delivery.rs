@@ -251,8 +251,10 @@ async fn the_nats_server_enforces_expected_last_subject_sequence() {
     assert_eq!(stale.kind(), PublishErrorKind::WrongLastSequence);
 }
 
-/// A worker never pulls more than it can run: with WORKER_CONCURRENCY=2, JetStream never has more
-/// than 2 of its messages delivered and unacknowledged, however many are waiting.
+/// A worker never pulls more than it can run: with WORKER_CONCURRENCY=2 and 8 slow turns waiting,
+/// the backlog stays in JetStream. (JetStream's count of unacknowledged deliveries can exceed 2 for
+/// a moment: an ack is processed by the server after the worker has freed the slot and pulled
+/// again; it can never reach the 8 that would mean the worker took everything.)
 #[tokio::test]
 async fn a_worker_never_pulls_more_than_its_concurrency() {
     let options = StackOptions::default()
@@ -278,18 +280,23 @@ async fn a_worker_never_pulls_more_than_its_concurrency() {
         .get_consumer(&format!("{}-workers", app.prefix))
         .await
         .unwrap();
-    let mut most = 0;
+    let (mut most_in_flight, mut most_waiting) = (0, 0);
     while !clients.iter().all(|client| client.is_finished()) {
         let info = consumer.info().await.unwrap();
-        most = most.max(info.num_ack_pending);
+        most_in_flight = most_in_flight.max(info.num_ack_pending);
+        most_waiting = most_waiting.max(info.num_pending);
         assert!(
-            info.num_ack_pending <= 2,
-            "{} delivered at once",
+            info.num_ack_pending <= 4,
+            "{} delivered at once to a worker that runs 2",
             info.num_ack_pending
         );
     }
     for client in clients {
         client.await.unwrap();
     }
-    assert!(most >= 1, "the check saw the worker busy");
+    assert!(most_in_flight >= 1, "the check saw the worker busy");
+    assert!(
+        most_waiting >= 1,
+        "the backlog waited in JetStream, not in the worker"
+    );
 }

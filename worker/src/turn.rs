@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::StreamMessage, stream};
 use backon::{BackoffBuilder as _, ExponentialBuilder};
-use shared::ids::ThreadId;
+use shared::ids::{ThreadId, TurnId};
 use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::{ErrorCode, FrameBody, Usage};
 use shared::subjects::Subjects;
@@ -126,19 +126,7 @@ impl TurnRunner {
             .map_err(|error| TurnError::Turn(error.to_string()))?;
         let subject = self.subjects.replies(&lease.thread_id);
         let tail = publish::tail(&self.replies, &subject).await?;
-        let last_seq = tail
-            .frame
-            .as_ref()
-            .map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
-        let mut out = FramePublisher::new(
-            self.jetstream.clone(),
-            self.metrics.clone(),
-            subject,
-            lease.thread_id.clone(),
-            message.turn_id,
-            last_seq,
-            tail.stream_seq,
-        );
+        let mut out = self.publisher(lease, message.turn_id, &tail);
         if tail
             .frame
             .as_ref()
@@ -256,6 +244,24 @@ impl TurnRunner {
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
+    }
+
+    /// A publisher for `turn_id`'s frames, numbering after the thread's last `seq`: the larger of
+    /// the committed one and the last stored frame (an attempt that died may have gone further).
+    fn publisher(&self, lease: &Lease, turn_id: TurnId, tail: &publish::Tail) -> FramePublisher {
+        let last_seq = tail
+            .frame
+            .as_ref()
+            .map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
+        FramePublisher::new(
+            self.jetstream.clone(),
+            self.metrics.clone(),
+            self.subjects.replies(&lease.thread_id),
+            lease.thread_id.clone(),
+            turn_id,
+            last_seq,
+            tail.stream_seq,
+        )
     }
 
     /// Renews the lease every third of its TTL while the turns run. Returns once the lease is
@@ -382,9 +388,7 @@ impl TurnRunner {
                 };
             }
         };
-        let subject = self.subjects.replies(&lease.thread_id);
         let previous = tail.frame.as_ref();
-        let last_seq = previous.map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
         let earlier_attempt = previous.filter(|frame| frame.turn_id == message.turn_id);
         if let Some(end) = earlier_attempt.filter(|frame| frame.ends_turn()) {
             // An earlier attempt published the whole turn and died before committing it: its
@@ -393,15 +397,7 @@ impl TurnRunner {
                 .commit_published(lease, message, in_seq, end, tail, started_at, after)
                 .await;
         }
-        let mut out = FramePublisher::new(
-            self.jetstream.clone(),
-            self.metrics.clone(),
-            subject,
-            lease.thread_id.clone(),
-            message.turn_id,
-            last_seq,
-            tail.stream_seq,
-        );
+        let mut out = self.publisher(lease, message.turn_id, tail);
         if earlier_attempt.is_some() {
             // An earlier attempt at this turn published part of it and did not commit.
             out.send(FrameBody::TurnReset).await?;
