@@ -9,6 +9,7 @@ mod delivery;
 mod errors;
 mod fanout;
 mod health;
+mod history;
 mod idempotency;
 mod outages;
 mod resume;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod health;
+mod history;
 mod metrics;
 mod threads;
 mod ws;
@@ -18,6 +19,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/health", get(health::health))
         .route("/api/threads", post(threads::create_thread))
+        .route("/api/threads/{id}/messages", get(history::messages))
         .route("/metrics", get(metrics::metrics))
         // Upgraded sockets are not requests any more, so the timeout only bounds plain HTTP.
         .layer(TimeoutLayer::with_status_code(

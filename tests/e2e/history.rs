@@ -1,0 +1,97 @@
+//! `GET /api/threads/{id}/messages`: the chat page's history, behind the thread token.
+
+use e2e::ws::tokens_text;
+use e2e::{eventually, StackOptions, TestApp};
+use serde_json::Value;
+
+#[tokio::test]
+async fn a_thread_history_lists_each_message_and_its_reply() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let other = app.create_thread().await;
+    let url = format!(
+        "{}/api/threads/{}/messages",
+        app.http_url(0),
+        thread.thread_id
+    );
+
+    let empty: Value = app
+        .http
+        .get(&url)
+        .bearer_auth(&thread.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(empty["messages"], serde_json::json!([]));
+    assert_eq!(empty["status"], "open");
+
+    let mut ws = app.connect(0).await;
+    let mut replies = Vec::new();
+    for content in ["Where is my order?", "Thanks!"] {
+        ws.send(&thread.message(content)).await;
+        ws.expect_type("accepted").await;
+        replies.push(tokens_text(&ws.frames_until_type("message_complete").await));
+    }
+    // The history is what is committed, just after the client saw each turn end.
+    let history: Value = eventually("both turns in the history", || async {
+        let history: Value = app
+            .http
+            .get(&url)
+            .bearer_auth(&thread.token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (history["messages"].as_array()?.len() == 4).then_some(history)
+    })
+    .await;
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "user");
+    assert_eq!(messages[0]["content"], "Where is my order?");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"], replies[0].as_str());
+    assert_eq!(messages[1]["last_seq"], 6);
+    assert_eq!(messages[1]["usage"]["completion_tokens"], 5);
+    assert_eq!(messages[2]["content"], "Thanks!");
+    assert_eq!(messages[3]["content"], replies[1].as_str());
+    assert_eq!(history["last_seq"], 12);
+
+    for token in ["", "forged", other.token.as_str()] {
+        let refused = app.http.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(refused.status(), 401, "token {token:?}");
+    }
+    let unauthenticated = app.http.get(&url).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let bad = app
+        .http
+        .get(format!(
+            "{}/api/threads/not%20valid/messages",
+            app.http_url(0)
+        ))
+        .bearer_auth(&thread.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // A well-signed token for a thread that does not exist (the harness' AUTH_SECRET).
+    let ghost = shared::ids::ThreadId::parse("no-such-thread").unwrap();
+    let token = shared::auth::ThreadTokens::new(b"test-secret")
+        .unwrap()
+        .sign(&ghost);
+    let missing = app
+        .http
+        .get(format!("{}/api/threads/{ghost}/messages", app.http_url(0)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+}
