@@ -4,6 +4,8 @@
 #   scripts/services.sh start   use them where reachable; otherwise install Debian's packages when
 #                               missing and start project-local servers (data under .local/)
 #   scripts/services.sh stop    stop only what `start` started
+#   scripts/services.sh test-deps  also make sure the nats-server binary is installed: the
+#                               end-to-end tests start private servers (restarts, a cluster)
 #
 # Used by ./dev (the quick start and the test command) and by .ci/run, so all three agree.
 set -euo pipefail
@@ -50,8 +52,7 @@ start_nats() {
     return
   fi
   local server
-  server="$(command -v nats-server || true)"
-  [ -n "$server" ] || [ ! -x /usr/sbin/nats-server ] || server=/usr/sbin/nats-server
+  server="$(nats_binary)"
   if [ -z "$server" ]; then
     apt_install nats-server
     server="$(command -v nats-server || echo /usr/sbin/nats-server)"
@@ -133,6 +134,10 @@ stop_started() {
   rm -f "$STARTED"
 }
 
+nats_binary() {
+  command -v nats-server || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; } || true
+}
+
 case "${1:-start}" in
   start)
     mkdir -p "$LOCAL"
@@ -140,5 +145,8 @@ case "${1:-start}" in
     start_postgres
     ;;
   stop) stop_started ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  test-deps)
+    [ -n "$(nats_binary)" ] || apt_install nats-server
+    ;;
+  *) echo "usage: $0 start|stop|test-deps" >&2; exit 2 ;;
 esac

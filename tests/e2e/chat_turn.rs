@@ -37,6 +37,7 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
     );
 
     // The thread's state and both turns are in PostgreSQL, with the reply the client saw.
+    app.wait_for_turns(&thread.thread_id, 2).await;
     let db = app.db().await;
     let (last_seq, last_in_seq): (i64, i64) =
         sqlx::query_as("SELECT last_seq, last_in_seq FROM threads WHERE id = $1")
@@ -89,6 +90,7 @@ async fn content_the_database_cannot_store_as_is_does_not_block_the_thread() {
     ws.expect_type("accepted").await;
     let next = ws.frames_until_type("message_complete").await;
     assert_eq!(next[0]["seq"], 7);
+    app.wait_for_turns(&thread.thread_id, 2).await;
     let stored: String = sqlx::query_scalar(
         "SELECT content FROM turns WHERE thread_id = $1 ORDER BY in_seq LIMIT 1",
     )

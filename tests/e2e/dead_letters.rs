@@ -138,6 +138,7 @@ async fn a_failing_message_is_dead_lettered_and_replay_redrives_it_after_the_out
         "{said}"
     );
 
+    app.wait_for_turns(&failing.thread_id, 3).await;
     let outcomes: Vec<String> =
         sqlx::query_scalar("SELECT outcome FROM turns WHERE thread_id = $1 ORDER BY in_seq")
             .bind(&failing.thread_id)

@@ -49,6 +49,8 @@ async fn check(app: &TestApp, conversation: &Conversation, messages: usize) -> u
         "thread {}: seq must be 1, 2, 3 … with no gap and no duplicate",
         conversation.thread.thread_id
     );
+    app.wait_for_turns(&conversation.thread.thread_id, messages as i64)
+        .await;
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT message_id, reply, last_seq FROM turns WHERE thread_id = $1 ORDER BY in_seq",
     )
@@ -187,6 +189,7 @@ async fn three_workers_keep_per_thread_order_for_messages_sent_back_to_back() {
             seqs(&thread_frames),
             (1..=(MESSAGES as u64 * 6)).collect::<Vec<_>>()
         );
+        app.wait_for_turns(&thread.thread_id, MESSAGES as i64).await;
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT message_id FROM turns WHERE thread_id = $1 ORDER BY in_seq")
                 .bind(&thread.thread_id)

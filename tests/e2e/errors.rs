@@ -164,6 +164,8 @@ async fn a_message_to_an_expired_session_gets_session_expired() {
     ws.frames_until_type("message_complete").await;
 
     // Age the session past SESSION_TTL_SECS instead of waiting for it.
+    // (Once the turn has committed, or its commit would mark the thread active again.)
+    app.wait_for_turns(&thread.thread_id, 1).await;
     sqlx::query("UPDATE threads SET last_active_at = now() - interval '2 hours' WHERE id = $1")
         .bind(&thread.thread_id)
         .execute(&app.db().await)

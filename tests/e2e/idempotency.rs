@@ -26,6 +26,7 @@ async fn a_message_id_sent_twice_is_accepted_twice_and_answered_once() {
     assert_eq!(seqs(&next), vec![7, 8, 9, 10, 11, 12]);
     assert_ne!(next[0]["turn_id"], first[0]["turn_id"]);
 
+    app.wait_for_turns(&thread.thread_id, 2).await;
     assert_eq!(
         app.stored_inbound().await,
         2,

@@ -28,6 +28,7 @@ async fn resume_on_a_second_edge_mid_turn_continues_without_gap_or_duplicate() {
     let turn_id = &before[0]["turn_id"];
     assert!(after.iter().all(|f| &f["turn_id"] == turn_id));
 
+    app.wait_for_turns(&thread.thread_id, 1).await;
     let reply: String = sqlx::query_scalar("SELECT reply FROM turns WHERE thread_id = $1")
         .bind(&thread.thread_id)
         .fetch_one(&app.db().await)

@@ -83,6 +83,7 @@ async fn a_worker_stopped_mid_turn_hands_it_back_to_another() {
         seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
         "{seqs:?}"
     );
+    app.wait_for_turns(&thread.thread_id, 1).await;
     let turns: i64 = sqlx::query_scalar("SELECT count(*) FROM turns WHERE thread_id = $1")
         .bind(&thread.thread_id)
         .fetch_one(&app.db().await)

@@ -335,6 +335,22 @@ impl TestApp {
     }
 
     /// JetStream on this stack's NATS (`nats_url`, which may be a private server or a cluster).
+    /// Waits until `count` turns of the thread are committed. A turn commits just after its last
+    /// frame is published, so a client can see `message_complete` a moment before.
+    pub async fn wait_for_turns(&self, thread_id: &str, count: i64) {
+        let db = self.db().await;
+        eventually("the thread's turns to be committed", || async {
+            let committed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM turns WHERE thread_id = $1")
+                    .bind(thread_id)
+                    .fetch_one(&db)
+                    .await
+                    .ok()?;
+            (committed >= count).then_some(())
+        })
+        .await;
+    }
+
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         let client = nats_client(&self.nats_url).await.expect("connect to NATS");
         async_nats::jetstream::new(client)
