@@ -72,10 +72,22 @@ pub(super) async fn messages(
     if !state.tokens.verify(&thread_id, token) {
         return Err(ApiError::Unauthorized);
     }
+    // One snapshot for the thread and its turns, so `last_seq` matches the turns listed.
+    let mut snapshot = state
+        .db
+        .begin()
+        .await
+        .context("Failed to start a read")
+        .map_err(ApiError::Unavailable)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *snapshot)
+        .await
+        .context("Failed to start a read")
+        .map_err(ApiError::Unavailable)?;
     let thread: Option<(String, i64)> =
         sqlx::query_as("SELECT status, last_seq FROM threads WHERE id = $1")
             .bind(thread_id.as_str())
-            .fetch_optional(&state.db)
+            .fetch_optional(&mut *snapshot)
             .await
             .context("Failed to read the thread")
             .map_err(ApiError::Unavailable)?;
@@ -88,10 +100,15 @@ pub(super) async fn messages(
            FROM turns WHERE thread_id = $1 AND kind = 'message' ORDER BY in_seq",
     )
     .bind(thread_id.as_str())
-    .fetch_all(&state.db)
+    .fetch_all(&mut *snapshot)
     .await
     .context("Failed to read the thread's turns")
     .map_err(ApiError::Unavailable)?;
+    snapshot
+        .commit()
+        .await
+        .context("Failed to finish a read")
+        .map_err(ApiError::Unavailable)?;
     let mut messages = Vec::with_capacity(rows.len() * 2);
     for row in rows {
         let (
