@@ -46,16 +46,7 @@ async fn admin_routes_want_the_bearer_token_and_expose_dead_letters_and_replay()
             .unwrap();
         assert_eq!(response.status(), 401, "token {wrong:?}");
     }
-    let empty: Value = app
-        .http
-        .get(&letters_url)
-        .bearer_auth("s3cret-admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let empty = app.get_json(&letters_url, "s3cret-admin").await;
     assert_eq!(empty, json!({"dead_letters": []}));
 
     // One message fails its only attempt and is dead-lettered.

@@ -15,16 +15,7 @@ async fn a_thread_history_lists_each_message_and_its_reply() {
         thread.thread_id
     );
 
-    let empty: Value = app
-        .http
-        .get(&url)
-        .bearer_auth(&thread.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let empty = app.get_json(&url, &thread.token).await;
     assert_eq!(empty["messages"], serde_json::json!([]));
     assert_eq!(empty["status"], "open");
 

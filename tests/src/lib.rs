@@ -324,6 +324,19 @@ impl TestApp {
         response.json().await.expect("thread JSON")
     }
 
+    /// `GET url` with a bearer token; the body as JSON, whatever the status.
+    pub async fn get_json(&self, url: &str, token: &str) -> Value {
+        self.http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     pub async fn connect(&self, edge: usize) -> WsClient {
         WsClient::connect(&self.ws_url(edge)).await
     }
