@@ -176,6 +176,8 @@ pub struct EdgeSettings {
 pub enum LlmProvider {
     /// Offline and deterministic.
     Scripted,
+    /// Any OpenAI-compatible server (`OPENAI_BASE_URL`).
+    Openai,
 }
 
 /// The worker's own settings.
@@ -189,6 +191,31 @@ pub struct WorkerSettings {
         default_value = "scripted"
     )]
     pub llm_provider: LlmProvider,
+    /// Base URL of the OpenAI-compatible API, including `/v1` (OpenAI, vLLM, Ollama, llama.cpp…).
+    #[arg(
+        long = "openai-base-url",
+        env = "OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub openai_base_url: String,
+    /// API key sent as a bearer token (servers that need none accept any).
+    #[arg(long = "openai-api-key", env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<Secret>,
+    /// Model used by agents that name none, and by the classifier.
+    #[arg(long = "llm-model", env = "LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+    /// Whole-request timeout of a model call, in seconds.
+    #[arg(long = "llm-timeout-secs", env = "LLM_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub llm_timeout_secs: u64,
+    /// Longest wait between two chunks of a streamed model answer, in seconds.
+    #[arg(long = "llm-idle-timeout-secs", env = "LLM_IDLE_TIMEOUT_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub llm_idle_timeout_secs: u64,
+    /// YAML file of agents, prompts, tools and model prices; unset: the built-in demo shop.
+    #[arg(long = "agents-config", env = "AGENTS_CONFIG")]
+    pub agents_config: Option<std::path::PathBuf>,
+    /// Seconds an approval request stays open; a later answer gets `interrupt_expired`.
+    #[arg(long = "interrupt-ttl-secs", env = "INTERRUPT_TTL_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interrupt_ttl_secs: u64,
     /// Length, in tokens, of the scripted model's general replies.
     #[arg(
         long = "scripted-reply-tokens",
