@@ -2,6 +2,7 @@
 //! turns in order under a fenced per-thread lease, streams numbered reply frames, and commits
 //! each turn to PostgreSQL before acknowledging it.
 
+pub mod agents;
 pub mod consumer;
 pub mod error;
 pub mod llm;
@@ -11,6 +12,7 @@ pub mod publish;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod tools;
 pub mod turn;
 
 pub use settings::Settings;

@@ -16,6 +16,12 @@ pub struct WorkerMetrics {
     pub deliveries: IntCounterVec,
     /// Reply frames published, by type.
     pub frames: IntCounterVec,
+    /// Model calls, by kind (`classify`, `chat`) and result (`ok`, `retried`, `failed`).
+    pub model_calls: IntCounterVec,
+    /// Tool calls, by tool and result (`ok`, `refused`, `invalid`, `failed`).
+    pub tool_calls: IntCounterVec,
+    /// Approvals, by event (`raised`, `approved`, `rejected`, `expired`, `superseded`).
+    pub interrupts: IntCounterVec,
     /// Messages stored and not yet delivered to any worker: the autoscaling signal.
     pub queue_pending: IntGauge,
     /// Messages delivered to workers and not yet acknowledged (in flight or waiting to be redelivered).
@@ -62,6 +68,27 @@ impl WorkerMetrics {
                 IntCounterVec::new(
                     Opts::new("frames_published_total", "Reply frames published, by type."),
                     &["type"],
+                )?,
+            )?,
+            model_calls: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("model_calls_total", "Model calls, by kind and result."),
+                    &["kind", "result"],
+                )?,
+            )?,
+            tool_calls: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("tool_calls_total", "Tool calls, by tool and result."),
+                    &["tool", "result"],
+                )?,
+            )?,
+            interrupts: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("interrupts_total", "Approvals raised and how they were decided."),
+                    &["event"],
                 )?,
             )?,
             queue_pending: register(

@@ -30,12 +30,18 @@ pub struct LastFrame {
     pub usage: Option<Usage>,
     #[serde(default)]
     pub code: Option<String>,
+    #[serde(default)]
+    pub interrupt_id: Option<String>,
 }
 
 impl LastFrame {
-    /// The frame ends its turn: `message_complete`, or an `error` that answers the message.
+    /// The frame ends its turn (or pauses it): `message_complete`, an `error` that answers the
+    /// message, or an `interrupt`.
     pub fn ends_turn(&self) -> bool {
-        matches!(self.kind.as_str(), "message_complete" | "error")
+        matches!(
+            self.kind.as_str(),
+            "message_complete" | "error" | "interrupt"
+        )
     }
 }
 
@@ -84,6 +90,10 @@ pub struct PublishedTurn {
     pub first_seq: Option<u64>,
     /// The text of its `token` frames, in order.
     pub reply: String,
+    /// The agents whose frames it holds, in order.
+    pub agents: Vec<String>,
+    /// It asked a clarifying question.
+    pub clarification: bool,
 }
 
 /// Reads back the frames of `turn_id`'s last attempt on the subject (they all follow
@@ -110,7 +120,13 @@ pub async fn published_turn(
             }
             match frame.body {
                 FrameBody::TurnReset => turn = PublishedTurn::default(),
-                FrameBody::Token { content, .. } => turn.reply.push_str(&content),
+                FrameBody::Token { agent, content } => {
+                    if turn.agents.last() != Some(&agent) {
+                        turn.agents.push(agent);
+                    }
+                    turn.reply.push_str(&content);
+                }
+                FrameBody::Clarification { .. } => turn.clarification = true,
                 _ => {}
             }
             turn.first_seq.get_or_insert(frame.seq);

@@ -2,15 +2,19 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::routing::get;
+use shared::config::LlmProvider;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::llm::ScriptedModel;
+use crate::agents::{AgentsConfig, Graph};
+use crate::llm::openai::{OpenAiModel, OpenAiSettings};
+use crate::llm::{Model, ScriptedModel};
 use crate::metrics::WorkerMetrics;
 use crate::store::Store;
 use crate::turn::TurnRunner;
@@ -43,12 +47,10 @@ impl Worker {
             worker_id,
             Duration::from_secs(settings.worker.lease_ttl_secs),
             Duration::from_secs(settings.worker.session_ttl_secs),
+            Duration::from_secs(settings.worker.interrupt_ttl_secs),
         );
-        let model = ScriptedModel {
-            reply_tokens: settings.worker.scripted_reply_tokens,
-            token_delay: Duration::from_millis(settings.worker.scripted_token_delay_ms),
-            fail_on: settings.worker.scripted_fail_on.clone(),
-        };
+        let metrics = WorkerMetrics::new()?;
+        let graph = build_graph(&settings.worker, store.pool().clone(), metrics.clone())?;
         let metrics_listener = TcpListener::bind(settings.worker.metrics_addr)
             .await
             .with_context(|| {
@@ -63,10 +65,10 @@ impl Worker {
             replies,
             subjects: settings.nats.subjects(),
             store,
-            model,
+            graph,
             max_attempts: settings.worker.turn_max_attempts,
             abandon: CancellationToken::new(),
-            metrics: WorkerMetrics::new()?,
+            metrics,
         };
         tracing::info!(%worker_id, "Worker built.");
         Ok(Self {
@@ -169,6 +171,62 @@ impl Worker {
         tracing::info!("Worker stopped.");
         Ok(())
     }
+}
+
+/// The agents, their tools and the model provider, from the settings. A bad `AGENTS_CONFIG`
+/// stops start-up here, with a message naming the file, the agent and the field.
+fn build_graph(
+    settings: &shared::config::WorkerSettings,
+    db: sqlx::PgPool,
+    metrics: WorkerMetrics,
+) -> anyhow::Result<Graph> {
+    let toolbox = crate::tools::Toolbox::demo()?;
+    let config = AgentsConfig::load(settings.agents_config.as_deref(), &toolbox)?;
+    let model: Arc<dyn Model> = match settings.llm_provider {
+        LlmProvider::Scripted => Arc::new(ScriptedModel {
+            reply_tokens: settings.scripted_reply_tokens,
+            token_delay: Duration::from_millis(settings.scripted_token_delay_ms),
+            fail_on: settings.scripted_fail_on.clone(),
+        }),
+        LlmProvider::Openai => Arc::new(OpenAiModel::new(OpenAiSettings {
+            base_url: settings.openai_base_url.clone(),
+            api_key: settings
+                .openai_api_key
+                .as_ref()
+                .map(|key| key.expose().to_owned()),
+            model: settings.llm_model.clone(),
+            request_timeout: Duration::from_secs(settings.llm_timeout_secs),
+            idle_timeout: Duration::from_secs(settings.llm_idle_timeout_secs),
+        })?),
+    };
+    let mut models: Vec<&str> = config
+        .agents
+        .iter()
+        .filter_map(|agent| agent.model.as_deref())
+        .collect();
+    models.push(model.default_model());
+    for name in models {
+        if !config.prices.contains_key(name) {
+            tracing::warn!(
+                model = name,
+                "No price for this model in the agents config; its cost counts as 0."
+            );
+        }
+    }
+    tracing::info!(
+        agents = ?config.agents.iter().map(|agent| agent.name.as_str()).collect::<Vec<_>>(),
+        provider = ?settings.llm_provider,
+        model = model.default_model(),
+        "Agents loaded."
+    );
+    Ok(Graph {
+        config: Arc::new(config),
+        toolbox: Arc::new(toolbox),
+        model,
+        db,
+        interrupt_ttl: Duration::from_secs(settings.interrupt_ttl_secs),
+        metrics,
+    })
 }
 
 /// How often the queue depth gauges are refreshed.

@@ -6,6 +6,10 @@ use shared::ids::ThreadId;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::agents::PendingInterrupt;
+use crate::error::TurnError;
+use crate::llm::ChatMessage;
+
 /// This worker's hold on a thread. Only the holder of the current epoch can commit a turn.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -19,6 +23,8 @@ pub struct Lease {
     pub expired: bool,
     /// The thread's last activity (its last committed turn, or its creation).
     pub last_active_at: chrono::DateTime<chrono::Utc>,
+    /// The approval the thread's last turn is waiting for.
+    pub pending_interrupt: Option<Uuid>,
 }
 
 /// A finished turn, written once with the thread's new position.
@@ -39,6 +45,13 @@ pub struct TurnRecord {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The thread's status after this turn.
     pub status: ThreadStatus,
+    /// `completed`, `interrupted`, `clarification`, `session_expired`.
+    pub outcome: &'static str,
+    /// The approval the thread waits for after this turn.
+    pub pending_interrupt: Option<Uuid>,
+    pub agents: Vec<String>,
+    /// The turn's timeline events (JSON array).
+    pub events: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,15 +122,23 @@ pub struct Store {
     worker_id: Uuid,
     lease_ttl: Duration,
     session_ttl: Duration,
+    interrupt_ttl: Duration,
 }
 
 impl Store {
-    pub fn new(db: PgPool, worker_id: Uuid, lease_ttl: Duration, session_ttl: Duration) -> Self {
+    pub fn new(
+        db: PgPool,
+        worker_id: Uuid,
+        lease_ttl: Duration,
+        session_ttl: Duration,
+        interrupt_ttl: Duration,
+    ) -> Self {
         Self {
             db,
             worker_id,
             lease_ttl,
             session_ttl,
+            interrupt_ttl,
         }
     }
 
@@ -127,7 +148,15 @@ impl Store {
 
     /// Takes the thread's lease if it is free or expired; `None` while another worker holds it.
     pub async fn acquire(&self, thread_id: &ThreadId) -> Result<Option<Lease>, sqlx::Error> {
-        let row: Option<(i64, i64, i64, bool, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        type Row = (
+            i64,
+            i64,
+            i64,
+            bool,
+            chrono::DateTime<chrono::Utc>,
+            Option<Uuid>,
+        );
+        let row: Option<Row> = sqlx::query_as(
             "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
              VALUES ($1, $2, 1, now() + make_interval(secs => $3))
              ON CONFLICT (id) DO UPDATE
@@ -135,7 +164,8 @@ impl Store {
                     lease_epoch = threads.lease_epoch + 1,
                     lease_expires_at = EXCLUDED.lease_expires_at
                 WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
-             RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired', last_active_at",
+             RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired', last_active_at,
+                       pending_interrupt",
         )
         .bind(thread_id.as_str())
         .bind(self.worker_id)
@@ -143,13 +173,14 @@ impl Store {
         .fetch_optional(&self.db)
         .await?;
         Ok(row.map(
-            |(epoch, last_in_seq, last_seq, expired, last_active_at)| Lease {
+            |(epoch, last_in_seq, last_seq, expired, last_active_at, pending_interrupt)| Lease {
                 thread_id: thread_id.clone(),
                 epoch,
                 last_in_seq: to_u64(last_in_seq),
                 last_seq: to_u64(last_seq),
                 expired,
                 last_active_at,
+                pending_interrupt,
             },
         ))
     }
@@ -171,14 +202,16 @@ impl Store {
                        status = $5,
                        last_active_at = CASE WHEN $5 = 'open' THEN now() ELSE last_active_at END,
                        lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
-                       lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END
+                       lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END,
+                       pending_interrupt = $19
                  WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
              RETURNING id
              )
              INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
                                 first_seq, last_seq, prompt_tokens, completion_tokens, cost_usd,
-                                received_at, started_at)
-             SELECT id, $3, $8, $9, $10, $11, $12, $13, $4, $14, $15, $16, $17, $18 FROM advanced",
+                                received_at, started_at, outcome, agents, events)
+             SELECT id, $3, $8, $9, $10, $11, $12, $13, $4, $14, $15, $16, $17, $18, $20, $21, $22
+               FROM advanced",
         )
         .bind(lease.thread_id.as_str())
         .bind(lease.epoch)
@@ -198,6 +231,10 @@ impl Store {
         .bind(turn.cost_usd)
         .bind(turn.received_at)
         .bind(turn.started_at)
+        .bind(turn.pending_interrupt)
+        .bind(turn.outcome)
+        .bind(&turn.agents)
+        .bind(&turn.events)
         .execute(&self.db)
         .await?;
         Ok(if done.rows_affected() == 1 {
@@ -209,7 +246,8 @@ impl Store {
 
     /// Whether a message received at `received_at` finds the session expired: the thread is
     /// marked expired, or it had been idle for longer than `SESSION_TTL_SECS` when the message
-    /// arrived (not when a worker got to it: a queue backlog does not expire anyone).
+    /// arrived (not when a worker got to it: a queue backlog does not expire anyone). While an
+    /// approval is pending the session lasts `INTERRUPT_TTL_SECS` longer.
     pub fn session_expired(
         &self,
         lease: &Lease,
@@ -218,7 +256,96 @@ impl Store {
         let idle = (received_at - lease.last_active_at)
             .to_std()
             .unwrap_or_default();
-        lease.expired || idle > self.session_ttl
+        let ttl = if lease.pending_interrupt.is_some() {
+            self.session_ttl + self.interrupt_ttl
+        } else {
+            self.session_ttl
+        };
+        lease.expired || idle > ttl
+    }
+
+    /// The approval `id`, with its checkpoint.
+    pub async fn load_interrupt(&self, id: Uuid) -> Result<Option<PendingInterrupt>, TurnError> {
+        type Row = (
+            Uuid,
+            String,
+            String,
+            serde_json::Value,
+            serde_json::Value,
+            chrono::DateTime<chrono::Utc>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT turn_id, agent, action, params, checkpoint, expires_at FROM interrupts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?;
+        let Some((turn_id, agent, action, params, checkpoint, expires_at)) = row else {
+            return Ok(None);
+        };
+        let checkpoint = serde_json::from_value(checkpoint).map_err(|error| {
+            TurnError::Turn(format!(
+                "the checkpoint of approval {id} does not decode: {error}"
+            ))
+        })?;
+        Ok(Some(PendingInterrupt {
+            id,
+            turn_id,
+            agent,
+            action,
+            params,
+            checkpoint,
+            expires_at,
+        }))
+    }
+
+    /// Records what became of an approval (`approved`, `rejected`, `expired`, `superseded`), by
+    /// the message at `in_seq`. Idempotent for that message; a decision by another one stands.
+    pub async fn decide_interrupt(
+        &self,
+        id: Uuid,
+        status: &str,
+        in_seq: u64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE interrupts SET status = $2, decided_at = COALESCE(decided_at, now()), decided_in_seq = $3
+              WHERE id = $1 AND (status = 'pending' OR decided_in_seq = $3)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(to_i64(in_seq))
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// The thread's last few exchanges, oldest first, as the agents see them.
+    pub async fn history(
+        &self,
+        thread_id: &ThreadId,
+        turns: i64,
+    ) -> Result<Vec<ChatMessage>, sqlx::Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT content, reply FROM turns
+              WHERE thread_id = $1 AND kind = 'message' AND content IS NOT NULL
+                AND outcome IN ('completed', 'interrupted', 'clarification')
+              ORDER BY in_seq DESC LIMIT $2",
+        )
+        .bind(thread_id.as_str())
+        .bind(turns)
+        .fetch_all(&self.db)
+        .await?;
+        let mut history = Vec::with_capacity(rows.len() * 2);
+        for (content, reply) in rows.into_iter().rev() {
+            history.push(ChatMessage::User { content });
+            if !reply.is_empty() {
+                history.push(ChatMessage::Assistant {
+                    content: reply,
+                    tool_calls: Vec::new(),
+                });
+            }
+        }
+        Ok(history)
     }
 
     /// Advances the thread past a message that cannot be a turn (it does not decode), with no row.

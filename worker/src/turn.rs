@@ -12,14 +12,11 @@ use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::{ErrorCode, FrameBody, Usage};
 use shared::subjects::Subjects;
 
+use crate::agents::{Decision, Ended, Graph, Outcome, PendingInterrupt, TurnInfo};
 use crate::error::TurnError;
-use crate::llm::ScriptedModel;
 use crate::metrics::WorkerMetrics;
 use crate::publish::{self, FramePublisher};
 use crate::store::{AfterCommit, Committed, DeadLetter, Lease, Store, ThreadStatus, TurnRecord};
-
-/// The agent that labels the scripted model's general replies.
-const GENERAL_AGENT: &str = "general";
 
 /// What became of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +47,7 @@ pub struct TurnRunner {
     pub replies: stream::Stream,
     pub subjects: Subjects,
     pub store: Store,
-    pub model: ScriptedModel,
+    pub graph: Graph,
     /// Failed attempts at a message before it is dead-lettered.
     pub max_attempts: u32,
     /// Cancelled when the shutdown grace period is over: turns still running hand their thread back.
@@ -126,12 +123,15 @@ impl TurnRunner {
             .map_err(|error| TurnError::Turn(error.to_string()))?;
         let subject = self.subjects.replies(&lease.thread_id);
         let tail = publish::tail(&self.replies, &subject).await?;
-        let mut out = self.publisher(lease, message.turn_id, &tail);
-        if tail
+        // Frames after the committed position are this message's failed attempt (for an answer
+        // to an approval, under the paused turn's id).
+        let partial = tail
             .frame
             .as_ref()
-            .is_some_and(|frame| frame.turn_id == message.turn_id)
-        {
+            .filter(|frame| frame.seq > lease.last_seq)
+            .map(|frame| frame.turn_id);
+        let mut out = self.publisher(lease, partial.unwrap_or(message.turn_id), &tail);
+        if partial.is_some() {
             out.send(FrameBody::TurnReset).await?;
         }
         out.send(error_body(
@@ -178,16 +178,17 @@ impl TurnRunner {
         &self,
         lease: &Lease,
         message: InboundMessage,
+        turn_id: TurnId,
         in_seq: u64,
         end: &publish::LastFrame,
         tail: &publish::Tail,
         started_at: chrono::DateTime<chrono::Utc>,
         after: AfterCommit,
+        pending_after: Option<uuid::Uuid>,
     ) -> Result<(u64, Option<u64>), TurnError> {
         let subject = self.subjects.replies(&lease.thread_id);
         let published =
-            publish::published_turn(&self.replies, &subject, message.turn_id, lease.last_seq)
-                .await?;
+            publish::published_turn(&self.replies, &subject, turn_id, lease.last_seq).await?;
         let first_seq = published.first_seq.unwrap_or(end.seq);
         let (kind, content) = match &message.kind {
             InboundKind::Message { content } => ("message", Some(content.as_str().to_owned())),
@@ -203,7 +204,7 @@ impl TurnRunner {
                 in_seq,
                 kind,
                 message_id: message.message_id.to_string(),
-                turn_id: message.turn_id.as_uuid(),
+                turn_id: turn_id.as_uuid(),
                 attempts,
                 reason,
                 content,
@@ -219,9 +220,23 @@ impl TurnRunner {
             } else {
                 ThreadStatus::Open
             };
+            let raised = end
+                .interrupt_id
+                .as_deref()
+                .filter(|_| end.kind == "interrupt")
+                .and_then(|id| uuid::Uuid::parse_str(id).ok());
+            let outcome = if raised.is_some() {
+                "interrupted"
+            } else if status == ThreadStatus::Expired {
+                "session_expired"
+            } else if published.clarification {
+                "clarification"
+            } else {
+                "completed"
+            };
             let record = TurnRecord {
                 in_seq,
-                turn_id: message.turn_id.as_uuid(),
+                turn_id: turn_id.as_uuid(),
                 message_id: message.message_id.to_string(),
                 kind,
                 content,
@@ -234,6 +249,11 @@ impl TurnRunner {
                 received_at: message.received_at,
                 started_at,
                 status,
+                outcome,
+                pending_interrupt: raised.or(pending_after),
+                agents: published.agents,
+                events: serde_json::json!([{"type": "recovered",
+                    "note": "committed from the frames an earlier attempt published"}]),
             };
             self.store.commit(lease, &record, after).await?
         };
@@ -388,94 +408,158 @@ impl TurnRunner {
                 };
             }
         };
-        let previous = tail.frame.as_ref();
-        let earlier_attempt = previous.filter(|frame| frame.turn_id == message.turn_id);
+        let plan = self.plan(lease, &message).await?;
+        let turn_id = plan.turn_id(message.turn_id);
+        // Frames after the committed position are an earlier attempt at this message that did
+        // not commit.
+        let earlier_attempt = tail
+            .frame
+            .as_ref()
+            .filter(|frame| frame.seq > lease.last_seq);
         if let Some(end) = earlier_attempt.filter(|frame| frame.ends_turn()) {
             // An earlier attempt published the whole turn and died before committing it: its
             // clients have the turn; commit what they saw instead of running it again.
+            let pending = plan.pending_after(lease);
             return self
-                .commit_published(lease, message, in_seq, end, tail, started_at, after)
+                .commit_published(
+                    lease, message, turn_id, in_seq, end, tail, started_at, after, pending,
+                )
                 .await;
         }
-        let mut out = self.publisher(lease, message.turn_id, tail);
+        let mut out = self.publisher(lease, turn_id, tail);
         if earlier_attempt.is_some() {
             // An earlier attempt at this turn published part of it and did not commit.
             out.send(FrameBody::TurnReset).await?;
         }
-
-        let mut reply = String::new();
-        let mut usage = Usage::default();
-        let mut status = ThreadStatus::Open;
-        let (kind, content) = match message.kind {
-            InboundKind::Message { content } => ("message", Some(content)),
-            InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
+        let info = TurnInfo {
+            thread_id: lease.thread_id.as_str(),
+            turn_id: turn_id.as_uuid(),
+            in_seq,
         };
-        if self.store.session_expired(lease, message.received_at) {
-            status = ThreadStatus::Expired;
-            out.send(error_body(
-                ErrorCode::SessionExpired,
-                "This conversation has expired; please start a new one.",
-            ))
-            .await?;
-        } else if let Some(content) = &content {
-            usage.prompt_tokens = self.model.prompt_tokens(content.as_str());
-            let fails = self.model.fails_on(content.as_str());
-            for (index, token) in self.model.reply_tokens().enumerate() {
-                if fails && index == crate::llm::scripted::TOKENS_BEFORE_FAILURE {
-                    // What a provider outage looks like mid-stream: some tokens went out.
-                    out.flush().await?;
-                    return Err(TurnError::Turn(
-                        "the scripted model failed (SCRIPTED_FAIL_ON matched the message)".into(),
-                    ));
-                }
-                if !self.model.token_delay.is_zero() {
-                    out.flush().await?;
-                    tokio::time::sleep(self.model.token_delay).await;
-                }
-                reply.push_str(&token);
-                usage.completion_tokens += 1;
-                out.send(FrameBody::Token {
-                    agent: GENERAL_AGENT.into(),
-                    content: token,
+        let mut status = ThreadStatus::Open;
+        let pending_after = plan.pending_after(lease);
+        let ended = match plan {
+            Plan::SessionExpired => {
+                status = ThreadStatus::Expired;
+                out.send(error_body(
+                    ErrorCode::SessionExpired,
+                    "This conversation has expired; please start a new one.",
+                ))
+                .await?;
+                simple_end(Vec::new())
+            }
+            Plan::NoPendingInterrupt => {
+                out.send(error_body(
+                    ErrorCode::NoPendingInterrupt,
+                    "There is no pending approval on this thread.",
+                ))
+                .await?;
+                out.send(FrameBody::MessageComplete {
+                    usage: Usage::default(),
                 })
                 .await?;
+                simple_end(Vec::new())
             }
-            out.send(FrameBody::MessageComplete { usage }).await?;
-        } else {
-            out.send(error_body(
-                ErrorCode::NoPendingInterrupt,
-                "There is no pending approval on this thread.",
-            ))
-            .await?;
-            out.send(FrameBody::MessageComplete { usage }).await?;
-        }
+            Plan::LateAnswer(pending) => {
+                self.store
+                    .decide_interrupt(pending.id, "expired", in_seq)
+                    .await?;
+                self.metrics
+                    .interrupts
+                    .with_label_values(&["expired"])
+                    .inc();
+                out.send(FrameBody::InterruptExpired {
+                    interrupt_id: pending.id.to_string(),
+                    action: pending.action.clone(),
+                    message: format!(
+                        "This approval ({}) expired before your answer arrived, so nothing was done. Ask again if you still want it.",
+                        pending.action
+                    ),
+                })
+                .await?;
+                out.send(FrameBody::MessageComplete {
+                    usage: pending.checkpoint.usage,
+                })
+                .await?;
+                simple_end(vec![
+                    serde_json::json!({"type": "decision", "interrupt_id": pending.id,
+                                            "decision": "expired"}),
+                ])
+            }
+            Plan::Resume(pending, decision) => {
+                let label = match decision {
+                    Decision::Approved => "approved",
+                    Decision::Rejected => "rejected",
+                };
+                self.store
+                    .decide_interrupt(pending.id, label, in_seq)
+                    .await?;
+                self.metrics.interrupts.with_label_values(&[label]).inc();
+                self.graph
+                    .resume(&mut out, info, &pending, decision)
+                    .await?
+            }
+            Plan::Message {
+                content,
+                supersedes,
+            } => {
+                if let Some(pending) = supersedes {
+                    // A new message while an approval waits withdraws it: nothing of it runs.
+                    self.store
+                        .decide_interrupt(pending, "superseded", in_seq)
+                        .await?;
+                    self.metrics
+                        .interrupts
+                        .with_label_values(&["superseded"])
+                        .inc();
+                }
+                let history = if lease.last_in_seq > 0 {
+                    self.store.history(&lease.thread_id, HISTORY_TURNS).await?
+                } else {
+                    Vec::new()
+                };
+                self.graph
+                    .run_message(&mut out, info, content.as_str(), history)
+                    .await?
+            }
+        };
         out.flush().await?;
 
+        let (kind, content) = match message.kind {
+            InboundKind::Message { content } => ("message", Some(content.as_str().to_owned())),
+            InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
+        };
+        let pending_interrupt = match ended.outcome {
+            Outcome::Interrupted(id) => Some(id),
+            _ => pending_after,
+        };
+        let outcome = match ended.outcome {
+            Outcome::Completed if status == ThreadStatus::Expired => "session_expired",
+            ref outcome => outcome.as_str(),
+        };
         let record = TurnRecord {
             in_seq,
-            turn_id: message.turn_id.as_uuid(),
+            turn_id: turn_id.as_uuid(),
             message_id: message.message_id.to_string(),
             kind,
-            content: content.map(|content| content.as_str().to_owned()),
-            reply,
+            content,
+            reply: ended.reply,
             first_seq: out.first_seq(),
             last_seq: out.last_seq(),
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            cost_usd: usage.cost_usd,
+            prompt_tokens: ended.usage.prompt_tokens,
+            completion_tokens: ended.usage.completion_tokens,
+            cost_usd: ended.usage.cost_usd,
             received_at: message.received_at,
             started_at,
             status,
+            outcome,
+            pending_interrupt,
+            agents: ended.agents,
+            events: serde_json::Value::Array(ended.events),
         };
         match self.store.commit(lease, &record, after).await? {
             Committed::Yes => {
-                self.metrics
-                    .turns
-                    .with_label_values(&[match status {
-                        ThreadStatus::Open => "completed",
-                        ThreadStatus::Expired => "session_expired",
-                    }])
-                    .inc();
+                self.metrics.turns.with_label_values(&[outcome]).inc();
                 self.metrics
                     .turn_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -483,6 +567,91 @@ impl TurnRunner {
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
+    }
+
+    /// What a message asks of the thread, given the approval it may be waiting for.
+    async fn plan(&self, lease: &Lease, message: &InboundMessage) -> Result<Plan, TurnError> {
+        if self.store.session_expired(lease, message.received_at) {
+            return Ok(Plan::SessionExpired);
+        }
+        match &message.kind {
+            InboundKind::Message { content } => Ok(Plan::Message {
+                content: content.clone(),
+                supersedes: lease.pending_interrupt,
+            }),
+            InboundKind::InterruptResponse {
+                approved,
+                interrupt_id,
+            } => {
+                let Some(id) = lease.pending_interrupt else {
+                    return Ok(Plan::NoPendingInterrupt);
+                };
+                if interrupt_id
+                    .as_deref()
+                    .is_some_and(|answered| answered != id.to_string())
+                {
+                    return Ok(Plan::NoPendingInterrupt);
+                }
+                let Some(pending) = self.store.load_interrupt(id).await? else {
+                    return Ok(Plan::NoPendingInterrupt);
+                };
+                if message.received_at > pending.expires_at {
+                    return Ok(Plan::LateAnswer(Box::new(pending)));
+                }
+                let decision = if *approved {
+                    Decision::Approved
+                } else {
+                    Decision::Rejected
+                };
+                Ok(Plan::Resume(Box::new(pending), decision))
+            }
+        }
+    }
+}
+
+/// The thread's exchanges the agents see as history.
+const HISTORY_TURNS: i64 = 5;
+
+/// What the turn of a message will do.
+enum Plan {
+    SessionExpired,
+    Message {
+        content: shared::protocol::frames::UserText,
+        /// The approval this message withdraws.
+        supersedes: Option<uuid::Uuid>,
+    },
+    NoPendingInterrupt,
+    /// An answer after the approval expired.
+    LateAnswer(Box<PendingInterrupt>),
+    Resume(Box<PendingInterrupt>, Decision),
+}
+
+impl Plan {
+    /// The turn the frames belong to: an answer to an approval continues the paused turn.
+    fn turn_id(&self, own: TurnId) -> TurnId {
+        match self {
+            Self::LateAnswer(pending) | Self::Resume(pending, _) => TurnId::from(pending.turn_id),
+            _ => own,
+        }
+    }
+
+    /// The approval the thread waits for after this turn, unless the turn raises a new one.
+    fn pending_after(&self, lease: &Lease) -> Option<uuid::Uuid> {
+        match self {
+            Self::SessionExpired | Self::NoPendingInterrupt => lease.pending_interrupt,
+            Self::Message { .. } | Self::LateAnswer(_) | Self::Resume(..) => None,
+        }
+    }
+}
+
+/// The record of a turn that ran no agent.
+fn simple_end(events: Vec<serde_json::Value>) -> Ended {
+    Ended {
+        outcome: Outcome::Completed,
+        reply: String::new(),
+        usage: Usage::default(),
+        agents: Vec::new(),
+        events,
     }
 }
 

@@ -1,0 +1,8 @@
+//! The agent graph: agents from `AGENTS_CONFIG`, and the runtime that classifies a message,
+//! runs the chosen agents with their tools, and pauses for human approval.
+
+pub mod config;
+pub mod runtime;
+
+pub use config::{Agent, AgentsConfig};
+pub use runtime::{Checkpoint, Decision, Ended, Graph, Outcome, PendingInterrupt, TurnInfo};

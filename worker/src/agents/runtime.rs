@@ -1,0 +1,951 @@
+//! The agent graph of one turn: classify the message (supervisor), run the chosen specialist
+//! agents in order, each a loop of model → tool calls → tool results → model with a bound on
+//! steps, and pause the turn at a tool that needs approval. A paused turn is a [`Checkpoint`]
+//! in PostgreSQL; the `interrupt_response` continues it on whichever worker takes it.
+//!
+//! Model calls are retried in place (backon: exponential, jitter, `Retry-After` honoured) while
+//! nothing of the call reached the client. A call that fails after its tokens went out restarts
+//! the segment after a `turn_reset` frame.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use futures_util::{FutureExt as _, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use shared::protocol::{FrameBody, Usage};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::agents::{Agent, AgentsConfig};
+use crate::error::TurnError;
+use crate::llm::{
+    AgentCard, ChatEvent, ChatMessage, ChatRequest, Classification, ClassifyRequest, Completion,
+    LlmError, Model, TokenUsage, ToolCall,
+};
+use crate::metrics::WorkerMetrics;
+use crate::publish::FramePublisher;
+use crate::tools::{RegisteredTool, ToolError, Toolbox};
+
+/// Times a segment is restarted after a model failure that followed some of its output.
+const MAX_RESETS: u32 = 2;
+
+/// The longest `Retry-After` honoured; a server asking for more is retried at this delay.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Backoff of model and tool retries within a turn.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(4)
+        .with_jitter()
+        .build()
+}
+
+/// Where a turn continues from: written with an `interrupt`, read back by its answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The user's message that started the turn.
+    pub user_message: String,
+    /// Earlier turns of the thread, as the agents see them.
+    pub history: Vec<ChatMessage>,
+    /// Agents still to run, the current one first.
+    pub agents: Vec<String>,
+    /// The current agent's conversation (empty: it has not started).
+    pub messages: Vec<ChatMessage>,
+    /// Calls of the current agent's last answer not run yet; the first is the one waiting for
+    /// approval.
+    pub pending_calls: Vec<ToolCall>,
+    /// Model calls the current agent has made.
+    pub steps: u32,
+    /// Usage of the turn before this point.
+    pub usage: Usage,
+    /// Agents that ran so far, in order.
+    pub agents_run: Vec<String>,
+}
+
+/// How a segment of a turn ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `message_complete` was sent.
+    Completed,
+    /// `clarification` then `message_complete` were sent.
+    Clarification,
+    /// `interrupt` was sent: the turn is paused on this approval.
+    Interrupted(Uuid),
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Clarification => "clarification",
+            Self::Interrupted(_) => "interrupted",
+        }
+    }
+}
+
+/// What a segment did, for the turn's record.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub outcome: Outcome,
+    /// The agents' text.
+    pub reply: String,
+    /// Usage of this segment's model calls (the turn's total is on `message_complete`).
+    pub usage: Usage,
+    pub agents: Vec<String>,
+    /// Classification, tool calls and results, interrupts, decisions, resets: the timeline.
+    pub events: Vec<Value>,
+}
+
+/// The turn a segment belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnInfo<'a> {
+    pub thread_id: &'a str,
+    pub turn_id: Uuid,
+    pub in_seq: u64,
+}
+
+/// The approval a turn waits for, as stored.
+#[derive(Debug, Clone)]
+pub struct PendingInterrupt {
+    pub id: Uuid,
+    pub turn_id: Uuid,
+    pub agent: String,
+    pub action: String,
+    pub params: Value,
+    pub checkpoint: Checkpoint,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Everything the agent graph needs.
+#[derive(Clone)]
+pub struct Graph {
+    pub config: Arc<AgentsConfig>,
+    pub toolbox: Arc<Toolbox>,
+    pub model: Arc<dyn Model>,
+    pub db: PgPool,
+    pub interrupt_ttl: Duration,
+    pub metrics: WorkerMetrics,
+}
+
+/// Why a segment stopped early.
+enum Stop {
+    /// A model call failed after some of its output went out (`emitted`), or for good.
+    Model {
+        error: LlmError,
+        emitted: bool,
+    },
+    Turn(TurnError),
+}
+
+impl From<TurnError> for Stop {
+    fn from(error: TurnError) -> Self {
+        Self::Turn(error)
+    }
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Turn(error.into())
+    }
+}
+
+/// A segment in progress.
+struct Run<'a> {
+    turn: TurnInfo<'a>,
+    state: Checkpoint,
+    reply: String,
+    usage: Usage,
+    events: Vec<Value>,
+}
+
+impl Run<'_> {
+    fn total(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.state.usage.prompt_tokens + self.usage.prompt_tokens,
+            completion_tokens: self.state.usage.completion_tokens + self.usage.completion_tokens,
+            cost_usd: self.state.usage.cost_usd + self.usage.cost_usd,
+        }
+    }
+
+    fn ended(self, outcome: Outcome) -> Ended {
+        Ended {
+            outcome,
+            reply: self.reply,
+            usage: self.usage,
+            agents: self.state.agents_run,
+            events: self.events,
+        }
+    }
+}
+
+/// What the user decided about a pending approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approved,
+    Rejected,
+}
+
+impl Graph {
+    /// Runs the turn of a user message: classify, then the agents.
+    pub async fn run_message(
+        &self,
+        out: &mut FramePublisher,
+        turn: TurnInfo<'_>,
+        content: &str,
+        history: Vec<ChatMessage>,
+    ) -> Result<Ended, TurnError> {
+        let start = Checkpoint {
+            user_message: content.to_owned(),
+            history,
+            ..Checkpoint::default()
+        };
+        self.with_resets(out, turn, start, None).await
+    }
+
+    /// Continues a paused turn with the user's decision on its approval.
+    pub async fn resume(
+        &self,
+        out: &mut FramePublisher,
+        turn: TurnInfo<'_>,
+        pending: &PendingInterrupt,
+        decision: Decision,
+    ) -> Result<Ended, TurnError> {
+        self.with_resets(
+            out,
+            turn,
+            pending.checkpoint.clone(),
+            Some((pending, decision)),
+        )
+        .await
+    }
+
+    /// Runs a segment; restarts it after a `turn_reset` when a model call fails once its
+    /// output reached the client.
+    async fn with_resets(
+        &self,
+        out: &mut FramePublisher,
+        turn: TurnInfo<'_>,
+        start: Checkpoint,
+        decision: Option<(&PendingInterrupt, Decision)>,
+    ) -> Result<Ended, TurnError> {
+        let mut resets = 0;
+        let mut delays = retry_delays();
+        let mut reset_events = Vec::new();
+        loop {
+            let mut run = Run {
+                turn,
+                state: start.clone(),
+                reply: String::new(),
+                usage: Usage::default(),
+                events: std::mem::take(&mut reset_events),
+            };
+            let result = match decision {
+                Some((pending, decision)) => {
+                    self.continue_after(out, &mut run, pending, decision).await
+                }
+                None => self.start_message(out, &mut run).await,
+            };
+            match result {
+                Ok(outcome) => return Ok(run.ended(outcome)),
+                Err(Stop::Turn(error)) => return Err(error),
+                Err(Stop::Model { error, emitted }) => {
+                    let delay = delays.next();
+                    match delay {
+                        Some(delay) if error.is_transient() && emitted && resets < MAX_RESETS => {
+                            resets += 1;
+                            tracing::warn!(%error, resets, "A model stream failed after its output went out; resetting the turn.");
+                            out.send(FrameBody::TurnReset).await?;
+                            out.flush().await?;
+                            reset_events = run.events;
+                            reset_events
+                                .push(json!({"type": "turn_reset", "error": error.to_string()}));
+                            tokio::time::sleep(pause(&error, delay)).await;
+                        }
+                        _ => return Err(TurnError::Turn(format!("the model failed: {error}"))),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start_message(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+    ) -> Result<Outcome, Stop> {
+        let classification = self.classify(run).await;
+        if classification.ambiguous {
+            let message = classification
+                .clarification
+                .filter(|text| !text.trim().is_empty())
+                .unwrap_or_else(|| "Could you tell me a little more about what you need?".into());
+            run.events
+                .push(json!({"type": "clarification", "message": message}));
+            out.send(FrameBody::Clarification { message }).await?;
+            out.send(FrameBody::MessageComplete { usage: run.total() })
+                .await?;
+            return Ok(Outcome::Clarification);
+        }
+        let mut agents: Vec<String> = Vec::new();
+        for intent in classification.intents {
+            if self.config.agent(&intent.agent).is_some() && !agents.contains(&intent.agent) {
+                agents.push(intent.agent);
+            } else if self.config.agent(&intent.agent).is_none() {
+                tracing::warn!(agent = %intent.agent, "The classifier named an unknown agent; ignoring it.");
+            }
+        }
+        if agents.is_empty() {
+            agents.push(self.config.default_agent.clone());
+        }
+        run.state.agents = agents;
+        self.run_agents(out, run).await
+    }
+
+    /// Classifies the message; a classifier that keeps failing, or names no agent, routes to
+    /// the default agent instead of failing the turn.
+    async fn classify(&self, run: &mut Run<'_>) -> Classification {
+        let cards: Vec<AgentCard> = self
+            .config
+            .agents
+            .iter()
+            .map(|agent| AgentCard {
+                name: agent.name.clone(),
+                description: agent.description.clone(),
+            })
+            .collect();
+        let model = self.model.default_model().to_owned();
+        let mut delays = retry_delays();
+        let fallback = |reason: String| Classification {
+            intents: vec![crate::llm::Intent {
+                agent: self.config.default_agent.clone(),
+                confidence: 0.0,
+            }],
+            ambiguous: false,
+            clarification: Some(reason),
+        };
+        loop {
+            let request = ClassifyRequest {
+                model: &model,
+                message: &run.state.user_message,
+                agents: &cards,
+            };
+            match self.model.classify(request).await {
+                Ok(classified) => {
+                    self.count_usage(run, &model, classified.usage);
+                    self.metrics
+                        .model_calls
+                        .with_label_values(&["classify", "ok"])
+                        .inc();
+                    run.events.push(
+                        json!({"type": "classification", "result": classified.classification}),
+                    );
+                    return classified.classification;
+                }
+                Err(error) => {
+                    let delay = delays.next();
+                    match delay {
+                        Some(delay) if error.is_transient() => {
+                            self.metrics
+                                .model_calls
+                                .with_label_values(&["classify", "retried"])
+                                .inc();
+                            tracing::warn!(%error, "Classification failed; retrying.");
+                            tokio::time::sleep(pause(&error, delay)).await;
+                        }
+                        _ => {
+                            self.metrics
+                                .model_calls
+                                .with_label_values(&["classify", "failed"])
+                                .inc();
+                            tracing::warn!(%error, agent = %self.config.default_agent, "Classification failed; routing to the default agent.");
+                            run.events.push(
+                                json!({"type": "classification_failed", "error": error.to_string(),
+                                                   "agent": self.config.default_agent}),
+                            );
+                            let mut classification = fallback(error.to_string());
+                            classification.clarification = None;
+                            return classification;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the user's decision on the call that waited for it, then goes on with the turn.
+    async fn continue_after(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+        pending: &PendingInterrupt,
+        decision: Decision,
+    ) -> Result<Outcome, Stop> {
+        let Some(call) = run.state.pending_calls.first().cloned() else {
+            return Err(Stop::Turn(TurnError::Turn(
+                "the approval's checkpoint has no pending call".into(),
+            )));
+        };
+        let agent = pending.agent.clone();
+        match decision {
+            Decision::Approved => {
+                run.events.push(
+                    json!({"type": "decision", "interrupt_id": pending.id, "decision": "approved"}),
+                );
+                let tool = self.tool_of(&agent, &call.name);
+                let Some(tool) = tool else {
+                    let result =
+                        json!({"error": format!("the tool {} is no longer available", call.name)});
+                    self.tool_message(run, &call, &result);
+                    return self.after_call(out, run).await;
+                };
+                out.send(FrameBody::ToolCall {
+                    agent: agent.clone(),
+                    tool: call.name.clone(),
+                    args: pending.params.clone(),
+                })
+                .await?;
+                out.flush().await?;
+                let (ok, result) = self.run_approved(run, pending, &tool).await?;
+                out.send(FrameBody::ToolResult {
+                    agent: agent.clone(),
+                    tool: call.name.clone(),
+                    ok,
+                })
+                .await?;
+                run.events.push(json!({"type": "tool_result", "agent": agent, "tool": call.name, "ok": ok, "result": result}));
+                self.tool_message(run, &call, &result);
+            }
+            Decision::Rejected => {
+                run.events.push(
+                    json!({"type": "decision", "interrupt_id": pending.id, "decision": "rejected"}),
+                );
+                let result = json!({"declined": true,
+                    "message": format!("The user declined; {} was not performed. Do not try it again unless they ask.", call.name)});
+                self.tool_message(run, &call, &result);
+            }
+        }
+        self.after_call(out, run).await
+    }
+
+    async fn after_call(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+    ) -> Result<Outcome, Stop> {
+        run.state.pending_calls.remove(0);
+        self.run_agents(out, run).await
+    }
+
+    fn tool_of(&self, agent: &str, name: &str) -> Option<RegisteredTool> {
+        let allowed = self
+            .config
+            .agent(agent)
+            .is_some_and(|agent| agent.tools.iter().any(|tool| tool == name));
+        allowed.then(|| self.toolbox.get(name).cloned()).flatten()
+    }
+
+    fn tool_message(&self, run: &mut Run<'_>, call: &ToolCall, result: &Value) {
+        run.state.messages.push(ChatMessage::Tool {
+            tool_call_id: call.id.clone(),
+            content: result.to_string(),
+        });
+    }
+
+    /// Runs the agents still to run, from wherever the current one stands.
+    async fn run_agents(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+    ) -> Result<Outcome, Stop> {
+        while let Some(name) = run.state.agents.first().cloned() {
+            let Some(agent) = self.config.agent(&name).cloned() else {
+                tracing::warn!(agent = %name, "A checkpoint names an agent the config no longer has; skipping it.");
+                run.state.agents.remove(0);
+                run.state.messages.clear();
+                run.state.pending_calls.clear();
+                continue;
+            };
+            if run.state.messages.is_empty() {
+                run.state.messages.push(ChatMessage::System {
+                    content: agent.system_prompt.clone(),
+                });
+                run.state.messages.extend(run.state.history.iter().cloned());
+                run.state.messages.push(ChatMessage::User {
+                    content: run.state.user_message.clone(),
+                });
+                run.state.steps = 0;
+                run.state.agents_run.push(agent.name.clone());
+                if !run.reply.is_empty() {
+                    run.reply.push_str("\n\n");
+                }
+            }
+            if let Some(id) = self.run_agent(out, run, &agent).await? {
+                return Ok(Outcome::Interrupted(id));
+            }
+            run.state.agents.remove(0);
+            run.state.messages.clear();
+            run.state.pending_calls.clear();
+        }
+        out.send(FrameBody::MessageComplete { usage: run.total() })
+            .await?;
+        Ok(Outcome::Completed)
+    }
+
+    /// One agent's loop. `Some(interrupt)` when it paused for an approval.
+    async fn run_agent(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+        agent: &Agent,
+    ) -> Result<Option<Uuid>, Stop> {
+        loop {
+            while let Some(call) = run.state.pending_calls.first().cloned() {
+                if let Some(id) = self.run_call(out, run, agent, &call).await? {
+                    return Ok(Some(id));
+                }
+                run.state.pending_calls.remove(0);
+            }
+            if run.state.steps >= self.config.max_steps {
+                let text = "Sorry, I could not finish this request; please try rephrasing it.";
+                tracing::warn!(agent = %agent.name, steps = run.state.steps, "An agent reached its step limit.");
+                run.events
+                    .push(json!({"type": "step_limit", "agent": agent.name}));
+                out.send(FrameBody::Token {
+                    agent: agent.name.clone(),
+                    content: text.into(),
+                })
+                .await?;
+                run.reply.push_str(text);
+                return Ok(None);
+            }
+            let (text, completion) = self.step(out, run, agent).await?;
+            run.state.steps += 1;
+            run.state.messages.push(ChatMessage::Assistant {
+                content: text,
+                tool_calls: completion.tool_calls.clone(),
+            });
+            if completion.tool_calls.is_empty() {
+                return Ok(None);
+            }
+            run.state.pending_calls = completion.tool_calls;
+        }
+    }
+
+    /// Runs one tool call: checks the tool and its arguments, pauses for approval where needed,
+    /// and hands the result (or the error) back to the model.
+    async fn run_call(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+        agent: &Agent,
+        call: &ToolCall,
+    ) -> Result<Option<Uuid>, Stop> {
+        let raw_args = serde_json::from_str::<Value>(&call.arguments)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        let Some(tool) = self.tool_of(&agent.name, &call.name) else {
+            let result = json!({"error": format!("there is no tool named {:?}", call.name)});
+            self.report_failed_call(out, run, agent, call, raw_args, result)
+                .await?;
+            return Ok(None);
+        };
+        let args = match tool.parse_args(&call.arguments) {
+            Ok(args) => args,
+            Err(problem) => {
+                let result = json!({"error": problem});
+                self.report_failed_call(out, run, agent, call, raw_args, result)
+                    .await?;
+                return Ok(None);
+            }
+        };
+        if tool.spec().requires_approval {
+            return self
+                .raise_interrupt(out, run, agent, call, args)
+                .await
+                .map(Some);
+        }
+        out.send(FrameBody::ToolCall {
+            agent: agent.name.clone(),
+            tool: call.name.clone(),
+            args: args.clone(),
+        })
+        .await?;
+        out.flush().await?;
+        let (ok, result) = self.run_tool(&tool, &args).await?;
+        out.send(FrameBody::ToolResult {
+            agent: agent.name.clone(),
+            tool: call.name.clone(),
+            ok,
+        })
+        .await?;
+        run.events.push(
+            json!({"type": "tool_call", "agent": agent.name, "tool": call.name, "args": args}),
+        );
+        run.events.push(json!({"type": "tool_result", "agent": agent.name, "tool": call.name, "ok": ok, "result": result}));
+        self.tool_message(run, call, &result);
+        Ok(None)
+    }
+
+    /// A call that cannot run (unknown tool, invalid arguments): the client sees it fail, the
+    /// model gets the reason as the result.
+    async fn report_failed_call(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+        agent: &Agent,
+        call: &ToolCall,
+        args: Value,
+        result: Value,
+    ) -> Result<(), Stop> {
+        self.metrics
+            .tool_calls
+            .with_label_values(&[call.name.as_str(), "invalid"])
+            .inc();
+        out.send(FrameBody::ToolCall {
+            agent: agent.name.clone(),
+            tool: call.name.clone(),
+            args: args.clone(),
+        })
+        .await?;
+        out.send(FrameBody::ToolResult {
+            agent: agent.name.clone(),
+            tool: call.name.clone(),
+            ok: false,
+        })
+        .await?;
+        run.events.push(
+            json!({"type": "tool_call", "agent": agent.name, "tool": call.name, "args": args}),
+        );
+        run.events.push(json!({"type": "tool_result", "agent": agent.name, "tool": call.name, "ok": false, "result": result}));
+        self.tool_message(run, call, &result);
+        Ok(())
+    }
+
+    /// Runs a tool that needs no approval; its backend failing is retried, then reported to
+    /// the model as the result.
+    async fn run_tool(&self, tool: &RegisteredTool, args: &Value) -> Result<(bool, Value), Stop> {
+        let name = tool.spec().name.as_str();
+        let mut delays = retry_delays();
+        loop {
+            let mut db = self.db.acquire().await?;
+            match tool.tool.call(args, &mut db).await {
+                Ok(result) => {
+                    self.metrics
+                        .tool_calls
+                        .with_label_values(&[name, "ok"])
+                        .inc();
+                    return Ok((true, result));
+                }
+                Err(ToolError::Refused(reason)) => {
+                    self.metrics
+                        .tool_calls
+                        .with_label_values(&[name, "refused"])
+                        .inc();
+                    return Ok((false, json!({"error": reason})));
+                }
+                Err(ToolError::Unavailable(reason)) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(tool = name, %reason, "A tool failed; retrying.");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => {
+                        self.metrics
+                            .tool_calls
+                            .with_label_values(&[name, "failed"])
+                            .inc();
+                        return Ok((
+                            false,
+                            json!({"error": format!("the tool is unavailable: {reason}")}),
+                        ));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Runs an approved call at most once: the ledger row keyed by the interrupt id commits in
+    /// the same transaction as the tool's effect; a second run finds it and returns its result.
+    async fn run_approved(
+        &self,
+        run: &mut Run<'_>,
+        pending: &PendingInterrupt,
+        tool: &RegisteredTool,
+    ) -> Result<(bool, Value), Stop> {
+        let name = tool.spec().name.clone();
+        let mut delays = retry_delays();
+        loop {
+            let mut tx = self.db.begin().await?;
+            let claimed = sqlx::query(
+                "INSERT INTO tool_executions (interrupt_id, thread_id, tool, args, ok, result)
+                 VALUES ($1, $2, $3, $4, false, 'null') ON CONFLICT (interrupt_id) DO NOTHING",
+            )
+            .bind(pending.id)
+            .bind(run.turn.thread_id)
+            .bind(&name)
+            .bind(&pending.params)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                tx.rollback().await?;
+                let (ok, result): (bool, Value) = sqlx::query_as(
+                    "SELECT ok, result FROM tool_executions WHERE interrupt_id = $1",
+                )
+                .bind(pending.id)
+                .fetch_one(&self.db)
+                .await?;
+                run.events
+                    .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
+                return Ok((ok, result));
+            }
+            let mut effect = sqlx::Connection::begin(&mut *tx).await?;
+            let outcome = tool.tool.call(&pending.params, &mut effect).await;
+            let (ok, result) = match outcome {
+                Ok(result) => {
+                    effect.commit().await?;
+                    (true, result)
+                }
+                Err(ToolError::Refused(reason)) => {
+                    effect.rollback().await?;
+                    (false, json!({"error": reason}))
+                }
+                Err(ToolError::Unavailable(reason)) => {
+                    drop(effect);
+                    tx.rollback().await?;
+                    match delays.next() {
+                        Some(delay) => {
+                            tracing::warn!(tool = %name, %reason, "An approved tool failed; retrying.");
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        None => {
+                            self.metrics
+                                .tool_calls
+                                .with_label_values(&[name.as_str(), "failed"])
+                                .inc();
+                            return Err(Stop::Turn(TurnError::Turn(format!(
+                                "the tool {name} is unavailable: {reason}"
+                            ))));
+                        }
+                    }
+                }
+            };
+            sqlx::query("UPDATE tool_executions SET ok = $2, result = $3 WHERE interrupt_id = $1")
+                .bind(pending.id)
+                .bind(ok)
+                .bind(&result)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            self.metrics
+                .tool_calls
+                .with_label_values(&[name.as_str(), if ok { "ok" } else { "refused" }])
+                .inc();
+            return Ok((ok, result));
+        }
+    }
+
+    /// Pauses the turn on a call that needs approval: the checkpoint is stored first, then the
+    /// `interrupt` frame tells the client.
+    async fn raise_interrupt(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+        agent: &Agent,
+        call: &ToolCall,
+        args: Value,
+    ) -> Result<Uuid, Stop> {
+        let id = Uuid::new_v4();
+        let expires_at = chrono::Utc::now()
+            + chrono::Duration::from_std(self.interrupt_ttl).unwrap_or(chrono::Duration::MAX);
+        let mut checkpoint = run.state.clone();
+        checkpoint.usage = run.total();
+        let checkpoint = serde_json::to_value(&checkpoint).map_err(|error| {
+            Stop::Turn(TurnError::Turn(format!(
+                "the checkpoint does not encode: {error}"
+            )))
+        })?;
+        sqlx::query(
+            "INSERT INTO interrupts (id, thread_id, turn_id, in_seq, agent, action, params, checkpoint, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id)
+        .bind(run.turn.thread_id)
+        .bind(run.turn.turn_id)
+        .bind(i64::try_from(run.turn.in_seq).unwrap_or(i64::MAX))
+        .bind(&agent.name)
+        .bind(&call.name)
+        .bind(&args)
+        .bind(&checkpoint)
+        .bind(expires_at)
+        .execute(&self.db)
+        .await?;
+        self.metrics.interrupts.with_label_values(&["raised"]).inc();
+        run.events.push(json!({"type": "interrupt", "interrupt_id": id, "agent": agent.name, "action": call.name,
+                               "params": args, "expires_at": expires_at}));
+        out.send(FrameBody::Interrupt {
+            interrupt_id: id.to_string(),
+            action: call.name.clone(),
+            params: args,
+            expires_at,
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// One model call of an agent, streamed to the client as `token` frames. Retried in place
+    /// while none of its output went out.
+    async fn step(
+        &self,
+        out: &mut FramePublisher,
+        run: &mut Run<'_>,
+        agent: &Agent,
+    ) -> Result<(String, Completion), Stop> {
+        let model = agent
+            .model
+            .clone()
+            .unwrap_or_else(|| self.model.default_model().to_owned());
+        let tools: Vec<_> = agent
+            .tools
+            .iter()
+            .filter_map(|name| self.toolbox.get(name))
+            .map(RegisteredTool::definition)
+            .collect();
+        let mut delays = retry_delays();
+        loop {
+            let mut emitted = false;
+            let mut text = String::new();
+            let result = self
+                .stream_step(out, &model, agent, run, &tools, &mut text, &mut emitted)
+                .await;
+            match result {
+                Ok(completion) => {
+                    self.metrics
+                        .model_calls
+                        .with_label_values(&["chat", "ok"])
+                        .inc();
+                    self.count_usage(run, &model, completion.usage);
+                    run.reply.push_str(&text);
+                    return Ok((text, completion));
+                }
+                Err(Stop::Model {
+                    error,
+                    emitted: false,
+                }) if error.is_transient() => match delays.next() {
+                    Some(delay) => {
+                        self.metrics
+                            .model_calls
+                            .with_label_values(&["chat", "retried"])
+                            .inc();
+                        tracing::warn!(%error, agent = %agent.name, "A model call failed; retrying.");
+                        run.events.push(json!({"type": "model_retry", "agent": agent.name, "error": error.to_string()}));
+                        tokio::time::sleep(pause(&error, delay)).await;
+                    }
+                    None => {
+                        self.metrics
+                            .model_calls
+                            .with_label_values(&["chat", "failed"])
+                            .inc();
+                        return Err(Stop::Model {
+                            error,
+                            emitted: false,
+                        });
+                    }
+                },
+                Err(Stop::Model { error, emitted }) => {
+                    self.metrics
+                        .model_calls
+                        .with_label_values(&["chat", "failed"])
+                        .inc();
+                    return Err(Stop::Model { error, emitted });
+                }
+                Err(stop) => return Err(stop),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_step(
+        &self,
+        out: &mut FramePublisher,
+        model: &str,
+        agent: &Agent,
+        run: &Run<'_>,
+        tools: &[crate::llm::ToolDefinition],
+        text: &mut String,
+        emitted: &mut bool,
+    ) -> Result<Completion, Stop> {
+        let request = ChatRequest {
+            model,
+            agent: &agent.name,
+            messages: &run.state.messages,
+            tools,
+        };
+        let mut stream = self
+            .model
+            .chat(request)
+            .await
+            .map_err(|error| Stop::Model {
+                error,
+                emitted: false,
+            })?;
+        loop {
+            // Frames that are ready go out before waiting for the model's next chunk.
+            let next = match stream.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    out.flush().await?;
+                    stream.next().await
+                }
+            };
+            match next {
+                Some(Ok(ChatEvent::Text(piece))) => {
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    *emitted = true;
+                    text.push_str(&piece);
+                    out.send(FrameBody::Token {
+                        agent: agent.name.clone(),
+                        content: piece,
+                    })
+                    .await?;
+                }
+                Some(Ok(ChatEvent::Done(completion))) => return Ok(completion),
+                Some(Err(error)) => {
+                    return Err(Stop::Model {
+                        error,
+                        emitted: *emitted,
+                    })
+                }
+                None => {
+                    return Err(Stop::Model {
+                        error: LlmError::transient(
+                            "the model's stream ended before its answer did",
+                        ),
+                        emitted: *emitted,
+                    })
+                }
+            }
+        }
+    }
+
+    fn count_usage(&self, run: &mut Run<'_>, model: &str, usage: TokenUsage) {
+        run.usage.prompt_tokens += usage.prompt_tokens;
+        run.usage.completion_tokens += usage.completion_tokens;
+        run.usage.cost_usd += self.config.cost(model, usage);
+    }
+}
+
+/// How long to wait before the next try: the server's `Retry-After` when it sent one.
+fn pause(error: &LlmError, backoff: Duration) -> Duration {
+    error
+        .retry_after()
+        .map_or(backoff, |after| after.min(MAX_RETRY_AFTER))
+}

@@ -1,0 +1,180 @@
+//! Tools the agents call. A tool declares its JSON Schema (what the model sees, and what the
+//! runtime checks arguments against before anything runs) and whether it needs a human's
+//! approval; the runtime, not the prompt, enforces that.
+
+pub mod demo;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::llm::ToolDefinition;
+
+/// Whether a tool only reads or also changes something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// What the model and the runtime know of a tool.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: Value,
+    pub access: Access,
+    /// Never runs before the user approves it (an `interrupt`).
+    pub requires_approval: bool,
+}
+
+/// How a tool call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ToolError {
+    /// The request cannot be done (no such order, already shipped…): the model is told why.
+    #[error("{0}")]
+    Refused(String),
+    /// The tool's backend failed; the call may be retried.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for ToolError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Unavailable(format!("the database failed: {error}"))
+    }
+}
+
+/// A tool. `call` gets validated arguments and a database connection; an approved call gets a
+/// transaction that also records it in the approval ledger, so its effect and the ledger
+/// entry commit together.
+pub trait Tool: Send + Sync {
+    fn spec(&self) -> &ToolSpec;
+
+    fn call<'a>(
+        &'a self,
+        args: &'a Value,
+        db: &'a mut PgConnection,
+    ) -> BoxFuture<'a, Result<Value, ToolError>>;
+}
+
+/// A tool and the compiled validator of its arguments.
+#[derive(Clone)]
+pub struct RegisteredTool {
+    pub tool: Arc<dyn Tool>,
+    validator: Arc<jsonschema::Validator>,
+}
+
+impl RegisteredTool {
+    pub fn spec(&self) -> &ToolSpec {
+        self.tool.spec()
+    }
+
+    /// Parses the model's argument text and checks it against the tool's schema.
+    pub fn parse_args(&self, raw: &str) -> Result<Value, String> {
+        let raw = if raw.trim().is_empty() { "{}" } else { raw };
+        let args: Value = serde_json::from_str(raw)
+            .map_err(|error| format!("the arguments are not JSON: {error}"))?;
+        let problems: Vec<String> = self
+            .validator
+            .iter_errors(&args)
+            .map(|error| {
+                let path = error.instance_path().to_string();
+                if path.is_empty() {
+                    error.to_string()
+                } else {
+                    format!("{path}: {error}")
+                }
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(args)
+        } else {
+            Err(format!("invalid arguments: {}", problems.join("; ")))
+        }
+    }
+
+    pub fn definition(&self) -> ToolDefinition {
+        let spec = self.spec();
+        ToolDefinition {
+            name: spec.name.clone(),
+            description: spec.description.clone(),
+            parameters: spec.parameters.clone(),
+        }
+    }
+}
+
+/// Every tool agents may use, by name.
+#[derive(Clone, Default)]
+pub struct Toolbox {
+    tools: BTreeMap<String, RegisteredTool>,
+}
+
+impl Toolbox {
+    /// The demo shop's tools.
+    pub fn demo() -> anyhow::Result<Self> {
+        let mut toolbox = Self::default();
+        for tool in demo::tools() {
+            toolbox.register(tool)?;
+        }
+        Ok(toolbox)
+    }
+
+    pub fn register(&mut self, tool: Arc<dyn Tool>) -> anyhow::Result<()> {
+        let spec = tool.spec();
+        let validator = jsonschema::validator_for(&spec.parameters).map_err(|error| {
+            anyhow::anyhow!("the schema of tool {:?} is invalid: {error}", spec.name)
+        })?;
+        self.tools.insert(
+            spec.name.clone(),
+            RegisteredTool {
+                tool,
+                validator: Arc::new(validator),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&RegisteredTool> {
+        self.tools.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_checked_against_the_schema() {
+        let toolbox = Toolbox::demo().unwrap();
+        let cancel = toolbox.get("cancel_order").unwrap();
+        assert!(cancel.spec().requires_approval);
+        assert_eq!(
+            cancel.parse_args(r#"{"order_id": 1003}"#).unwrap()["order_id"],
+            1003
+        );
+        let wrong_type = cancel.parse_args(r#"{"order_id": "soon"}"#).unwrap_err();
+        assert!(wrong_type.contains("/order_id"), "{wrong_type}");
+        let missing = cancel.parse_args("{}").unwrap_err();
+        assert!(missing.contains("order_id"), "{missing}");
+        assert!(cancel.parse_args("{not json").is_err());
+        let extra = cancel.parse_args(r#"{"order_id": 1, "x": 2}"#).unwrap_err();
+        assert!(extra.contains('x'), "{extra}");
+        assert!(
+            !toolbox
+                .get("get_order_status")
+                .unwrap()
+                .spec()
+                .requires_approval
+        );
+    }
+}
