@@ -7,7 +7,7 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    ws.send(&thread.message("Where is my order?")).await;
+    ws.send(&thread.message("Hi there, anybody home")).await;
     let accepted = ws.expect_type("accepted").await;
     assert_eq!(accepted["thread_id"], thread.thread_id.as_str());
     assert!(accepted["message_id"].is_string());
@@ -22,12 +22,24 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
     assert!(first
         .iter()
         .all(|f| f["turn_id"] == turn_id && f["thread_id"] == thread.thread_id.as_str()));
+    // Usage sums the classification and the agent's call; the scripted model is priced like
+    // gpt-4o-mini in the demo config ($0.15 / $0.60 per million tokens).
     let usage = &first[5]["usage"];
-    assert_eq!(usage["prompt_tokens"], 4);
-    assert_eq!(usage["completion_tokens"], 5);
-    assert_eq!(usage["cost_usd"], 0.0);
+    let prompt = usage["prompt_tokens"].as_f64().unwrap();
+    let completion = usage["completion_tokens"].as_f64().unwrap();
+    assert!(prompt > 4.0, "the classifier's prompt counts too: {usage}");
+    assert_eq!(
+        completion,
+        5.0 + 10.0,
+        "5 tokens + the classification: {usage}"
+    );
+    let cost = usage["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - (prompt * 0.15 + completion * 0.60) / 1e6).abs() < 1e-12,
+        "{usage}"
+    );
 
-    ws.send(&thread.message("And my invoice?")).await;
+    ws.send(&thread.message("Thanks a lot")).await;
     ws.expect_type("accepted").await;
     let second = ws.frames_until_type("message_complete").await;
     assert_eq!(seqs(&second), vec![7, 8, 9, 10, 11, 12]);
@@ -55,7 +67,7 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
     .await
     .unwrap();
     assert_eq!(turns.len(), 2);
-    assert_eq!(turns[0].0, "Where is my order?");
+    assert_eq!(turns[0].0, "Hi there, anybody home");
     assert_eq!(turns[0].1, tokens_text(&first));
     assert_eq!((turns[0].2, turns[0].3), (1, 6));
     assert_eq!((turns[1].2, turns[1].3), (7, 12));

@@ -25,7 +25,7 @@ async fn a_failing_message_is_dead_lettered_and_replay_redrives_it_after_the_out
     let mut ws = app.connect(0).await;
     let mut bystander = app.connect(0).await;
 
-    ws.send(&failing.message_with_id("boom: where is my order?", "doomed"))
+    ws.send(&failing.message_with_id("boom: hello there", "doomed"))
         .await;
     ws.expect_type("accepted").await;
     // Other threads keep flowing while this one waits between attempts.
@@ -54,7 +54,7 @@ async fn a_failing_message_is_dead_lettered_and_replay_redrives_it_after_the_out
     assert_eq!(seqs(&frames), (1..=7).collect::<Vec<_>>());
 
     // The thread moves on.
-    ws.send(&failing.message("and my invoice?")).await;
+    ws.send(&failing.message("and one more thing")).await;
     ws.expect_type("accepted").await;
     let next = ws.frames_until_type("message_complete").await;
     assert_eq!(next[0]["seq"], 8);

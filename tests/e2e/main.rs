@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod agents;
 mod chat_turn;
 mod dead_letters;
 mod delivery;

@@ -44,7 +44,7 @@ async fn resume_on_a_second_edge_mid_turn_continues_without_gap_or_duplicate() {
     third.send(&thread.resume(0)).await;
     let history = third.frames_until_type("message_complete").await;
     assert_eq!(seqs(&history), (1..=31).collect::<Vec<_>>());
-    third.send(&thread.message("And my invoice?")).await;
+    third.send(&thread.message("And one more thing")).await;
     third.expect_type("accepted").await;
     let next = third.frames_until_type("message_complete").await;
     assert_eq!(seqs(&next), (32..=62).collect::<Vec<_>>());

@@ -338,18 +338,17 @@ impl Model for ScriptedModel {
             })));
         }
         let delay = self.token_delay;
-        let stream: ChatStream = if delay.is_zero() {
-            stream::iter(events).boxed()
-        } else {
-            stream::iter(events)
-                .then(move |event| async move {
-                    if matches!(event, Ok(ChatEvent::Text(_))) {
-                        tokio::time::sleep(delay).await;
-                    }
-                    event
-                })
-                .boxed()
-        };
+        let stream: ChatStream = stream::iter(events)
+            .then(move |event| async move {
+                match &event {
+                    Ok(ChatEvent::Text(_)) if !delay.is_zero() => tokio::time::sleep(delay).await,
+                    // An outage is noticed over the network, after the tokens before it went out.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    _ => {}
+                }
+                event
+            })
+            .boxed();
         Box::pin(async move { Ok(stream) })
     }
 }

@@ -1,0 +1,350 @@
+//! The agent graph with the scripted model: the demo shop end to end, approvals and their
+//! ledger, and the agents config.
+
+use std::collections::BTreeSet;
+
+use e2e::ws::{seqs, tokens_text, WsClient};
+use e2e::{eventually, StackOptions, TestApp, Thread};
+use serde_json::{json, Value};
+
+fn answer(thread: &Thread, approved: bool, interrupt_id: Option<&str>) -> Value {
+    let mut frame = json!({"type": "interrupt_response", "thread_id": thread.thread_id,
+                           "token": thread.token, "approved": approved});
+    if let Some(id) = interrupt_id {
+        frame["interrupt_id"] = id.into();
+    }
+    frame
+}
+
+/// The frames of one turn segment: up to `message_complete`, `interrupt` or a final `error`.
+async fn segment(ws: &mut WsClient) -> Vec<Value> {
+    ws.frames_until(|frame| {
+        matches!(
+            frame["type"].as_str(),
+            Some("message_complete" | "interrupt")
+        ) || (frame["type"] == "error" && frame["code"] == "processing_failed")
+    })
+    .await
+}
+
+/// Sends a frame, expects `accepted`, returns the segment that answers it.
+async fn turn(ws: &mut WsClient, frame: &Value) -> Vec<Value> {
+    ws.send(frame).await;
+    ws.expect_type("accepted").await;
+    segment(ws).await
+}
+
+fn types(frames: &[Value]) -> Vec<&str> {
+    frames.iter().filter_map(|f| f["type"].as_str()).collect()
+}
+
+async fn order_status(app: &TestApp, order: i32) -> String {
+    sqlx::query_scalar("SELECT status FROM demo_orders WHERE id = $1")
+        .bind(order)
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap()
+}
+
+async fn ledger_rows(app: &TestApp, thread: &Thread) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tool_executions WHERE thread_id = $1")
+        .bind(&thread.thread_id)
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_scripted_demo_conversation_covers_every_frame_type() {
+    let app = TestApp::spawn(
+        StackOptions::default()
+            .with("SCRIPTED_FAIL_ON", "outage")
+            .with("TURN_MAX_ATTEMPTS", "2"),
+    )
+    .await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let mut seen: Vec<Value> = Vec::new();
+
+    // An order question: the orders agent looks the order up, then answers from the result.
+    let frames = turn(&mut ws, &thread.message("Where is my order 1002?")).await;
+    assert_eq!(
+        types(&frames)[..2],
+        ["tool_call", "tool_result"],
+        "{frames:?}"
+    );
+    assert_eq!(frames[0]["agent"], "orders");
+    assert_eq!(frames[0]["tool"], "get_order_status");
+    assert_eq!(frames[0]["args"], json!({"order_id": 1002}));
+    assert_eq!(frames[1]["ok"], true);
+    assert!(tokens_text(&frames).contains("Order 1002"), "{frames:?}");
+    assert!(tokens_text(&frames).contains("has shipped"), "{frames:?}");
+    assert_eq!(frames.last().unwrap()["type"], "message_complete");
+    seen.extend(frames);
+
+    // "help" alone is ambiguous: a clarifying question ends the turn.
+    let frames = turn(&mut ws, &thread.message("help")).await;
+    assert_eq!(types(&frames), ["clarification", "message_complete"]);
+    assert!(frames[0]["message"].as_str().unwrap().contains("orders"));
+    seen.extend(frames);
+
+    // Two requests in one message: the orders agent, then the billing agent, each pausing for
+    // approval; the same turn continues through both answers.
+    let frames = turn(&mut ws, &thread.message("Cancel order 1003 and refund it")).await;
+    let cancel = frames.last().unwrap().clone();
+    assert_eq!(cancel["type"], "interrupt", "{frames:?}");
+    assert_eq!(cancel["action"], "cancel_order");
+    assert_eq!(cancel["params"]["order_id"], 1003);
+    assert!(cancel["expires_at"].as_str().unwrap().contains('T'));
+    let turn_id = cancel["turn_id"].clone();
+    assert_eq!(
+        order_status(&app, 1003).await,
+        "processing",
+        "nothing ran yet"
+    );
+    seen.extend(frames);
+
+    let frames = turn(
+        &mut ws,
+        &answer(&thread, true, cancel["interrupt_id"].as_str()),
+    )
+    .await;
+    assert!(
+        frames.iter().all(|f| f["turn_id"] == turn_id),
+        "same turn: {frames:?}"
+    );
+    assert_eq!(
+        types(&frames)[..2],
+        ["tool_call", "tool_result"],
+        "{frames:?}"
+    );
+    assert_eq!(frames[0]["tool"], "cancel_order");
+    assert_eq!(frames[1]["ok"], true);
+    assert!(tokens_text(&frames).contains("Order 1003 is now cancelled."));
+    let refund = frames.last().unwrap().clone();
+    assert_eq!(refund["type"], "interrupt", "a second approval: {frames:?}");
+    assert_eq!(refund["action"], "request_refund");
+    assert_ne!(refund["interrupt_id"], cancel["interrupt_id"]);
+    let agents: BTreeSet<&str> = frames.iter().filter_map(|f| f["agent"].as_str()).collect();
+    assert_eq!(agents, BTreeSet::from(["orders"]));
+    assert_eq!(order_status(&app, 1003).await, "cancelled");
+    seen.extend(frames);
+
+    // Declined: the billing agent is told, and answers; nothing is refunded.
+    let frames = turn(&mut ws, &answer(&thread, false, None)).await;
+    assert!(frames.iter().all(|f| f["turn_id"] == turn_id));
+    assert_eq!(types(&frames).last(), Some(&"message_complete"));
+    assert!(frames.iter().all(|f| f["type"] != "tool_call"));
+    assert!(frames
+        .iter()
+        .filter(|f| f["type"] == "token")
+        .all(|f| f["agent"] == "billing"));
+    assert!(
+        tokens_text(&frames).contains("left it as it is"),
+        "{frames:?}"
+    );
+    let usage = &frames.last().unwrap()["usage"];
+    assert!(usage["cost_usd"].as_f64().unwrap() > 0.0);
+    seen.extend(frames);
+
+    // The same approval again: nothing is pending any more, nothing runs twice.
+    let frames = turn(
+        &mut ws,
+        &answer(&thread, true, cancel["interrupt_id"].as_str()),
+    )
+    .await;
+    assert_eq!(types(&frames), ["error", "message_complete"]);
+    assert_eq!(frames[0]["code"], "no_pending_interrupt");
+    seen.extend(frames);
+
+    // A general question: the FAQ.
+    let frames = turn(&mut ws, &thread.message("What is your return policy?")).await;
+    assert_eq!(frames[0]["tool"], "search_faq");
+    assert!(
+        tokens_text(&frames).contains("within 30 days"),
+        "{frames:?}"
+    );
+    seen.extend(frames);
+
+    // A model outage mid-reply: the retry starts with turn_reset, and after the last attempt
+    // the client gets processing_failed.
+    let frames = turn(&mut ws, &thread.message("hello, outage ahead")).await;
+    assert!(types(&frames).contains(&"turn_reset"), "{frames:?}");
+    assert_eq!(frames.last().unwrap()["code"], "processing_failed");
+    seen.extend(frames);
+
+    let all: BTreeSet<&str> = seen.iter().filter_map(|f| f["type"].as_str()).collect();
+    for kind in [
+        "token",
+        "tool_call",
+        "tool_result",
+        "interrupt",
+        "clarification",
+        "turn_reset",
+        "message_complete",
+        "error",
+    ] {
+        assert!(all.contains(kind), "{kind} missing from the demo: {all:?}");
+    }
+    // One seq per frame, the whole conversation long.
+    let numbers = seqs(&seen);
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+
+    app.wait_for_turns(&thread.thread_id, 8).await;
+    assert_eq!(ledger_rows(&app, &thread).await, 1, "one approved run");
+    let decisions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, status FROM interrupts WHERE thread_id = $1 ORDER BY created_at",
+    )
+    .bind(&thread.thread_id)
+    .fetch_all(&app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        decisions,
+        [
+            ("cancel_order".to_owned(), "approved".to_owned()),
+            ("request_refund".to_owned(), "rejected".to_owned())
+        ]
+    );
+    let (outcome, agents, cost): (String, Vec<String>, f64) = sqlx::query_as(
+        "SELECT outcome, agents, cost_usd FROM turns WHERE thread_id = $1 AND in_seq = 3",
+    )
+    .bind(&thread.thread_id)
+    .fetch_one(&app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(outcome, "interrupted");
+    assert_eq!(agents, ["orders"]);
+    assert!(cost > 0.0);
+}
+
+#[tokio::test]
+async fn an_approval_answered_twice_at_once_runs_the_tool_once_on_another_worker() {
+    let mut app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let frames = turn(&mut ws, &thread.message("Please refund order 1005")).await;
+    let interrupt = frames.last().unwrap().clone();
+    assert_eq!(interrupt["type"], "interrupt", "{frames:?}");
+    assert_eq!(interrupt["action"], "request_refund");
+    app.wait_for_turns(&thread.thread_id, 1).await;
+
+    // The worker that raised it dies; a new one takes the answers.
+    app.workers[0].kill().await;
+    app.start_worker().await;
+    let id = interrupt["interrupt_id"].as_str();
+    ws.send(&answer(&thread, true, id)).await;
+    ws.send(&answer(&thread, true, id)).await;
+    ws.expect_type("accepted").await;
+    ws.expect_type("accepted").await;
+    let first = segment(&mut ws).await;
+    assert_eq!(first[0]["type"], "tool_call", "{first:?}");
+    assert_eq!(first[0]["turn_id"], interrupt["turn_id"]);
+    assert!(
+        tokens_text(&first).contains("refund of $42.75 for order 1005"),
+        "{first:?}"
+    );
+    let second = segment(&mut ws).await;
+    assert_eq!(types(&second), ["error", "message_complete"]);
+    assert_eq!(second[0]["code"], "no_pending_interrupt");
+
+    app.wait_for_turns(&thread.thread_id, 3).await;
+    let refunds: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM demo_refunds WHERE order_id = 1005")
+            .fetch_one(&app.db().await)
+            .await
+            .unwrap();
+    assert_eq!(refunds, 1);
+    assert_eq!(ledger_rows(&app, &thread).await, 1);
+}
+
+#[tokio::test]
+async fn an_answer_after_the_approval_expired_runs_nothing() {
+    let app = TestApp::spawn(StackOptions::default().with("INTERRUPT_TTL_SECS", "1")).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let frames = turn(&mut ws, &thread.message("Cancel order 1006")).await;
+    let interrupt = frames.last().unwrap().clone();
+    assert_eq!(interrupt["type"], "interrupt", "{frames:?}");
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        interrupt["expires_at"].as_str().unwrap().parse().unwrap();
+    // Wait for the deadline the frame names to pass.
+    eventually("the approval to expire", || async {
+        (chrono::Utc::now() > expires_at + chrono::Duration::milliseconds(100)).then_some(())
+    })
+    .await;
+
+    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    assert_eq!(types(&frames), ["interrupt_expired", "message_complete"]);
+    assert_eq!(frames[0]["interrupt_id"], interrupt["interrupt_id"]);
+    assert_eq!(frames[0]["action"], "cancel_order");
+    assert!(frames[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was done"));
+    assert!(frames.iter().all(|f| f["turn_id"] == interrupt["turn_id"]));
+    app.wait_for_turns(&thread.thread_id, 2).await;
+    assert_eq!(order_status(&app, 1006).await, "processing");
+    assert_eq!(ledger_rows(&app, &thread).await, 0);
+}
+
+#[tokio::test]
+async fn a_new_message_withdraws_a_pending_approval() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let frames = turn(&mut ws, &thread.message("Cancel order 1009")).await;
+    assert_eq!(frames.last().unwrap()["type"], "interrupt");
+
+    let frames = turn(&mut ws, &thread.message("Where is order 1009?")).await;
+    assert_eq!(frames[0]["tool"], "get_order_status", "{frames:?}");
+    assert!(tokens_text(&frames).contains("being prepared"));
+    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    assert_eq!(frames[0]["code"], "no_pending_interrupt");
+
+    app.wait_for_turns(&thread.thread_id, 3).await;
+    assert_eq!(order_status(&app, 1009).await, "processing");
+    let status: String = sqlx::query_scalar("SELECT status FROM interrupts WHERE thread_id = $1")
+        .bind(&thread.thread_id)
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(status, "superseded");
+}
+
+#[tokio::test]
+async fn an_invalid_agents_config_is_refused_naming_the_file_the_agent_and_the_field() {
+    let app = TestApp::spawn(StackOptions {
+        edges: 0,
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await;
+    let path = std::env::temp_dir().join(format!("agents-{}.yaml", app.prefix));
+    std::fs::write(
+        &path,
+        "agents:\n  - name: orders\n    description: Orders.\n    system_prompt: Help.\n    tools: [get_order_status]\n  - name: billing\n    description: Money.\n    tools: [get_invoice]\n",
+    )
+    .unwrap();
+    let output = app
+        .run_to_exit(
+            "worker",
+            &[
+                ("METRICS_ADDR", "127.0.0.1:0"),
+                ("AGENTS_CONFIG", path.to_str().unwrap()),
+            ],
+        )
+        .await;
+    let _ = std::fs::remove_file(&path);
+    assert!(!output.status.success(), "the worker must not start");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        logs.contains(path.to_str().unwrap()),
+        "names the file: {logs}"
+    );
+    assert!(
+        logs.contains("agent \\\"billing\\\"") || logs.contains("agent \"billing\""),
+        "names the agent: {logs}"
+    );
+    assert!(logs.contains("system_prompt"), "names the field: {logs}");
+}
