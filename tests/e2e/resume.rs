@@ -13,7 +13,9 @@ async fn resume_on_a_second_edge_mid_turn_continues_without_gap_or_duplicate() {
     let thread = app.create_thread().await;
 
     let mut first = app.connect(0).await;
-    first.send(&thread.message("Where is my order 1004?")).await;
+    first
+        .send(&thread.message("Hello, a long reply please"))
+        .await;
     first.expect_type("accepted").await;
     let before = first
         .frames_until(|frame| frame["seq"].as_u64() >= Some(5))
