@@ -228,6 +228,21 @@ async fn an_approval_answered_twice_at_once_runs_the_tool_once_on_another_worker
     assert_eq!(interrupt["type"], "interrupt", "{frames:?}");
     assert_eq!(interrupt["action"], "request_refund");
     app.wait_for_turns(&thread.thread_id, 1).await;
+    let history_url = format!(
+        "{}/api/threads/{}/messages",
+        app.http_url(0),
+        thread.thread_id
+    );
+    let history = app.get_json(&history_url, &thread.token).await;
+    assert_eq!(
+        history["pending_approval"]["action"], "request_refund",
+        "{history}"
+    );
+    assert_eq!(
+        history["pending_approval"]["interrupt_id"],
+        interrupt["interrupt_id"]
+    );
+    assert_eq!(history["messages"][1]["outcome"], "interrupted");
 
     // The worker that raised it dies; a new one takes the answers.
     app.workers[0].kill().await;
@@ -256,6 +271,14 @@ async fn an_approval_answered_twice_at_once_runs_the_tool_once_on_another_worker
             .unwrap();
     assert_eq!(refunds, 1);
     assert_eq!(ledger_rows(&app, &thread).await, 1);
+
+    // The history shows one exchange: the approved continuation belongs to the paused turn.
+    let history = app.get_json(&history_url, &thread.token).await;
+    assert!(history["pending_approval"].is_null(), "{history}");
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{history}");
+    assert_eq!(messages[1]["outcome"], "completed");
+    assert_eq!(messages[1]["content"], tokens_text(&first).as_str());
 }
 
 #[tokio::test]
@@ -347,4 +370,36 @@ async fn an_invalid_agents_config_is_refused_naming_the_file_the_agent_and_the_f
         "names the agent: {logs}"
     );
     assert!(logs.contains("system_prompt"), "names the field: {logs}");
+}
+
+#[tokio::test]
+async fn a_tool_that_refuses_tells_the_model_and_the_turn_goes_on() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let frames = turn(&mut ws, &thread.message("Cancel order 1004 please")).await;
+    assert_eq!(frames.last().unwrap()["type"], "interrupt", "{frames:?}");
+    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    assert_eq!(
+        types(&frames)[..2],
+        ["tool_call", "tool_result"],
+        "{frames:?}"
+    );
+    assert_eq!(frames[1]["ok"], false);
+    assert!(
+        tokens_text(&frames).contains("Order 1004 is shipped and can no longer be cancelled"),
+        "the model was told why: {frames:?}"
+    );
+    assert_eq!(frames.last().unwrap()["type"], "message_complete");
+    app.wait_for_turns(&thread.thread_id, 2).await;
+    assert_eq!(order_status(&app, 1004).await, "shipped");
+    let ok: bool = sqlx::query_scalar("SELECT ok FROM tool_executions WHERE thread_id = $1")
+        .bind(&thread.thread_id)
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert!(
+        !ok,
+        "the refusal is in the ledger: the call is not run again"
+    );
 }

@@ -25,13 +25,24 @@ pub(super) enum Entry {
     Assistant {
         turn_id: uuid::Uuid,
         content: String,
-        /// `completed`, or `dead_lettered` when the message could not be processed.
+        /// `completed`, `interrupted` (waiting for an approval), `clarification`,
+        /// `session_expired`, or `dead_lettered` when the message could not be processed.
         outcome: String,
         /// The `seq` of the turn's last frame: a client resumes after it.
         last_seq: i64,
         usage: Usage,
         at: chrono::DateTime<chrono::Utc>,
     },
+}
+
+/// The approval the thread waits for: what the chat page shows as an approval card.
+#[derive(Debug, Serialize)]
+pub(super) struct PendingApproval {
+    interrupt_id: uuid::Uuid,
+    turn_id: uuid::Uuid,
+    action: String,
+    params: serde_json::Value,
+    expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Serialize)]
@@ -41,9 +52,22 @@ pub(super) struct History {
     /// The thread's last frame `seq` committed so far.
     last_seq: i64,
     messages: Vec<Entry>,
+    /// Set while the thread's last turn waits for an approval.
+    pending_approval: Option<PendingApproval>,
 }
 
+type ThreadRow = (
+    String,
+    i64,
+    Option<uuid::Uuid>,
+    Option<uuid::Uuid>,
+    Option<String>,
+    Option<serde_json::Value>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
 type TurnRow = (
+    String,
     String,
     uuid::Uuid,
     Option<String>,
@@ -84,20 +108,23 @@ pub(super) async fn messages(
         .await
         .context("Failed to start a read")
         .map_err(ApiError::Unavailable)?;
-    let thread: Option<(String, i64)> =
-        sqlx::query_as("SELECT status, last_seq FROM threads WHERE id = $1")
-            .bind(thread_id.as_str())
-            .fetch_optional(&mut *snapshot)
-            .await
-            .context("Failed to read the thread")
-            .map_err(ApiError::Unavailable)?;
-    let Some((status, last_seq)) = thread else {
+    let thread: Option<ThreadRow> = sqlx::query_as(
+        "SELECT t.status, t.last_seq, i.id, i.turn_id, i.action, i.params, i.expires_at
+           FROM threads t LEFT JOIN interrupts i ON i.id = t.pending_interrupt
+          WHERE t.id = $1",
+    )
+    .bind(thread_id.as_str())
+    .fetch_optional(&mut *snapshot)
+    .await
+    .context("Failed to read the thread")
+    .map_err(ApiError::Unavailable)?;
+    let Some((status, last_seq, interrupt_id, turn_id, action, params, expires_at)) = thread else {
         return Err(ApiError::NotFound);
     };
     let rows: Vec<TurnRow> = sqlx::query_as(
-        "SELECT message_id, turn_id, content, reply, outcome, last_seq, prompt_tokens,
+        "SELECT kind, message_id, turn_id, content, reply, outcome, last_seq, prompt_tokens,
                 completion_tokens, cost_usd, received_at, completed_at
-           FROM turns WHERE thread_id = $1 AND kind = 'message' ORDER BY in_seq",
+           FROM turns WHERE thread_id = $1 ORDER BY in_seq",
     )
     .bind(thread_id.as_str())
     .fetch_all(&mut *snapshot)
@@ -112,6 +139,7 @@ pub(super) async fn messages(
     let mut messages = Vec::with_capacity(rows.len() * 2);
     for row in rows {
         let (
+            kind,
             message_id,
             turn_id,
             content,
@@ -124,6 +152,24 @@ pub(super) async fn messages(
             received,
             completed,
         ) = row;
+        let usage = Usage {
+            prompt_tokens: u64::try_from(prompt).unwrap_or_default(),
+            completion_tokens: u64::try_from(completion).unwrap_or_default(),
+            cost_usd: cost,
+        };
+        if kind != "message" {
+            // An answer to an approval continues its turn: its reply belongs to that turn's.
+            continue_turn(
+                &mut messages,
+                turn_id,
+                &reply,
+                &outcome,
+                turn_last_seq,
+                usage,
+                completed,
+            );
+            continue;
+        }
         messages.push(Entry::User {
             message_id,
             turn_id,
@@ -135,18 +181,63 @@ pub(super) async fn messages(
             content: reply,
             outcome,
             last_seq: turn_last_seq,
-            usage: Usage {
-                prompt_tokens: u64::try_from(prompt).unwrap_or_default(),
-                completion_tokens: u64::try_from(completion).unwrap_or_default(),
-                cost_usd: cost,
-            },
+            usage,
             at: completed,
         });
     }
+    let pending_approval = match (interrupt_id, turn_id, action, params, expires_at) {
+        (Some(interrupt_id), Some(turn_id), Some(action), Some(params), Some(expires_at)) => {
+            Some(PendingApproval {
+                interrupt_id,
+                turn_id,
+                action,
+                params,
+                expires_at,
+            })
+        }
+        _ => None,
+    };
     Ok(Json(History {
         thread_id,
         status,
         last_seq,
         messages,
+        pending_approval,
     }))
+}
+
+/// Adds the segment of a turn that an approval's answer ran to the turn's assistant entry.
+fn continue_turn(
+    messages: &mut [Entry],
+    turn: uuid::Uuid,
+    reply: &str,
+    segment_outcome: &str,
+    segment_last_seq: i64,
+    segment_usage: Usage,
+    completed: chrono::DateTime<chrono::Utc>,
+) {
+    let entry = messages
+        .iter_mut()
+        .rev()
+        .find(|entry| matches!(entry, Entry::Assistant { turn_id, .. } if *turn_id == turn));
+    if let Some(Entry::Assistant {
+        content,
+        outcome,
+        last_seq,
+        usage,
+        at,
+        ..
+    }) = entry
+    {
+        if !content.is_empty() && !reply.is_empty() {
+            content.push_str("\n\n");
+        }
+        content.push_str(reply);
+        *outcome = segment_outcome.to_owned();
+        *last_seq = segment_last_seq;
+        usage.prompt_tokens += segment_usage.prompt_tokens;
+        usage.completion_tokens += segment_usage.completion_tokens;
+        usage.cost_usd += segment_usage.cost_usd;
+        *at = completed;
+    }
 }
