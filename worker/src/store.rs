@@ -524,3 +524,38 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pending_approval_extends_the_session() {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let minute = Duration::from_secs(60);
+        let store = Store::new(db, Uuid::nil(), minute, 10 * minute, 5 * minute);
+        let now = chrono::Utc::now();
+        let mut lease = Lease {
+            thread_id: ThreadId::parse("t").unwrap(),
+            epoch: 1,
+            last_in_seq: 1,
+            last_seq: 1,
+            expired: false,
+            last_active_at: now - chrono::Duration::minutes(12),
+            pending_interrupt: None,
+        };
+        assert!(store.session_expired(&lease, now), "idle 12 min > 10 min");
+        lease.pending_interrupt = Some(Uuid::nil());
+        assert!(!store.session_expired(&lease, now), "12 min < 10 + 5 min");
+        lease.last_active_at = now - chrono::Duration::minutes(16);
+        assert!(store.session_expired(&lease, now));
+        lease.last_active_at = now;
+        lease.expired = true;
+        assert!(
+            store.session_expired(&lease, now),
+            "an expired thread stays expired"
+        );
+    }
+}
