@@ -1,6 +1,7 @@
 //! Test harness: starts the real `edge` and `worker` binaries against the real NATS and PostgreSQL,
 //! each test in its own NATS prefix and database, and speaks to them like a browser would.
 
+pub mod fake_openai;
 pub mod nats;
 pub mod proxy;
 pub mod ws;
