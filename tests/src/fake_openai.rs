@@ -84,6 +84,11 @@ impl Reply {
     }
 }
 
+/// Installs rustls' ring provider as the process default, unless one is installed already.
+pub fn install_crypto_provider() {
+    let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
+}
+
 fn default_classification_json() -> Value {
     json!({"intents": [{"agent": "general", "confidence": 0.9}],
            "ambiguous": false, "clarification": null})
@@ -141,7 +146,12 @@ impl std::fmt::Debug for FakeOpenAi {
 
 impl FakeOpenAi {
     /// Listens on 127.0.0.1 (a free port) and serves on the current tokio runtime.
+    ///
+    /// Also installs rustls' ring crypto provider for the test process: in a workspace build
+    /// reqwest is compiled with the worker's `rustls-no-provider`, and then panics when a client
+    /// is built with no provider installed.
     pub async fn start() -> Self {
+        install_crypto_provider();
         let shared = Arc::new(Shared::default());
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(completions))
@@ -495,6 +505,7 @@ mod tests {
     }
 
     async fn post(fake: &FakeOpenAi, body: Value) -> reqwest::Response {
+        install_crypto_provider();
         reqwest::Client::new()
             .post(format!("{}/chat/completions", fake.base_url()))
             .json(&body)
