@@ -80,6 +80,8 @@ struct IdleArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // reqwest is built without a default TLS crypto provider (the worker picks ring): pick it here.
+    let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Chat(args) => chat(args).await,
         Command::Idle(args) => {

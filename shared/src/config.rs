@@ -199,7 +199,11 @@ pub struct WorkerSettings {
     )]
     pub openai_base_url: String,
     /// API key sent as a bearer token (servers that need none accept any).
-    #[arg(long = "openai-api-key", env = "OPENAI_API_KEY", hide_env_values = true)]
+    #[arg(
+        long = "openai-api-key",
+        env = "OPENAI_API_KEY",
+        hide_env_values = true
+    )]
     pub openai_api_key: Option<Secret>,
     /// Model used by agents that name none, and by the classifier.
     #[arg(long = "llm-model", env = "LLM_MODEL", default_value = "gpt-4o-mini")]

@@ -12,6 +12,7 @@ mod fanout;
 mod health;
 mod history;
 mod idempotency;
+mod openai;
 mod outages;
 mod resume;
 mod shutdown;

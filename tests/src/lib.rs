@@ -168,6 +168,8 @@ impl TestApp {
         nats_url: String,
         database_url: Option<String>,
     ) -> Self {
+        // reqwest is built without a default TLS crypto provider (the worker picks ring).
+        fake_openai::install_crypto_provider();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("t{id}");
         let database = format!("test_{id}");

@@ -15,7 +15,8 @@
 //!   by [`Assembler`], and the stream ends with one [`ChatEvent::Done`].
 //!
 //! Timeouts: `request_timeout` bounds the whole call from its start (opening the stream
-//! included); `idle_timeout` bounds each wait for the next chunk. Both fail as transient.
+//! included); `idle_timeout` bounds the wait for the stream's headers and each wait for the next
+//! chunk. Both fail as transient.
 
 use std::time::Duration;
 
@@ -189,12 +190,14 @@ impl OpenAiModel {
         let started = Instant::now();
         let deadline = started + self.settings.request_timeout;
         let body = chat_request(self.model_name(request.model), &request);
-        let inner = tokio::time::timeout_at(deadline, self.client.chat().create_stream(body))
+        // A streaming server answers with its headers at once: a silent one is idle.
+        let opened = deadline.min(started + self.settings.idle_timeout);
+        let inner = tokio::time::timeout_at(opened, self.client.chat().create_stream(body))
             .await
             .map_err(|_| {
                 LlmError::transient(format!(
                     "the model did not start answering within {:?}",
-                    self.settings.request_timeout
+                    opened - started
                 ))
             })?
             .map_err(llm_error)?;
