@@ -218,7 +218,7 @@ pub struct WorkerSettings {
     #[arg(long = "agents-config", env = "AGENTS_CONFIG")]
     pub agents_config: Option<std::path::PathBuf>,
     /// Seconds an approval request stays open; a later answer gets `interrupt_expired`.
-    #[arg(long = "interrupt-ttl-secs", env = "INTERRUPT_TTL_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "interrupt-ttl-secs", env = "INTERRUPT_TTL_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub interrupt_ttl_secs: u64,
     /// Length, in tokens, of the scripted model's general replies.
     #[arg(

@@ -403,3 +403,49 @@ async fn a_tool_that_refuses_tells_the_model_and_the_turn_goes_on() {
         "the refusal is in the ledger: the call is not run again"
     );
 }
+
+#[tokio::test]
+async fn an_answer_given_up_on_still_ends_its_approval_in_the_paused_turn() {
+    let app = TestApp::spawn(
+        StackOptions::default()
+            .with("SCRIPTED_FAIL_ON", "outage")
+            .with("TURN_MAX_ATTEMPTS", "1"),
+    )
+    .await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    // The model fails only once it speaks: after the approved tool ran.
+    let frames = turn(&mut ws, &thread.message("Cancel order 1003, outage or not")).await;
+    let interrupt = frames.last().unwrap().clone();
+    assert_eq!(interrupt["type"], "interrupt", "{frames:?}");
+
+    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    assert_eq!(
+        frames.last().unwrap()["code"],
+        "processing_failed",
+        "{frames:?}"
+    );
+    assert!(
+        frames.iter().all(|f| f["turn_id"] == interrupt["turn_id"]),
+        "the failure belongs to the paused turn: {frames:?}"
+    );
+    app.wait_for_turns(&thread.thread_id, 2).await;
+    assert_eq!(order_status(&app, 1003).await, "cancelled");
+
+    // The approval was answered: a second answer finds nothing pending, and cannot claim the
+    // user declined what already ran.
+    let frames = turn(&mut ws, &answer(&thread, false, None)).await;
+    assert_eq!(frames[0]["code"], "no_pending_interrupt", "{frames:?}");
+    let history = app
+        .get_json(
+            &format!(
+                "{}/api/threads/{}/messages",
+                app.http_url(0),
+                thread.thread_id
+            ),
+            &thread.token,
+        )
+        .await;
+    assert!(history["pending_approval"].is_null(), "{history}");
+    assert_eq!(ledger_rows(&app, &thread).await, 1);
+}

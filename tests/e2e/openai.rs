@@ -336,6 +336,10 @@ async fn a_stream_cut_after_tokens_is_reset_then_answered_in_full() {
     );
     let after_reset = &frames[3..];
     assert_eq!(tokens_text(after_reset), "The whole answer.");
+    // Every call the turn made counts, the discarded attempt's classification included.
+    let usage = &frames.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], 10 + 10 + 10, "{usage}");
+    assert_eq!(usage["completion_tokens"], 5 + 5 + 3, "{usage}");
     assert!(frames.iter().all(|f| f["turn_id"] == frames[0]["turn_id"]));
     app.wait_for_turns(&thread.thread_id, 1).await;
     let reply: String = sqlx::query_scalar("SELECT reply FROM turns WHERE thread_id = $1")

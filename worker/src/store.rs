@@ -257,7 +257,7 @@ impl Store {
             .to_std()
             .unwrap_or_default();
         let ttl = if lease.pending_interrupt.is_some() {
-            self.session_ttl + self.interrupt_ttl
+            self.session_ttl.saturating_add(self.interrupt_ttl)
         } else {
             self.session_ttl
         };
@@ -273,14 +273,19 @@ impl Store {
             serde_json::Value,
             serde_json::Value,
             chrono::DateTime<chrono::Utc>,
+            String,
+            Option<i64>,
         );
         let row: Option<Row> = sqlx::query_as(
-            "SELECT turn_id, agent, action, params, checkpoint, expires_at FROM interrupts WHERE id = $1",
+            "SELECT turn_id, agent, action, params, checkpoint, expires_at, status, decided_in_seq
+               FROM interrupts WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.db)
         .await?;
-        let Some((turn_id, agent, action, params, checkpoint, expires_at)) = row else {
+        let Some((turn_id, agent, action, params, checkpoint, expires_at, status, decided_in_seq)) =
+            row
+        else {
             return Ok(None);
         };
         let checkpoint = serde_json::from_value(checkpoint).map_err(|error| {
@@ -296,6 +301,8 @@ impl Store {
             params,
             checkpoint,
             expires_at,
+            status,
+            decided_in_seq: decided_in_seq.map(to_u64),
         }))
     }
 
@@ -325,11 +332,16 @@ impl Store {
         thread_id: &ThreadId,
         turns: i64,
     ) -> Result<Vec<ChatMessage>, sqlx::Error> {
+        // A turn continued by approvals has one row per segment: the reply is all of them.
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT content, reply FROM turns
-              WHERE thread_id = $1 AND kind = 'message' AND content IS NOT NULL
-                AND outcome IN ('completed', 'interrupted', 'clarification')
-              ORDER BY in_seq DESC LIMIT $2",
+            "SELECT t.content,
+                    (SELECT coalesce(string_agg(s.reply, ' ' ORDER BY s.in_seq), '')
+                       FROM turns s
+                      WHERE s.thread_id = t.thread_id AND s.turn_id = t.turn_id AND s.reply <> '')
+               FROM turns t
+              WHERE t.thread_id = $1 AND t.kind = 'message' AND t.content IS NOT NULL
+                AND t.outcome IN ('completed', 'interrupted', 'clarification')
+              ORDER BY t.in_seq DESC LIMIT $2",
         )
         .bind(thread_id.as_str())
         .bind(turns)
@@ -428,6 +440,7 @@ impl Store {
         lease: &Lease,
         letter: &DeadLetter,
         after: AfterCommit,
+        pending_interrupt: Option<Uuid>,
     ) -> Result<Committed, sqlx::Error> {
         let release = after == AfterCommit::ReleaseLease;
         let mut tx = self.db.begin().await?;
@@ -436,7 +449,8 @@ impl Store {
                 SET last_in_seq = $3,
                     last_seq = GREATEST(last_seq, $4),
                     lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
-                    lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END
+                    lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END,
+                    pending_interrupt = $7
               WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $6 AND last_in_seq < $3",
         )
         .bind(lease.thread_id.as_str())
@@ -445,6 +459,7 @@ impl Store {
         .bind(to_i64(letter.last_seq))
         .bind(release)
         .bind(self.worker_id)
+        .bind(pending_interrupt)
         .execute(&mut *tx)
         .await?;
         if advanced.rows_affected() != 1 {

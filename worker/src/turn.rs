@@ -130,7 +130,16 @@ impl TurnRunner {
             .as_ref()
             .filter(|frame| frame.seq > lease.last_seq)
             .map(|frame| frame.turn_id);
-        let mut out = self.publisher(lease, partial.unwrap_or(message.turn_id), &tail);
+        // The answer to an approval belongs to the paused turn even when it published nothing.
+        let plan = self.plan(lease, &message, in_seq).await.ok();
+        let turn_id = partial.unwrap_or_else(|| {
+            plan.as_ref()
+                .map_or(message.turn_id, |plan| plan.turn_id(message.turn_id))
+        });
+        // A message given up on still decided what it decided: a withdrawn approval stays
+        // withdrawn, an answered one answered (its tool, if it ran, is in the ledger).
+        let pending_after = plan.as_ref().and_then(|plan| plan.pending_after(lease));
+        let mut out = self.publisher(lease, turn_id, &tail);
         if partial.is_some() {
             out.send(FrameBody::TurnReset).await?;
         }
@@ -147,7 +156,7 @@ impl TurnRunner {
                 InboundKind::InterruptResponse { .. } => "interrupt_response",
             },
             message_id: message.message_id.to_string(),
-            turn_id: message.turn_id.as_uuid(),
+            turn_id: turn_id.as_uuid(),
             attempts,
             reason: reason.to_owned(),
             content: match &message.kind {
@@ -158,7 +167,11 @@ impl TurnRunner {
             first_seq: out.first_seq(),
             last_seq: out.last_seq(),
         };
-        match self.store.dead_letter(lease, &letter, after).await? {
+        match self
+            .store
+            .dead_letter(lease, &letter, after, pending_after)
+            .await?
+        {
             Committed::Yes => {
                 self.metrics
                     .turns
@@ -178,14 +191,18 @@ impl TurnRunner {
         &self,
         lease: &Lease,
         message: InboundMessage,
-        turn_id: TurnId,
         in_seq: u64,
         end: &publish::LastFrame,
         tail: &publish::Tail,
         started_at: chrono::DateTime<chrono::Utc>,
         after: AfterCommit,
-        pending_after: Option<uuid::Uuid>,
+        recovered: Recovered,
     ) -> Result<(u64, Option<u64>), TurnError> {
+        let Recovered {
+            turn_id,
+            pending_after,
+            usage_before,
+        } = recovered;
         let subject = self.subjects.replies(&lease.thread_id);
         let published =
             publish::published_turn(&self.replies, &subject, turn_id, lease.last_seq).await?;
@@ -212,9 +229,21 @@ impl TurnRunner {
                 first_seq,
                 last_seq: end.seq,
             };
-            self.store.dead_letter(lease, &letter, after).await?
+            self.store
+                .dead_letter(lease, &letter, after, pending_after)
+                .await?
         } else {
-            let usage = end.usage.unwrap_or_default();
+            // `message_complete` says the whole turn's usage; this row holds its segment's.
+            let total = end.usage.unwrap_or_default();
+            let usage = Usage {
+                prompt_tokens: total
+                    .prompt_tokens
+                    .saturating_sub(usage_before.prompt_tokens),
+                completion_tokens: total
+                    .completion_tokens
+                    .saturating_sub(usage_before.completion_tokens),
+                cost_usd: (total.cost_usd - usage_before.cost_usd).max(0.0),
+            };
             let status = if end.code.as_deref() == Some(ErrorCode::SessionExpired.as_str()) {
                 ThreadStatus::Expired
             } else {
@@ -408,8 +437,7 @@ impl TurnRunner {
                 };
             }
         };
-        let plan = self.plan(lease, &message).await?;
-        let turn_id = plan.turn_id(message.turn_id);
+        let plan = self.plan(lease, &message, in_seq).await;
         // Frames after the committed position are an earlier attempt at this message that did
         // not commit.
         let earlier_attempt = tail
@@ -418,14 +446,22 @@ impl TurnRunner {
             .filter(|frame| frame.seq > lease.last_seq);
         if let Some(end) = earlier_attempt.filter(|frame| frame.ends_turn()) {
             // An earlier attempt published the whole turn and died before committing it: its
-            // clients have the turn; commit what they saw instead of running it again.
-            let pending = plan.pending_after(lease);
+            // clients have the turn; commit what they saw instead of running it again (even if
+            // the turn could not be planned now: that may be why it was given up on).
+            let plan = plan.ok();
+            let recovered = Recovered {
+                turn_id: end.turn_id,
+                pending_after: plan.as_ref().and_then(|plan| plan.pending_after(lease)),
+                usage_before: plan.as_ref().map(Plan::usage_before).unwrap_or_default(),
+            };
             return self
                 .commit_published(
-                    lease, message, turn_id, in_seq, end, tail, started_at, after, pending,
+                    lease, message, in_seq, end, tail, started_at, after, recovered,
                 )
                 .await;
         }
+        let plan = plan?;
+        let turn_id = plan.turn_id(message.turn_id);
         let mut out = self.publisher(lease, turn_id, tail);
         if earlier_attempt.is_some() {
             // An earlier attempt at this turn published part of it and did not commit.
@@ -570,7 +606,12 @@ impl TurnRunner {
     }
 
     /// What a message asks of the thread, given the approval it may be waiting for.
-    async fn plan(&self, lease: &Lease, message: &InboundMessage) -> Result<Plan, TurnError> {
+    async fn plan(
+        &self,
+        lease: &Lease,
+        message: &InboundMessage,
+        in_seq: u64,
+    ) -> Result<Plan, TurnError> {
         if self.store.session_expired(lease, message.received_at) {
             return Ok(Plan::SessionExpired);
         }
@@ -595,6 +636,11 @@ impl TurnRunner {
                 let Some(pending) = self.store.load_interrupt(id).await? else {
                     return Ok(Plan::NoPendingInterrupt);
                 };
+                // Decided already (by a message given up on, say): only that message, retried,
+                // may go on with it.
+                if pending.status != "pending" && pending.decided_in_seq != Some(in_seq) {
+                    return Ok(Plan::NoPendingInterrupt);
+                }
                 if message.received_at > pending.expires_at {
                     return Ok(Plan::LateAnswer(Box::new(pending)));
                 }
@@ -635,6 +681,14 @@ impl Plan {
         }
     }
 
+    /// Usage of the turn before this segment (an answer continues a paused turn).
+    fn usage_before(&self) -> Usage {
+        match self {
+            Self::LateAnswer(pending) | Self::Resume(pending, _) => pending.checkpoint.usage,
+            _ => Usage::default(),
+        }
+    }
+
     /// The approval the thread waits for after this turn, unless the turn raises a new one.
     fn pending_after(&self, lease: &Lease) -> Option<uuid::Uuid> {
         match self {
@@ -642,6 +696,13 @@ impl Plan {
             Self::Message { .. } | Self::LateAnswer(_) | Self::Resume(..) => None,
         }
     }
+}
+
+/// What a turn recovered from its published frames is committed with.
+struct Recovered {
+    turn_id: TurnId,
+    pending_after: Option<uuid::Uuid>,
+    usage_before: Usage,
 }
 
 /// The record of a turn that ran no agent.

@@ -118,6 +118,10 @@ pub struct PendingInterrupt {
     pub params: Value,
     pub checkpoint: Checkpoint,
     pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// `pending`, or what decided it.
+    pub status: String,
+    /// Stream sequence of the message that decided it.
+    pub decided_in_seq: Option<u64>,
 }
 
 /// Everything the agent graph needs.
@@ -235,12 +239,14 @@ impl Graph {
         let mut resets = 0;
         let mut delays = retry_delays();
         let mut reset_events = Vec::new();
+        // Calls of a discarded attempt were made all the same: the turn's usage keeps them.
+        let mut spent = Usage::default();
         loop {
             let mut run = Run {
                 turn,
                 state: start.clone(),
                 reply: String::new(),
-                usage: Usage::default(),
+                usage: spent,
                 events: std::mem::take(&mut reset_events),
             };
             let result = match decision {
@@ -261,6 +267,7 @@ impl Graph {
                             out.send(FrameBody::TurnReset).await?;
                             out.flush().await?;
                             reset_events = run.events;
+                            spent = run.usage;
                             reset_events
                                 .push(json!({"type": "turn_reset", "error": error.to_string()}));
                             tokio::time::sleep(pause(&error, delay)).await;
@@ -762,8 +769,11 @@ impl Graph {
         args: Value,
     ) -> Result<Uuid, Stop> {
         let id = Uuid::new_v4();
-        let expires_at = chrono::Utc::now()
-            + chrono::Duration::from_std(self.interrupt_ttl).unwrap_or(chrono::Duration::MAX);
+        let now = chrono::Utc::now();
+        let expires_at = chrono::Duration::from_std(self.interrupt_ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         let mut checkpoint = run.state.clone();
         checkpoint.usage = run.total();
         let checkpoint = serde_json::to_value(&checkpoint).map_err(|error| {
@@ -771,6 +781,15 @@ impl Graph {
                 "the checkpoint does not encode: {error}"
             )))
         })?;
+        // An attempt at this message that raised one and then failed left it behind: it was
+        // never the thread's pending approval.
+        sqlx::query(
+            "UPDATE interrupts SET status = 'abandoned' WHERE thread_id = $1 AND in_seq = $2 AND status = 'pending'",
+        )
+        .bind(run.turn.thread_id)
+        .bind(i64::try_from(run.turn.in_seq).unwrap_or(i64::MAX))
+        .execute(&self.db)
+        .await?;
         sqlx::query(
             "INSERT INTO interrupts (id, thread_id, turn_id, in_seq, agent, action, params, checkpoint, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
