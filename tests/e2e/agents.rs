@@ -449,3 +449,106 @@ async fn an_answer_given_up_on_still_ends_its_approval_in_the_paused_turn() {
     assert!(history["pending_approval"].is_null(), "{history}");
     assert_eq!(ledger_rows(&app, &thread).await, 1);
 }
+
+#[tokio::test]
+async fn the_conversation_lifecycle_and_totals_follow_its_turns() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let db = app.db().await;
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM threads WHERE id = $1")
+            .bind(&thread.thread_id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(status().await, "open");
+    let mut ws = app.connect(0).await;
+    let mut usages = Vec::new();
+
+    let frames = turn(&mut ws, &thread.message("Cancel order 1006")).await;
+    assert_eq!(frames.last().unwrap()["type"], "interrupt");
+    app.wait_for_turns(&thread.thread_id, 1).await;
+    assert_eq!(status().await, "awaiting_approval");
+
+    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    usages.push(frames.last().unwrap()["usage"].clone());
+    app.wait_for_turns(&thread.thread_id, 2).await;
+    assert_eq!(status().await, "resolved");
+
+    let frames = turn(&mut ws, &thread.message("I want to talk to a human")).await;
+    assert_eq!(frames[0]["tool"], "escalate_to_human", "{frames:?}");
+    usages.push(frames.last().unwrap()["usage"].clone());
+    app.wait_for_turns(&thread.thread_id, 3).await;
+    assert_eq!(status().await, "escalated");
+
+    // Escalation sticks while the assistant goes on answering.
+    let frames = turn(&mut ws, &thread.message("Where is my order 1002?")).await;
+    usages.push(frames.last().unwrap()["usage"].clone());
+    app.wait_for_turns(&thread.thread_id, 4).await;
+    assert_eq!(status().await, "escalated");
+
+    let (title, agents, messages, prompt, completion, cost): (
+        String,
+        Vec<String>,
+        i32,
+        i64,
+        i64,
+        f64,
+    ) = sqlx::query_as(
+        "SELECT title, agents, messages, prompt_tokens, completion_tokens, cost_usd
+               FROM threads WHERE id = $1",
+    )
+    .bind(&thread.thread_id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(title, "Cancel order 1006");
+    assert_eq!(agents, ["orders", "general"]);
+    assert_eq!(
+        messages, 3,
+        "user messages; the approval's answer is not one"
+    );
+    // The client's usages: the approval's message_complete covers the whole paused turn.
+    let sum = |key: &str| {
+        usages
+            .iter()
+            .map(|u| u[key].as_u64().unwrap() as i64)
+            .sum::<i64>()
+    };
+    assert_eq!(prompt, sum("prompt_tokens"));
+    assert_eq!(completion, sum("completion_tokens"));
+    let client_cost: f64 = usages.iter().map(|u| u["cost_usd"].as_f64().unwrap()).sum();
+    assert!(
+        (cost - client_cost).abs() < 1e-12,
+        "{cost} vs {client_cost}"
+    );
+
+    // Each agent's share of each turn: the orders agent made the approved call.
+    let shares: Vec<(i64, String, i32)> = sqlx::query_as(
+        "SELECT in_seq, agent, tool_calls FROM turn_agents WHERE thread_id = $1 ORDER BY in_seq, position",
+    )
+    .bind(&thread.thread_id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        shares,
+        [
+            (1, "orders".to_owned(), 0),
+            (2, "orders".to_owned(), 1),
+            (3, "general".to_owned(), 1),
+            (4, "orders".to_owned(), 1)
+        ]
+    );
+    let escalation: Value = sqlx::query_scalar(
+        "SELECT e FROM turns, jsonb_array_elements(events) e
+          WHERE thread_id = $1 AND e->>'type' = 'escalation'",
+    )
+    .bind(&thread.thread_id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(escalation["agent"], "general");
+    assert!(escalation["at"].is_string());
+}

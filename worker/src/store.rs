@@ -6,6 +6,7 @@ use shared::ids::ThreadId;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::agents::runtime::AgentShare;
 use crate::agents::PendingInterrupt;
 use crate::error::TurnError;
 use crate::llm::ChatMessage;
@@ -52,18 +53,30 @@ pub struct TurnRecord {
     pub agents: Vec<String>,
     /// The turn's timeline events (JSON array).
     pub events: serde_json::Value,
+    /// Each agent's share of the turn, in order.
+    pub shares: Vec<AgentShare>,
+    /// A tool handed the conversation to a human.
+    pub escalated: bool,
 }
 
+/// Where a conversation stands after a turn (its lifecycle; see the migration
+/// `20261124000004`). `open` is a new thread's; `failed` is set by a dead letter; `escalated` is
+/// kept once a turn handed the conversation to a human, unless it waits for an approval or expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadStatus {
-    Open,
+    /// The last turn was answered.
+    Resolved,
+    /// The last turn waits for an approval.
+    AwaitingApproval,
+    /// The session expired.
     Expired,
 }
 
 impl ThreadStatus {
     fn as_str(self) -> &'static str {
         match self {
-            Self::Open => "open",
+            Self::Resolved => "resolved",
+            Self::AwaitingApproval => "awaiting_approval",
             Self::Expired => "expired",
         }
     }
@@ -105,6 +118,27 @@ fn storable(text: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
     } else {
         std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// JSON as PostgreSQL's `jsonb` can store it: no NUL character in any string (`\u0000`).
+pub(crate) fn storable_json(value: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    fn clean(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) if text.contains('\0') => {
+                *text = text.replace('\0', "\u{FFFD}");
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    if value.to_string().contains("\\u0000") {
+        let mut value = value.clone();
+        clean(&mut value);
+        std::borrow::Cow::Owned(value)
+    } else {
+        std::borrow::Cow::Borrowed(value)
     }
 }
 
@@ -194,24 +228,48 @@ impl Store {
         after: AfterCommit,
     ) -> Result<Committed, sqlx::Error> {
         let release = after == AfterCommit::ReleaseLease;
-        let done = sqlx::query(
+        let shares = &turn.shares;
+        let committed: i64 = sqlx::query_scalar(
             "WITH advanced AS (
                 UPDATE threads
                    SET last_in_seq = $3,
                        last_seq = GREATEST(last_seq, $4),
-                       status = $5,
-                       last_active_at = CASE WHEN $5 = 'open' THEN now() ELSE last_active_at END,
+                       status = CASE WHEN $5 = 'resolved' AND (escalated_at IS NOT NULL OR $23)
+                                     THEN 'escalated' ELSE $5 END,
+                       last_active_at = CASE WHEN $5 <> 'expired' THEN now() ELSE last_active_at END,
                        lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
                        lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END,
-                       pending_interrupt = $19
+                       pending_interrupt = $19,
+                       title = COALESCE(title, left($11, 200)),
+                       agents = agents || ARRAY(SELECT a FROM unnest($21::text[]) WITH ORDINALITY AS n(a, i)
+                                                 WHERE a <> ALL(threads.agents) ORDER BY i),
+                       messages = messages + CASE WHEN $10 = 'message' THEN 1 ELSE 0 END,
+                       prompt_tokens = prompt_tokens + $14,
+                       completion_tokens = completion_tokens + $15,
+                       cost_usd = cost_usd + $16,
+                       escalated_at = CASE WHEN $23 THEN COALESCE(escalated_at, now()) ELSE escalated_at END
                  WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
              RETURNING id
+             ),
+             turn AS (
+                INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
+                                   first_seq, last_seq, prompt_tokens, completion_tokens, cost_usd,
+                                   received_at, started_at, outcome, agents, events)
+                SELECT id, $3, $8, $9, $10, $11, $12, $13, $4, $14, $15, $16, $17, $18, $20, $21, $22
+                  FROM advanced
+             RETURNING thread_id, in_seq
+             ),
+             shares AS (
+                INSERT INTO turn_agents (thread_id, in_seq, position, agent, prompt_tokens,
+                                         completion_tokens, cost_usd, tool_calls, duration_ms)
+                SELECT turn.thread_id, turn.in_seq, s.position, s.agent, s.prompt, s.completion,
+                       s.cost, s.tools, s.ms
+                  FROM turn,
+                       unnest($24::text[], $25::bigint[], $26::bigint[], $27::float8[], $28::int[],
+                              $29::bigint[])
+                       WITH ORDINALITY AS s(agent, prompt, completion, cost, tools, ms, position)
              )
-             INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
-                                first_seq, last_seq, prompt_tokens, completion_tokens, cost_usd,
-                                received_at, started_at, outcome, agents, events)
-             SELECT id, $3, $8, $9, $10, $11, $12, $13, $4, $14, $15, $16, $17, $18, $20, $21, $22
-               FROM advanced",
+             SELECT count(*) FROM turn",
         )
         .bind(lease.thread_id.as_str())
         .bind(lease.epoch)
@@ -234,10 +292,17 @@ impl Store {
         .bind(turn.pending_interrupt)
         .bind(turn.outcome)
         .bind(&turn.agents)
-        .bind(&turn.events)
-        .execute(&self.db)
+        .bind(storable_json(&turn.events).as_ref())
+        .bind(turn.escalated)
+        .bind(shares.iter().map(|share| share.agent.clone()).collect::<Vec<_>>())
+        .bind(shares.iter().map(|share| to_i64(share.usage.prompt_tokens)).collect::<Vec<_>>())
+        .bind(shares.iter().map(|share| to_i64(share.usage.completion_tokens)).collect::<Vec<_>>())
+        .bind(shares.iter().map(|share| share.usage.cost_usd).collect::<Vec<_>>())
+        .bind(shares.iter().map(|share| i32::try_from(share.tool_calls).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .bind(shares.iter().map(|share| i64::try_from(share.duration.as_millis()).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+        .fetch_one(&self.db)
         .await?;
-        Ok(if done.rows_affected() == 1 {
+        Ok(if committed == 1 {
             Committed::Yes
         } else {
             Committed::Fenced
@@ -450,7 +515,11 @@ impl Store {
                     last_seq = GREATEST(last_seq, $4),
                     lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
                     lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END,
-                    pending_interrupt = $7
+                    pending_interrupt = $7,
+                    status = 'failed',
+                    last_active_at = now(),
+                    title = COALESCE(title, left($8, 200)),
+                    messages = messages + CASE WHEN $9 = 'message' THEN 1 ELSE 0 END
               WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $6 AND last_in_seq < $3",
         )
         .bind(lease.thread_id.as_str())
@@ -460,6 +529,8 @@ impl Store {
         .bind(release)
         .bind(self.worker_id)
         .bind(pending_interrupt)
+        .bind(letter.content.as_deref().map(storable))
+        .bind(letter.kind)
         .execute(&mut *tx)
         .await?;
         if advanced.rows_affected() != 1 {

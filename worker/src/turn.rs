@@ -244,16 +244,19 @@ impl TurnRunner {
                     .saturating_sub(usage_before.completion_tokens),
                 cost_usd: (total.cost_usd - usage_before.cost_usd).max(0.0),
             };
-            let status = if end.code.as_deref() == Some(ErrorCode::SessionExpired.as_str()) {
-                ThreadStatus::Expired
-            } else {
-                ThreadStatus::Open
-            };
             let raised = end
                 .interrupt_id
                 .as_deref()
                 .filter(|_| end.kind == "interrupt")
                 .and_then(|id| uuid::Uuid::parse_str(id).ok());
+            let pending_interrupt = raised.or(pending_after);
+            let status = if end.code.as_deref() == Some(ErrorCode::SessionExpired.as_str()) {
+                ThreadStatus::Expired
+            } else if pending_interrupt.is_some() {
+                ThreadStatus::AwaitingApproval
+            } else {
+                ThreadStatus::Resolved
+            };
             let outcome = if raised.is_some() {
                 "interrupted"
             } else if status == ThreadStatus::Expired {
@@ -279,10 +282,13 @@ impl TurnRunner {
                 started_at,
                 status,
                 outcome,
-                pending_interrupt: raised.or(pending_after),
+                pending_interrupt,
                 agents: published.agents,
-                events: serde_json::json!([{"type": "recovered",
+                events: serde_json::json!([{"type": "recovered", "at": chrono::Utc::now(),
                     "note": "committed from the frames an earlier attempt published"}]),
+                // What each agent spent is not in the frames: the turn's totals are.
+                shares: Vec::new(),
+                escalated: false,
             };
             self.store.commit(lease, &record, after).await?
         };
@@ -472,17 +478,20 @@ impl TurnRunner {
             turn_id: turn_id.as_uuid(),
             in_seq,
         };
-        let mut status = ThreadStatus::Open;
+        let mut expired = false;
         let pending_after = plan.pending_after(lease);
         let ended = match plan {
             Plan::SessionExpired => {
-                status = ThreadStatus::Expired;
+                expired = true;
                 out.send(error_body(
                     ErrorCode::SessionExpired,
                     "This conversation has expired; please start a new one.",
                 ))
                 .await?;
-                simple_end(Vec::new())
+                simple_end(vec![
+                    serde_json::json!({"type": "error", "code": "session_expired",
+                                                   "at": chrono::Utc::now()}),
+                ])
             }
             Plan::NoPendingInterrupt => {
                 out.send(error_body(
@@ -494,7 +503,10 @@ impl TurnRunner {
                     usage: Usage::default(),
                 })
                 .await?;
-                simple_end(Vec::new())
+                simple_end(vec![
+                    serde_json::json!({"type": "error", "code": "no_pending_interrupt",
+                                                   "at": chrono::Utc::now()}),
+                ])
             }
             Plan::LateAnswer(pending) => {
                 self.store
@@ -519,7 +531,7 @@ impl TurnRunner {
                 .await?;
                 simple_end(vec![
                     serde_json::json!({"type": "decision", "interrupt_id": pending.id,
-                                            "decision": "expired"}),
+                                       "decision": "expired", "at": chrono::Utc::now()}),
                 ])
             }
             Plan::Resume(pending, decision) => {
@@ -570,8 +582,15 @@ impl TurnRunner {
             _ => pending_after,
         };
         let outcome = match ended.outcome {
-            Outcome::Completed if status == ThreadStatus::Expired => "session_expired",
+            Outcome::Completed if expired => "session_expired",
             ref outcome => outcome.as_str(),
+        };
+        let status = if expired {
+            ThreadStatus::Expired
+        } else if pending_interrupt.is_some() {
+            ThreadStatus::AwaitingApproval
+        } else {
+            ThreadStatus::Resolved
         };
         let record = TurnRecord {
             in_seq,
@@ -592,6 +611,8 @@ impl TurnRunner {
             pending_interrupt,
             agents: ended.agents,
             events: serde_json::Value::Array(ended.events),
+            shares: ended.shares,
+            escalated: ended.escalated,
         };
         match self.store.commit(lease, &record, after).await? {
             Committed::Yes => {
@@ -713,6 +734,8 @@ fn simple_end(events: Vec<serde_json::Value>) -> Ended {
         usage: Usage::default(),
         agents: Vec::new(),
         events,
+        shares: Vec::new(),
+        escalated: false,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::llm::{
 };
 use crate::metrics::WorkerMetrics;
 use crate::publish::FramePublisher;
+use crate::store::storable_json;
 use crate::tools::{RegisteredTool, ToolError, Toolbox};
 
 /// Times a segment is restarted after a model failure that followed some of its output.
@@ -98,6 +99,10 @@ pub struct Ended {
     pub agents: Vec<String>,
     /// Classification, tool calls and results, interrupts, decisions, resets: the timeline.
     pub events: Vec<Value>,
+    /// Each agent's share of this segment.
+    pub shares: Vec<AgentShare>,
+    /// The conversation was handed to a human.
+    pub escalated: bool,
 }
 
 /// The turn a segment belongs to.
@@ -164,9 +169,51 @@ struct Run<'a> {
     reply: String,
     usage: Usage,
     events: Vec<Value>,
+    /// What each agent did in this segment, in the order they ran.
+    agents: Vec<AgentShare>,
+    /// A tool that hands the conversation to a human ran.
+    escalated: bool,
+}
+
+/// One agent's share of a segment.
+#[derive(Debug, Clone, Default)]
+pub struct AgentShare {
+    pub agent: String,
+    pub usage: Usage,
+    pub tool_calls: u32,
+    pub duration: Duration,
+    /// The agent's text.
+    pub reply: String,
+}
+
+/// An event for the timeline, with the time it happened.
+fn stamped(mut event: Value) -> Value {
+    if let Some(object) = event.as_object_mut() {
+        object.insert("at".into(), json!(chrono::Utc::now()));
+    }
+    event
 }
 
 impl Run<'_> {
+    fn event(&mut self, event: Value) {
+        self.events.push(stamped(event));
+    }
+
+    /// The share of `agent`, created when it first acts in this segment.
+    fn share(&mut self, agent: &str) -> &mut AgentShare {
+        let index = match self.agents.iter().position(|share| share.agent == agent) {
+            Some(index) => index,
+            None => {
+                self.agents.push(AgentShare {
+                    agent: agent.to_owned(),
+                    ..AgentShare::default()
+                });
+                self.agents.len() - 1
+            }
+        };
+        &mut self.agents[index]
+    }
+
     fn total(&self) -> Usage {
         Usage {
             prompt_tokens: self.state.usage.prompt_tokens + self.usage.prompt_tokens,
@@ -175,13 +222,23 @@ impl Run<'_> {
         }
     }
 
-    fn ended(self, outcome: Outcome) -> Ended {
+    fn ended(mut self, outcome: Outcome) -> Ended {
+        for share in &self.agents {
+            let event = json!({"type": "agent_reply", "agent": share.agent, "content": share.reply,
+                "prompt_tokens": share.usage.prompt_tokens,
+                "completion_tokens": share.usage.completion_tokens,
+                "cost_usd": share.usage.cost_usd, "tool_calls": share.tool_calls,
+                "duration_ms": share.duration.as_millis() as u64});
+            self.events.push(stamped(event));
+        }
         Ended {
             outcome,
             reply: self.reply,
             usage: self.usage,
             agents: self.state.agents_run,
             events: self.events,
+            shares: self.agents,
+            escalated: self.escalated,
         }
     }
 }
@@ -248,6 +305,8 @@ impl Graph {
                 reply: String::new(),
                 usage: spent,
                 events: std::mem::take(&mut reset_events),
+                agents: Vec::new(),
+                escalated: false,
             };
             let result = match decision {
                 Some((pending, decision)) => {
@@ -342,12 +401,12 @@ impl Graph {
             };
             match self.model.classify(request).await {
                 Ok(classified) => {
-                    self.count_usage(run, &model, classified.usage);
+                    self.count_usage(run, None, &model, classified.usage);
                     self.metrics
                         .model_calls
                         .with_label_values(&["classify", "ok"])
                         .inc();
-                    run.events.push(
+                    run.event(
                         json!({"type": "classification", "result": classified.classification}),
                     );
                     return classified.classification;
@@ -369,7 +428,7 @@ impl Graph {
                                 .with_label_values(&["classify", "failed"])
                                 .inc();
                             tracing::warn!(%error, agent = %self.config.default_agent, "Classification failed; routing to the default agent.");
-                            run.events.push(
+                            run.event(
                                 json!({"type": "classification_failed", "error": error.to_string(),
                                                    "agent": self.config.default_agent}),
                             );
@@ -399,7 +458,7 @@ impl Graph {
         let agent = pending.agent.clone();
         match decision {
             Decision::Approved => {
-                run.events.push(
+                run.event(
                     json!({"type": "decision", "interrupt_id": pending.id, "decision": "approved"}),
                 );
                 let tool = self.tool_of(&agent, &call.name);
@@ -423,11 +482,13 @@ impl Graph {
                     ok,
                 })
                 .await?;
-                run.events.push(json!({"type": "tool_result", "agent": agent, "tool": call.name, "ok": ok, "result": result}));
+                let escalates = tool.spec().escalates;
+                let args = pending.params.clone();
+                record_call(run, &agent, &call.name, args, ok, &result, escalates);
                 self.tool_message(run, &call, &result);
             }
             Decision::Rejected => {
-                run.events.push(
+                run.event(
                     json!({"type": "decision", "interrupt_id": pending.id, "decision": "rejected"}),
                 );
                 let result = json!({"declined": true,
@@ -490,7 +551,10 @@ impl Graph {
                     run.reply.push_str("\n\n");
                 }
             }
-            if let Some(id) = self.run_agent(out, run, &agent).await? {
+            let started = std::time::Instant::now();
+            let paused = self.run_agent(out, run, &agent).await;
+            run.share(&agent.name).duration += started.elapsed();
+            if let Some(id) = paused? {
                 return Ok(Outcome::Interrupted(id));
             }
             run.state.agents.remove(0);
@@ -590,10 +654,8 @@ impl Graph {
             ok,
         })
         .await?;
-        run.events.push(
-            json!({"type": "tool_call", "agent": agent.name, "tool": call.name, "args": args}),
-        );
-        run.events.push(json!({"type": "tool_result", "agent": agent.name, "tool": call.name, "ok": ok, "result": result}));
+        let escalates = tool.spec().escalates;
+        record_call(run, &agent.name, &call.name, args, ok, &result, escalates);
         self.tool_message(run, call, &result);
         Ok(None)
     }
@@ -625,10 +687,7 @@ impl Graph {
             ok: false,
         })
         .await?;
-        run.events.push(
-            json!({"type": "tool_call", "agent": agent.name, "tool": call.name, "args": args}),
-        );
-        run.events.push(json!({"type": "tool_result", "agent": agent.name, "tool": call.name, "ok": false, "result": result}));
+        record_call(run, &agent.name, &call.name, args, false, &result, false);
         self.tool_message(run, call, &result);
         Ok(())
     }
@@ -694,7 +753,7 @@ impl Graph {
             .bind(pending.id)
             .bind(run.turn.thread_id)
             .bind(&name)
-            .bind(&pending.params)
+            .bind(storable_json(&pending.params).as_ref())
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -746,7 +805,7 @@ impl Graph {
             sqlx::query("UPDATE tool_executions SET ok = $2, result = $3 WHERE interrupt_id = $1")
                 .bind(pending.id)
                 .bind(ok)
-                .bind(&result)
+                .bind(storable_json(&result).as_ref())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -800,13 +859,13 @@ impl Graph {
         .bind(i64::try_from(run.turn.in_seq).unwrap_or(i64::MAX))
         .bind(&agent.name)
         .bind(&call.name)
-        .bind(&args)
-        .bind(&checkpoint)
+        .bind(storable_json(&args).as_ref())
+        .bind(storable_json(&checkpoint).as_ref())
         .bind(expires_at)
         .execute(&self.db)
         .await?;
         self.metrics.interrupts.with_label_values(&["raised"]).inc();
-        run.events.push(json!({"type": "interrupt", "interrupt_id": id, "agent": agent.name, "action": call.name,
+        run.event(json!({"type": "interrupt", "interrupt_id": id, "agent": agent.name, "action": call.name,
                                "params": args, "expires_at": expires_at}));
         out.send(FrameBody::Interrupt {
             interrupt_id: id.to_string(),
@@ -849,8 +908,9 @@ impl Graph {
                         .model_calls
                         .with_label_values(&["chat", "ok"])
                         .inc();
-                    self.count_usage(run, &model, completion.usage);
+                    self.count_usage(run, Some(&agent.name), &model, completion.usage);
                     run.reply.push_str(&text);
+                    run.share(&agent.name).reply.push_str(&text);
                     return Ok((text, completion));
                 }
                 Err(Stop::Model {
@@ -863,7 +923,7 @@ impl Graph {
                             .with_label_values(&["chat", "retried"])
                             .inc();
                         tracing::warn!(%error, agent = %agent.name, "A model call failed; retrying.");
-                        run.events.push(json!({"type": "model_retry", "agent": agent.name, "error": error.to_string()}));
+                        run.event(json!({"type": "model_retry", "agent": agent.name, "error": error.to_string()}));
                         tokio::time::sleep(pause(&error, delay)).await;
                     }
                     None => {
@@ -955,10 +1015,41 @@ impl Graph {
         }
     }
 
-    fn count_usage(&self, run: &mut Run<'_>, model: &str, usage: TokenUsage) {
+    /// Adds a call's usage to the segment, and to `agent`'s share (the classifier has none).
+    fn count_usage(&self, run: &mut Run<'_>, agent: Option<&str>, model: &str, usage: TokenUsage) {
+        let cost = self.config.cost(model, usage);
         run.usage.prompt_tokens += usage.prompt_tokens;
         run.usage.completion_tokens += usage.completion_tokens;
-        run.usage.cost_usd += self.config.cost(model, usage);
+        run.usage.cost_usd += cost;
+        if let Some(agent) = agent {
+            let share = run.share(agent);
+            share.usage.prompt_tokens += usage.prompt_tokens;
+            share.usage.completion_tokens += usage.completion_tokens;
+            share.usage.cost_usd += cost;
+        }
+    }
+}
+
+/// Puts a tool call and its result on the timeline and in the agent's share; a tool that hands
+/// the conversation to a human marks the segment escalated when it succeeds.
+fn record_call(
+    run: &mut Run<'_>,
+    agent: &str,
+    tool: &str,
+    args: Value,
+    ok: bool,
+    result: &Value,
+    escalates: bool,
+) {
+    run.event(json!({"type": "tool_call", "agent": agent, "tool": tool, "args": args}));
+    run.event(
+        json!({"type": "tool_result", "agent": agent, "tool": tool, "ok": ok, "result": result}),
+    );
+    run.share(agent).tool_calls += 1;
+    if escalates && ok {
+        run.escalated = true;
+        let reason = result["reason"].as_str().unwrap_or_default().to_owned();
+        run.event(json!({"type": "escalation", "agent": agent, "reason": reason}));
     }
 }
 

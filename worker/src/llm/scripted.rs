@@ -50,6 +50,8 @@ const GENERAL_WORDS: [&str; 10] = [
     "policy", "return", "hours", "password", "warranty", "faq", "shipping", "payment", "contact",
     "open",
 ];
+/// Asking for a person: the general agent escalates.
+const HUMAN_WORDS: [&str; 5] = ["human", "person", "representative", "manager", "someone"];
 /// A message made only of these words (and at least one "help") is too vague to route.
 const VAGUE_WORDS: [&str; 9] = [
     "help", "me", "please", "i", "need", "hi", "hello", "can", "you",
@@ -142,7 +144,11 @@ impl ScriptedModel {
                     "general" => &GENERAL_WORDS,
                     _ => &[],
                 };
-                let by_keyword = first_match(&words, stems);
+                let by_keyword = first_match(&words, stems).or_else(|| {
+                    (agent.name == "general")
+                        .then(|| first_match(&words, &HUMAN_WORDS))
+                        .flatten()
+                });
                 let by_name = words.iter().position(|word| *word == agent.name);
                 by_keyword
                     .into_iter()
@@ -206,7 +212,9 @@ impl ScriptedModel {
                     .unwrap_or_default();
                 let words = words(user);
                 let wants = |stems: &[&str]| first_match(&words, stems).is_some();
-                let tool = if has_tool("cancel_order") && wants(&["cancel"]) {
+                let tool = if has_tool("escalate_to_human") && wants(&HUMAN_WORDS) {
+                    Some("escalate_to_human")
+                } else if has_tool("cancel_order") && wants(&["cancel"]) {
                     Some("cancel_order")
                 } else if has_tool("request_refund") && wants(&["refund", "money"]) {
                     Some("request_refund")
@@ -224,6 +232,8 @@ impl ScriptedModel {
                 };
                 let args = if tool == "search_faq" {
                     json!({"query": user})
+                } else if tool == "escalate_to_human" {
+                    json!({"reason": user})
                 } else {
                     let Some(order_id) = order_number(user) else {
                         return Answer::Text(

@@ -1,4 +1,4 @@
-//! The demo shop's tools (SPEC §5), on the demo data the migrations load: orders 1001–1010,
+//! The demo shop's tools (SPEC §5, plus `escalate_to_human`), on the demo data the migrations load: orders 1001–1010,
 //! their invoices, and an FAQ. Each result carries a `summary` sentence for the user.
 
 use std::sync::Arc;
@@ -16,6 +16,7 @@ enum Kind {
     GetInvoice,
     RequestRefund,
     SearchFaq,
+    EscalateToHuman,
 }
 
 struct DemoTool {
@@ -80,6 +81,15 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
             Access::Read,
             false,
         ),
+        (
+            Kind::EscalateToHuman,
+            "escalate_to_human",
+            "Hand the conversation to a human colleague, when the customer asks for a person or you cannot help.",
+            json!({"type": "object", "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500}},
+                   "required": ["reason"], "additionalProperties": false}),
+            Access::Write,
+            false,
+        ),
     ];
     specs
         .into_iter()
@@ -92,6 +102,7 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
                         parameters,
                         access,
                         requires_approval,
+                        escalates: matches!(kind, Kind::EscalateToHuman),
                     },
                     kind,
                 }) as Arc<dyn Tool>
@@ -123,6 +134,10 @@ impl Tool for DemoTool {
                     request_refund(order_id(args)?, args["amount"].as_f64(), reason, db).await
                 }
                 Kind::SearchFaq => search_faq(args["query"].as_str().unwrap_or_default(), db).await,
+                Kind::EscalateToHuman => Ok(json!({
+                    "reason": args["reason"].as_str().unwrap_or_default(),
+                    "summary": "I have passed this conversation to a colleague; they will get back to you by email within one business day."
+                })),
             }
         })
     }

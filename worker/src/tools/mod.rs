@@ -31,6 +31,8 @@ pub struct ToolSpec {
     pub access: Access,
     /// Never runs before the user approves it (an `interrupt`).
     pub requires_approval: bool,
+    /// Running it hands the conversation to a human (the conversation becomes `escalated`).
+    pub escalates: bool,
 }
 
 /// How a tool call failed.
