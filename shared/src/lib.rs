@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod ids;
 pub mod jetstream;
 pub mod metrics;
+pub mod openapi;
 pub mod protocol;
 pub mod replay;
 pub mod retained;
