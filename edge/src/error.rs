@@ -16,6 +16,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("not found")]
     NotFound,
+    #[error("invalid document: {0}")]
+    InvalidDocument(String),
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
 }
 
 impl ApiError {
@@ -41,6 +45,14 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "No such resource.".into(),
+            ),
+            Self::InvalidDocument(message) => {
+                (StatusCode::BAD_REQUEST, "invalid_document", message.clone())
+            }
+            Self::PayloadTooLarge(message) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                message.clone(),
             ),
         }
     }

@@ -5,10 +5,13 @@ mod health;
 mod history;
 mod metrics;
 mod threads;
+mod tools;
 mod ws;
 
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
+use axum::routing::patch;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::timeout::TimeoutLayer;
@@ -29,6 +32,12 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/api/admin/dead-letters", get(admin::dead_letters))
         .route("/api/admin/replay", post(admin::replay))
+        .route(
+            "/api/admin/openapi",
+            post(tools::import).layer(DefaultBodyLimit::max(tools::MAX_DOCUMENT_BYTES)),
+        )
+        .route("/api/admin/tools", get(tools::list))
+        .route("/api/admin/tools/{id}", patch(tools::review))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,
