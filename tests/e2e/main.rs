@@ -13,6 +13,7 @@ mod health;
 mod history;
 mod idempotency;
 mod openai;
+mod openapi_import;
 mod outages;
 mod resume;
 mod shutdown;
