@@ -2,11 +2,15 @@
 //!
 //! `loadgen chat` runs N concurrent WebSocket clients against an edge (each creates its own thread
 //! and sends M messages back to back) and, with `--floor`, the same traffic through bare NATS in
-//! the same run. `loadgen idle` holds N idle sockets and reads the edge's memory.
+//! the same run. `loadgen idle` holds N idle sockets and reads the edge's memory. `loadgen seed`
+//! fills an empty database with conversations, and `loadgen admin-bench` times the admin API's
+//! read routes against it.
 
+mod admin_bench;
 mod chat;
 mod floor;
 mod idle;
+mod seed;
 mod stats;
 
 use std::io::Write as _;
@@ -29,6 +33,10 @@ enum Command {
     Chat(ChatArgs),
     /// Idle sockets held open; reports the edge's resident memory.
     Idle(IdleArgs),
+    /// Fills an empty database with conversations (through the real migrations).
+    Seed(SeedArgs),
+    /// Times the admin API's read routes: analytics, the conversation list, a timeline.
+    AdminBench(AdminBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +86,50 @@ struct IdleArgs {
     append_to: Option<std::path::PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+struct SeedArgs {
+    /// `--database-url` / `DATABASE_URL`: created and migrated if missing.
+    #[command(flatten)]
+    database: shared::config::DatabaseSettings,
+    /// Conversations to create.
+    #[arg(long, default_value_t = 100_000)]
+    conversations: i64,
+    /// Spread them over this many days before now.
+    #[arg(long, default_value_t = 30.0)]
+    days: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminBenchArgs {
+    /// The edge's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The edge's `ADMIN_TOKEN`.
+    #[arg(long, env = "ADMIN_TOKEN")]
+    admin_token: String,
+    /// Timed requests per case, one after another.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Untimed requests per case before the timed ones.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// `q` for the search that matches few conversations (a seeded order number).
+    #[arg(long, default_value = "4711")]
+    rare_query: String,
+    /// `q` for the search that matches many.
+    #[arg(long, default_value = "invoice")]
+    common_query: String,
+    /// The "later page" case times the page reached after following this many cursors.
+    #[arg(long, default_value_t = 20)]
+    page_depth: usize,
+    /// Append the figures and this command to a markdown file (e.g. BENCHMARKS.md).
+    #[arg(long)]
+    append_to: Option<std::path::PathBuf>,
+    /// A label for the appended block.
+    #[arg(long)]
+    label: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // reqwest is built without a default TLS crypto provider (the worker picks ring): pick it here.
@@ -98,7 +150,43 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Seed(args) => {
+            let summary = seed::run(&args.database, args.conversations, args.days).await?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::AdminBench(args) => admin_bench(args).await,
     }
+}
+
+async fn admin_bench(args: AdminBenchArgs) -> anyhow::Result<()> {
+    let options = admin_bench::Options {
+        url: args.url,
+        admin_token: args.admin_token,
+        requests: args.requests,
+        warmup: args.warmup,
+        rare_query: args.rare_query,
+        common_query: args.common_query,
+        page_depth: args.page_depth,
+    };
+    let reports = admin_bench::run(&options).await?;
+    let mut table = format!("{}\n", admin_bench::MARKDOWN_HEADER);
+    for report in &reports {
+        table.push_str(&report.markdown_row());
+        table.push('\n');
+    }
+    print!("{table}");
+    println!("{}", serde_json::json!({ "admin_bench": reports }));
+    if let Some(path) = &args.append_to {
+        let mut block = String::new();
+        if let Some(label) = &args.label {
+            block.push_str(&format!("#### {label}\n\n"));
+        }
+        // The token is a secret: `command_line` writes it as "$ADMIN_TOKEN".
+        block.push_str(&format!("```\n{}\n```\n\n{table}", command_line()));
+        append(path, &block)?;
+    }
+    Ok(())
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
@@ -211,11 +299,23 @@ async fn gather(
     Ok(total)
 }
 
-/// This run's command, quoted so it can be pasted back into a shell.
+/// This run's command, quoted so it can be pasted back into a shell; a secret given with
+/// `--admin-token` is written as `"$ADMIN_TOKEN"`.
 fn command_line() -> String {
+    let mut secret_next = false;
     let args: Vec<String> = std::env::args()
         .skip(1)
         .map(|arg| {
+            if std::mem::take(&mut secret_next) {
+                return "\"$ADMIN_TOKEN\"".to_owned();
+            }
+            if arg == "--admin-token" {
+                secret_next = true;
+                return arg;
+            }
+            if arg.starts_with("--admin-token=") {
+                return "--admin-token=\"$ADMIN_TOKEN\"".to_owned();
+            }
             let plain = arg
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c));

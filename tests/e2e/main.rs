@@ -4,6 +4,7 @@
 
 mod admin;
 mod agents;
+mod analytics;
 mod chat_turn;
 mod dead_letters;
 mod delivery;

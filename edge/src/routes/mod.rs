@@ -1,6 +1,8 @@
 //! The router: HTTP API, WebSocket and metrics.
 
 mod admin;
+mod analytics;
+mod conversations;
 mod health;
 mod history;
 mod metrics;
@@ -38,6 +40,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/admin/tools", get(tools::list))
         .route("/api/admin/tools/{id}", patch(tools::review))
+        .route("/api/admin/conversations", get(conversations::list))
+        .route(
+            "/api/admin/conversations/{id}/timeline",
+            get(conversations::timeline),
+        )
+        .route("/api/admin/analytics", get(analytics::analytics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,

@@ -1,0 +1,451 @@
+//! `GET /api/admin/analytics?range=24h|7d|30d` (SPEC §4): the dashboard's figures, computed in
+//! PostgreSQL over the window `[now − range, now]`.
+//!
+//! Definitions (each count is over rows whose time falls in the window):
+//! - `conversations`: threads created in the window.
+//! - `messages`: user messages (turn rows of kind `message`) received in the window.
+//! - `resolution_rate` = `resolved` / `conversations_with_messages`, and `escalation_rate` =
+//!   `escalated` / `conversations_with_messages`, where `conversations_with_messages` are the
+//!   conversations created in the window with at least one user message processed,
+//!   `resolved` those of them whose status is now `resolved` (the last turn was answered, nothing
+//!   waits for approval, not handed to a person, not failed or expired), and `escalated` those of
+//!   them handed to a person at least once (`escalated_at` set). Both are fractions in [0, 1];
+//!   0 when there is no such conversation.
+//! - `approvals`: approvals (interrupts) raised in the window, by their status now: `approved`,
+//!   `rejected`, `expired` (answered too late, or still pending past `expires_at`), `superseded`
+//!   (withdrawn by a new message) and `pending` (still answerable). Approvals raised by an
+//!   attempt that failed (`abandoned`) were never shown and are not counted.
+//! - `tokens` and `cost_usd`: the usage of every model call of the turn rows completed in the
+//!   window (classification included), as summed on the clients' `message_complete`.
+//! - `latency_ms`: percentiles (continuous, in milliseconds) of `completed_at − received_at`
+//!   over the turn rows completed in the window, dead-lettered ones excepted; an answer to an
+//!   approval is its own row, timed from the answer.
+//! - `agents`: per agent, from `turn_agents` rows completed in the window: `turns` (turns it took
+//!   part in: a turn paused for approval and continued by the answer counts once), the tokens,
+//!   cost and tool calls of its model calls, and the average and 95th percentile of its running
+//!   time per turn row.
+//! - `series`: the window cut into equal buckets (24 of an hour for `24h`, 7 or 30 of a day),
+//!   oldest first, every bucket present: conversations created, messages received and cost of the
+//!   turns completed in each. The totals above are the sums of the buckets.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use chrono::{DateTime, SubsecRound as _, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The dashboard's windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Range {
+    Day,
+    Week,
+    Month,
+}
+
+impl Range {
+    fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        match raw {
+            Some("24h") => Ok(Self::Day),
+            Some("7d") => Ok(Self::Week),
+            Some("30d") => Ok(Self::Month),
+            _ => Err(ApiError::BadRequest(
+                "range must be one of 24h, 7d, 30d".into(),
+            )),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "24h",
+            Self::Week => "7d",
+            Self::Month => "30d",
+        }
+    }
+
+    /// The bucket width and how many buckets fill the window.
+    fn buckets(self) -> (Duration, i32) {
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        match self {
+            Self::Day => (HOUR, 24),
+            Self::Week => (DAY, 7),
+            Self::Month => (DAY, 30),
+        }
+    }
+
+    fn bucket_name(self) -> &'static str {
+        match self {
+            Self::Day => "hour",
+            Self::Week | Self::Month => "day",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct AnalyticsQuery {
+    range: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Analytics {
+    range: &'static str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// `hour` or `day`: the width of each `series` bucket.
+    bucket: &'static str,
+    conversations: i64,
+    messages: i64,
+    conversations_with_messages: i64,
+    resolved: i64,
+    escalated: i64,
+    resolution_rate: f64,
+    escalation_rate: f64,
+    approvals: Approvals,
+    tokens: Tokens,
+    cost_usd: f64,
+    latency_ms: Latency,
+    agents: Vec<AgentFigures>,
+    series: Vec<Bucket>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Approvals {
+    approved: i64,
+    rejected: i64,
+    expired: i64,
+    superseded: i64,
+    pending: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Tokens {
+    prompt: i64,
+    completion: i64,
+    total: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Latency {
+    /// Turn rows timed.
+    turns: i64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct AgentFigures {
+    agent: String,
+    turns: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cost_usd: f64,
+    tool_calls: i64,
+    avg_duration_ms: f64,
+    p95_duration_ms: f64,
+}
+
+/// One bucket of the series: `[start, end)`.
+#[derive(Debug, Serialize)]
+struct Bucket {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    conversations: i64,
+    messages: i64,
+    cost_usd: f64,
+}
+
+/// `GET /api/admin/analytics?range=24h|7d|30d`; the figures are defined in this module's doc.
+pub(super) async fn analytics(
+    State(state): State<AppState>,
+    query: Result<Query<AnalyticsQuery>, QueryRejection>,
+) -> Result<Json<Analytics>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let range = Range::parse(query.range.as_deref())?;
+    // PostgreSQL keeps microseconds: so do the window's bounds.
+    let now = Utc::now().trunc_subsecs(6);
+    let figures = compute(&state.db, range, now)
+        .await
+        .context("Failed to compute the analytics")
+        .map_err(ApiError::Unavailable)?;
+    Ok(Json(figures))
+}
+
+/// The window's figures. The queries run at once, each on its own connection, so the machine's
+/// cores share the work; they share the window's bounds, not a snapshot.
+async fn compute(db: &PgPool, range: Range, to: DateTime<Utc>) -> Result<Analytics, sqlx::Error> {
+    let (step, count) = range.buckets();
+    let step = chrono::Duration::from_std(step).unwrap_or(chrono::Duration::hours(1));
+    let from = to - step * count;
+    // The buckets' inner bounds: `width_bucket` numbers a time before the first 0 and one from
+    // the i-th bound on i, so a row stamped after `to` (committed meanwhile) counts in the last.
+    let bounds: Vec<DateTime<Utc>> = (1..count).map(|i| from + step * i).collect();
+    let (conversations, messages, usage, latency_ms, approvals, agents) = tokio::try_join!(
+        conversation_counts(db, from, &bounds),
+        message_counts(db, from, &bounds),
+        usage_sums(db, from, &bounds),
+        latency(db, from),
+        approvals(db, from, to),
+        agents(db, from),
+    )?;
+    let series: Vec<Bucket> = (0..count)
+        .map(|i| Bucket {
+            start: from + step * i,
+            end: from + step * (i + 1),
+            conversations: conversations
+                .iter()
+                .find(|row| row.bucket == i)
+                .map_or(0, |row| row.conversations),
+            messages: messages
+                .iter()
+                .find(|row| row.bucket == i)
+                .map_or(0, |row| row.messages),
+            cost_usd: usage
+                .iter()
+                .find(|row| row.bucket == i)
+                .map_or(0.0, |row| row.cost_usd),
+        })
+        .collect();
+    let total = |field: fn(&ConversationCounts) -> i64| conversations.iter().map(field).sum();
+    let conversations_with_messages = total(|row| row.with_messages);
+    let resolved = total(|row| row.resolved);
+    let escalated = total(|row| row.escalated);
+    let rate = |part: i64| {
+        if conversations_with_messages == 0 {
+            0.0
+        } else {
+            part as f64 / conversations_with_messages as f64
+        }
+    };
+    let prompt: i64 = usage.iter().map(|row| row.prompt_tokens).sum();
+    let completion: i64 = usage.iter().map(|row| row.completion_tokens).sum();
+    Ok(Analytics {
+        range: range.as_str(),
+        from,
+        to,
+        bucket: range.bucket_name(),
+        conversations: total(|row| row.conversations),
+        messages: messages.iter().map(|row| row.messages).sum(),
+        conversations_with_messages,
+        resolved,
+        escalated,
+        resolution_rate: rate(resolved),
+        escalation_rate: rate(escalated),
+        approvals,
+        tokens: Tokens {
+            prompt,
+            completion,
+            total: prompt + completion,
+        },
+        cost_usd: usage.iter().map(|row| row.cost_usd).sum(),
+        latency_ms,
+        agents,
+        series,
+    })
+}
+
+/// A short read-only transaction for one analytics query: without JIT compilation (it costs
+/// more than these scans) and with room to aggregate and sort in memory.
+async fn analytics_transaction(
+    db: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL work_mem = '64MB'")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Conversations created per bucket, with the counts behind the rates.
+#[derive(Debug, sqlx::FromRow)]
+struct ConversationCounts {
+    bucket: i32,
+    conversations: i64,
+    with_messages: i64,
+    resolved: i64,
+    escalated: i64,
+}
+
+async fn conversation_counts(
+    db: &PgPool,
+    from: DateTime<Utc>,
+    bounds: &[DateTime<Utc>],
+) -> Result<Vec<ConversationCounts>, sqlx::Error> {
+    let mut tx = analytics_transaction(db).await?;
+    let rows = sqlx::query_as(
+        "SELECT width_bucket(created_at, $2::timestamptz[]) AS bucket,
+                count(*) AS conversations,
+                count(*) FILTER (WHERE messages > 0) AS with_messages,
+                count(*) FILTER (WHERE messages > 0 AND status = 'resolved') AS resolved,
+                count(*) FILTER (WHERE messages > 0 AND escalated_at IS NOT NULL) AS escalated
+           FROM threads WHERE created_at >= $1 GROUP BY 1",
+    )
+    .bind(from)
+    .bind(bounds)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// User messages received per bucket.
+#[derive(Debug, sqlx::FromRow)]
+struct MessageCounts {
+    bucket: i32,
+    messages: i64,
+}
+
+async fn message_counts(
+    db: &PgPool,
+    from: DateTime<Utc>,
+    bounds: &[DateTime<Utc>],
+) -> Result<Vec<MessageCounts>, sqlx::Error> {
+    let mut tx = analytics_transaction(db).await?;
+    let rows = sqlx::query_as(
+        "SELECT width_bucket(received_at, $2::timestamptz[]) AS bucket, count(*) AS messages
+           FROM turns WHERE kind = 'message' AND received_at >= $1 GROUP BY 1",
+    )
+    .bind(from)
+    .bind(bounds)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Usage of the turn rows completed per bucket.
+#[derive(Debug, sqlx::FromRow)]
+struct UsageSums {
+    bucket: i32,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cost_usd: f64,
+}
+
+async fn usage_sums(
+    db: &PgPool,
+    from: DateTime<Utc>,
+    bounds: &[DateTime<Utc>],
+) -> Result<Vec<UsageSums>, sqlx::Error> {
+    let mut tx = analytics_transaction(db).await?;
+    let rows = sqlx::query_as(
+        "SELECT width_bucket(completed_at, $2::timestamptz[]) AS bucket,
+                sum(prompt_tokens)::bigint AS prompt_tokens,
+                sum(completion_tokens)::bigint AS completion_tokens,
+                sum(cost_usd) AS cost_usd
+           FROM turns WHERE completed_at >= $1 GROUP BY 1",
+    )
+    .bind(from)
+    .bind(bounds)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+async fn latency(db: &PgPool, from: DateTime<Utc>) -> Result<Latency, sqlx::Error> {
+    let mut tx = analytics_transaction(db).await?;
+    let row = sqlx::query_as(
+        "SELECT n AS turns, coalesce(p[1], 0) AS p50, coalesce(p[2], 0) AS p95,
+                coalesce(p[3], 0) AS p99
+           FROM (SELECT count(*) AS n,
+                        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+                            (ORDER BY date_part('epoch', completed_at - received_at) * 1000) AS p
+                   FROM turns WHERE completed_at >= $1 AND outcome <> 'dead_lettered') AS timed",
+    )
+    .bind(from)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+async fn approvals(
+    db: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Approvals, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'approved') AS approved,
+                count(*) FILTER (WHERE status = 'rejected') AS rejected,
+                count(*) FILTER (WHERE status = 'expired'
+                                    OR (status = 'pending' AND expires_at <= $2)) AS expired,
+                count(*) FILTER (WHERE status = 'superseded') AS superseded,
+                count(*) FILTER (WHERE status = 'pending' AND expires_at > $2) AS pending
+           FROM interrupts WHERE created_at >= $1",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(db)
+    .await
+}
+
+/// Per agent. An answer to an approval continues the turn it paused, and the agent that raised
+/// it runs again in the answer's row (approved: the tool runs and it goes on; rejected: it is
+/// told), so those rows are taken off its turn count.
+async fn agents(db: &PgPool, from: DateTime<Utc>) -> Result<Vec<AgentFigures>, sqlx::Error> {
+    let mut tx = analytics_transaction(db).await?;
+    let rows = sqlx::query_as(
+        "WITH shares AS (
+             SELECT agent, count(*) AS rows,
+                    sum(prompt_tokens)::bigint AS prompt_tokens,
+                    sum(completion_tokens)::bigint AS completion_tokens,
+                    sum(cost_usd) AS cost_usd, sum(tool_calls)::bigint AS tool_calls,
+                    avg(duration_ms::float8) AS avg_duration_ms,
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_duration_ms
+               FROM turn_agents WHERE completed_at >= $1 GROUP BY agent
+         ), continued AS (
+             SELECT agent, count(*) AS rows FROM interrupts
+              WHERE status IN ('approved', 'rejected') AND decided_at >= $1
+              GROUP BY agent
+         )
+         SELECT s.agent, greatest(s.rows - coalesce(c.rows, 0), 0) AS turns, s.prompt_tokens,
+                s.completion_tokens, s.cost_usd, s.tool_calls, s.avg_duration_ms,
+                s.p95_duration_ms
+           FROM shares s LEFT JOIN continued c USING (agent)
+          ORDER BY s.agent",
+    )
+    .bind(from)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_three_ranges() {
+        assert_eq!(Range::parse(Some("24h")).unwrap(), Range::Day);
+        assert_eq!(Range::parse(Some("7d")).unwrap(), Range::Week);
+        assert_eq!(Range::parse(Some("30d")).unwrap(), Range::Month);
+        for bad in [None, Some(""), Some("1h"), Some("24H"), Some("30")] {
+            assert!(
+                matches!(Range::parse(bad), Err(ApiError::BadRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn buckets_fill_the_window() {
+        for (range, hours) in [
+            (Range::Day, 24),
+            (Range::Week, 7 * 24),
+            (Range::Month, 30 * 24),
+        ] {
+            let (step, count) = range.buckets();
+            assert_eq!(step.as_secs() * u64::try_from(count).unwrap(), hours * 3600);
+        }
+    }
+}
