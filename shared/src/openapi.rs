@@ -951,19 +951,20 @@ impl<'a> Walker<'a> {
             let (item, loc) = self.deref(item, at.index(index))?;
             let item = object(item, &loc)?;
             let name = required_string(item, "name", &loc)?;
-            let location =
-                match required_string(item, "in", &loc)? {
-                    "path" => Location::Path,
-                    "query" => Location::Query,
-                    "header" => Location::Header,
-                    "cookie" => Location::Cookie,
-                    other => return Err(DocumentError::at(
+            let location = match required_string(item, "in", &loc)? {
+                "path" => Location::Path,
+                "query" => Location::Query,
+                "header" => Location::Header,
+                "cookie" => Location::Cookie,
+                other => {
+                    return Err(DocumentError::at(
                         loc.key("in"),
                         format!(
                             "unknown location {other:?}; expected path, query, header or cookie"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             if name.is_empty() {
                 return Err(DocumentError::at(loc.key("name"), "may not be empty"));
             }
@@ -2204,6 +2205,51 @@ paths:
             parse_with(text, Some("shop.example")),
             Err(ImportError::BaseUrl(_))
         ));
+    }
+
+    #[test]
+    fn the_demo_shop_example_imports() {
+        let text = include_str!("../../examples/demo-shop-openapi.yaml");
+        let document = parse(text).unwrap();
+        assert_eq!(document.source, "Demo Shop Carrier 1.2.0");
+        let summary: Vec<(&str, Access, bool)> = document
+            .tools
+            .iter()
+            .map(|t| (t.name.as_str(), t.access, t.requires_approval))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("createShippingLabel", Access::Write, true),
+                ("voidShippingLabel", Access::Write, true),
+                ("quoteRates", Access::Read, false),
+                ("getShipment", Access::Read, false),
+                ("trackParcel", Access::Read, false),
+            ]
+        );
+        let rates = tool(&document, "quoteRates");
+        assert_eq!(rates.base_url, "https://carrier.example/carrier/v1");
+        let weight = &rates.parameters["properties"]["weight_kg"];
+        assert_eq!(weight["exclusiveMinimum"], 0);
+        assert!(weight.get("minimum").is_none());
+        let label = tool(&document, "createShippingLabel");
+        let body = &label.parameters["properties"]["body"];
+        assert_eq!(
+            body["properties"]["ship_to"]["properties"]["line2"]["type"],
+            json!(["string", "null"])
+        );
+        assert_eq!(
+            body["properties"]["service"]["enum"],
+            json!(["standard", "express", "overnight"])
+        );
+        let built = label
+            .build_request(&json!({
+                "X-Warehouse": "lyon",
+                "body": {"order_id": 1004, "service": "express"}
+            }))
+            .unwrap();
+        assert_eq!(built.url, "https://carrier.example/carrier/v1/labels");
+        assert_eq!(built.headers[0], ("X-Warehouse".into(), "lyon".into()));
     }
 
     fn sample_tool() -> ImportedTool {
