@@ -11,6 +11,7 @@
 //! Storage ([`save_imported`], [`list`], [`review`], [`load_usable`]) and the request a call makes
 //! ([`ImportedTool::build_request`]) live here too, so the edge and the worker share one definition.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -26,8 +27,12 @@ use uuid::Uuid;
 pub const MAX_DOCUMENT_BYTES: usize = 2 * 1024 * 1024;
 /// The most `$ref`s followed inside one another; deeper (or cyclic) references are not expanded.
 pub const MAX_REF_DEPTH: usize = 32;
-/// The most schema nodes one tool's arguments may expand to once `$ref`s are inlined.
-pub const MAX_SCHEMA_NODES: usize = 20_000;
+/// The most one argument's schema may weigh (roughly its bytes as JSON) once `$ref`s are inlined.
+pub const MAX_SCHEMA_BYTES: usize = 1024 * 1024;
+/// The most all the schemas of one document may weigh once `$ref`s are inlined.
+pub const MAX_DOCUMENT_SCHEMA_BYTES: usize = 16 * 1024 * 1024;
+/// The deepest a schema may nest once `$ref`s are inlined (it bounds the resolver's recursion).
+pub const MAX_SCHEMA_DEPTH: usize = 256;
 /// The most operations one document may hold.
 pub const MAX_OPERATIONS: usize = 1_000;
 /// Tool names follow OpenAI's function names: `^[a-zA-Z0-9_-]{1,64}$`.
@@ -405,6 +410,7 @@ pub fn parse_document(
         root: &root,
         version,
         base_url: base_url.as_ref(),
+        schema_bytes: Cell::new(0),
     };
     let document = walker.document()?;
     check_structure(&root, version)?;
@@ -675,6 +681,8 @@ struct Walker<'a> {
     root: &'a Value,
     version: Version,
     base_url: Option<&'a Url>,
+    /// What all the document's schemas weigh so far, against [`MAX_DOCUMENT_SCHEMA_BYTES`].
+    schema_bytes: Cell<usize>,
 }
 
 impl<'a> Walker<'a> {
@@ -1081,13 +1089,25 @@ impl<'a> Walker<'a> {
     }
 
     fn schema(&self, schema: &'a Value, at: &Loc) -> Result<Value, DocumentError> {
-        SchemaResolver {
+        let mut resolver = SchemaResolver {
             root: self.root,
             version: self.version,
             stack: Vec::new(),
-            nodes: 0,
+            bytes: 0,
+            depth: 0,
+        };
+        let resolved = resolver.resolve(schema, at)?;
+        let total = self.schema_bytes.get() + resolver.bytes;
+        self.schema_bytes.set(total);
+        if total > MAX_DOCUMENT_SCHEMA_BYTES {
+            return Err(DocumentError::at(
+                at,
+                format!(
+                    "the document's schemas grow past {MAX_DOCUMENT_SCHEMA_BYTES} bytes once their $refs are inlined"
+                ),
+            ));
         }
-        .resolve(schema, at)
+        Ok(resolved)
     }
 
     /// The operation's server, else its path item's, else the document's; relative URLs are
@@ -1358,20 +1378,42 @@ struct SchemaResolver<'a> {
     version: Version,
     /// The `$ref`s being expanded, outermost first.
     stack: Vec<String>,
-    nodes: usize,
+    /// Roughly the size of the output so far, as JSON text.
+    bytes: usize,
+    /// How deep `resolve` is now.
+    depth: usize,
 }
 
 impl SchemaResolver<'_> {
     fn resolve(&mut self, schema: &Value, at: &Loc) -> Result<Value, DocumentError> {
-        self.nodes += 1;
-        if self.nodes > MAX_SCHEMA_NODES {
+        if self.depth >= MAX_SCHEMA_DEPTH {
+            return Err(DocumentError::at(
+                at,
+                format!("the schema nests deeper than {MAX_SCHEMA_DEPTH} levels once its $refs are inlined"),
+            ));
+        }
+        self.depth += 1;
+        let resolved = self.resolve_here(schema, at);
+        self.depth -= 1;
+        resolved
+    }
+
+    /// Counts `bytes` more of output against [`MAX_SCHEMA_BYTES`].
+    fn spend(&mut self, bytes: usize, at: &Loc) -> Result<(), DocumentError> {
+        self.bytes += bytes;
+        if self.bytes > MAX_SCHEMA_BYTES {
             return Err(DocumentError::at(
                 at,
                 format!(
-                    "the schema grows past {MAX_SCHEMA_NODES} nodes once its $refs are inlined"
+                    "the schema grows past {MAX_SCHEMA_BYTES} bytes once its $refs are inlined"
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn resolve_here(&mut self, schema: &Value, at: &Loc) -> Result<Value, DocumentError> {
+        self.spend(2, at)?;
         match schema {
             Value::Bool(_) => Ok(schema.clone()),
             Value::Object(map) => match map.get("$ref") {
@@ -1426,6 +1468,7 @@ impl SchemaResolver<'_> {
                 continue;
             }
             let here = at.key(key);
+            self.spend(key.len() + 4, &here)?;
             match key.as_str() {
                 "discriminator" | "xml" | "externalDocs" | "example" | "nullable" => {}
                 "exclusiveMinimum" | "exclusiveMaximum" if value.is_boolean() => {}
@@ -1434,6 +1477,7 @@ impl SchemaResolver<'_> {
                     let children = object(value, &here)?;
                     let mut resolved = Map::new();
                     for (name, child) in children {
+                        self.spend(name.len() + 4, &here)?;
                         resolved.insert(name.clone(), self.resolve(child, &here.key(name))?);
                     }
                     out.insert(key.clone(), Value::Object(resolved));
@@ -1466,6 +1510,7 @@ impl SchemaResolver<'_> {
                     out.insert(key.clone(), self.resolve(value, &here)?);
                 }
                 _ => {
+                    self.spend(weight(value), &here)?;
                     out.insert(key.clone(), value.clone());
                 }
             }
@@ -1494,6 +1539,22 @@ impl SchemaResolver<'_> {
             resolved.push(self.resolve(item, &at.index(index))?);
         }
         Ok(Value::Array(resolved))
+    }
+}
+
+/// Roughly the size of `value` as JSON text.
+fn weight(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 8,
+        Value::String(text) => text.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|item| weight(item) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(key, item)| key.len() + 4 + weight(item))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -2041,7 +2102,55 @@ mod tests {
             "components": {"schemas": schemas}
         });
         let error = error_of(&document.to_string());
-        assert!(error.contains("grows past"), "{error}");
+        assert!(error.contains("grows past 1048576 bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_big_schema_referenced_often_is_refused() {
+        // 40 KiB of enum, referenced by 100 properties: 4 MiB once inlined.
+        let values: Vec<String> = (0..4000).map(|i| format!("v{i:05}")).collect();
+        let properties: Map<String, Value> = (0..100)
+            .map(|i| (format!("p{i}"), json!({"$ref": "#/components/schemas/Big"})))
+            .collect();
+        let document = json!({
+            "openapi": "3.0.3", "info": {"title": "Big", "version": "1"},
+            "paths": {"/a": {"post": {
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": properties}}}},
+                "responses": {"200": {"description": "ok"}}}}},
+            "components": {"schemas": {"Big": {"type": "string", "enum": values}}}
+        });
+        let error = error_of(&document.to_string());
+        assert!(error.contains("grows past 1048576 bytes"), "{error}");
+    }
+
+    #[test]
+    fn schemas_nested_too_deep_are_refused_without_exhausting_the_stack() {
+        // Ten schemas, each 40 levels deep, each ending in a $ref to the next: 400 levels.
+        let mut schemas = Map::new();
+        for level in 0..10 {
+            let mut schema = json!({"$ref": format!("#/components/schemas/S{}", level + 1)});
+            for _ in 0..40 {
+                schema = json!({"type": "object", "properties": {"a": schema}});
+            }
+            schemas.insert(format!("S{level}"), schema);
+        }
+        schemas.insert("S10".into(), json!({"type": "string"}));
+        let document = json!({
+            "openapi": "3.0.3", "info": {"title": "Deep", "version": "1"},
+            "paths": {"/a": {"post": {
+                "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/S0"}}}},
+                "responses": {"200": {"description": "ok"}}}}},
+            "components": {"schemas": schemas}
+        });
+        let text = document.to_string();
+        // The blocking threads that parse imports have 2 MiB stacks.
+        let error = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || error_of(&text))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(error.contains("nests deeper than 256 levels"), "{error}");
     }
 
     #[test]
