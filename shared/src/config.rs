@@ -217,6 +217,24 @@ pub struct WorkerSettings {
     /// YAML file of agents, prompts, tools and model prices; unset: the built-in demo shop.
     #[arg(long = "agents-config", env = "AGENTS_CONFIG")]
     pub agents_config: Option<std::path::PathBuf>,
+    /// Timeout, in seconds, of one HTTP request of an imported (OpenAPI) tool.
+    #[arg(long = "tool-timeout-secs", env = "TOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub tool_timeout_secs: u64,
+    /// An imported tool's response is cut to this many bytes before the model sees it.
+    #[arg(
+        long = "tool-response-max-bytes",
+        env = "TOOL_RESPONSE_MAX_BYTES",
+        default_value_t = 16_384
+    )]
+    pub tool_response_max_bytes: usize,
+    /// Hosts imported tools may call although they resolve to a private, loopback or link-local
+    /// address (`host` or `host:port`, comma-separated). Empty: public addresses only.
+    #[arg(
+        long = "tool-hosts-allow",
+        env = "TOOL_HOSTS_ALLOW",
+        default_value = ""
+    )]
+    pub tool_hosts_allow: String,
     /// Seconds an approval request stays open; a later answer gets `interrupt_expired`.
     #[arg(long = "interrupt-ttl-secs", env = "INTERRUPT_TTL_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub interrupt_ttl_secs: u64,

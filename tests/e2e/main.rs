@@ -13,6 +13,7 @@ mod fanout;
 mod health;
 mod history;
 mod idempotency;
+mod imported_tools;
 mod openai;
 mod openapi_import;
 mod outages;

@@ -226,6 +226,11 @@ fn build_graph(
         db,
         interrupt_ttl: Duration::from_secs(settings.interrupt_ttl_secs),
         metrics,
+        http: Arc::new(crate::tools::http::HttpSettings {
+            timeout: Duration::from_secs(settings.tool_timeout_secs),
+            max_response_bytes: settings.tool_response_max_bytes,
+            allow: crate::tools::http::HostAllowList::parse(&settings.tool_hosts_allow),
+        }),
     })
 }
 

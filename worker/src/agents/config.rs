@@ -21,6 +21,9 @@ pub struct Agent {
     pub description: String,
     pub system_prompt: String,
     pub tools: Vec<String>,
+    /// Imported (OpenAPI) tools this agent may use, by name: only those reviewed and enabled
+    /// reach it (`/api/admin/tools`).
+    pub imported_tools: Vec<String>,
     pub model: Option<String>,
 }
 
@@ -71,6 +74,8 @@ struct RawAgent {
     system_prompt: Option<String>,
     #[serde(default)]
     tools: Vec<String>,
+    #[serde(default)]
+    imported_tools: Vec<String>,
     #[serde(default)]
     model: Option<String>,
 }
@@ -148,6 +153,7 @@ impl AgentsConfig {
                 description,
                 system_prompt,
                 tools: agent.tools,
+                imported_tools: agent.imported_tools,
                 model: agent.model,
             });
         }

@@ -27,7 +27,8 @@ use crate::llm::{
 use crate::metrics::WorkerMetrics;
 use crate::publish::FramePublisher;
 use crate::store::storable_json;
-use crate::tools::{RegisteredTool, ToolError, Toolbox};
+use crate::tools::http::HttpSettings;
+use crate::tools::{imported, RegisteredTool, ToolContext, ToolError, Toolbox};
 
 /// Times a segment is restarted after a model failure that followed some of its output.
 const MAX_RESETS: u32 = 2;
@@ -138,6 +139,8 @@ pub struct Graph {
     pub db: PgPool,
     pub interrupt_ttl: Duration,
     pub metrics: WorkerMetrics,
+    /// How imported tools call out.
+    pub http: Arc<HttpSettings>,
 }
 
 /// Why a segment stopped early.
@@ -173,6 +176,8 @@ struct Run<'a> {
     agents: Vec<AgentShare>,
     /// A tool that hands the conversation to a human ran.
     escalated: bool,
+    /// Each agent's tools, read once per segment.
+    toolsets: std::collections::HashMap<String, Arc<Vec<RegisteredTool>>>,
 }
 
 /// One agent's share of a segment.
@@ -307,6 +312,7 @@ impl Graph {
                 events: std::mem::take(&mut reset_events),
                 agents: Vec::new(),
                 escalated: false,
+                toolsets: Default::default(),
             };
             let result = match decision {
                 Some((pending, decision)) => {
@@ -461,7 +467,7 @@ impl Graph {
                 run.event(
                     json!({"type": "decision", "interrupt_id": pending.id, "decision": "approved"}),
                 );
-                let tool = self.tool_of(&agent, &call.name);
+                let tool = self.tool_of(run, &agent, &call.name).await?;
                 let Some(tool) = tool else {
                     let result =
                         json!({"error": format!("the tool {} is no longer available", call.name)});
@@ -508,12 +514,42 @@ impl Graph {
         self.run_agents(out, run).await
     }
 
-    fn tool_of(&self, agent: &str, name: &str) -> Option<RegisteredTool> {
-        let allowed = self
-            .config
-            .agent(agent)
-            .is_some_and(|agent| agent.tools.iter().any(|tool| tool == name));
-        allowed.then(|| self.toolbox.get(name).cloned()).flatten()
+    /// The tools `agent` may call in this segment: its built-in tools, and its imported tools
+    /// that are reviewed and enabled now (read once per segment).
+    async fn tools_for(
+        &self,
+        run: &mut Run<'_>,
+        agent: &str,
+    ) -> Result<Arc<Vec<RegisteredTool>>, Stop> {
+        if let Some(tools) = run.toolsets.get(agent) {
+            return Ok(tools.clone());
+        }
+        let Some(config) = self.config.agent(agent) else {
+            return Ok(Arc::default());
+        };
+        let mut tools: Vec<RegisteredTool> = config
+            .tools
+            .iter()
+            .filter_map(|name| self.toolbox.get(name).cloned())
+            .collect();
+        tools.extend(imported::usable(&self.db, &config.imported_tools, &self.http).await?);
+        let tools = Arc::new(tools);
+        run.toolsets.insert(agent.to_owned(), tools.clone());
+        Ok(tools)
+    }
+
+    async fn tool_of(
+        &self,
+        run: &mut Run<'_>,
+        agent: &str,
+        name: &str,
+    ) -> Result<Option<RegisteredTool>, Stop> {
+        Ok(self
+            .tools_for(run, agent)
+            .await?
+            .iter()
+            .find(|tool| tool.spec().name == name)
+            .cloned())
     }
 
     fn tool_message(&self, run: &mut Run<'_>, call: &ToolCall, result: &Value) {
@@ -619,7 +655,7 @@ impl Graph {
             .ok()
             .filter(Value::is_object)
             .unwrap_or_else(|| json!({}));
-        let Some(tool) = self.tool_of(&agent.name, &call.name) else {
+        let Some(tool) = self.tool_of(run, &agent.name, &call.name).await? else {
             let result = json!({"error": format!("there is no tool named {:?}", call.name)});
             self.report_failed_call(out, run, agent, call, raw_args, result)
                 .await?;
@@ -647,7 +683,8 @@ impl Graph {
         })
         .await?;
         out.flush().await?;
-        let (ok, result) = self.run_tool(&tool, &args).await?;
+        let key = format!("{}:{}:{}", run.turn.thread_id, run.turn.in_seq, call.id);
+        let (ok, result) = self.run_tool(&tool, &args, &key).await?;
         out.send(FrameBody::ToolResult {
             agent: agent.name.clone(),
             tool: call.name.clone(),
@@ -694,12 +731,21 @@ impl Graph {
 
     /// Runs a tool that needs no approval; its backend failing is retried, then reported to
     /// the model as the result.
-    async fn run_tool(&self, tool: &RegisteredTool, args: &Value) -> Result<(bool, Value), Stop> {
+    async fn run_tool(
+        &self,
+        tool: &RegisteredTool,
+        args: &Value,
+        key: &str,
+    ) -> Result<(bool, Value), Stop> {
         let name = tool.spec().name.as_str();
         let mut delays = retry_delays();
         loop {
             let mut db = self.db.acquire().await?;
-            match tool.tool.call(args, &mut db).await {
+            let context = ToolContext {
+                db: &mut db,
+                idempotency_key: key,
+            };
+            match tool.tool.call(args, context).await {
                 Ok(result) => {
                     self.metrics
                         .tool_calls
@@ -771,7 +817,12 @@ impl Graph {
                 return Ok((ok, result));
             }
             let mut effect = sqlx::Connection::begin(&mut *tx).await?;
-            let outcome = tool.tool.call(&pending.params, &mut effect).await;
+            let key = pending.id.to_string();
+            let context = ToolContext {
+                db: &mut effect,
+                idempotency_key: &key,
+            };
+            let outcome = tool.tool.call(&pending.params, context).await;
             let (ok, result) = match outcome {
                 Ok(result) => {
                     effect.commit().await?;
@@ -889,10 +940,10 @@ impl Graph {
             .model
             .clone()
             .unwrap_or_else(|| self.model.default_model().to_owned());
-        let tools: Vec<_> = agent
-            .tools
+        let tools: Vec<_> = self
+            .tools_for(run, &agent.name)
+            .await?
             .iter()
-            .filter_map(|name| self.toolbox.get(name))
             .map(RegisteredTool::definition)
             .collect();
         let mut delays = retry_delays();

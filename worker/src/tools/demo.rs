@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
-use super::{Access, Tool, ToolError, ToolSpec};
+use super::{Access, Tool, ToolContext, ToolError, ToolSpec};
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -119,8 +119,9 @@ impl Tool for DemoTool {
     fn call<'a>(
         &'a self,
         args: &'a Value,
-        db: &'a mut PgConnection,
+        context: ToolContext<'a>,
     ) -> BoxFuture<'a, Result<Value, ToolError>> {
+        let db = context.db;
         Box::pin(async move {
             match self.kind {
                 Kind::GetOrderStatus => get_order_status(order_id(args)?, db).await,

@@ -3,6 +3,8 @@
 //! approval; the runtime, not the prompt, enforces that.
 
 pub mod demo;
+pub mod http;
+pub mod imported;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,16 +54,24 @@ impl From<sqlx::Error> for ToolError {
     }
 }
 
-/// A tool. `call` gets validated arguments and a database connection; an approved call gets a
-/// transaction that also records it in the approval ledger, so its effect and the ledger
-/// entry commit together.
+/// What a tool call runs with.
+pub struct ToolContext<'a> {
+    /// A database connection; for an approved call, a transaction that also records the call
+    /// in the approval ledger, so its effect and the ledger entry commit together.
+    pub db: &'a mut PgConnection,
+    /// Names this call, whatever attempt makes it: the interrupt id for an approved call,
+    /// otherwise the thread, message and model call ids. Sent as `Idempotency-Key` by HTTP tools.
+    pub idempotency_key: &'a str,
+}
+
+/// A tool. `call` gets arguments already checked against the tool's schema.
 pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
 
     fn call<'a>(
         &'a self,
         args: &'a Value,
-        db: &'a mut PgConnection,
+        context: ToolContext<'a>,
     ) -> BoxFuture<'a, Result<Value, ToolError>>;
 }
 
@@ -73,6 +83,20 @@ pub struct RegisteredTool {
 }
 
 impl RegisteredTool {
+    /// A tool with its argument validator; fails when the tool's schema is not a valid schema.
+    pub fn new(tool: Arc<dyn Tool>) -> anyhow::Result<Self> {
+        let validator = jsonschema::validator_for(&tool.spec().parameters).map_err(|error| {
+            anyhow::anyhow!(
+                "the schema of tool {:?} is invalid: {error}",
+                tool.spec().name
+            )
+        })?;
+        Ok(Self {
+            tool,
+            validator: Arc::new(validator),
+        })
+    }
+
     pub fn spec(&self) -> &ToolSpec {
         self.tool.spec()
     }
@@ -128,17 +152,9 @@ impl Toolbox {
     }
 
     pub fn register(&mut self, tool: Arc<dyn Tool>) -> anyhow::Result<()> {
-        let spec = tool.spec();
-        let validator = jsonschema::validator_for(&spec.parameters).map_err(|error| {
-            anyhow::anyhow!("the schema of tool {:?} is invalid: {error}", spec.name)
-        })?;
-        self.tools.insert(
-            spec.name.clone(),
-            RegisteredTool {
-                tool,
-                validator: Arc::new(validator),
-            },
-        );
+        let registered = RegisteredTool::new(tool)?;
+        self.tools
+            .insert(registered.spec().name.clone(), registered);
         Ok(())
     }
 
