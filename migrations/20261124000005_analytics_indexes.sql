@@ -13,14 +13,18 @@ CREATE INDEX threads_status_last_active_idx ON threads (status, last_active_at D
 CREATE INDEX turns_text_search_idx ON turns
     USING GIN (to_tsvector('simple', coalesce(content, '') || ' ' || reply));
 
--- Analytics: conversations created in a range, with what the rates need (index-only scans).
-CREATE INDEX threads_created_at_idx ON threads (created_at)
+-- Analytics reads these covering indexes only (index-only scans), one range per bucket.
+-- Conversations created, with what the rates need.
+CREATE INDEX threads_created_analytics_idx ON threads (created_at)
     INCLUDE (messages, status, escalated_at);
--- Analytics: turns completed in a range, with their usage and timings (index-only scans).
-CREATE INDEX turns_completed_analytics_idx ON turns (completed_at)
-    INCLUDE (received_at, started_at, kind, outcome, prompt_tokens, completion_tokens, cost_usd);
--- Analytics: user messages received in a range.
+-- User messages received.
 CREATE INDEX turns_messages_received_idx ON turns (received_at) WHERE kind = 'message';
--- Analytics: each agent's share of the turns completed in a range.
-CREATE INDEX turn_agents_completed_analytics_idx ON turn_agents (completed_at)
-    INCLUDE (agent, in_seq, prompt_tokens, completion_tokens, cost_usd, duration_ms);
+-- Usage of the turn rows completed.
+CREATE INDEX turns_usage_idx ON turns (completed_at)
+    INCLUDE (prompt_tokens, completion_tokens, cost_usd);
+-- Latency of the turn rows completed (dead letters are not timed).
+CREATE INDEX turns_latency_idx ON turns (completed_at)
+    INCLUDE (received_at) WHERE outcome <> 'dead_lettered';
+-- Each agent's share of the turn rows completed.
+CREATE INDEX turn_agents_analytics_idx ON turn_agents (completed_at)
+    INCLUDE (agent, prompt_tokens, completion_tokens, cost_usd, tool_calls, duration_ms);
