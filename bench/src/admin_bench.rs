@@ -36,7 +36,7 @@ pub(crate) struct CaseReport {
     pub(crate) p50_ms: f64,
     pub(crate) p95_ms: f64,
     pub(crate) max_ms: f64,
-    /// Items in the answer (conversations listed, or timeline events).
+    /// Items in the answer: conversations listed, timeline events, or analytics buckets.
     pub(crate) items: usize,
 }
 
@@ -167,6 +167,7 @@ async fn time_case(
         items = body["conversations"]
             .as_array()
             .or_else(|| body["events"].as_array())
+            .or_else(|| body["series"].as_array())
             .map_or(0, Vec::len);
     }
     let ms = |micros: u64| micros as f64 / 1000.0;

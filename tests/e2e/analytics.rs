@@ -293,6 +293,44 @@ async fn analytics_and_the_timeline_count_a_scripted_set_of_conversations_exactl
         assert_eq!(earlier, 0);
     }
 
+    // The percentiles are PostgreSQL's own nearest-rank ones over the same rows.
+    let db = app.db().await;
+    let exact: Vec<f64> = sqlx::query_scalar(
+        "SELECT percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+                (ORDER BY date_part('epoch', completed_at - received_at) * 1000)
+           FROM turns WHERE outcome <> 'dead_lettered'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let durations: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT agent, percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms)
+           FROM turn_agents GROUP BY agent ORDER BY agent",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let figures = ok(&app, "/api/admin/analytics?range=24h").await;
+    for (p, exact) in ["p50", "p95", "p99"].iter().zip(&exact) {
+        let reported = figures["latency_ms"][p].as_f64().unwrap();
+        assert!(
+            (reported - exact).abs() < 0.001,
+            "{p}: {reported} vs {exact}"
+        );
+    }
+    let reported: Vec<(String, i64)> = figures["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["agent"].as_str().unwrap().to_owned(),
+                a["p95_duration_ms"].as_f64().unwrap() as i64,
+            )
+        })
+        .collect();
+    assert_eq!(reported, durations);
+
     // The list: the conversations' summaries, newest activity first.
     let list = ok(&app, "/api/admin/conversations").await;
     let listed = list["conversations"].as_array().unwrap();

@@ -22,8 +22,8 @@
 //!   ones excepted; an answer to an approval is its own row, timed from the answer.
 //! - `agents`: per agent, from `turn_agents` rows completed in the window: `turns` (turns it took
 //!   part in: a turn paused for approval and continued by the answer counts once), the tokens,
-//!   cost and tool calls of its model calls, and the average and 95th percentile of its running
-//!   time per turn row (the percentile from 1 %-wide logarithmic bins: within 0.5 %).
+//!   cost and tool calls of its model calls, and the average and 95th percentile (nearest rank)
+//!   of its running time per turn row.
 //! - `series`: the window cut into equal buckets (24 of an hour for `24h`, 7 or 30 of a day),
 //!   oldest first, every bucket present: conversations created, messages received and cost of the
 //!   turns completed in each. The totals above are the sums of the buckets.
@@ -131,7 +131,7 @@ struct Tokens {
     total: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 struct Latency {
     /// Turn rows timed.
     turns: i64,
@@ -140,7 +140,7 @@ struct Latency {
     p99: f64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 struct AgentFigures {
     agent: String,
     turns: i64,
@@ -185,11 +185,18 @@ async fn compute(db: &PgPool, range: Range, to: DateTime<Utc>) -> Result<Analyti
     let step = chrono::Duration::from_std(step).unwrap_or(chrono::Duration::hours(1));
     let from = to - step * count;
     let starts: Vec<DateTime<Utc>> = (0..count).map(|i| from + step * i).collect();
-    let (conversations, messages, usage, latency_ms, approvals, agents) = tokio::try_join!(
+    // Percentiles are read by walking an index ordered by the value to the rank, which needs
+    // the count first: the usage and the agents' sums give it.
+    let usage_then_latency = async {
+        let usage = usage_sums(db, &starts).await?;
+        let timed = usage.iter().map(|row| row.timed).sum();
+        let latency = latency(db, from, timed).await?;
+        Ok::<_, sqlx::Error>((usage, latency))
+    };
+    let (conversations, messages, (usage, latency_ms), approvals, agents) = tokio::try_join!(
         conversation_counts(db, &starts),
         message_counts(db, &starts),
-        usage_sums(db, &starts),
-        latency(db, from),
+        usage_then_latency,
         approvals(db, from, to),
         agents(db, from),
     )?;
@@ -329,9 +336,11 @@ async fn message_counts(
     Ok(rows)
 }
 
-/// Usage of the turn rows completed per bucket.
+/// Usage of the turn rows completed per bucket, and how many of them are timed (not
+/// dead-lettered).
 #[derive(Debug, sqlx::FromRow)]
 struct UsageSums {
+    timed: i64,
     prompt_tokens: i64,
     completion_tokens: i64,
     cost_usd: f64,
@@ -342,7 +351,8 @@ async fn usage_sums(db: &PgPool, starts: &[DateTime<Utc>]) -> Result<Vec<UsageSu
     let rows = sqlx::query_as(&format!(
         "{BUCKETS}
          SELECT u.* FROM buckets b, LATERAL (
-             SELECT coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+             SELECT count(*) FILTER (WHERE outcome <> 'dead_lettered') AS timed,
+                    coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
                     coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
                     coalesce(sum(cost_usd), 0) AS cost_usd
                FROM turns WHERE completed_at >= b.start AND completed_at < b.finish) u
@@ -355,21 +365,66 @@ async fn usage_sums(db: &PgPool, starts: &[DateTime<Utc>]) -> Result<Vec<UsageSu
     Ok(rows)
 }
 
-async fn latency(db: &PgPool, from: DateTime<Utc>) -> Result<Latency, sqlx::Error> {
+/// Where the nearest-rank `quantile` of `count` ordered values is: how many to skip from the
+/// smaller end (`true`) or from the larger end (`false`), whichever is fewer.
+fn rank_walk(quantile: f64, count: i64) -> (bool, i64) {
+    // The 1-based rank: the smallest that has at least `quantile` of the values at or below it.
+    // (Less a hair: 0.95 × 20 must be 19, not the 19.000000000000004 of floating point.)
+    let rank = ((quantile * count as f64 - 1e-9).ceil() as i64).clamp(1, count.max(1));
+    let from_below = rank - 1;
+    let from_above = count - rank;
+    if from_below <= from_above {
+        (true, from_below)
+    } else {
+        (false, from_above.max(0))
+    }
+}
+
+/// The latency percentiles of the `timed` turn rows completed since `from`. Each is one walk of
+/// `turns_latency_order_idx` to its rank from the nearer end (or, for a short window, a sort of
+/// its rows: the planner picks), instead of sorting every row of a long window.
+async fn latency(db: &PgPool, from: DateTime<Utc>, timed: i64) -> Result<Latency, sqlx::Error> {
+    if timed == 0 {
+        return Ok(Latency {
+            turns: 0,
+            p50: 0.0,
+            p95: 0.0,
+            p99: 0.0,
+        });
+    }
+    let pick = |quantile: f64, param: usize| {
+        let (ascending, _) = rank_walk(quantile, timed);
+        let direction = if ascending { "ASC" } else { "DESC" };
+        format!(
+            "(SELECT date_part('epoch', completed_at - received_at) * 1000 FROM turns
+               WHERE outcome <> 'dead_lettered' AND completed_at >= $1
+               ORDER BY completed_at - received_at {direction} OFFSET ${param} LIMIT 1)"
+        )
+    };
+    let sql = format!(
+        "SELECT coalesce({}, 0) AS p50, coalesce({}, 0) AS p95, coalesce({}, 0) AS p99",
+        pick(0.5, 2),
+        pick(0.95, 3),
+        pick(0.99, 4)
+    );
     let mut tx = analytics_transaction(db).await?;
-    let row = sqlx::query_as(
-        "SELECT n AS turns, (coalesce(p[1], 0) / 1e3)::float8 AS p50,
-                (coalesce(p[2], 0) / 1e3)::float8 AS p95, (coalesce(p[3], 0) / 1e3)::float8 AS p99
-           FROM (SELECT count(*) AS n,
-                        percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY
-                            (date_part('epoch', completed_at - received_at) * 1e6)::bigint) AS p
-                   FROM turns WHERE completed_at >= $1 AND outcome <> 'dead_lettered') AS timed",
-    )
-    .bind(from)
-    .fetch_one(&mut *tx)
-    .await?;
+    let (p50, p95, p99): (f64, f64, f64) = sqlx::query_as(&sql)
+        .bind(from)
+        .bind(rank_walk(0.5, timed).1)
+        .bind(rank_walk(0.95, timed).1)
+        .bind(rank_walk(0.99, timed).1)
+        // Planned with the offsets: they decide between walking the index and sorting.
+        .persistent(false)
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(row)
+    let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
+    Ok(Latency {
+        turns: timed,
+        p50: round(p50),
+        p95: round(p95),
+        p99: round(p99),
+    })
 }
 
 async fn approvals(
@@ -392,54 +447,74 @@ async fn approvals(
     .await
 }
 
+/// One agent's sums, before its percentile is read.
+#[derive(Debug, sqlx::FromRow)]
+struct AgentSums {
+    agent: String,
+    rows: i64,
+    turns: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cost_usd: f64,
+    tool_calls: i64,
+    avg_duration_ms: f64,
+}
+
 /// Per agent. An answer to an approval continues the turn it paused, and the agent that raised
 /// it runs again in the answer's row (approved: the tool runs and it goes on; rejected: it is
-/// told), so those rows are taken off its turn count. The 95th percentile of the running time is
-/// read from a histogram of 1 %-wide logarithmic bins (the middle of the bin that holds the
-/// nearest rank, so within 0.5 %): grouping by bin costs half as much as sorting every agent's
-/// rows.
+/// told), so those rows are taken off its turn count. The 95th percentile of the running time
+/// is then read, per agent, by walking `turn_agents_duration_idx` to its rank.
 async fn agents(db: &PgPool, from: DateTime<Utc>) -> Result<Vec<AgentFigures>, sqlx::Error> {
     let mut tx = analytics_transaction(db).await?;
-    let rows = sqlx::query_as(
-        "WITH bins AS (
-             SELECT agent,
-                    CASE WHEN duration_ms < 1 THEN -1
-                         ELSE floor(ln(duration_ms::float8) * 100)::int END AS bin,
-                    count(*) AS rows, sum(prompt_tokens) AS prompt_tokens,
-                    sum(completion_tokens) AS completion_tokens, sum(cost_usd) AS cost_usd,
-                    sum(tool_calls) AS tool_calls, sum(duration_ms) AS duration_ms
-               FROM turn_agents WHERE completed_at >= $1 GROUP BY 1, 2
-         ), ranked AS (
-             SELECT *, sum(rows) OVER (PARTITION BY agent ORDER BY bin) AS up_to,
-                       sum(rows) OVER (PARTITION BY agent) AS all_rows
-               FROM bins
-         ), shares AS (
-             SELECT agent, sum(rows)::bigint AS rows,
+    let sums: Vec<AgentSums> = sqlx::query_as(
+        "WITH shares AS (
+             SELECT agent, count(*) AS rows,
                     sum(prompt_tokens)::bigint AS prompt_tokens,
                     sum(completion_tokens)::bigint AS completion_tokens,
                     sum(cost_usd) AS cost_usd, sum(tool_calls)::bigint AS tool_calls,
-                    sum(duration_ms)::float8 / sum(rows) AS avg_duration_ms,
-                    min(bin) FILTER (WHERE up_to >= 0.95 * all_rows) AS p95_bin
-               FROM ranked GROUP BY agent
+                    avg(duration_ms::float8) AS avg_duration_ms
+               FROM turn_agents WHERE completed_at >= $1 GROUP BY agent
          ), continued AS (
              SELECT agent, count(*) AS rows FROM interrupts
               WHERE status IN ('approved', 'rejected') AND decided_at >= $1
               GROUP BY agent
          )
-         SELECT s.agent, greatest(s.rows - coalesce(c.rows, 0), 0) AS turns, s.prompt_tokens,
-                s.completion_tokens, s.cost_usd, s.tool_calls,
-                round(s.avg_duration_ms::numeric, 1)::float8 AS avg_duration_ms,
-                CASE WHEN s.p95_bin < 0 THEN 0
-                     ELSE round(exp((s.p95_bin + 0.5) / 100.0)::numeric, 1)::float8
-                END AS p95_duration_ms
+         SELECT s.agent, s.rows, greatest(s.rows - coalesce(c.rows, 0), 0) AS turns,
+                s.prompt_tokens, s.completion_tokens, s.cost_usd, s.tool_calls,
+                round(s.avg_duration_ms::numeric, 1)::float8 AS avg_duration_ms
            FROM shares s LEFT JOIN continued c USING (agent)
           ORDER BY s.agent",
     )
     .bind(from)
     .fetch_all(&mut *tx)
     .await?;
+    let mut figures = Vec::with_capacity(sums.len());
+    for agent in sums {
+        let (ascending, skip) = rank_walk(0.95, agent.rows);
+        let direction = if ascending { "ASC" } else { "DESC" };
+        let p95: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT duration_ms FROM turn_agents WHERE agent = $1 AND completed_at >= $2
+              ORDER BY duration_ms {direction} OFFSET $3 LIMIT 1"
+        ))
+        .bind(&agent.agent)
+        .bind(from)
+        .bind(skip)
+        .persistent(false)
+        .fetch_optional(&mut *tx)
+        .await?;
+        figures.push(AgentFigures {
+            agent: agent.agent,
+            turns: agent.turns,
+            prompt_tokens: agent.prompt_tokens,
+            completion_tokens: agent.completion_tokens,
+            cost_usd: agent.cost_usd,
+            tool_calls: agent.tool_calls,
+            avg_duration_ms: agent.avg_duration_ms,
+            p95_duration_ms: p95.unwrap_or_default() as f64,
+        });
+    }
     tx.commit().await?;
-    Ok(rows)
+    Ok(figures)
 }
 
 #[cfg(test)]
@@ -457,6 +532,18 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn ranks_are_walked_from_the_nearer_end() {
+        // Nearest rank of 0.5 among 10 values is the 5th: skip 4 from below.
+        assert_eq!(rank_walk(0.5, 10), (true, 4));
+        // 0.95 of 100 is the 95th: skip 5 from above.
+        assert_eq!(rank_walk(0.95, 100), (false, 5));
+        // 0.99 of 7 is the 7th, the largest.
+        assert_eq!(rank_walk(0.99, 7), (false, 0));
+        assert_eq!(rank_walk(0.5, 1), (true, 0));
+        assert_eq!(rank_walk(0.95, 1), (true, 0));
     }
 
     #[test]
