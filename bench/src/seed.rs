@@ -310,7 +310,7 @@ INSERT INTO dead_letters (id, thread_id, in_seq, message_id, turn_id, attempts, 
 SELECT md5('dead-letter:' || thread_id)::uuid, thread_id, in_seq, 'message-' || k, turn_id, 3,
        'model unavailable after 3 attempts',
        jsonb_build_array(jsonb_build_object('at', received_at, 'error', 'model unavailable')),
-       completed_at, CASE WHEN g % 2 = 0 THEN completed_at + interval '1 hour' END
+       completed_at, CASE WHEN (g / 1000) % 2 = 0 THEN completed_at + interval '1 hour' END
   FROM seed_turns WHERE role = 'dead'
 "#,
 ];
