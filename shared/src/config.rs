@@ -169,6 +169,9 @@ pub struct EdgeSettings {
         default_value_t = 120
     )]
     pub threads_per_minute: u32,
+    /// The web app's build output (`npm --prefix web run build`), served at `/`.
+    #[arg(long = "web-dir", env = "WEB_DIR", default_value = "web/dist")]
+    pub web_dir: std::path::PathBuf,
 }
 
 /// Which model answers.

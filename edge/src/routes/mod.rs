@@ -8,6 +8,7 @@ mod history;
 mod metrics;
 mod threads;
 mod tools;
+pub mod web;
 mod ws;
 
 use std::time::Duration;
@@ -58,5 +59,6 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .merge(api)
         .merge(admin)
+        .fallback(web::serve)
         .with_state(state)
 }

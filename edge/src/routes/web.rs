@@ -1,0 +1,70 @@
+//! The web app (`web/`, built by Vite) as the router's fallback: its files, `index.html` for
+//! client routes, and a page explaining how to build it when the build output is missing.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tower_http::services::{ServeDir, ServeFile};
+
+/// Where the build output is unless configured: `WEB_DIR`'s default.
+const DEFAULT_WEB_DIR: &str = "web/dist";
+
+static WEB_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Serve the web app from `dir` (the edge's `--web-dir`); the first call wins.
+pub fn configure(dir: &Path) {
+    let _ = WEB_DIR.set(dir.to_path_buf());
+}
+
+fn web_dir() -> &'static Path {
+    WEB_DIR.get_or_init(|| {
+        std::env::var_os("WEB_DIR")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_WEB_DIR))
+    })
+}
+
+const NOT_BUILT: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Web app not built</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#111}code,pre{background:#eee;padding:.1rem .3rem;border-radius:4px}pre{padding:.75rem;overflow:auto}</style>
+</head><body>
+<h1>The web app is not built yet</h1>
+<p>The edge serves the chat, replay, dashboard and review pages from its <code>WEB_DIR</code>
+(default <code>web/dist</code>), which has no <code>index.html</code>. Build it from the repository root:</p>
+<pre>npm --prefix web ci &amp;&amp; npm --prefix web run build</pre>
+<p>then reload this page, or point <code>WEB_DIR</code> / <code>--web-dir</code> at a build. The API is unaffected:
+<a href="/api/health">/api/health</a>.</p>
+</body></html>
+"#;
+
+/// The fallback: static files, `index.html` for client routes, 404 for unknown API paths.
+pub(super) async fn serve(request: Request) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/api/") || path == "/api" || path == "/ws" || path == "/metrics" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let dir = web_dir();
+    let index = dir.join("index.html");
+    if !index.is_file() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            Body::from(NOT_BUILT),
+        )
+            .into_response();
+    }
+    let mut files = ServeDir::new(dir).fallback(ServeFile::new(index));
+    match files.try_call(request).await {
+        Ok(response) => response.into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot serve the web app.");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

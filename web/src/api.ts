@@ -1,0 +1,52 @@
+// HTTP helpers. The admin token lives in sessionStorage only (typed in by the user).
+
+const ADMIN_KEY = 'adminToken';
+
+export function getAdminToken(): string {
+  return sessionStorage.getItem(ADMIN_KEY) ?? '';
+}
+
+export function setAdminToken(token: string): void {
+  if (token) sessionStorage.setItem(ADMIN_KEY, token);
+  else sessionStorage.removeItem(ADMIN_KEY);
+}
+
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    public code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function parse<T>(response: Response): Promise<T> {
+  const text = await response.text();
+  let body: unknown = null;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    body = null;
+  }
+  if (!response.ok) {
+    const error = (body as { error?: { code?: string; message?: string } } | null)?.error;
+    throw new ApiError(response.status, error?.code ?? String(response.status), error?.message ?? (text || response.statusText));
+  }
+  return body as T;
+}
+
+export async function request<T>(path: string, init: RequestInit & { bearer?: string } = {}): Promise<T> {
+  const headers = new Headers(init.headers);
+  if (init.bearer) headers.set('Authorization', `Bearer ${init.bearer}`);
+  const response = await fetch(path, { ...init, headers });
+  return parse<T>(response);
+}
+
+export function admin<T>(path: string, init: RequestInit = {}): Promise<T> {
+  return request<T>(path, { ...init, bearer: getAdminToken() });
+}
+
+export function formatCost(usd: number): string {
+  return `$${usd < 0.01 ? usd.toFixed(6) : usd.toFixed(4)}`;
+}

@@ -1,0 +1,78 @@
+// The chat socket: connects, resumes after the last seen `seq`, reconnects with backoff.
+import type { Frame } from './protocol';
+
+export interface ChatClientEvents {
+  onFrame(frame: Frame): void;
+  onStatus(connected: boolean): void;
+}
+
+export class ChatClient {
+  private socket: WebSocket | null = null;
+  private closed = false;
+  private attempts = 0;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(
+    private readonly url: string,
+    private readonly thread: { threadId: string; token: string },
+    private readonly lastSeq: () => number,
+    private readonly events: ChatClientEvents,
+  ) {}
+
+  connect(): void {
+    if (this.closed) return;
+    const socket = new WebSocket(this.url);
+    this.socket = socket;
+    socket.onopen = () => {
+      this.attempts = 0;
+      socket.send(
+        JSON.stringify({ type: 'resume', thread_id: this.thread.threadId, token: this.thread.token, after_seq: this.lastSeq() }),
+      );
+      this.events.onStatus(true);
+    };
+    socket.onmessage = (event) => {
+      try {
+        this.events.onFrame(JSON.parse(String(event.data)) as Frame);
+      } catch {
+        // Not JSON: ignore.
+      }
+    };
+    socket.onclose = () => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      this.events.onStatus(false);
+      this.schedule();
+    };
+  }
+
+  private schedule(): void {
+    if (this.closed) return;
+    const delay = Math.min(5000, 250 * 2 ** this.attempts);
+    this.attempts += 1;
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  send(frame: Record<string, unknown>): boolean {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;
+    this.socket.send(JSON.stringify({ ...frame, thread_id: this.thread.threadId, token: this.thread.token }));
+    return true;
+  }
+
+  /** Test hook: cut the connection as a network failure would. */
+  drop(): void {
+    this.socket?.close();
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close();
+  }
+}
+
+export function socketUrl(): string {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}/ws`;
+}

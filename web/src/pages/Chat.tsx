@@ -1,0 +1,183 @@
+import { FormEvent, useCallback, useEffect, useRef, useState } from 'react';
+import { request } from '../api';
+import { ChatClient, socketUrl } from '../chatClient';
+import {
+  addUserMessage,
+  answerApproval,
+  applyFrame,
+  emptyChat,
+  fromHistory,
+  type ChatState,
+  type Frame,
+  type History,
+} from '../protocol';
+import { ChatView } from './ChatView';
+
+const THREAD_KEY = 'chatThread';
+
+interface Thread {
+  threadId: string;
+  token: string;
+}
+
+function loadThread(): Thread | null {
+  try {
+    const raw = localStorage.getItem(THREAD_KEY);
+    return raw ? (JSON.parse(raw) as Thread) : null;
+  } catch {
+    return null;
+  }
+}
+
+function newId(): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+declare global {
+  interface Window {
+    __chat?: { dropSocket(): void; state(): ChatState; thread(): Thread | null };
+  }
+}
+
+export function Chat() {
+  const [thread, setThread] = useState<Thread | null>(loadThread);
+  const [state, setState] = useState<ChatState>(emptyChat);
+  const [connected, setConnected] = useState(false);
+  const [everConnected, setEverConnected] = useState(false);
+  const [problem, setProblem] = useState('');
+  const [draft, setDraft] = useState('');
+  const stateRef = useRef(state);
+  stateRef.current = state;
+  const clientRef = useRef<ChatClient | null>(null);
+
+  useEffect(() => {
+    if (!thread) return;
+    let cancelled = false;
+    let client: ChatClient | null = null;
+    (async () => {
+      let initial = emptyChat;
+      try {
+        const history = await request<History>(`/api/threads/${encodeURIComponent(thread.threadId)}/messages`, {
+          bearer: thread.token,
+        });
+        initial = fromHistory(history);
+      } catch (error) {
+        const status = (error as { status?: number }).status;
+        if (status === 401 || status === 404) {
+          localStorage.removeItem(THREAD_KEY);
+          if (!cancelled) setThread(null);
+          return;
+        }
+        setProblem(`Could not load the history: ${(error as Error).message}`);
+      }
+      if (cancelled) return;
+      stateRef.current = initial;
+      setState(initial);
+      client = new ChatClient(socketUrl(), thread, () => stateRef.current.lastSeq, {
+        onFrame: (frame: Frame) => {
+          const next = applyFrame(stateRef.current, frame);
+          stateRef.current = next;
+          setState(next);
+        },
+        onStatus: (up) => {
+          setConnected(up);
+          if (up) setEverConnected(true);
+        },
+      });
+      clientRef.current = client;
+      client.connect();
+    })();
+    window.__chat = {
+      dropSocket: () => clientRef.current?.drop(),
+      state: () => stateRef.current,
+      thread: () => thread,
+    };
+    return () => {
+      cancelled = true;
+      client?.close();
+      clientRef.current = null;
+    };
+  }, [thread]);
+
+  const start = useCallback(async () => {
+    setProblem('');
+    try {
+      const created = await request<{ thread_id: string; token: string }>('/api/threads', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: '{}',
+      });
+      const next = { threadId: created.thread_id, token: created.token };
+      localStorage.setItem(THREAD_KEY, JSON.stringify(next));
+      setState(emptyChat);
+      setEverConnected(false);
+      setThread(next);
+    } catch (error) {
+      setProblem(`Could not start a conversation: ${(error as Error).message}`);
+    }
+  }, []);
+
+  const send = (event: FormEvent) => {
+    event.preventDefault();
+    const content = draft.trim();
+    if (!content || !clientRef.current) return;
+    const messageId = newId();
+    if (!clientRef.current.send({ type: 'message', content, message_id: messageId })) return;
+    const next = addUserMessage(stateRef.current, content, messageId);
+    stateRef.current = next;
+    setState(next);
+    setDraft('');
+  };
+
+  const answer = (interruptId: string, approved: boolean) => {
+    if (!clientRef.current?.send({ type: 'interrupt_response', interrupt_id: interruptId, approved })) return;
+    const next = answerApproval(stateRef.current, interruptId, approved);
+    stateRef.current = next;
+    setState(next);
+  };
+
+  return (
+    <section aria-labelledby="chat-title" className="chat">
+      <div className="row spread">
+        <h1 id="chat-title">Chat</h1>
+        <button type="button" onClick={start}>
+          {thread ? 'New conversation' : 'Start a conversation'}
+        </button>
+      </div>
+      {problem && (
+        <p className="notice error" role="alert">
+          {problem}
+        </p>
+      )}
+      {thread && !connected && (
+        <p className="banner" role="status" data-testid="offline-banner">
+          {everConnected ? 'Connection lost — reconnecting…' : 'Connecting…'}
+        </p>
+      )}
+      {thread ? (
+        <>
+          <ChatView state={state} onAnswer={answer} />
+          <form onSubmit={send} className="composer">
+            <label htmlFor="chat-input" className="sr-only">
+              Message
+            </label>
+            <input
+              id="chat-input"
+              value={draft}
+              onChange={(event) => setDraft(event.target.value)}
+              placeholder="Type a message"
+              maxLength={10000}
+              autoComplete="off"
+            />
+            <button type="submit" className="primary" disabled={!connected || !draft.trim()}>
+              Send
+            </button>
+          </form>
+          <p className="muted small">Thread {thread.threadId}</p>
+        </>
+      ) : (
+        <p>Start a conversation to talk to the support agents.</p>
+      )}
+    </section>
+  );
+}

@@ -1,0 +1,60 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { cleanup, fireEvent, render, screen } from '@testing-library/react';
+import { applyFrame, emptyChat, type Frame } from '../protocol';
+import { ChatView } from './ChatView';
+import { DashboardView, type Analytics } from './Dashboard';
+
+afterEach(cleanup);
+
+describe('ChatView', () => {
+  it('renders an approval card whose buttons answer it', () => {
+    const frames: Frame[] = [
+      { type: 'tool_call', seq: 1, turn_id: 'a', agent: 'orders', tool: 'get_order_status', args: { order_id: '1003' } },
+      { type: 'tool_result', seq: 2, turn_id: 'a', agent: 'orders', tool: 'get_order_status', ok: true },
+      {
+        type: 'interrupt',
+        seq: 3,
+        turn_id: 'a',
+        interrupt_id: 'i9',
+        action: 'cancel_order',
+        params: { order_id: '1003' },
+        expires_at: new Date(Date.now() + 90_000).toISOString(),
+      },
+    ];
+    const state = frames.reduce(applyFrame, emptyChat);
+    const onAnswer = vi.fn();
+    render(<ChatView state={state} onAnswer={onAnswer} />);
+    expect(screen.getByTestId('tool-card').textContent).toContain('get_order_status');
+    expect(screen.getByTestId('tool-card').textContent).toContain('ok');
+    const card = screen.getByRole('group', { name: 'Approval for cancel_order' });
+    expect(card.textContent).toMatch(/1:(29|30) left/);
+    fireEvent.click(screen.getByRole('button', { name: 'Approve' }));
+    expect(onAnswer).toHaveBeenCalledWith('i9', true);
+    fireEvent.click(screen.getByRole('button', { name: 'Reject' }));
+    expect(onAnswer).toHaveBeenLastCalledWith('i9', false);
+  });
+
+  it('labels streamed text by agent and shows errors as alerts', () => {
+    const state = [
+      { type: 'token', seq: 1, turn_id: 'a', agent: 'billing', content: 'Invoice ' },
+      { type: 'token', seq: 2, turn_id: 'a', agent: 'billing', content: 'sent.' },
+      { type: 'error', code: 'busy', message: 'try again', retryable: true },
+    ].reduce(applyFrame, emptyChat);
+    render(<ChatView state={state} onAnswer={() => {}} />);
+    expect(screen.getByText('billing')).toBeTruthy();
+    expect(screen.getByText('Invoice sent.')).toBeTruthy();
+    expect(screen.getByRole('alert').textContent).toBe('busy: try again');
+  });
+});
+
+describe('DashboardView', () => {
+  it('has a zero state', () => {
+    const zero = {
+      range: '24h', bucket: 'hour', conversations: 0, messages: 0, conversations_with_messages: 0, resolved: 0, escalated: 0,
+      resolution_rate: 0, escalation_rate: 0, approvals: { approved: 0, rejected: 0, expired: 0, superseded: 0, pending: 0 },
+      tokens: { prompt: 0, completion: 0, total: 0 }, cost_usd: 0, latency_ms: { turns: 0, p50: 0, p95: 0, p99: 0 }, agents: [], series: [],
+    } satisfies Analytics;
+    render(<DashboardView data={zero} />);
+    expect(screen.getByTestId('zero-state')).toBeTruthy();
+  });
+});

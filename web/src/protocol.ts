@@ -1,0 +1,249 @@
+// The chat protocol's client state: server frames → view model, pure and testable.
+// De-duplicates by `seq`, honours `turn_reset`, restores from the history API.
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  cost_usd: number;
+}
+
+export type Item =
+  | { kind: 'user'; key: string; content: string; messageId?: string }
+  | { kind: 'text'; key: string; turnId: string; agent: string; content: string; seq: number }
+  | {
+      kind: 'tool';
+      key: string;
+      turnId: string;
+      agent: string;
+      tool: string;
+      args: unknown;
+      ok: boolean | null;
+      seq: number;
+    }
+  | {
+      kind: 'approval';
+      key: string;
+      turnId: string;
+      interruptId: string;
+      action: string;
+      params: unknown;
+      expiresAt: string;
+      status: 'pending' | 'approved' | 'rejected' | 'expired';
+      seq: number;
+    }
+  | { kind: 'notice'; key: string; turnId?: string; level: 'info' | 'error'; text: string; seq?: number }
+  | { kind: 'usage'; key: string; turnId: string; usage: Usage; seq: number };
+
+export interface ChatState {
+  lastSeq: number;
+  items: Item[];
+  /** Turns in progress (accepted, not yet complete or paused). */
+  busy: boolean;
+}
+
+export const emptyChat: ChatState = { lastSeq: 0, items: [], busy: false };
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type Frame = { type: string; [field: string]: any };
+
+function keyOf(frame: Frame, suffix = ''): string {
+  return `s${frame.seq ?? 'x'}${suffix}`;
+}
+
+/** Apply one server frame. Frames with a `seq` already seen are ignored. */
+export function applyFrame(state: ChatState, frame: Frame): ChatState {
+  const seq: number | undefined = typeof frame.seq === 'number' ? frame.seq : undefined;
+  if (seq !== undefined && seq <= state.lastSeq) return state;
+  const lastSeq = seq ?? state.lastSeq;
+  const turnId: string = frame.turn_id ?? '';
+  let items = state.items;
+  let busy = state.busy;
+  switch (frame.type) {
+    case 'accepted':
+      busy = true;
+      break;
+    case 'token': {
+      const last = items[items.length - 1];
+      if (last && last.kind === 'text' && last.turnId === turnId && last.agent === frame.agent) {
+        items = [...items.slice(0, -1), { ...last, content: last.content + frame.content, seq: seq ?? last.seq }];
+      } else {
+        items = [
+          ...items,
+          { kind: 'text', key: keyOf(frame), turnId, agent: frame.agent ?? '', content: frame.content ?? '', seq: seq ?? 0 },
+        ];
+      }
+      break;
+    }
+    case 'tool_call':
+      items = [
+        ...items,
+        { kind: 'tool', key: keyOf(frame), turnId, agent: frame.agent ?? '', tool: frame.tool, args: frame.args, ok: null, seq: seq ?? 0 },
+      ];
+      break;
+    case 'tool_result': {
+      // The latest unfinished card of this tool in this turn.
+      let index = -1;
+      for (let i = items.length - 1; i >= 0; i--) {
+        const item = items[i];
+        if (item.kind === 'tool' && item.turnId === turnId && item.tool === frame.tool && item.ok === null) {
+          index = i;
+          break;
+        }
+      }
+      if (index >= 0) {
+        const card = items[index] as Extract<Item, { kind: 'tool' }>;
+        items = [...items.slice(0, index), { ...card, ok: !!frame.ok }, ...items.slice(index + 1)];
+      }
+      break;
+    }
+    case 'interrupt':
+      busy = false;
+      items = [
+        ...items,
+        {
+          kind: 'approval',
+          key: `i${frame.interrupt_id}`,
+          turnId,
+          interruptId: frame.interrupt_id,
+          action: frame.action,
+          params: frame.params,
+          expiresAt: frame.expires_at,
+          status: 'pending',
+          seq: seq ?? 0,
+        },
+      ];
+      break;
+    case 'interrupt_expired':
+      items = items.map((item) =>
+        item.kind === 'approval' && item.interruptId === frame.interrupt_id ? { ...item, status: 'expired' as const } : item,
+      );
+      items = [...items, { kind: 'notice', key: keyOf(frame), turnId, level: 'info', text: frame.message ?? 'The approval expired.', seq }];
+      break;
+    case 'clarification':
+      items = [...items, { kind: 'notice', key: keyOf(frame), turnId, level: 'info', text: frame.message ?? '', seq }];
+      break;
+    case 'turn_reset':
+      items = resetTurn(items, turnId);
+      break;
+    case 'message_complete':
+      busy = false;
+      items = [...items, { kind: 'usage', key: keyOf(frame), turnId, usage: frame.usage, seq: seq ?? 0 }];
+      break;
+    case 'error':
+      busy = false;
+      items = [
+        ...items,
+        {
+          kind: 'notice',
+          key: seq !== undefined ? keyOf(frame) : `e${items.length}-${frame.code}`,
+          turnId: turnId || undefined,
+          level: 'error',
+          text: `${frame.code}: ${frame.message}`,
+          seq,
+        },
+      ];
+      break;
+    default:
+      break;
+  }
+  return { lastSeq, items, busy };
+}
+
+/** Drop the current segment of `turnId`: its items after the turn's last approval card. */
+export function resetTurn(items: Item[], turnId: string): Item[] {
+  let cut = -1;
+  for (let i = items.length - 1; i >= 0; i--) {
+    const item = items[i];
+    if (item.kind === 'approval' && item.turnId === turnId) {
+      cut = i;
+      break;
+    }
+  }
+  return items.filter((item, index) => index <= cut || item.kind === 'user' || item.turnId !== turnId);
+}
+
+/** The user's own message, shown at once. */
+export function addUserMessage(state: ChatState, content: string, messageId: string): ChatState {
+  return { ...state, busy: true, items: [...state.items, { kind: 'user', key: `u${messageId}`, content, messageId }] };
+}
+
+/** The user's answer to an approval card. */
+export function answerApproval(state: ChatState, interruptId: string, approved: boolean): ChatState {
+  return {
+    ...state,
+    busy: true,
+    items: state.items.map((item) =>
+      item.kind === 'approval' && item.interruptId === interruptId
+        ? { ...item, status: approved ? ('approved' as const) : ('rejected' as const) }
+        : item,
+    ),
+  };
+}
+
+export interface HistoryEntry {
+  role: 'user' | 'assistant';
+  message_id?: string;
+  turn_id: string;
+  content: string | null;
+  outcome?: string;
+  last_seq?: number;
+  usage?: Usage;
+  at: string;
+}
+
+export interface History {
+  thread_id: string;
+  status: string;
+  last_seq: number;
+  messages: HistoryEntry[];
+  pending_approval: {
+    interrupt_id: string;
+    turn_id: string;
+    action: string;
+    params: unknown;
+    expires_at: string;
+  } | null;
+}
+
+/** The state a restored page starts from; then it resumes after `last_seq`. */
+export function fromHistory(history: History): ChatState {
+  const items: Item[] = [];
+  history.messages.forEach((entry, index) => {
+    if (entry.role === 'user') {
+      items.push({ kind: 'user', key: `h${index}`, content: entry.content ?? '', messageId: entry.message_id });
+    } else {
+      if (entry.content) {
+        items.push({ kind: 'text', key: `h${index}`, turnId: entry.turn_id, agent: 'assistant', content: entry.content, seq: entry.last_seq ?? 0 });
+      }
+      if (entry.outcome === 'dead_lettered') {
+        items.push({ kind: 'notice', key: `h${index}n`, turnId: entry.turn_id, level: 'error', text: 'This message could not be processed.' });
+      }
+      if (entry.usage && entry.outcome !== 'interrupted') {
+        items.push({ kind: 'usage', key: `h${index}u`, turnId: entry.turn_id, usage: entry.usage, seq: entry.last_seq ?? 0 });
+      }
+    }
+  });
+  const pending = history.pending_approval;
+  if (pending) {
+    items.push({
+      kind: 'approval',
+      key: `i${pending.interrupt_id}`,
+      turnId: pending.turn_id,
+      interruptId: pending.interrupt_id,
+      action: pending.action,
+      params: pending.params,
+      expiresAt: pending.expires_at,
+      status: 'pending',
+      seq: history.last_seq,
+    });
+  }
+  return { lastSeq: history.last_seq, items, busy: false };
+}
+
+/** The text the assistant said in a turn, as the history API reports it. */
+export function replyText(state: ChatState, turnId: string): string {
+  return state.items
+    .filter((item): item is Extract<Item, { kind: 'text' }> => item.kind === 'text' && item.turnId === turnId)
+    .map((item) => item.content)
+    .join('');
+}
