@@ -111,9 +111,11 @@ await scenario('reconnect mid-reply loses and doubles nothing', async () => {
     return s.items.some((i) => i.kind === 'text' && i.content.split(' ').length > 5) && !s.items.some((i) => i.kind === 'usage');
   });
   const seqBefore = await page.evaluate(() => window.__chat.state().lastSeq);
+  assert((await page.evaluate(() => window.__chat.connections())) === 1, 'one socket before the drop');
   await page.evaluate(() => window.__chat.dropSocket());
   await page.locator('[data-testid="offline-banner"]').waitFor({ timeout: 5000 }).catch(() => {});
   await waitTurnDone(before);
+  assert((await page.evaluate(() => window.__chat.connections())) >= 2, 'the socket was reopened');
   const text = await pageText();
   const replies = await historyReply();
   assert(replies.length === 1, `one reply in history: ${JSON.stringify(replies)}`);

@@ -11,6 +11,8 @@ export class ChatClient {
   private closed = false;
   private attempts = 0;
   private timer: ReturnType<typeof setTimeout> | null = null;
+  /** Sockets opened so far (the first one included). */
+  opened = 0;
 
   constructor(
     private readonly url: string,
@@ -25,6 +27,7 @@ export class ChatClient {
     this.socket = socket;
     socket.onopen = () => {
       this.attempts = 0;
+      this.opened += 1;
       socket.send(
         JSON.stringify({ type: 'resume', thread_id: this.thread.threadId, token: this.thread.token, after_seq: this.lastSeq() }),
       );

@@ -35,7 +35,7 @@ function newId(): string {
 
 declare global {
   interface Window {
-    __chat?: { dropSocket(): void; state(): ChatState; thread(): Thread | null };
+    __chat?: { dropSocket(): void; state(): ChatState; thread(): Thread | null; connections(): number };
   }
 }
 
@@ -91,6 +91,7 @@ export function Chat() {
       dropSocket: () => clientRef.current?.drop(),
       state: () => stateRef.current,
       thread: () => thread,
+      connections: () => clientRef.current?.opened ?? 0,
     };
     return () => {
       cancelled = true;

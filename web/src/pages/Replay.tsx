@@ -27,9 +27,21 @@ function describe(event: TimelineEvent): string {
     case 'tool_call':
       return `Tool call ${event.tool ?? ''} ${JSON.stringify(event.args ?? {})}${event.agent ? ` by ${event.agent}` : ''}`;
     case 'tool_result':
-      return `Tool result ${event.tool ?? ''}: ${event.ok === false ? 'failed' : 'ok'}${event.summary ? ` — ${event.summary}` : ''}`;
+      return `Tool result ${event.tool ?? ''}: ${event.ok === false ? 'failed' : 'ok'}${event.result?.summary ? ` — ${event.result.summary}` : ''}`;
     case 'interrupt':
       return `Approval requested: ${event.action ?? ''} ${JSON.stringify(event.params ?? {})}`;
+    case 'classification': {
+      const result = event.result ?? {};
+      if (result.ambiguous) return `Classified as ambiguous${result.clarification ? `: ${result.clarification}` : ''}`;
+      const intents = (result.intents ?? []) as { agent: string; confidence?: number }[];
+      return `Classified: ${intents.map((i) => `${i.agent}${i.confidence !== undefined ? ` (${i.confidence})` : ''}`).join(', ') || 'none'}`;
+    }
+    case 'agent_reply':
+      return `${event.agent} replied${event.tool_calls ? ` after ${event.tool_calls} tool call(s)` : ''}: ${event.content || '(no text)'}`;
+    case 'error':
+      return `Error ${event.code ?? ''}${event.message ? `: ${event.message}` : ''}`;
+    case 'escalation':
+      return `Escalated by ${event.agent}: ${event.reason}`;
     case 'decision':
       return `Decision: ${JSON.stringify(event.decision)}`;
     case 'turn_completed':
