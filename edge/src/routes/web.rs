@@ -38,6 +38,7 @@ const NOT_BUILT: &str = r#"<!doctype html>
 <p>The edge serves the chat, replay, dashboard and review pages from its <code>WEB_DIR</code>
 (default <code>web/dist</code>), which has no <code>index.html</code>. Build it from the repository root:</p>
 <pre>npm --prefix web ci &amp;&amp; npm --prefix web run build</pre>
+<p>(Where <code>npm ci</code> refuses the lock file, <code>npm --prefix web install</code> installs the same versions.)</p>
 <p>then reload this page, or point <code>WEB_DIR</code> / <code>--web-dir</code> at a build. The API is unaffected:
 <a href="/api/health">/api/health</a>.</p>
 </body></html>
