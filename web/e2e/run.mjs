@@ -169,6 +169,24 @@ await scenario('replay steps through a timeline', async () => {
   await page.screenshot({ path: join(SHOTS, 'replay.png'), fullPage: true });
 });
 
+await scenario('a pending approval survives a refresh and can be rejected', async () => {
+  await newConversation();
+  await say('Refund order 1005');
+  await page.locator('[data-testid="approval-card"]').waitFor();
+  await page.reload();
+  const card = page.locator('[data-testid="approval-card"]');
+  await card.waitFor();
+  assert((await card.textContent()).includes('request_refund'), 'restored card names the action');
+  await page.waitForFunction(() => window.__chat.connections() >= 1);
+  await card.getByRole('button', { name: 'Reject' }).click();
+  await page.waitForFunction(() => window.__chat.state().items.some((i) => i.kind === 'usage'));
+  const replies = await historyReply();
+  const text = await pageText();
+  assert(replies.length === 1 && text === replies[0], `page text equals the history reply: ${JSON.stringify({ text, replies })}`);
+  assert(text.includes('left it as it is'), `declined reply: ${text}`);
+  assert((await card.textContent()).includes('rejected'), 'card shows rejected');
+});
+
 await scenario('a tool reclassified in Review stays so', async () => {
   await adminLogin('/review');
   // A refused document shows the server's message.
