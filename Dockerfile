@@ -30,6 +30,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && mkdir -p /app/bin \
     && cp target/release/edge target/release/worker /app/bin/
 
+# ---- web: the React app, served by the edge ----
+FROM node:20-bookworm-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund || npm install --no-audit --no-fund
+COPY web ./
+RUN npm run build
+
 # ---- runtime: what both final images share ----
 FROM debian:bookworm-slim AS runtime
 # ca-certificates for outbound TLS; curl for the healthchecks in docker-compose.yml.
@@ -42,10 +50,11 @@ RUN groupadd --system --gid 10001 app \
 ENV LOG_FORMAT=json
 USER app:app
 
-# ---- edge: HTTP + WebSocket on 8080 (/api/health, /metrics, /ws) ----
+# ---- edge: HTTP + WebSocket on 8080 (/api/health, /metrics, /ws, the web app at /) ----
 FROM runtime AS edge
 COPY --from=builder /app/bin/edge /usr/local/bin/edge
-ENV EDGE_ADDR=0.0.0.0:8080
+COPY --from=web /web/dist /usr/share/smart-support/web
+ENV EDGE_ADDR=0.0.0.0:8080 WEB_DIR=/usr/share/smart-support/web
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/edge"]
 

@@ -4,8 +4,9 @@
 #   scripts/services.sh start   use them where reachable; otherwise install Debian's packages when
 #                               missing and start project-local servers (data under .local/)
 #   scripts/services.sh stop    stop only what `start` started
-#   scripts/services.sh test-deps  also make sure the nats-server binary is installed: the
-#                               end-to-end tests start private servers (restarts, a cluster)
+#   scripts/services.sh test-deps  also make sure the nats-server binary is installed (the
+#                               end-to-end tests start private servers: restarts, a cluster),
+#                               and Chromium and npm for the web app's tests
 #
 # Used by ./dev (the quick start and the test command) and by .ci/run, so all three agree.
 set -euo pipefail
@@ -147,6 +148,9 @@ case "${1:-start}" in
   stop) stop_started ;;
   test-deps)
     [ -n "$(nats_binary)" ] || apt_install nats-server
+    # The web app's end-to-end tests drive Debian's Chromium (Playwright cannot download one here).
+    [ -x /usr/bin/chromium ] || apt_install chromium
+    command -v npm >/dev/null || apt_install nodejs npm
     ;;
   *) echo "usage: $0 start|stop|test-deps" >&2; exit 2 ;;
 esac

@@ -102,6 +102,7 @@ impl Edge {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, prefix = %settings.nats.prefix, "Edge listening.");
         let evictor = tokio::spawn(evict_idle_limits(state.clone()));
+        crate::routes::web::configure(&settings.edge.web_dir);
         let app = crate::routes::router(state.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
