@@ -117,7 +117,7 @@ impl TurnRunner {
         attempts: u32,
         reason: &str,
         after: AfterCommit,
-    ) -> Result<(u64, Option<u64>), TurnError> {
+    ) -> Result<Advanced, TurnError> {
         let in_seq = stored.sequence;
         let message: InboundMessage = serde_json::from_slice(&stored.payload)
             .map_err(|error| TurnError::Turn(error.to_string()))?;
@@ -178,7 +178,12 @@ impl TurnRunner {
                     .with_label_values(&["dead_lettered"])
                     .inc();
                 tracing::warn!(thread_id = %lease.thread_id, in_seq, attempts, reason, "Message dead-lettered.");
-                Ok((out.last_seq(), out.subject_seq()))
+                Ok(Advanced {
+                    last_seq: out.last_seq(),
+                    subject_seq: out.subject_seq(),
+                    pending_interrupt: pending_after,
+                    expired: false,
+                })
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
@@ -197,7 +202,7 @@ impl TurnRunner {
         started_at: chrono::DateTime<chrono::Utc>,
         after: AfterCommit,
         recovered: Recovered,
-    ) -> Result<(u64, Option<u64>), TurnError> {
+    ) -> Result<Advanced, TurnError> {
         let Recovered {
             turn_id,
             pending_after,
@@ -211,6 +216,7 @@ impl TurnRunner {
             InboundKind::Message { content } => ("message", Some(content.as_str().to_owned())),
             InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
         };
+        let mut after_turn = (pending_after, false);
         let committed = if end.code.as_deref() == Some(ErrorCode::ProcessingFailed.as_str()) {
             let (attempts, reason) = self
                 .store
@@ -290,12 +296,18 @@ impl TurnRunner {
                 shares: Vec::new(),
                 escalated: false,
             };
+            after_turn = (record.pending_interrupt, status == ThreadStatus::Expired);
             self.store.commit(lease, &record, after).await?
         };
         match committed {
             Committed::Yes => {
                 self.metrics.turns.with_label_values(&["recovered"]).inc();
-                Ok((end.seq, tail.stream_seq))
+                Ok(Advanced {
+                    last_seq: end.seq,
+                    subject_seq: tail.stream_seq,
+                    pending_interrupt: after_turn.0,
+                    expired: after_turn.1,
+                })
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
@@ -365,28 +377,33 @@ impl TurnRunner {
             } else {
                 AfterCommit::KeepLease
             };
-            let (last_seq, subject_seq) =
-                match self.run_turn(lease, message.clone(), &tail, after).await {
-                    Ok(position) => position,
-                    Err(TurnError::Turn(reason)) => {
-                        let attempts = self
-                            .store
-                            .record_failure(&lease.thread_id, in_seq, &reason)
-                            .await?;
-                        if attempts < self.max_attempts {
-                            return Err(TurnError::AttemptFailed { attempts, reason });
-                        }
-                        self.dead_letter(lease, message, attempts, &reason, after)
-                            .await?
+            let advanced = match self.run_turn(lease, message.clone(), &tail, after).await {
+                Ok(position) => position,
+                Err(TurnError::Turn(reason)) => {
+                    let attempts = self
+                        .store
+                        .record_failure(&lease.thread_id, in_seq, &reason)
+                        .await?;
+                    if attempts < self.max_attempts {
+                        return Err(TurnError::AttemptFailed { attempts, reason });
                     }
-                    Err(error) => return Err(error),
-                };
+                    self.dead_letter(lease, message, attempts, &reason, after)
+                        .await?
+                }
+                Err(error) => return Err(error),
+            };
+            // The lease follows what the commit wrote, for the next message of this drain.
             lease.last_in_seq = in_seq;
-            lease.last_seq = last_seq;
-            lease.last_active_at = chrono::Utc::now();
+            lease.last_seq = advanced.last_seq;
+            lease.pending_interrupt = advanced.pending_interrupt;
+            if advanced.expired {
+                lease.expired = true;
+            } else {
+                lease.last_active_at = chrono::Utc::now();
+            }
             // This worker published the subject's last bundle itself.
             tail = publish::Tail {
-                stream_seq: subject_seq,
+                stream_seq: advanced.subject_seq,
                 frame: None,
             };
             if in_seq >= up_to {
@@ -429,7 +446,7 @@ impl TurnRunner {
         stored: StreamMessage,
         tail: &publish::Tail,
         after: AfterCommit,
-    ) -> Result<(u64, Option<u64>), TurnError> {
+    ) -> Result<Advanced, TurnError> {
         let started = Instant::now();
         let started_at = chrono::Utc::now();
         let in_seq = stored.sequence;
@@ -438,7 +455,12 @@ impl TurnRunner {
             Err(error) => {
                 tracing::error!(%error, in_seq, "Skipping a stored message that does not decode.");
                 return match self.store.skip(lease, in_seq, after).await? {
-                    Committed::Yes => Ok((lease.last_seq, tail.stream_seq)),
+                    Committed::Yes => Ok(Advanced {
+                        last_seq: lease.last_seq,
+                        subject_seq: tail.stream_seq,
+                        pending_interrupt: lease.pending_interrupt,
+                        expired: lease.expired,
+                    }),
                     Committed::Fenced => Err(TurnError::LeaseLost),
                 };
             }
@@ -620,7 +642,12 @@ impl TurnRunner {
                 self.metrics
                     .turn_seconds
                     .observe(started.elapsed().as_secs_f64());
-                Ok((out.last_seq(), out.subject_seq()))
+                Ok(Advanced {
+                    last_seq: out.last_seq(),
+                    subject_seq: out.subject_seq(),
+                    pending_interrupt: record.pending_interrupt,
+                    expired: record.status == ThreadStatus::Expired,
+                })
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
@@ -717,6 +744,18 @@ impl Plan {
             Self::Message { .. } | Self::LateAnswer(_) | Self::Resume(..) => None,
         }
     }
+}
+
+/// Where a committed turn left the thread.
+struct Advanced {
+    /// The thread's last `seq`.
+    last_seq: u64,
+    /// Stream sequence of the reply subject's last bundle.
+    subject_seq: Option<u64>,
+    /// The approval the thread now waits for.
+    pending_interrupt: Option<uuid::Uuid>,
+    /// The session expired with this turn.
+    expired: bool,
 }
 
 /// What a turn recovered from its published frames is committed with.
