@@ -55,6 +55,17 @@ fn chat_requests(fake: &FakeOpenAi) -> Vec<Value> {
         .collect()
 }
 
+/// The tool result a chat request sent back to the model.
+fn tool_message(request: &Value) -> Value {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .expect("a tool message")
+        .clone()
+}
+
 #[tokio::test]
 async fn a_tool_turn_streams_assembled_calls_and_sums_usage_and_cost() {
     let fake = FakeOpenAi::start().await;
@@ -124,7 +135,7 @@ async fn a_tool_turn_streams_assembled_calls_and_sums_usage_and_cost() {
     )
     .unwrap();
     assert_eq!(args, json!({"order_id": 1002}));
-    let result = messages.iter().find(|m| m["role"] == "tool").unwrap();
+    let result = tool_message(&chats[1]);
     assert_eq!(result["tool_call_id"], call["tool_calls"][0]["id"]);
     assert!(result["content"].as_str().unwrap().contains("shipped"));
 
@@ -230,13 +241,7 @@ async fn tool_arguments_that_break_the_schema_never_run_and_go_back_to_the_model
     );
     assert_eq!(frames[1]["ok"], false);
     let chats = chat_requests(&fake);
-    let result = chats[1]["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["role"] == "tool")
-        .unwrap()
-        .clone();
+    let result = tool_message(&chats[1]);
     assert!(
         result["content"].as_str().unwrap().contains("order_id"),
         "the model is told what was wrong: {result}"
@@ -389,13 +394,7 @@ async fn an_approval_continues_the_model_conversation_with_the_tool_result() {
     );
     assert!(frames.iter().all(|f| f["turn_id"] == interrupt["turn_id"]));
     let chats = chat_requests(&fake);
-    let result = chats[1]["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["role"] == "tool")
-        .unwrap()
-        .clone();
+    let result = tool_message(&chats[1]);
     assert!(
         result["content"].as_str().unwrap().contains("cancelled"),
         "{result}"

@@ -123,17 +123,35 @@ fn storable(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// JSON as PostgreSQL's `jsonb` can store it: no NUL character in any string (`\u0000`).
 pub(crate) fn storable_json(value: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    fn has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(text) => text.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(fields) => fields
+                .iter()
+                .any(|(key, value)| key.contains('\0') || has_nul(value)),
+            _ => false,
+        }
+    }
     fn clean(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::String(text) if text.contains('\0') => {
                 *text = text.replace('\0', "\u{FFFD}");
             }
             serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
-            serde_json::Value::Object(fields) => fields.values_mut().for_each(clean),
+            serde_json::Value::Object(fields) => {
+                *fields = std::mem::take(fields)
+                    .into_iter()
+                    .map(|(key, mut value)| {
+                        clean(&mut value);
+                        (key.replace('\0', "\u{FFFD}"), value)
+                    })
+                    .collect();
+            }
             _ => {}
         }
     }
-    if value.to_string().contains("\\u0000") {
+    if has_nul(value) {
         let mut value = value.clone();
         clean(&mut value);
         std::borrow::Cow::Owned(value)
@@ -614,6 +632,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_with_nul_is_cleaned_and_other_json_is_borrowed() {
+        let clean = serde_json::json!({"a": ["x", {"b": 1}]});
+        assert!(matches!(
+            storable_json(&clean),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let dirty = serde_json::json!({"a": ["x\u{0}y"], "k\u{0}": {"c": "\u{0}"}});
+        let stored = storable_json(&dirty);
+        assert_eq!(
+            *stored,
+            serde_json::json!({"a": ["x\u{FFFD}y"], "k\u{FFFD}": {"c": "\u{FFFD}"}})
+        );
+    }
 
     #[tokio::test]
     async fn a_pending_approval_extends_the_session() {

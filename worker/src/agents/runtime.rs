@@ -391,14 +391,6 @@ impl Graph {
             .collect();
         let model = self.model.default_model().to_owned();
         let mut delays = retry_delays();
-        let fallback = |reason: String| Classification {
-            intents: vec![crate::llm::Intent {
-                agent: self.config.default_agent.clone(),
-                confidence: 0.0,
-            }],
-            ambiguous: false,
-            clarification: Some(reason),
-        };
         loop {
             let request = ClassifyRequest {
                 model: &model,
@@ -408,10 +400,7 @@ impl Graph {
             match self.model.classify(request).await {
                 Ok(classified) => {
                     self.count_usage(run, None, &model, classified.usage);
-                    self.metrics
-                        .model_calls
-                        .with_label_values(&["classify", "ok"])
-                        .inc();
+                    self.count_call("classify", "ok");
                     run.event(
                         json!({"type": "classification", "result": classified.classification}),
                     );
@@ -421,26 +410,25 @@ impl Graph {
                     let delay = delays.next();
                     match delay {
                         Some(delay) if error.is_transient() => {
-                            self.metrics
-                                .model_calls
-                                .with_label_values(&["classify", "retried"])
-                                .inc();
+                            self.count_call("classify", "retried");
                             tracing::warn!(%error, "Classification failed; retrying.");
                             tokio::time::sleep(pause(&error, delay)).await;
                         }
                         _ => {
-                            self.metrics
-                                .model_calls
-                                .with_label_values(&["classify", "failed"])
-                                .inc();
+                            self.count_call("classify", "failed");
                             tracing::warn!(%error, agent = %self.config.default_agent, "Classification failed; routing to the default agent.");
                             run.event(
                                 json!({"type": "classification_failed", "error": error.to_string(),
                                                    "agent": self.config.default_agent}),
                             );
-                            let mut classification = fallback(error.to_string());
-                            classification.clarification = None;
-                            return classification;
+                            return Classification {
+                                intents: vec![crate::llm::Intent {
+                                    agent: self.config.default_agent.clone(),
+                                    confidence: 0.0,
+                                }],
+                                ambiguous: false,
+                                clarification: None,
+                            };
                         }
                     }
                 }
@@ -955,10 +943,7 @@ impl Graph {
                 .await;
             match result {
                 Ok(completion) => {
-                    self.metrics
-                        .model_calls
-                        .with_label_values(&["chat", "ok"])
-                        .inc();
+                    self.count_call("chat", "ok");
                     self.count_usage(run, Some(&agent.name), &model, completion.usage);
                     run.reply.push_str(&text);
                     run.share(&agent.name).reply.push_str(&text);
@@ -969,19 +954,13 @@ impl Graph {
                     emitted: false,
                 }) if error.is_transient() => match delays.next() {
                     Some(delay) => {
-                        self.metrics
-                            .model_calls
-                            .with_label_values(&["chat", "retried"])
-                            .inc();
+                        self.count_call("chat", "retried");
                         tracing::warn!(%error, agent = %agent.name, "A model call failed; retrying.");
                         run.event(json!({"type": "model_retry", "agent": agent.name, "error": error.to_string()}));
                         tokio::time::sleep(pause(&error, delay)).await;
                     }
                     None => {
-                        self.metrics
-                            .model_calls
-                            .with_label_values(&["chat", "failed"])
-                            .inc();
+                        self.count_call("chat", "failed");
                         return Err(Stop::Model {
                             error,
                             emitted: false,
@@ -989,10 +968,7 @@ impl Graph {
                     }
                 },
                 Err(Stop::Model { error, emitted }) => {
-                    self.metrics
-                        .model_calls
-                        .with_label_values(&["chat", "failed"])
-                        .inc();
+                    self.count_call("chat", "failed");
                     return Err(Stop::Model { error, emitted });
                 }
                 Err(stop) => return Err(stop),
@@ -1064,6 +1040,14 @@ impl Graph {
                 }
             }
         }
+    }
+
+    /// Counts a model call by kind (`classify`, `chat`) and result (`ok`, `retried`, `failed`).
+    fn count_call(&self, kind: &str, result: &str) {
+        self.metrics
+            .model_calls
+            .with_label_values(&[kind, result])
+            .inc();
     }
 
     /// Adds a call's usage to the segment, and to `agent`'s share (the classifier has none).

@@ -80,6 +80,14 @@ fn first_match(words: &[String], stems: &[&str]) -> Option<usize> {
         .position(|word| stems.iter().any(|stem| word.starts_with(stem)))
 }
 
+/// The conversation's latest user message: what the scripted model answers.
+fn last_user_message(messages: &[ChatMessage]) -> Option<&str> {
+    messages.iter().rev().find_map(|message| match message {
+        ChatMessage::User { content } => Some(content.as_str()),
+        _ => None,
+    })
+}
+
 /// Rough token count: one per word.
 fn count_tokens(text: &str) -> u64 {
     text.split_whitespace().count() as u64
@@ -201,15 +209,7 @@ impl ScriptedModel {
                 Answer::Text(text)
             }
             _ => {
-                let user = request
-                    .messages
-                    .iter()
-                    .rev()
-                    .find_map(|message| match message {
-                        ChatMessage::User { content } => Some(content.as_str()),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
+                let user = last_user_message(request.messages).unwrap_or_default();
                 let words = words(user);
                 let wants = |stems: &[&str]| first_match(&words, stems).is_some();
                 let tool = if has_tool("escalate_to_human") && wants(&HUMAN_WORDS) {
@@ -306,14 +306,7 @@ impl Model for ScriptedModel {
                 ChatMessage::Assistant { content, .. } => count_tokens(content) + 1,
             })
             .sum();
-        let user = request
-            .messages
-            .iter()
-            .rev()
-            .find_map(|message| match message {
-                ChatMessage::User { content } => Some(content.as_str()),
-                _ => None,
-            });
+        let user = last_user_message(request.messages);
         let fails = user.is_some_and(|content| self.fails_on(content));
         let (tokens, tool_calls): (Vec<String>, Vec<ToolCall>) = match self.answer(&request) {
             Answer::Call(call) => (Vec::new(), vec![call]),
