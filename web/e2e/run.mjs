@@ -32,6 +32,17 @@ async function scenario(name, body) {
 function assert(condition, message) {
   if (!condition) throw new Error(message);
 }
+// Reads `read()` until `done(value)` holds or TIMEOUT passes, and returns the last value read: the
+// page (or the server behind it) may not have reached the state yet when a first sign of it shows.
+async function settle(read, done) {
+  const until = Date.now() + TIMEOUT;
+  let value = await read();
+  while (!done(value) && Date.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    value = await read();
+  }
+  return value;
+}
 
 const userDataDir = mkdtempSync(join(tmpdir(), 'web-e2e-chromium-'));
 const context = await chromium.launchPersistentContext(userDataDir, {
@@ -117,7 +128,7 @@ await scenario('reconnect mid-reply loses and doubles nothing', async () => {
   await waitTurnDone(before);
   assert((await page.evaluate(() => window.__chat.connections())) >= 2, 'the socket was reopened');
   const text = await pageText();
-  const replies = await historyReply();
+  const replies = await settle(historyReply, (r) => r.length === 1 && r[0] === text);
   assert(replies.length === 1, `one reply in history: ${JSON.stringify(replies)}`);
   assert(text === replies[0], `page text equals the history reply:\n page:    ${JSON.stringify(text)}\n history: ${JSON.stringify(replies[0])}`);
   const seqAfter = await page.evaluate(() => window.__chat.state().lastSeq);
@@ -155,7 +166,8 @@ await scenario('replay steps through a timeline', async () => {
   await page.getByLabel('Search').fill('cancel');
   await page.getByRole('button', { name: 'Filter' }).click();
   await page.locator('[data-testid="conversations"] tbody tr', { hasText: 'Cancel order 1003' }).waitFor();
-  const rows = await page.locator('[data-testid="conversations"] tbody tr').count();
+  // The unfiltered list holds that row too: wait for the filtered list itself.
+  const rows = await settle(() => page.locator('[data-testid="conversations"] tbody tr').count(), (n) => n === 1);
   assert(rows === 1, `one conversation matches "cancel": ${rows}`);
   await page.getByRole('button', { name: 'Cancel order 1003' }).click();
   await page.locator('[data-testid="timeline"] li').first().waitFor();
@@ -180,8 +192,8 @@ await scenario('a pending approval survives a refresh and can be rejected', asyn
   await page.waitForFunction(() => window.__chat.connections() >= 1);
   await card.getByRole('button', { name: 'Reject' }).click();
   await page.waitForFunction(() => window.__chat.state().items.some((i) => i.kind === 'usage'));
-  const replies = await historyReply();
   const text = await pageText();
+  const replies = await settle(historyReply, (r) => r.length === 1 && r[0] === text);
   assert(replies.length === 1 && text === replies[0], `page text equals the history reply: ${JSON.stringify({ text, replies })}`);
   assert(text.includes('left it as it is'), `declined reply: ${text}`);
   assert((await card.textContent()).includes('rejected'), 'card shows rejected');
