@@ -29,4 +29,4 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   echo "$want" >"$STAMP"
 fi
 
-exec "$VENV/bin/python" "$ROOT/deploy/tools/validate.py" --root "$ROOT"
+exec "$VENV/bin/python" "$ROOT/deploy/tools/validate.py" --root "$ROOT" --self-test

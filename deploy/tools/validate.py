@@ -14,6 +14,7 @@
    exist, no secret in a ConfigMap, the restricted security context and resources everywhere.
 4. `nats-server -t` on deploy/nats/nats.conf when nats-server is installed.
 5. The binaries' sources serve /livez and /readyz.
+6. With --self-test: deliberately broken copies of deploy/base must each be refused.
 
 Exit status 1 on any error; every error is printed.
 """
@@ -385,18 +386,10 @@ def check_sources(root: Path, report: Report) -> None:
             report.error("sources", f"{binary} does not route {sorted(missing)}, which its probes ask")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
-    args = parser.parse_args()
-    root: Path = args.root.resolve()
-    deploy = root / "deploy"
-    report = Report()
-
-    cmd = renderer()
-    if cmd is None:
-        print("validate-deploy: neither kustomize nor kubectl is installed: cannot render the kit", file=sys.stderr)
-        return 1
+def validate_tree(cmd: list[str], deploy: Path, only: str | None, report: Report,
+                  quiet: bool = False) -> int:
+    """Renders and checks every kustomization of `deploy` (or only the one at `only`); returns
+    the number of objects rendered."""
     customs = custom_schemas(deploy / "schemas")
     count = 0
     with tempfile.TemporaryDirectory(prefix="deploy-validate-") as tmp:
@@ -407,6 +400,8 @@ def main() -> int:
             if not real.exists():
                 shutil.copy(example, real)
         dirs = sorted(p.parent for p in copy.rglob("kustomization.yaml"))
+        if only is not None:
+            dirs = [copy / only]
         for directory in dirs:
             where = str(Path("deploy") / directory.relative_to(copy))
             try:
@@ -420,9 +415,64 @@ def main() -> int:
                 check_schema(obj, where, customs, report)
             check_renders(where, objs, is_base=directory.name == "base", report=report)
             count += len(objs)
-            print(f"validate-deploy: {where}: {len(objs)} objects rendered")
+            if not quiet:
+                print(f"validate-deploy: {where}: {len(objs)} objects rendered")
+    return count
+
+
+# Deliberately broken copies of the kit that must fail: proves the checks can fail at all.
+# (file under deploy/, text, replacement, what the error must mention)
+SELF_TEST = [
+    ("base/edge-deployment.yaml", "path: /readyz", "path: /healthz", "readinessProbe asks '/healthz'"),
+    ("base/worker-deployment.yaml", "readinessProbe:", "readinesProbe:", "'readinesProbe' was unexpected"),
+    ("base/worker-scaledobject.yaml", "consumer: chat-workers", "consumer: workers", "consumer 'workers'"),
+    ("base/worker-scaledobject.yaml", "minReplicaCount:", "minReplicas:", "'minReplicas' was unexpected"),
+    ("base/edge-deployment.yaml", "terminationGracePeriodSeconds: 40", "terminationGracePeriodSeconds: 30",
+     "terminationGracePeriodSeconds 30"),
+]
+
+
+def self_test(cmd: list[str], deploy: Path) -> list[str]:
+    failures = []
+    for rel, old, new, expect in SELF_TEST:
+        with tempfile.TemporaryDirectory(prefix="deploy-selftest-") as tmp:
+            broken = Path(tmp) / "deploy"
+            shutil.copytree(deploy, broken)
+            target = broken / rel
+            text = target.read_text()
+            if old not in text:
+                failures.append(f"self-test: {rel} no longer contains {old!r}: update SELF_TEST")
+                continue
+            target.write_text(text.replace(old, new, 1))
+            report = Report()
+            validate_tree(cmd, broken, "base", report, quiet=True)
+            if not any(expect in e for e in report.errors):
+                failures.append(f"self-test: {rel} with {new!r} was not refused (expected {expect!r})")
+    return failures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
+    parser.add_argument("--self-test", action="store_true",
+                        help="also check that deliberately broken copies of deploy/base fail")
+    args = parser.parse_args()
+    root: Path = args.root.resolve()
+    deploy = root / "deploy"
+    report = Report()
+
+    cmd = renderer()
+    if cmd is None:
+        print("validate-deploy: neither kustomize nor kubectl is installed: cannot render the kit", file=sys.stderr)
+        return 1
+    count = validate_tree(cmd, deploy, None, report)
     check_nats_conf(deploy, report)
     check_sources(root, report)
+    if args.self_test:
+        for failure in self_test(cmd, deploy):
+            report.error("deploy/tools/validate.py", failure)
+        if not any("self-test" in e for e in report.errors):
+            print(f"validate-deploy: self-test: {len(SELF_TEST)} broken copies refused")
 
     for w in report.warnings:
         print(f"WARN  {w}", file=sys.stderr)
