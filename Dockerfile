@@ -31,7 +31,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/edge target/release/worker /app/bin/
 
 # ---- web: the React app, served by the edge ----
-FROM node:20-bookworm-slim AS web
+# Node 22 LTS (Vite needs Node >= 20.19, and Node 20 reached its end of life in April 2026).
+FROM node:22-bookworm-slim AS web
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./
 RUN npm ci --no-audit --no-fund || npm install --no-audit --no-fund
@@ -40,15 +41,28 @@ RUN npm run build
 
 # ---- runtime: what both final images share ----
 FROM debian:bookworm-slim AS runtime
-# ca-certificates for outbound TLS; curl for the healthchecks in docker-compose.yml.
+# ca-certificates for outbound TLS (model provider, PostgreSQL and NATS over TLS). No curl: the
+# healthcheck below speaks HTTP with bash alone.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+# A fixed non-root user (uid/gid 10001), the one deploy/ runs as (runAsUser/runAsGroup).
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin app
+# `healthcheck ADDR PATH`: exit 0 when GET PATH on 127.0.0.1, at ADDR's port, answers 200.
+COPY --chmod=0755 <<'SCRIPT' /usr/local/bin/healthcheck
+#!/bin/bash
+set -u
+port="${1##*:}"
+exec 3<>"/dev/tcp/127.0.0.1/${port}" || exit 1
+printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
+read -r -t 5 _ status _ <&3 || exit 1
+[ "${status%$'\r'}" = 200 ]
+SCRIPT
 ENV LOG_FORMAT=json
-USER app:app
+# Numeric, so that Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
 
 # ---- edge: HTTP + WebSocket on 8080 (/api/health, /metrics, /ws, the web app at /) ----
 FROM runtime AS edge
@@ -56,11 +70,16 @@ COPY --from=builder /app/bin/edge /usr/local/bin/edge
 COPY --from=web /web/dist /usr/share/smart-support/web
 ENV EDGE_ADDR=0.0.0.0:8080 WEB_DIR=/usr/share/smart-support/web
 EXPOSE 8080
+# Liveness only (/livez checks no dependency). Kubernetes ignores this: deploy/ has the probes.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD healthcheck "$EDGE_ADDR" /livez
 ENTRYPOINT ["/usr/local/bin/edge"]
 
-# ---- worker: Prometheus /metrics on 9091 ----
+# ---- worker: /metrics, /livez and /readyz on 9091 ----
 FROM runtime AS worker
 COPY --from=builder /app/bin/worker /usr/local/bin/worker
 ENV METRICS_ADDR=0.0.0.0:9091
 EXPOSE 9091
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD healthcheck "$METRICS_ADDR" /livez
 ENTRYPOINT ["/usr/local/bin/worker"]

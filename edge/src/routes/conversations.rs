@@ -195,7 +195,7 @@ impl Cursor {
     }
 
     fn decode(raw: &str) -> Option<Self> {
-        if raw.len() % 2 != 0 || raw.len() > 2 * 160 {
+        if !raw.len().is_multiple_of(2) || raw.len() > 2 * 160 {
             return None;
         }
         let bytes = (0..raw.len())
