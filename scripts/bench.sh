@@ -14,7 +14,8 @@ cargo build --release --locked -p edge -p worker -p loadgen
 
 id="bench$(date +%s)"
 export NATS_PREFIX="$id" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$id"
-export AUTH_SECRET=bench-secret LOG_FORMAT=json RUST_LOG=warn
+export AUTH_SECRET=bench-secret-bench-secret-bench-secret LOG_FORMAT=json RUST_LOG=warn
+export SEED_DEMO_DATA=true
 export SCRIPTED_REPLY_TOKENS=20 SCRIPTED_TOKEN_DELAY_MS=0
 export THREADS_PER_MINUTE=0 RATE_LIMIT_MESSAGES=1000000
 export EDGE_ADDR=127.0.0.1:18080 METRICS_ADDR=127.0.0.1:19091

@@ -46,7 +46,10 @@ PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 
 export DATABASE_URL="postgres://postgres@$PGHOST:5432/$DB"
 export NATS_URL
-export AUTH_SECRET="web-e2e-secret-$RUN_ID"
+# At least 32 bytes: the edge refuses a shorter one outside DEV_MODE.
+export AUTH_SECRET="web-e2e-secret-$RUN_ID-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+# The scenarios talk about the demo shop's orders: the workers load its data.
+export SEED_DEMO_DATA=true
 export ADMIN_TOKEN="web-e2e-admin-$RUN_ID"
 export BASE_URL="http://127.0.0.1:$PORT"
 

@@ -32,6 +32,13 @@ pub struct Edge {
 
 impl Edge {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        match shared::config::check_auth_secret(&settings.edge.auth_secret) {
+            Ok(()) => {}
+            Err(weak) if settings.edge.dev_mode => {
+                tracing::warn!(reason = %weak, "DEV_MODE=true: accepting a weak AUTH_SECRET.");
+            }
+            Err(weak) => return Err(weak.into()),
+        }
         // A socket that stops reading is closed after WRITE_TIMEOUT; meanwhile its subscriptions
         // hold at most this many bundles each.
         // Each reconnection bumps `reconnects`: sockets then catch up on what they may have missed.
@@ -48,7 +55,7 @@ impl Edge {
         let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
         let (inbound, replies) =
             shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
-        let db = shared::db::connect_and_migrate(&settings.database).await?;
+        let db = shared::db::connect_at_start_up(&settings.database).await?;
         let tokens = ThreadTokens::new(settings.edge.auth_secret.expose().as_bytes())
             .context("AUTH_SECRET cannot key HMAC-SHA256")?;
         let window = Duration::from_secs(settings.edge.rate_limit_window_secs);

@@ -16,6 +16,7 @@ pub struct NatsSettings {
         id = "nats_url",
         long = "nats-url",
         env = "NATS_URL",
+        hide_env_values = true,
         default_value = "nats://127.0.0.1:4222"
     )]
     pub url: String,
@@ -62,14 +63,25 @@ fn parse_prefix(raw: &str) -> Result<String, String> {
 /// PostgreSQL.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseSettings {
-    /// Created and migrated at start-up if missing.
+    /// Created and migrated at start-up if missing (unless MIGRATE=false).
     #[arg(
         id = "database_url",
         long = "database-url",
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/smart_support"
     )]
     pub url: String,
+    /// Create the database if missing and apply the migrations at start-up. `--no-migrate` or
+    /// MIGRATE=false: use the database as it is (a deploy job runs `worker setup` instead).
+    #[arg(
+        id = "migrate",
+        long = "no-migrate",
+        env = "MIGRATE",
+        action = clap::ArgAction::SetFalse,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub migrate: bool,
     /// Connections in this process's pool.
     #[arg(
         long = "database-max-connections",
@@ -132,6 +144,32 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// The `AUTH_SECRET` of `.env.example`, refused outside `DEV_MODE`.
+pub const EXAMPLE_AUTH_SECRET: &str = "change-me-in-production";
+
+/// The shortest `AUTH_SECRET` accepted outside `DEV_MODE`, in bytes.
+pub const MIN_AUTH_SECRET_BYTES: usize = 32;
+
+/// Why an `AUTH_SECRET` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WeakSecret {
+    #[error("AUTH_SECRET is the example value of .env.example: set a random one (e.g. `openssl rand -hex 32`), or DEV_MODE=true for development")]
+    Example,
+    #[error("AUTH_SECRET is shorter than {MIN_AUTH_SECRET_BYTES} bytes: set a random one (e.g. `openssl rand -hex 32`), or DEV_MODE=true for development")]
+    TooShort,
+}
+
+/// Refuses the example secret and secrets shorter than [`MIN_AUTH_SECRET_BYTES`].
+pub fn check_auth_secret(secret: &Secret) -> Result<(), WeakSecret> {
+    if secret.expose() == EXAMPLE_AUTH_SECRET {
+        Err(WeakSecret::Example)
+    } else if secret.expose().len() < MIN_AUTH_SECRET_BYTES {
+        Err(WeakSecret::TooShort)
+    } else {
+        Ok(())
+    }
+}
+
 /// The edge's own settings.
 #[derive(Debug, Clone, Args)]
 pub struct EdgeSettings {
@@ -143,11 +181,19 @@ pub struct EdgeSettings {
     )]
     pub addr: SocketAddr,
     /// HMAC key for thread tokens; all edges share it.
-    #[arg(long = "auth-secret", env = "AUTH_SECRET")]
+    /// At least 32 bytes, and not the example's, unless DEV_MODE=true.
+    #[arg(long = "auth-secret", env = "AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Secret,
     /// Bearer token for /api/admin/*; the admin API is disabled when unset.
-    #[arg(long = "admin-token", env = "ADMIN_TOKEN")]
+    #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
+    /// Development only: accept a weak AUTH_SECRET (shorter than 32 bytes, or the example's).
+    #[arg(
+        long = "dev-mode",
+        env = "DEV_MODE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dev_mode: bool,
     /// Per-thread message rate limit: messages per window.
     #[arg(
         long = "rate-limit-messages",
@@ -300,6 +346,40 @@ mod tests {
         assert!(parse_prefix("a.b").is_err());
         assert!(parse_prefix("").is_err());
         assert!(parse_prefix("a>").is_err());
+    }
+
+    #[test]
+    fn weak_auth_secrets_are_refused() {
+        let secret = |raw: &str| raw.parse::<Secret>().unwrap();
+        assert_eq!(
+            check_auth_secret(&secret(EXAMPLE_AUTH_SECRET)),
+            Err(WeakSecret::Example)
+        );
+        assert_eq!(
+            check_auth_secret(&secret(&"x".repeat(31))),
+            Err(WeakSecret::TooShort)
+        );
+        assert_eq!(check_auth_secret(&secret(&"x".repeat(32))), Ok(()));
+        // The example file still holds the value refused here.
+        let example = include_str!("../../.env.example");
+        assert!(
+            example.contains(&format!("AUTH_SECRET={EXAMPLE_AUTH_SECRET}\n")),
+            ".env.example's AUTH_SECRET changed: update EXAMPLE_AUTH_SECRET"
+        );
+    }
+
+    #[test]
+    fn migrate_is_on_unless_turned_off() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            database: DatabaseSettings,
+        }
+        use clap::Parser as _;
+        assert!(
+            Cli::parse_from(["test"]).database.migrate || std::env::var_os("MIGRATE").is_some()
+        );
+        assert!(!Cli::parse_from(["test", "--no-migrate"]).database.migrate);
     }
 
     #[test]

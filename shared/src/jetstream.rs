@@ -1,6 +1,7 @@
-//! NATS connection and the idempotent JetStream set-up: streams `<PREFIX>_IN` (client messages,
-//! with a duplicate window) and `<PREFIX>_OUT` (reply frames, retained for `resume`), and the
-//! durable pull consumer all workers share.
+//! NATS connection and the JetStream set-up: streams `<PREFIX>_IN` (client messages, with a
+//! duplicate window) and `<PREFIX>_OUT` (reply frames, retained for `resume`), and the durable
+//! pull consumer all workers share. Missing streams are created; existing ones are only rewritten
+//! by `worker setup --apply` (SPEC §9).
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 
 use crate::config::NatsSettings;
+use crate::redact::redact_url;
 
 /// The duplicate window of `<PREFIX>_IN` (SPEC §3): a message id sent again within it is stored once.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -22,25 +24,86 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<asyn
 
 /// [`connect`] with options of the caller's (e.g. a smaller subscription capacity on the edge, an
 /// event callback of its own).
+///
+/// A user and password (or a token) written in `NATS_URL` are passed to the client as its
+/// credentials and taken out of the server addresses, which the client logs.
 pub async fn connect_with(
     settings: &NatsSettings,
     name: &str,
     options: async_nats::ConnectOptions,
 ) -> anyhow::Result<async_nats::Client> {
-    let servers: Vec<async_nats::ServerAddr> = settings
-        .url
-        .split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("NATS_URL `{}` is not a list of NATS URLs", settings.url))?;
+    let (servers, credentials) = servers_and_credentials(&settings.url)?;
+    let options = match credentials {
+        Some(UrlCredentials::UserPassword { user, password }) => {
+            options.user_and_password(user, password)
+        }
+        Some(UrlCredentials::Token(token)) => options.token(token),
+        None => options,
+    };
     options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .connect(servers)
         .await
-        .with_context(|| format!("Failed to connect to NATS at {}", settings.url))
+        .with_context(|| format!("Failed to connect to NATS at {}", redact_url(&settings.url)))
+}
+
+/// Credentials written in `NATS_URL` (`nats://user:password@host`, `nats://token@host`).
+#[derive(PartialEq, Eq)]
+enum UrlCredentials {
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+impl std::fmt::Debug for UrlCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UrlCredentials(***)")
+    }
+}
+
+/// The servers of `NATS_URL` without credentials, and the credentials (the same for every server).
+fn servers_and_credentials(
+    urls: &str,
+) -> anyhow::Result<(Vec<async_nats::ServerAddr>, Option<UrlCredentials>)> {
+    let invalid = || format!("NATS_URL `{}` is not a list of NATS URLs", redact_url(urls));
+    let mut servers = Vec::new();
+    let mut credentials: Option<UrlCredentials> = None;
+    for raw in urls.split(',').map(str::trim).filter(|url| !url.is_empty()) {
+        let mut url = raw
+            .parse::<async_nats::ServerAddr>()
+            .with_context(invalid)?
+            .into_inner();
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let found = match (url.username(), url.password()) {
+            ("", _) => None,
+            (user, Some(password)) => Some(UrlCredentials::UserPassword {
+                user: decode(user),
+                password: decode(password),
+            }),
+            (token, None) => Some(UrlCredentials::Token(decode(token))),
+        };
+        if found.is_some() {
+            if credentials.is_some() && credentials != found {
+                anyhow::bail!(
+                    "NATS_URL `{}` names different credentials for different servers; use one",
+                    redact_url(urls)
+                );
+            }
+            credentials = found;
+            url.set_username("")
+                .and_then(|()| url.set_password(None))
+                .map_err(|()| anyhow::anyhow!(invalid()))?;
+        }
+        servers.push(async_nats::ServerAddr::from_url(url).with_context(invalid)?);
+    }
+    if servers.is_empty() {
+        anyhow::bail!(invalid());
+    }
+    Ok((servers, credentials))
 }
 
 /// A JetStream context whose publishes give up after `timeout`.
@@ -50,11 +113,36 @@ pub fn context(client: async_nats::Client, timeout: Duration) -> jetstream::Cont
         .build(client)
 }
 
-/// The two streams, created or brought up to date. Safe to run from every process at start-up.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    settings: &NatsSettings,
-) -> anyhow::Result<(stream::Stream, stream::Stream)> {
+/// What to do with an existing stream whose settings differ from the configured ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDrift {
+    /// Leave it as it is, and say so (start-up, `worker setup`).
+    Report,
+    /// Update it to the configured settings (`worker setup --apply`).
+    Apply,
+}
+
+/// One setting of an existing stream that differs from the configured one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldDrift {
+    pub field: &'static str,
+    pub configured: String,
+    pub actual: String,
+}
+
+/// What [`ensure_stream`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamSetup {
+    Created,
+    UpToDate,
+    /// Settings differ, left as they are ([`OnDrift::Report`]).
+    Drifted(Vec<FieldDrift>),
+    /// Settings differed and were updated ([`OnDrift::Apply`]).
+    Updated(Vec<FieldDrift>),
+}
+
+/// The configuration of `<PREFIX>_IN` and `<PREFIX>_OUT`, from the settings.
+pub fn stream_configs(settings: &NatsSettings) -> [stream::Config; 2] {
     let subjects = settings.subjects();
     let inbound = stream::Config {
         name: subjects.inbound_stream(),
@@ -86,21 +174,199 @@ pub async fn ensure_streams(
         }),
         ..Default::default()
     };
-    let mut streams = Vec::with_capacity(2);
+    [inbound, replies]
+}
+
+/// The two streams; missing ones are created. An existing stream whose settings differ from the
+/// configured ones is used as it is, with a warning per setting: only `worker setup --apply`
+/// rewrites a stream. Safe to run from every process at start-up.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    settings: &NatsSettings,
+) -> anyhow::Result<(stream::Stream, stream::Stream)> {
+    let [inbound, replies] = stream_configs(settings);
+    let mut opened = Vec::with_capacity(2);
     for config in [inbound, replies] {
-        let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .with_context(|| format!("Failed to create or update JetStream stream {name}"))?;
-        let stream = js
-            .get_stream(&name)
-            .await
-            .with_context(|| format!("Failed to open JetStream stream {name}"))?;
-        streams.push(stream);
+        let (stream, setup) = ensure_stream(js, config, OnDrift::Report).await?;
+        let name = &stream.cached_info().config.name;
+        match setup {
+            StreamSetup::Created => tracing::info!(stream = %name, "Created the JetStream stream."),
+            StreamSetup::Drifted(drift) => {
+                for FieldDrift {
+                    field,
+                    configured,
+                    actual,
+                } in drift
+                {
+                    tracing::warn!(
+                        stream = %name,
+                        field,
+                        %configured,
+                        %actual,
+                        "A stream setting differs from the configured one; left as it is (`worker setup --apply` updates it)."
+                    );
+                }
+            }
+            StreamSetup::UpToDate | StreamSetup::Updated(_) => {}
+        }
+        opened.push(stream);
     }
-    let replies = streams.pop().context("replies stream")?;
-    let inbound = streams.pop().context("inbound stream")?;
+    let replies = opened.pop().context("replies stream")?;
+    let inbound = opened.pop().context("inbound stream")?;
     Ok((inbound, replies))
+}
+
+/// The two existing streams, read only: nothing is created or changed. For read-only commands.
+pub async fn open_streams(
+    js: &jetstream::Context,
+    settings: &NatsSettings,
+) -> anyhow::Result<(stream::Stream, stream::Stream)> {
+    let subjects = settings.subjects();
+    let mut opened = Vec::with_capacity(2);
+    for name in [subjects.inbound_stream(), subjects.replies_stream()] {
+        let stream = match js.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(error) if is_stream_not_found(&error) => anyhow::bail!(
+                "The JetStream stream {name} does not exist (NATS_PREFIX {}); `worker setup` creates it",
+                settings.prefix
+            ),
+            Err(error) => {
+                return Err(error).with_context(|| format!("Failed to open JetStream stream {name}"))
+            }
+        };
+        opened.push(stream);
+    }
+    let replies = opened.pop().context("replies stream")?;
+    let inbound = opened.pop().context("inbound stream")?;
+    Ok((inbound, replies))
+}
+
+/// Creates the stream of `config` if it is missing; otherwise compares its settings with `config`
+/// and, on a difference, reports it or applies `config` as `on_drift` says.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    on_drift: OnDrift,
+) -> anyhow::Result<(stream::Stream, StreamSetup)> {
+    let name = config.name.clone();
+    let existing = match js.get_stream(&name).await {
+        Ok(stream) => stream,
+        Err(error) if is_stream_not_found(&error) => match js.create_stream(config.clone()).await {
+            Ok(_) => {
+                let stream = js
+                    .get_stream(&name)
+                    .await
+                    .with_context(|| format!("Failed to open JetStream stream {name}"))?;
+                return Ok((stream, StreamSetup::Created));
+            }
+            // Another process created it a moment ago: compare with that one.
+            Err(create_error) => js
+                .get_stream(&name)
+                .await
+                .map_err(|_| create_error)
+                .with_context(|| format!("Failed to create JetStream stream {name}"))?,
+        },
+        Err(error) => {
+            return Err(error).with_context(|| format!("Failed to open JetStream stream {name}"))
+        }
+    };
+    let drift = stream_drift(&config, &existing.cached_info().config);
+    if drift.is_empty() {
+        return Ok((existing, StreamSetup::UpToDate));
+    }
+    match on_drift {
+        OnDrift::Report => Ok((existing, StreamSetup::Drifted(drift))),
+        OnDrift::Apply => {
+            js.update_stream(&config)
+                .await
+                .with_context(|| format!("Failed to update JetStream stream {name}"))?;
+            let stream = js
+                .get_stream(&name)
+                .await
+                .with_context(|| format!("Failed to open JetStream stream {name}"))?;
+            Ok((stream, StreamSetup::Updated(drift)))
+        }
+    }
+}
+
+fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// The settings this project configures that differ between `configured` and `actual`. A
+/// setting left at its default in `configured` (the server picks it) is not compared.
+pub fn stream_drift(configured: &stream::Config, actual: &stream::Config) -> Vec<FieldDrift> {
+    let mut drift = Vec::new();
+    let mut compare = |field: &'static str, configured: String, actual: String| {
+        if configured != actual {
+            drift.push(FieldDrift {
+                field,
+                configured,
+                actual,
+            });
+        }
+    };
+    compare(
+        "description",
+        format!("{:?}", configured.description),
+        format!("{:?}", actual.description),
+    );
+    compare(
+        "subjects",
+        configured.subjects.join(","),
+        actual.subjects.join(","),
+    );
+    compare(
+        "storage",
+        format!("{:?}", configured.storage),
+        format!("{:?}", actual.storage),
+    );
+    compare(
+        "retention",
+        format!("{:?}", configured.retention),
+        format!("{:?}", actual.retention),
+    );
+    compare(
+        "max_age",
+        format!("{:?}", configured.max_age),
+        format!("{:?}", actual.max_age),
+    );
+    compare(
+        "num_replicas",
+        configured.num_replicas.to_string(),
+        actual.num_replicas.to_string(),
+    );
+    compare(
+        "allow_direct",
+        configured.allow_direct.to_string(),
+        actual.allow_direct.to_string(),
+    );
+    if !configured.duplicate_window.is_zero() {
+        compare(
+            "duplicate_window",
+            format!("{:?}", configured.duplicate_window),
+            format!("{:?}", actual.duplicate_window),
+        );
+    }
+    if configured.max_messages_per_subject != 0 {
+        compare(
+            "max_messages_per_subject",
+            configured.max_messages_per_subject.to_string(),
+            actual.max_messages_per_subject.to_string(),
+        );
+    }
+    if configured.republish.is_some() {
+        compare(
+            "republish",
+            format!("{:?}", configured.republish),
+            format!("{:?}", actual.republish),
+        );
+    }
+    drift
 }
 
 /// The durable pull consumer `<prefix>-workers` on `<PREFIX>_IN`, shared by every worker.
@@ -125,4 +391,77 @@ pub async fn ensure_workers_consumer(
         .get_or_create_consumer(&name, config)
         .await
         .with_context(|| format!("Failed to create the durable consumer {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_server_addresses() {
+        let (servers, credentials) =
+            servers_and_credentials("nats://me:p%40ss@a:4222, nats://me:p%40ss@b:4223").unwrap();
+        assert_eq!(
+            credentials,
+            Some(UrlCredentials::UserPassword {
+                user: "me".into(),
+                password: "p@ss".into()
+            })
+        );
+        let urls: Vec<String> = servers.iter().map(|s| s.as_url_str().to_owned()).collect();
+        assert_eq!(urls, ["nats://a:4222", "nats://b:4223"]);
+        assert!(!format!("{servers:?}{credentials:?}").contains("p@ss"));
+
+        let (_, token) = servers_and_credentials("nats://s3cret@a:4222").unwrap();
+        assert_eq!(token, Some(UrlCredentials::Token("s3cret".into())));
+        let (servers, none) = servers_and_credentials("127.0.0.1:4222").unwrap();
+        assert_eq!((servers.len(), none), (1, None));
+    }
+
+    #[test]
+    fn bad_nats_urls_are_refused_without_their_secrets() {
+        let error = servers_and_credentials("nats://a:s3cret@a:4222,nats://b:other@b:4222")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("s3cret") && !error.contains("other"),
+            "{error}"
+        );
+        let error = servers_and_credentials("http://a:s3cret@a:4222")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(servers_and_credentials(" , ").is_err());
+    }
+
+    #[test]
+    fn drift_names_each_differing_setting_and_ignores_server_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            nats: NatsSettings,
+        }
+        let settings = <Cli as clap::Parser>::parse_from([
+            "test",
+            "--nats-prefix=p",
+            "--inbound-retention-secs=60",
+            "--reply-retention-secs=60",
+        ])
+        .nats;
+        let [inbound, replies] = stream_configs(&settings);
+        // What the server reports: its own defaults filled in.
+        let mut actual = replies.clone();
+        actual.duplicate_window = Duration::from_secs(120);
+        actual.max_bytes = -1;
+        assert_eq!(stream_drift(&replies, &actual), []);
+
+        let mut actual = inbound.clone();
+        actual.max_age = Duration::from_secs(30);
+        actual.num_replicas = 3;
+        let drift = stream_drift(&inbound, &actual);
+        let fields: Vec<&str> = drift.iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["max_age", "num_replicas"]);
+        assert_eq!(drift[0].configured, "60s");
+        assert_eq!(drift[0].actual, "30s");
+    }
 }

@@ -10,6 +10,7 @@ pub mod jetstream;
 pub mod metrics;
 pub mod openapi;
 pub mod protocol;
+pub mod redact;
 pub mod replay;
 pub mod retained;
 pub mod shutdown;

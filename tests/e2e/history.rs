@@ -72,7 +72,7 @@ async fn a_thread_history_lists_each_message_and_its_reply() {
 
     // A well-signed token for a thread that does not exist (the harness' AUTH_SECRET).
     let ghost = shared::ids::ThreadId::parse("no-such-thread").unwrap();
-    let token = shared::auth::ThreadTokens::new(b"test-secret")
+    let token = shared::auth::ThreadTokens::new(e2e::TEST_AUTH_SECRET.as_bytes())
         .unwrap()
         .sign(&ghost);
     let missing = app

@@ -16,6 +16,7 @@ mod idempotency;
 mod imported_tools;
 mod openai;
 mod openapi_import;
+mod operator_cli;
 mod outages;
 mod resume;
 mod shutdown;

@@ -19,6 +19,9 @@ use tokio::sync::oneshot;
 
 pub use ws::WsClient;
 
+/// The harness' `AUTH_SECRET`: long enough for the edge to accept it outside `DEV_MODE`.
+pub const TEST_AUTH_SECRET: &str = "test-secret-test-secret-test-secret";
+
 /// The longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -182,7 +185,10 @@ impl TestApp {
             database_url.unwrap_or_else(|| real_database_url.clone()),
         );
         env.entry("AUTH_SECRET".into())
-            .or_insert_with(|| "test-secret".into());
+            .or_insert_with(|| TEST_AUTH_SECRET.into());
+        // The demo agents' tools read the demo shop's data, which is not a migration.
+        env.entry("SEED_DEMO_DATA".into())
+            .or_insert_with(|| "true".into());
         env.insert("LOG_FORMAT".into(), "json".into());
         let mut app = Self {
             prefix,
@@ -259,27 +265,30 @@ impl TestApp {
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
+        // Logs go to stderr (SPEC §9).
+        let stderr = child.stderr.take().expect("piped stderr");
         let (ready_tx, ready_rx) = oneshot::channel::<Value>();
         let ready = ready.to_owned();
         let label = name.to_owned();
         let echo = std::env::var_os("TEST_LOG").is_some();
         tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
-            let mut lines = BufReader::new(stdout).lines();
+            let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(log) = serde_json::from_str::<Value>(&line) else {
+                    // Not a log line: a start-up error or a panic, always worth showing.
+                    eprintln!("[{label}] {line}");
+                    continue;
+                };
                 if echo {
                     eprintln!("[{label}] {line}");
                 }
-                let Ok(log) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
                 if log["message"] == ready.as_str() {
                     if let Some(tx) = ready_tx.take() {
                         let _ = tx.send(log);

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod consumer;
+pub mod demo_seed;
 pub mod error;
 pub mod llm;
 pub mod metrics;

@@ -1,5 +1,7 @@
-//! Operator commands (SPEC §6): `worker replay …` and `worker dead-letters list|show`. Each exits
-//! non-zero on failure.
+//! Operator commands (SPEC §6, §9): `worker setup [--apply]`, `worker seed`, `worker replay …` and
+//! `worker dead-letters list|show`. Each exits non-zero on failure. Only `setup` creates or
+//! migrates a database or changes a stream; `dead-letters` and `replay --dry-run` change nothing.
+//! Command output goes to stdout, logs to stderr.
 
 use std::time::Duration;
 
@@ -7,17 +9,32 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::dead_letters;
 use shared::ids::ThreadId;
+use shared::jetstream::{FieldDrift, OnDrift, StreamSetup};
 use shared::replay::{ReplayRequest, Replayer, Selection};
 
 use crate::Settings;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
+    /// Create the database if missing, apply the migrations, create the missing streams and the
+    /// durable consumer. Streams whose settings differ from the configured ones are listed, and
+    /// the command fails, unless --apply updates them. For a deploy job.
+    Setup(SetupArgs),
+    /// Load the demo shop's data (customers, orders 1001-1010, invoices, FAQ) that the built-in
+    /// demo agents use. Idempotent. The database must exist (`worker setup`).
+    Seed,
     /// Re-drive retained messages from JetStream (e.g. after a model-provider outage).
     Replay(ReplayArgs),
     /// Inspect the dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SetupArgs {
+    /// Update existing streams whose settings differ from the configured ones.
+    #[arg(long)]
+    pub apply: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -64,11 +81,32 @@ pub enum DeadLettersCommand {
 }
 
 pub async fn run(command: &Command, settings: &Settings) -> anyhow::Result<()> {
-    let db = shared::db::connect_and_migrate(&settings.database).await?;
     match command {
-        Command::Replay(args) => replay(args, settings, &db).await,
-        Command::DeadLetters(DeadLettersCommand::List { all, limit, json }) => {
-            let letters = dead_letters::list(&db, *all, *limit)
+        Command::Setup(args) => setup(args, settings).await,
+        Command::Seed => {
+            let db = shared::db::connect_existing(&settings.database).await?;
+            crate::demo_seed::seed(&db).await?;
+            println!("The demo shop's data is loaded.");
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let db = shared::db::connect_existing(&settings.database).await?;
+            replay(args, settings, &db).await
+        }
+        Command::DeadLetters(command) => {
+            let db = shared::db::connect_existing(&settings.database).await?;
+            inspect_dead_letters(command, &db).await
+        }
+    }
+}
+
+async fn inspect_dead_letters(
+    command: &DeadLettersCommand,
+    db: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    match command {
+        DeadLettersCommand::List { all, limit, json } => {
+            let letters = dead_letters::list(db, *all, *limit)
                 .await
                 .context("Failed to read the dead letters")?;
             if *json {
@@ -93,8 +131,8 @@ pub async fn run(command: &Command, settings: &Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::DeadLetters(DeadLettersCommand::Show { id }) => {
-            let letter = dead_letters::get(&db, *id)
+        DeadLettersCommand::Show { id } => {
+            let letter = dead_letters::get(db, *id)
                 .await
                 .context("Failed to read the dead letter")?
                 .with_context(|| format!("no dead letter with id {id}"))?;
@@ -118,7 +156,8 @@ async fn replay(args: &ReplayArgs, settings: &Settings, db: &sqlx::PgPool) -> an
     };
     let nats = shared::jetstream::connect(&settings.nats, "worker-replay").await?;
     let jetstream = shared::jetstream::context(nats.clone(), Duration::from_secs(10));
-    let (inbound, _) = shared::jetstream::ensure_streams(&jetstream, &settings.nats).await?;
+    // Replaying needs the streams as they are: it neither creates nor changes them.
+    let (inbound, _) = shared::jetstream::open_streams(&jetstream, &settings.nats).await?;
     let subjects = settings.nats.subjects();
     let replayer = Replayer {
         jetstream: &jetstream,
@@ -163,4 +202,77 @@ async fn replay(args: &ReplayArgs, settings: &Settings, db: &sqlx::PgPool) -> an
     }
     nats.flush().await.context("Failed to flush NATS")?;
     Ok(())
+}
+
+/// `worker setup [--apply]`: the database and its migrations, the streams, the durable consumer.
+async fn setup(args: &SetupArgs, settings: &Settings) -> anyhow::Result<()> {
+    let (_db, database) = shared::db::set_up(&settings.database).await?;
+    println!(
+        "database: {}",
+        if database.created {
+            "created"
+        } else {
+            "exists"
+        }
+    );
+    if database.applied.is_empty() {
+        println!("migrations: up to date");
+    }
+    for migration in &database.applied {
+        println!("migration applied: {migration}");
+    }
+
+    let nats = shared::jetstream::connect(&settings.nats, "worker-setup").await?;
+    let jetstream = shared::jetstream::context(nats.clone(), Duration::from_secs(10));
+    let on_drift = if args.apply {
+        OnDrift::Apply
+    } else {
+        OnDrift::Report
+    };
+    let mut drifted = false;
+    let mut inbound = None;
+    for config in shared::jetstream::stream_configs(&settings.nats) {
+        let name = config.name.clone();
+        let (stream, state) =
+            shared::jetstream::ensure_stream(&jetstream, config, on_drift).await?;
+        match state {
+            StreamSetup::Created => println!("stream {name}: created"),
+            StreamSetup::UpToDate => println!("stream {name}: up to date"),
+            StreamSetup::Drifted(drift) => {
+                drifted = true;
+                println!("stream {name}: differs from the configured settings (left as it is)");
+                print_drift(&drift);
+            }
+            StreamSetup::Updated(drift) => {
+                println!("stream {name}: updated to the configured settings");
+                print_drift(&drift);
+            }
+        }
+        inbound.get_or_insert(stream);
+    }
+    let inbound = inbound.context("the inbound stream")?;
+    let ack_wait = Duration::from_secs(settings.worker.ack_wait_secs);
+    shared::jetstream::ensure_workers_consumer(&inbound, &settings.nats, ack_wait).await?;
+    println!(
+        "consumer {}: ready",
+        settings.nats.subjects().workers_consumer()
+    );
+    nats.flush().await.context("Failed to flush NATS")?;
+    if drifted {
+        anyhow::bail!(
+            "stream settings differ from the configured ones (listed above); rerun with `worker setup --apply` to update them"
+        );
+    }
+    Ok(())
+}
+
+fn print_drift(drift: &[FieldDrift]) {
+    for FieldDrift {
+        field,
+        configured,
+        actual,
+    } in drift
+    {
+        println!("  {field}: configured {configured}, actual {actual}");
+    }
 }

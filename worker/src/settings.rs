@@ -4,8 +4,8 @@ use shared::config::{
     DatabaseSettings, NatsSettings, ShutdownSettings, TelemetrySettings, WorkerSettings,
 };
 
-/// Turn worker of Smart Support. With no command it runs the consumer; `replay` and
-/// `dead-letters` are the operator commands.
+/// Turn worker of Smart Support. With no command it runs the consumer; `setup`, `seed`, `replay`
+/// and `dead-letters` are the operator commands.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "worker", version, about)]
 pub struct Settings {
@@ -13,6 +13,13 @@ pub struct Settings {
     pub command: Option<crate::operator::Command>,
     #[command(flatten)]
     pub worker: WorkerSettings,
+    /// Load the demo shop's data (what `worker seed` loads) at start-up; for demos and tests.
+    #[arg(
+        long = "seed-demo-data",
+        env = "SEED_DEMO_DATA",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub seed_demo_data: bool,
     #[command(flatten)]
     pub nats: NatsSettings,
     #[command(flatten)]

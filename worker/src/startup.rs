@@ -40,7 +40,17 @@ impl Worker {
         let ack_wait = Duration::from_secs(settings.worker.ack_wait_secs);
         let consumer =
             shared::jetstream::ensure_workers_consumer(&inbound, &settings.nats, ack_wait).await?;
-        let db = shared::db::connect_and_migrate(&settings.database).await?;
+        let db = shared::db::connect_at_start_up(&settings.database).await?;
+        if settings.seed_demo_data {
+            crate::demo_seed::seed(&db).await?;
+            tracing::info!("SEED_DEMO_DATA=true: the demo shop's data is loaded.");
+        } else if settings.worker.agents_config.is_none()
+            && !crate::demo_seed::is_seeded(&db).await?
+        {
+            tracing::warn!(
+                "The built-in demo agents run (AGENTS_CONFIG is unset) but the demo shop's data is not loaded: its tools will fail. Run `worker seed` or set SEED_DEMO_DATA=true."
+            );
+        }
         let worker_id = uuid::Uuid::new_v4();
         let store = Store::new(
             db,

@@ -1,5 +1,6 @@
-//! The demo shop's tools (SPEC §5, plus `escalate_to_human`), on the demo data the migrations load: orders 1001–1010,
-//! their invoices, and an FAQ. Each result carries a `summary` sentence for the user.
+//! The demo shop's tools (SPEC §5, plus `escalate_to_human`), on the demo data that `worker seed`
+//! loads (worker/src/demo_seed.sql): orders 1001–1010, their invoices, and an FAQ. Each result
+//! carries a `summary` sentence for the user.
 
 use std::sync::Arc;
 
