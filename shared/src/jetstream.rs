@@ -2,12 +2,13 @@
 //! with a duplicate window) and `<PREFIX>_OUT` (reply frames, retained for `resume`), and the
 //! durable pull consumer all workers share.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 
-use crate::config::NatsSettings;
+use crate::config::{NatsSecuritySettings, NatsSettings};
 
 /// The duplicate window of `<PREFIX>_IN` (SPEC §3): a message id sent again within it is stored once.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -35,12 +36,60 @@ pub async fn connect_with(
         .map(str::parse)
         .collect::<Result<_, _>>()
         .with_context(|| format!("NATS_URL `{}` is not a list of NATS URLs", settings.url))?;
+    let options = secure(options, &settings.security).await?;
     options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .connect(servers)
         .await
         .with_context(|| format!("Failed to connect to NATS at {}", settings.url))
+}
+
+/// Applies `NATS_CREDS`, `NATS_NKEY` and `NATS_TLS_*`. Files are read here, so a missing or
+/// malformed one stops start-up with an error that names the setting (never the secret).
+async fn secure(
+    mut options: async_nats::ConnectOptions,
+    security: &NatsSecuritySettings,
+) -> anyhow::Result<async_nats::ConnectOptions> {
+    if let Some(path) = &security.creds {
+        options = options.credentials_file(path).await.with_context(|| {
+            format!(
+                "NATS_CREDS {} is not a readable NATS credentials file",
+                path.display()
+            )
+        })?;
+    }
+    if let Some(seed) = &security.nkey {
+        // async-nats would only fail at the server's challenge; say which setting is wrong now.
+        // (nkeys' error may quote the input: do not pass it on.)
+        let valid_user_seed = nkeys::KeyPair::from_seed(seed.expose())
+            .is_ok_and(|pair| matches!(pair.key_pair_type(), nkeys::KeyPairType::User));
+        anyhow::ensure!(
+            valid_user_seed,
+            "NATS_NKEY is not a NATS user nkey seed (it starts with SU)"
+        );
+        options = options.nkey(seed.expose().to_owned());
+    }
+    if let Some(ca) = &security.tls_ca {
+        readable(ca, "NATS_TLS_CA")?;
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) {
+        readable(cert, "NATS_TLS_CERT")?;
+        readable(key, "NATS_TLS_KEY")?;
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
+/// async-nats reads TLS files only when it connects, and reports a missing one as a failed
+/// connection: check up front so the error names the setting.
+fn readable(path: &Path, setting: &str) -> anyhow::Result<()> {
+    std::fs::File::open(path)
+        .map(drop)
+        .with_context(|| format!("{setting} {} cannot be read", path.display()))
 }
 
 /// A JetStream context whose publishes give up after `timeout`.
@@ -125,4 +174,65 @@ pub async fn ensure_workers_consumer(
         .get_or_create_consumer(&name, config)
         .await
         .with_context(|| format!("Failed to create the durable consumer {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn error_of(security: NatsSecuritySettings) -> String {
+        match secure(async_nats::ConnectOptions::new(), &security).await {
+            Ok(_) => panic!("{security:?} must be refused"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unusable_security_settings_are_named_and_secrets_not_shown() {
+        let creds = NatsSecuritySettings {
+            creds: Some("/nonexistent/user.creds".into()),
+            ..Default::default()
+        };
+        assert!(error_of(creds)
+            .await
+            .contains("NATS_CREDS /nonexistent/user.creds"));
+
+        let seed = "SUAIO3FHUX5PNV2LQIIP7TZ3N4L7TX3W53MQGEIVYFIGA635OZCKEYHFLX";
+        let nkey = NatsSecuritySettings {
+            nkey: Some(seed.parse().unwrap()),
+            ..Default::default()
+        };
+        let error = error_of(nkey).await;
+        assert!(error.contains("NATS_NKEY"), "{error}");
+        assert!(!error.contains(seed), "{error}");
+        // An account seed is a valid seed, but not a user's.
+        let account = nkeys::KeyPair::new_account().seed().unwrap();
+        let nkey = NatsSecuritySettings {
+            nkey: Some(account.parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(error_of(nkey).await.contains("NATS_NKEY"));
+
+        let key = NatsSecuritySettings {
+            tls_cert: Some("Cargo.toml".into()),
+            tls_key: Some("/nonexistent/key.pem".into()),
+            ..Default::default()
+        };
+        assert!(error_of(key)
+            .await
+            .contains("NATS_TLS_KEY /nonexistent/key.pem"));
+    }
+
+    #[tokio::test]
+    async fn a_user_seed_and_readable_files_are_accepted() {
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        let security = NatsSecuritySettings {
+            nkey: Some(seed.parse().unwrap()),
+            tls_ca: Some("Cargo.toml".into()),
+            ..Default::default()
+        };
+        assert!(secure(async_nats::ConnectOptions::new(), &security)
+            .await
+            .is_ok());
+    }
 }
