@@ -135,7 +135,7 @@ async fn a_chat_turn_runs_over_nats_with_an_nkey_user_and_mutual_tls() {
     // Each secret or file is needed: without the seed, or without the client certificate, or
     // with a seed the server does not know, neither binary starts, and the error says why.
     let stranger = nkeys::KeyPair::new_user().seed().unwrap();
-    let cases: [(&str, &[&str], &[(&str, &str)], &str); 6] = [
+    let cases: [Refusal<'_>; 6] = [
         ("edge", &["NATS_NKEY"], &[], "authorization violation"),
         ("worker", &["NATS_NKEY"], &[], "authorization violation"),
         (
@@ -181,3 +181,7 @@ async fn a_chat_turn_runs_over_nats_with_an_nkey_user_and_mutual_tls() {
         );
     }
 }
+
+/// A start-up that must fail: the binary, run with these settings removed from the stack's and
+/// these added, and what its error output says.
+type Refusal<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
