@@ -224,6 +224,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_creds_file_is_read_and_a_malformed_one_refused() {
+        let dir = std::env::temp_dir().join(format!("creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        // The JWT is checked by the server, not here; the file's layout and the seed are.
+        let good = dir.join("good.creds");
+        std::fs::write(
+            &good,
+            format!(
+                "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
+        let bad = dir.join("bad.creds");
+        std::fs::write(&bad, "not a creds file").unwrap();
+        let with = |path: &std::path::Path| NatsSecuritySettings {
+            creds: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        let accepted = secure(async_nats::ConnectOptions::new(), &with(&good)).await;
+        let refused = error_of(with(&bad)).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(accepted.is_ok(), "{:?}", accepted.err());
+        assert!(refused.contains("NATS_CREDS"), "{refused}");
+    }
+
+    #[tokio::test]
     async fn a_user_seed_and_readable_files_are_accepted() {
         let seed = nkeys::KeyPair::new_user().seed().unwrap();
         let security = NatsSecuritySettings {
