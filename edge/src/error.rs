@@ -20,6 +20,8 @@ pub enum ApiError {
     InvalidDocument(String),
     #[error("payload too large: {0}")]
     PayloadTooLarge(String),
+    #[error("origin not allowed")]
+    ForbiddenOrigin,
 }
 
 impl ApiError {
@@ -49,6 +51,11 @@ impl ApiError {
             Self::InvalidDocument(message) => {
                 (StatusCode::BAD_REQUEST, "invalid_document", message.clone())
             }
+            Self::ForbiddenOrigin => (
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "Pages of this origin may not use this service (ALLOWED_ORIGINS).".into(),
+            ),
             Self::PayloadTooLarge(message) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

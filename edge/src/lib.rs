@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod error;
 pub mod metrics;
+pub mod origins;
 pub mod rate_limit;
 pub mod routes;
 pub mod settings;

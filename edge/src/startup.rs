@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::EdgeMetrics;
+use crate::origins::OriginPolicy;
 use crate::rate_limit::{KeyedLimit, MessageBudget};
 use crate::state::AppState;
 use crate::Settings;
@@ -77,6 +78,7 @@ impl Edge {
             )),
             metrics: EdgeMetrics::new()?,
             admin_token: settings.edge.admin_token.clone(),
+            origins: Arc::new(OriginPolicy::new(&settings.edge.origins)),
             reconnects,
             close_sockets: CancellationToken::new(),
             sockets: TaskTracker::new(),

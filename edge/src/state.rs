@@ -32,6 +32,8 @@ pub struct AppState {
     /// Counts the edge's (re)connections to NATS: live frames published while it was away never
     /// reached its subscriptions, so each socket catches up from the stream.
     pub reconnects: tokio::sync::watch::Receiver<u64>,
+    /// `ALLOWED_ORIGINS`: which browser pages may open sockets and call the API.
+    pub origins: Arc<crate::origins::OriginPolicy>,
     /// `ADMIN_TOKEN`; the admin API answers 404 without one.
     pub admin_token: Option<shared::config::Secret>,
     /// Cancelled when sockets must close (after the shutdown grace period).

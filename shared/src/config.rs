@@ -39,6 +39,59 @@ pub struct NatsSettings {
         default_value_t = 10_000
     )]
     pub reply_max_per_thread: i64,
+    #[command(flatten)]
+    pub security: NatsSecuritySettings,
+}
+
+/// How a process proves who it is to NATS and checks the server: credentials, nkey, TLS. All unset
+/// (the default) connects as an anonymous client over plain TCP, as a local NATS accepts.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NatsSecuritySettings {
+    /// Credentials file (`.creds`: a user JWT and its nkey seed) for a NATS account.
+    #[arg(
+        id = "nats_creds",
+        value_name = "PATH",
+        long = "nats-creds",
+        env = "NATS_CREDS",
+        conflicts_with = "nats_nkey"
+    )]
+    pub creds: Option<std::path::PathBuf>,
+    /// Nkey seed (`SU…`) of a NATS user authenticated by nkey.
+    #[arg(
+        id = "nats_nkey",
+        long = "nats-nkey",
+        value_name = "SEED",
+        env = "NATS_NKEY",
+        hide_env_values = true
+    )]
+    pub nkey: Option<Secret>,
+    /// PEM file of the CA(s) that signed the NATS server's certificate; TLS is then required.
+    #[arg(
+        id = "nats_tls_ca",
+        value_name = "PATH",
+        value_name = "PATH",
+        long = "nats-tls-ca",
+        env = "NATS_TLS_CA"
+    )]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a NATS server that verifies clients (with NATS_TLS_KEY).
+    #[arg(
+        id = "nats_tls_cert",
+        value_name = "PATH",
+        long = "nats-tls-cert",
+        env = "NATS_TLS_CERT",
+        requires = "nats_tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of NATS_TLS_CERT.
+    #[arg(
+        id = "nats_tls_key",
+        value_name = "PATH",
+        long = "nats-tls-key",
+        env = "NATS_TLS_KEY",
+        requires = "nats_tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl NatsSettings {
@@ -218,6 +271,72 @@ pub struct EdgeSettings {
     /// The web app's build output (`npm --prefix web run build`), served at `/`.
     #[arg(long = "web-dir", env = "WEB_DIR", default_value = "web/dist")]
     pub web_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub origins: OriginSettings,
+}
+
+/// Which browser pages may use the edge: WebSocket upgrades and CORS requests (SPEC §9).
+#[derive(Debug, Clone, Default, Args)]
+pub struct OriginSettings {
+    /// Other origins whose pages may open /ws and call /api/* (comma-separated, e.g.
+    /// `https://shop.example,https://help.shop.example`). The edge's own origin and clients that
+    /// send no Origin (non-browser) are always allowed; unset: only they are.
+    #[arg(
+        long = "allowed-origins",
+        env = "ALLOWED_ORIGINS",
+        value_name = "ORIGINS"
+    )]
+    pub allowed_origins: Option<AllowedOrigins>,
+}
+
+/// A list of web origins (`scheme://host[:port]`), kept in the form browsers send in `Origin`:
+/// lower case, no trailing slash, no default port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigins(Vec<String>);
+
+impl AllowedOrigins {
+    /// Whether `origin` (an `Origin` header's value) is one of the list.
+    pub fn contains(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.0
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for AllowedOrigins {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let mut origins = Vec::new();
+        for item in raw
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
+            origins.push(parse_origin(item)?);
+        }
+        if origins.is_empty() {
+            return Err("lists no origin".into());
+        }
+        Ok(Self(origins))
+    }
+}
+
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let invalid =
+        || format!("`{raw}` is not an origin like https://shop.example or http://localhost:5173");
+    let url = url::Url::parse(raw).map_err(|_| invalid())?;
+    let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+    let credentials = !url.username().is_empty() || url.password().is_some();
+    if !matches!(url.scheme(), "http" | "https") || !bare || credentials || url.host().is_none() {
+        return Err(invalid());
+    }
+    // `Url` lower-cases the host and drops a default port, as browsers do in `Origin`.
+    Ok(url.origin().ascii_serialization())
 }
 
 /// Which model answers.
@@ -380,6 +499,39 @@ mod tests {
             Cli::parse_from(["test"]).database.migrate || std::env::var_os("MIGRATE").is_some()
         );
         assert!(!Cli::parse_from(["test", "--no-migrate"]).database.migrate);
+    }
+
+    #[test]
+    fn allowed_origins_are_normalised_like_origin_headers() {
+        let origins: AllowedOrigins =
+            " https://Shop.Example/ , http://localhost:5173,https://a.example:443"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            origins.as_slice(),
+            [
+                "https://shop.example",
+                "http://localhost:5173",
+                "https://a.example"
+            ]
+        );
+        assert!(origins.contains("https://shop.example"));
+        assert!(origins.contains("http://localhost:5173"));
+        assert!(!origins.contains("http://shop.example"));
+        assert!(!origins.contains("https://evil.example"));
+        for bad in [
+            "",
+            " , ",
+            "shop.example",
+            "https://shop.example/app",
+            "ftp://x.example",
+            "*",
+        ] {
+            assert!(
+                bad.parse::<AllowedOrigins>().is_err(),
+                "{bad:?} must be refused"
+            );
+        }
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! pull consumer all workers share. Missing streams are created; existing ones are only rewritten
 //! by `worker setup --apply` (SPEC §9).
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 
-use crate::config::NatsSettings;
+use crate::config::{NatsSecuritySettings, NatsSettings};
 use crate::redact::redact_url;
 
 /// The duplicate window of `<PREFIX>_IN` (SPEC §3): a message id sent again within it is stored once.
@@ -40,6 +41,7 @@ pub async fn connect_with(
         Some(UrlCredentials::Token(token)) => options.token(token),
         None => options,
     };
+    let options = secure(options, &settings.security).await?;
     options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
@@ -104,6 +106,53 @@ fn servers_and_credentials(
         anyhow::bail!(invalid());
     }
     Ok((servers, credentials))
+}
+
+/// Applies `NATS_CREDS`, `NATS_NKEY` and `NATS_TLS_*`. Files are read here, so a missing or
+/// malformed one stops start-up with an error that names the setting (never the secret).
+async fn secure(
+    mut options: async_nats::ConnectOptions,
+    security: &NatsSecuritySettings,
+) -> anyhow::Result<async_nats::ConnectOptions> {
+    if let Some(path) = &security.creds {
+        options = options.credentials_file(path).await.with_context(|| {
+            format!(
+                "NATS_CREDS {} is not a readable NATS credentials file",
+                path.display()
+            )
+        })?;
+    }
+    if let Some(seed) = &security.nkey {
+        // async-nats would only fail at the server's challenge; say which setting is wrong now.
+        // (nkeys' error may quote the input: do not pass it on.)
+        let valid_user_seed = nkeys::KeyPair::from_seed(seed.expose())
+            .is_ok_and(|pair| matches!(pair.key_pair_type(), nkeys::KeyPairType::User));
+        anyhow::ensure!(
+            valid_user_seed,
+            "NATS_NKEY is not a NATS user nkey seed (it starts with SU)"
+        );
+        options = options.nkey(seed.expose().to_owned());
+    }
+    if let Some(ca) = &security.tls_ca {
+        readable(ca, "NATS_TLS_CA")?;
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) {
+        readable(cert, "NATS_TLS_CERT")?;
+        readable(key, "NATS_TLS_KEY")?;
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
+/// async-nats reads TLS files only when it connects, and reports a missing one as a failed
+/// connection: check up front so the error names the setting.
+fn readable(path: &Path, setting: &str) -> anyhow::Result<()> {
+    std::fs::File::open(path)
+        .map(drop)
+        .with_context(|| format!("{setting} {} cannot be read", path.display()))
 }
 
 /// A JetStream context whose publishes give up after `timeout`.
@@ -463,5 +512,88 @@ mod tests {
         assert_eq!(fields, ["max_age", "num_replicas"]);
         assert_eq!(drift[0].configured, "60s");
         assert_eq!(drift[0].actual, "30s");
+    }
+
+    async fn error_of(security: NatsSecuritySettings) -> String {
+        match secure(async_nats::ConnectOptions::new(), &security).await {
+            Ok(_) => panic!("{security:?} must be refused"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unusable_security_settings_are_named_and_secrets_not_shown() {
+        let creds = NatsSecuritySettings {
+            creds: Some("/nonexistent/user.creds".into()),
+            ..Default::default()
+        };
+        assert!(error_of(creds)
+            .await
+            .contains("NATS_CREDS /nonexistent/user.creds"));
+
+        let seed = "SUAIO3FHUX5PNV2LQIIP7TZ3N4L7TX3W53MQGEIVYFIGA635OZCKEYHFLX";
+        let nkey = NatsSecuritySettings {
+            nkey: Some(seed.parse().unwrap()),
+            ..Default::default()
+        };
+        let error = error_of(nkey).await;
+        assert!(error.contains("NATS_NKEY"), "{error}");
+        assert!(!error.contains(seed), "{error}");
+        // An account seed is a valid seed, but not a user's.
+        let account = nkeys::KeyPair::new_account().seed().unwrap();
+        let nkey = NatsSecuritySettings {
+            nkey: Some(account.parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(error_of(nkey).await.contains("NATS_NKEY"));
+
+        let key = NatsSecuritySettings {
+            tls_cert: Some("Cargo.toml".into()),
+            tls_key: Some("/nonexistent/key.pem".into()),
+            ..Default::default()
+        };
+        assert!(error_of(key)
+            .await
+            .contains("NATS_TLS_KEY /nonexistent/key.pem"));
+    }
+
+    #[tokio::test]
+    async fn a_creds_file_is_read_and_a_malformed_one_refused() {
+        let dir = std::env::temp_dir().join(format!("creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        // The JWT is checked by the server, not here; the file's layout and the seed are.
+        let good = dir.join("good.creds");
+        std::fs::write(
+            &good,
+            format!(
+                "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
+        let bad = dir.join("bad.creds");
+        std::fs::write(&bad, "not a creds file").unwrap();
+        let with = |path: &std::path::Path| NatsSecuritySettings {
+            creds: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        let accepted = secure(async_nats::ConnectOptions::new(), &with(&good)).await;
+        let refused = error_of(with(&bad)).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(accepted.is_ok(), "{:?}", accepted.err());
+        assert!(refused.contains("NATS_CREDS"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_user_seed_and_readable_files_are_accepted() {
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        let security = NatsSecuritySettings {
+            nkey: Some(seed.parse().unwrap()),
+            tls_ca: Some("Cargo.toml".into()),
+            ..Default::default()
+        };
+        assert!(secure(async_nats::ConnectOptions::new(), &security)
+            .await
+            .is_ok());
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod fake_openai;
 pub mod nats;
+pub mod postgres;
 pub mod proxy;
+pub mod tls;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -232,6 +234,28 @@ impl TestApp {
     /// Runs a binary with this stack's settings (and `extra`) until it exits; for start-up failures.
     pub async fn run_to_exit(&self, name: &str, extra: &[(&str, &str)]) -> std::process::Output {
         self.run_command(name, &[], extra).await
+    }
+
+    /// [`TestApp::run_to_exit`] with the settings `unset` removed from this stack's environment.
+    pub async fn run_to_exit_without(
+        &self,
+        name: &str,
+        unset: &[&str],
+        extra: &[(&str, &str)],
+    ) -> std::process::Output {
+        let mut command = Command::new(binary(name));
+        command
+            .envs(&self.env)
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for key in unset {
+            command.env_remove(key);
+        }
+        tokio::time::timeout(WAIT, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not exit"))
+            .unwrap_or_else(|e| panic!("{name} runs: {e}"))
     }
 
     /// Runs an operator command (`worker replay …`) with this stack's settings until it exits.

@@ -22,6 +22,8 @@ pub struct NatsServer {
     dir: PathBuf,
     /// Cluster flags of a cluster member; empty for a standalone server.
     cluster_args: Vec<String>,
+    /// A configuration file (`-c`) in `dir`; command-line flags win over it.
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -30,6 +32,18 @@ impl NatsServer {
     pub async fn start_new() -> Self {
         let port = free_ports(1)[0];
         let mut server = Self::new("n1".into(), port, Vec::new());
+        server.start().await;
+        server
+    }
+
+    /// A standalone JetStream server on a free loopback port, running with `config` (nats-server
+    /// configuration syntax, e.g. `tls { … }` or `authorization { … }`) as its configuration file.
+    pub async fn start_with_config(config: &str) -> Self {
+        let port = free_ports(1)[0];
+        let mut server = Self::new("n1".into(), port, Vec::new());
+        let path = server.dir.join("nats.conf");
+        std::fs::write(&path, config).expect("write the NATS configuration");
+        server.config = Some(path);
         server.start().await;
         server
     }
@@ -74,6 +88,7 @@ impl NatsServer {
             port,
             dir,
             cluster_args,
+            config: None,
             child: None,
         }
     }
@@ -152,6 +167,11 @@ impl NatsServer {
             .arg(&store)
             .args(["--server_name", &self.name])
             .args(&self.cluster_args)
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|config| [Path::new("-c"), config]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
@@ -250,7 +270,7 @@ fn nats_server_binary() -> PathBuf {
 }
 
 /// `count` distinct loopback ports that were free a moment ago.
-fn free_ports(count: usize) -> Vec<u16> {
+pub fn free_ports(count: usize) -> Vec<u16> {
     // Hold every listener until all are bound, so the ports differ.
     let listeners: Vec<std::net::TcpListener> = (0..count)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))

@@ -26,6 +26,28 @@ impl WsClient {
         Self { socket }
     }
 
+    /// Opens a socket as a page of `origin` would (its `Origin` header); the HTTP status of the
+    /// answer if the edge refuses the upgrade.
+    pub async fn connect_from_origin(url: &str, origin: &str) -> Result<Self, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        use tokio_tungstenite::tungstenite::Error;
+        let mut request = url.into_client_request().expect("a WebSocket URL");
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().expect("an Origin header value"));
+        let connected = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_with_config(request, None, true),
+        )
+        .await
+        .expect("WebSocket connect timed out");
+        match connected {
+            Ok((socket, _)) => Ok(Self { socket }),
+            Err(Error::Http(response)) => Err(response.status().as_u16()),
+            Err(error) => panic!("WebSocket connect failed below HTTP: {error}"),
+        }
+    }
+
     pub async fn send(&mut self, frame: &Value) {
         self.send_text(frame.to_string()).await;
     }

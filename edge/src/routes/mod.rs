@@ -14,11 +14,14 @@ mod ws;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler as _;
 use axum::routing::patch;
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::origins::refuse_foreign_origins;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -27,6 +30,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/threads", post(threads::create_thread))
         .route("/api/threads/{id}/messages", get(history::messages))
         .route("/metrics", get(metrics::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_foreign_origins,
+        ))
         // Upgraded sockets are not requests any more, so the timeout only bounds plain HTTP.
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -54,11 +61,18 @@ pub fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(120),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_foreign_origins,
         ));
+    // Outermost on the API, so that preflights are answered before any other layer runs.
+    let cors = state.origins.cors_layer();
     Router::new()
         .route("/ws", get(ws::upgrade))
-        .merge(api)
-        .merge(admin)
-        .fallback(web::serve)
+        .merge(api.merge(admin).layer(cors))
+        // Only the web app's files are compressed: API answers are small, and a compression
+        // layer must not touch WebSocket upgrades.
+        .fallback(web::serve.layer(CompressionLayer::new()))
         .with_state(state)
 }

@@ -1,14 +1,25 @@
 //! The web app (`web/`, built by Vite) as the router's fallback: its files, `index.html` for
 //! client routes, and a page explaining how to build it when the build output is missing.
+//!
+//! Caching: Vite names what it puts under `assets/` by content hash, so those files never change
+//! and are cached for a year (`immutable`); everything else (`index.html`, which names the current
+//! hashes, and the client routes answered with it) is revalidated on every use (`no-cache`).
+//! The router compresses these answers (gzip) when the browser accepts it.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower_http::services::{ServeDir, ServeFile};
+
+/// The folder of Vite's content-hashed build output, as a URL path prefix.
+const HASHED_ASSETS: &str = "/assets/";
+
+const CACHE_FOREVER: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+const CACHE_REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
 
 /// Where the build output is unless configured: `WEB_DIR`'s default.
 const DEFAULT_WEB_DIR: &str = "web/dist";
@@ -60,12 +71,30 @@ pub(super) async fn serve(request: Request) -> Response {
         )
             .into_response();
     }
-    let mut files = ServeDir::new(dir).fallback(ServeFile::new(index));
-    match files.try_call(request).await {
+    // A missing hashed asset is a 404, never `index.html`: a year-long cache must not keep a
+    // page under a script's name.
+    let hashed = path.starts_with(HASHED_ASSETS);
+    let served = if hashed {
+        ServeDir::new(dir).try_call(request).await
+    } else {
+        ServeDir::new(dir)
+            .fallback(ServeFile::new(index))
+            .try_call(request)
+            .await
+    };
+    let mut response = match served {
         Ok(response) => response.into_response(),
         Err(error) => {
             tracing::warn!(%error, "Cannot serve the web app.");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
-    }
+    };
+    let found = response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED;
+    let cache = if hashed && found {
+        CACHE_FOREVER
+    } else {
+        CACHE_REVALIDATE
+    };
+    response.headers_mut().insert(header::CACHE_CONTROL, cache);
+    response
 }

@@ -2,9 +2,11 @@
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
-use axum::response::Response;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse as _, Response};
 use shared::protocol::validate::MAX_FRAME_BYTES;
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Frames above this close the socket at the WebSocket layer (1009). Between `MAX_FRAME_BYTES`
@@ -21,7 +23,18 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Output a client does not read may pile up to this before the socket is dropped.
 const MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+/// Upgrades the connection, unless a page of an origin that `ALLOWED_ORIGINS` does not allow
+/// opened it (403). Browsers apply no CORS to WebSockets: without this check any site could open
+/// sockets to the edge from its visitors' browsers.
+pub(super) async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if !state.origins.allows(&headers, &uri) {
+        return ApiError::ForbiddenOrigin.into_response();
+    }
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
