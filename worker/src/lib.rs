@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod error;
 pub mod llm;
 pub mod metrics;
+pub mod observe;
 pub mod operator;
 pub mod publish;
 pub mod settings;

@@ -6,6 +6,7 @@ mod conversations;
 mod health;
 mod history;
 mod metrics;
+mod requests;
 mod threads;
 mod tools;
 pub mod web;
@@ -24,6 +25,8 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/health", get(health::health))
+        .route("/livez", get(health::live))
+        .route("/readyz", get(health::health))
         .route("/api/threads", post(threads::create_thread))
         .route("/api/threads/{id}/messages", get(history::messages))
         .route("/metrics", get(metrics::metrics))
@@ -55,10 +58,11 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(120),
         ));
-    Router::new()
+    let metrics = state.metrics.clone();
+    let routes = Router::new()
         .route("/ws", get(ws::upgrade))
         .merge(api)
         .merge(admin)
-        .fallback(web::serve)
-        .with_state(state)
+        .fallback(web::serve);
+    requests::instrument(routes, metrics).with_state(state)
 }
