@@ -107,6 +107,7 @@ fn install(default_level: &str, format: Option<LogFormat>, provider: Option<&Sdk
             .with_tracer(provider.tracer("smart-support"))
             .with_location(false)
             .with_threads(false)
+            .with_tracked_inactivity(false)
     });
     let logs = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),

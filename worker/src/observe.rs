@@ -20,7 +20,7 @@ pub fn turn_span(thread: &ThreadId, stored: &StreamMessage) -> Span {
     let span = tracing::info_span!(
         "turn",
         thread_id = %thread,
-        in_seq = stored.sequence,
+        in_seq = as_i64(stored.sequence),
         otel.kind = "consumer",
     );
     shared::telemetry::continue_trace(&span, &stored.headers);
@@ -43,8 +43,16 @@ pub fn chat_span(model: &str, thread_id: &str) -> Span {
 
 /// Records what a finished model call used on its span.
 pub fn record_usage(span: &Span, usage: TokenUsage) {
-    span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
-    span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+    // Integers, not strings, in the exported attributes: the OpenTelemetry layer has no u64.
+    span.record("gen_ai.usage.input_tokens", as_i64(usage.prompt_tokens));
+    span.record(
+        "gen_ai.usage.output_tokens",
+        as_i64(usage.completion_tokens),
+    );
+}
+
+fn as_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// One tool call.
