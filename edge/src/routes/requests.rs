@@ -33,6 +33,8 @@ where
                 .make_span_with(request_span)
                 .on_request(())
                 .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
                 .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
