@@ -52,7 +52,11 @@ pub fn init(
         .filter(|endpoint| !endpoint.trim().is_empty());
     let provider = match endpoint {
         Some(endpoint) => {
-            let service = settings.service_name.as_deref().unwrap_or(service);
+            let service = settings
+                .service_name
+                .as_deref()
+                .filter(|name| !name.trim().is_empty())
+                .unwrap_or(service);
             Some(tracer_provider(endpoint, service)?)
         }
         None => None,
@@ -293,5 +297,32 @@ mod tests {
     #[test]
     fn no_trace_no_header() {
         assert!(trace_headers().is_empty());
+    }
+
+    #[test]
+    fn the_trace_context_crosses_nats_headers() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let sender = tracing::info_span!("client_message");
+            let headers = sender.in_scope(trace_headers);
+            let sent = sender.context().span().span_context().clone();
+            assert!(headers.get("traceparent").is_some(), "{headers:?}");
+
+            let receiver = tracing::info_span!(parent: None, "turn");
+            continue_trace(&receiver, &headers);
+            let received = receiver.context().span().span_context().clone();
+            assert_eq!(received.trace_id(), sent.trace_id());
+            assert_ne!(received.span_id(), sent.span_id());
+
+            // No context in the headers: the span starts a trace of its own.
+            let alone = tracing::info_span!(parent: None, "turn");
+            continue_trace(&alone, &async_nats::HeaderMap::new());
+            assert_ne!(
+                alone.context().span().span_context().trace_id(),
+                sent.trace_id()
+            );
+        });
     }
 }
