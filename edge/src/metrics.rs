@@ -1,6 +1,8 @@
 //! The edge's Prometheus metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use shared::metrics::register;
 
 #[derive(Clone)]
@@ -17,11 +19,17 @@ pub struct EdgeMetrics {
     /// Time from publish to JetStream's ack.
     pub publish_seconds: Histogram,
     pub threads_created: IntCounter,
+    /// HTTP requests answered, by route template and status.
+    pub http_requests: IntCounterVec,
+    /// Time to answer an HTTP request, by route template and status (an upgraded `/ws` request
+    /// ends with its `101`).
+    pub http_seconds: HistogramVec,
 }
 
 impl EdgeMetrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("edge".into()), None)?;
+        shared::metrics::register_process_metrics(&registry)?;
         Ok(Self {
             connections: register(
                 &registry,
@@ -63,6 +71,30 @@ impl EdgeMetrics {
             threads_created: register(
                 &registry,
                 IntCounter::new("threads_created_total", "Threads created.")?,
+            )?,
+            http_requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "http_requests_total",
+                        "HTTP requests answered, by route template and status.",
+                    ),
+                    &["route", "status"],
+                )?,
+            )?,
+            http_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_duration_seconds",
+                        "Time to answer an HTTP request, by route template and status.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 15.0, 30.0, 60.0, 120.0,
+                    ]),
+                    &["route", "status"],
+                )?,
             )?,
             registry,
         })

@@ -41,3 +41,15 @@ pub struct AppState {
     /// Every socket task, so shutdown can wait for them.
     pub sockets: TaskTracker,
 }
+
+impl AppState {
+    /// What `/api/health` and `/readyz` check.
+    pub fn dependencies(&self) -> shared::health::Dependencies {
+        shared::health::Dependencies {
+            nats: self.nats.clone(),
+            jetstream: self.jetstream.clone(),
+            stream: self.subjects.inbound_stream(),
+            db: self.db.clone(),
+        }
+    }
+}

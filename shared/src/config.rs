@@ -150,6 +150,17 @@ pub struct TelemetrySettings {
     /// Tracing output: `pretty` (default on a TTY) or `json` (default otherwise). `RUST_LOG` filters.
     #[arg(long = "log-format", env = "LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// OpenTelemetry collector base URL (OTLP over HTTP/protobuf; spans go to `<URL>/v1/traces`).
+    /// Unset: no traces are exported. The exporter also honours `OTEL_EXPORTER_OTLP_HEADERS`.
+    #[arg(
+        long = "otel-exporter-otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        hide_env_values = true
+    )]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans; defaults to the binary's name (`edge`, `worker`).
+    #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
 }
 
 /// How long a process waits for in-flight work after SIGTERM/SIGINT.

@@ -14,6 +14,7 @@ mod health;
 mod history;
 mod idempotency;
 mod imported_tools;
+mod observability;
 mod openai;
 mod openapi_import;
 mod operator_cli;

@@ -3,14 +3,16 @@
 
 pub mod fake_openai;
 pub mod nats;
+pub mod otlp;
 pub mod postgres;
 pub mod proxy;
 pub mod tls;
 pub mod ws;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -92,9 +94,22 @@ pub struct Process {
     child: Child,
     /// The first JSON log line of each message the test waits for.
     pub addr: Option<String>,
+    /// The process's latest JSON log lines (at most [`KEPT_LOG_LINES`]).
+    logs: Arc<Mutex<VecDeque<Value>>>,
 }
 
+/// How many log lines of each process a test can look back on.
+pub const KEPT_LOG_LINES: usize = 10_000;
+
 impl Process {
+    /// Waits for a JSON log line that `matches`; panics after [`WAIT`] naming `what`.
+    pub async fn wait_for_log(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        eventually(what, || async {
+            let logs = self.logs.lock().expect("log lines");
+            logs.iter().find(|line| matches(line)).cloned()
+        })
+        .await
+    }
     /// SIGKILL: the process dies wherever it is.
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("SIGKILL");
@@ -301,6 +316,8 @@ impl TestApp {
         let ready = ready.to_owned();
         let label = name.to_owned();
         let echo = std::env::var_os("TEST_LOG").is_some();
+        let logs: Arc<Mutex<VecDeque<Value>>> = Arc::default();
+        let kept = logs.clone();
         tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let mut lines = BufReader::new(stderr).lines();
@@ -315,9 +332,14 @@ impl TestApp {
                 }
                 if log["message"] == ready.as_str() {
                     if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(log);
+                        let _ = tx.send(log.clone());
                     }
                 }
+                let mut kept = kept.lock().expect("log lines");
+                if kept.len() == KEPT_LOG_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(log);
             }
         });
         let log = tokio::time::timeout(WAIT, ready_rx)
@@ -327,6 +349,7 @@ impl TestApp {
         Process {
             child,
             addr: log["addr"].as_str().map(str::to_owned),
+            logs,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod demo_seed;
 pub mod error;
 pub mod llm;
 pub mod metrics;
+pub mod observe;
 pub mod operator;
 pub mod publish;
 pub mod settings;

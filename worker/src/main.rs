@@ -8,7 +8,9 @@ async fn main() -> anyhow::Result<()> {
         shared::telemetry::init_tracing("warn", settings.telemetry.log_format);
         return worker::operator::run(command, &settings).await;
     }
-    shared::telemetry::init_tracing("info", settings.telemetry.log_format);
+    let telemetry = shared::telemetry::init("info", &settings.telemetry, "worker")?;
     let worker = worker::Worker::build(settings).await?;
-    worker.run_until(shared::shutdown::shutdown_signal()).await
+    let ran = worker.run_until(shared::shutdown::shutdown_signal()).await;
+    telemetry.shutdown();
+    ran
 }

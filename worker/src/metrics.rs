@@ -1,7 +1,10 @@
 //! The worker's Prometheus metrics, served on `METRICS_ADDR`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+};
 use shared::metrics::register;
+use shared::metrics::LONG_BUCKETS;
 
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -26,11 +29,21 @@ pub struct WorkerMetrics {
     pub queue_pending: IntGauge,
     /// Messages delivered to workers and not yet acknowledged (in flight or waiting to be redelivered).
     pub queue_ack_pending: IntGauge,
+    /// Duration of each model call attempt, by model and kind (`classify`, `chat`).
+    pub model_call_seconds: HistogramVec,
+    /// Time from sending a chat request to its first streamed text, by model.
+    pub model_first_token_seconds: HistogramVec,
+    /// Tokens used, by model, agent (`classifier` for the classification) and type (`prompt`,
+    /// `completion`). Models and agents come from the agents config: the labels stay bounded.
+    pub tokens: IntCounterVec,
+    /// Cost in US dollars from the config's price table, by model and agent.
+    pub cost_usd: CounterVec,
 }
 
 impl WorkerMetrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("worker".into()), None)?;
+        shared::metrics::register_process_metrics(&registry)?;
         Ok(Self {
             turns: register(
                 &registry,
@@ -43,10 +56,7 @@ impl WorkerMetrics {
                 &registry,
                 Histogram::with_opts(
                     HistogramOpts::new("turn_duration_seconds", "Time from turn start to commit.")
-                        .buckets(vec![
-                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                            10.0, 30.0,
-                        ]),
+                        .buckets(LONG_BUCKETS.to_vec()),
                 )?,
             )?,
             in_flight: register(
@@ -105,7 +115,58 @@ impl WorkerMetrics {
                     "Messages delivered to workers and not yet acknowledged.",
                 )?,
             )?,
+            model_call_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "model_call_duration_seconds",
+                        "Duration of each model call attempt, by model and kind.",
+                    )
+                    .buckets(LONG_BUCKETS.to_vec()),
+                    &["model", "kind"],
+                )?,
+            )?,
+            model_first_token_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "model_time_to_first_token_seconds",
+                        "Time from a chat request to its first streamed text, by model.",
+                    )
+                    .buckets(LONG_BUCKETS.to_vec()),
+                    &["model"],
+                )?,
+            )?,
+            tokens: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("tokens_total", "Tokens used, by model, agent and type."),
+                    &["model", "agent", "type"],
+                )?,
+            )?,
+            cost_usd: register(
+                &registry,
+                CounterVec::new(
+                    Opts::new("cost_usd_total", "Model cost in US dollars, by model and agent."),
+                    &["model", "agent"],
+                )?,
+            )?,
             registry,
         })
+    }
+}
+
+impl WorkerMetrics {
+    /// Counts a model call's tokens and cost.
+    pub fn count_usage(&self, model: &str, agent: &str, usage: crate::llm::TokenUsage, cost: f64) {
+        self.tokens
+            .with_label_values(&[model, agent, "prompt"])
+            .inc_by(usage.prompt_tokens);
+        self.tokens
+            .with_label_values(&[model, agent, "completion"])
+            .inc_by(usage.completion_tokens);
+        self.cost_usd
+            .with_label_values(&[model, agent])
+            .inc_by(cost.max(0.0));
     }
 }

@@ -110,13 +110,28 @@ impl Worker {
         let metrics_addr = metrics_listener.local_addr()?;
         let registry = runner.metrics.registry.clone();
         let abandon = runner.abandon.clone();
-        let metrics_app = axum::Router::new().route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move { shared::metrics::render(&registry) }
-            }),
-        );
+        let dependencies = shared::health::Dependencies {
+            nats: nats.clone(),
+            jetstream: runner.jetstream.clone(),
+            stream: runner.subjects.inbound_stream(),
+            db: runner.store.pool().clone(),
+        };
+        let metrics_app = axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let registry = registry.clone();
+                    async move { shared::metrics::render(&registry) }
+                }),
+            )
+            .route("/livez", get(live))
+            .route(
+                "/readyz",
+                get(move || {
+                    let dependencies = dependencies.clone();
+                    async move { ready(&dependencies).await }
+                }),
+            );
         let stop_metrics = CancellationToken::new();
         let serve_metrics = axum::serve(metrics_listener, metrics_app)
             .with_graceful_shutdown(stop_metrics.clone().cancelled_owned());
@@ -181,6 +196,24 @@ impl Worker {
         tracing::info!("Worker stopped.");
         Ok(())
     }
+}
+
+/// `/livez` on `METRICS_ADDR`: the process serves; no dependency is checked.
+async fn live() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `/readyz` on `METRICS_ADDR`: NATS and PostgreSQL answer; 503 naming the one that does not.
+async fn ready(
+    dependencies: &shared::health::Dependencies,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    let readiness = dependencies.check().await;
+    let status = if readiness.is_ready() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(readiness.body("worker")))
 }
 
 /// The agents, their tools and the model provider, from the settings. A bad `AGENTS_CONFIG`

@@ -301,6 +301,7 @@ impl TurnRunner {
         };
         match committed {
             Committed::Yes => {
+                tracing::info!(thread_id = %lease.thread_id, turn_id = %turn_id, in_seq, outcome = "recovered", "Turn committed.");
                 self.metrics.turns.with_label_values(&["recovered"]).inc();
                 Ok(Advanced {
                     last_seq: end.seq,
@@ -377,7 +378,9 @@ impl TurnRunner {
             } else {
                 AfterCommit::KeepLease
             };
-            let advanced = match self.run_turn(lease, message.clone(), &tail, after).await {
+            let turn = self.run_turn(lease, message.clone(), &tail, after);
+            let span = crate::observe::turn_span(&lease.thread_id, &message);
+            let advanced = match tracing::Instrument::instrument(turn, span).await {
                 Ok(position) => position,
                 Err(TurnError::Turn(reason)) => {
                     let attempts = self
@@ -638,6 +641,7 @@ impl TurnRunner {
         };
         match self.store.commit(lease, &record, after).await? {
             Committed::Yes => {
+                crate::observe::log_turn(&lease.thread_id, &record, started.elapsed());
                 self.metrics.turns.with_label_values(&[outcome]).inc();
                 self.metrics
                     .turn_seconds

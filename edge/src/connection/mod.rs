@@ -148,6 +148,8 @@ impl Connection {
     }
 
     /// Attaches the socket to the thread, stores the message in JetStream and answers `accepted`.
+    /// Each message starts a trace of its own (SPEC §9), which the worker's turn continues.
+    #[tracing::instrument(name = "client_message", parent = None, skip_all, fields(thread_id = %thread_id, otel.kind = "producer"))]
     async fn accept(
         &mut self,
         thread_id: ThreadId,
@@ -190,10 +192,12 @@ impl Connection {
         })?;
         let dedup_id = Subjects::message_dedup_id(thread, &message.message_id);
         let started = Instant::now();
+        let trace_context = shared::telemetry::trace_headers();
         // A failure after the message left may hide a stored message: send the same message id
         // again (JetStream stores it once) before telling the client it was not stored.
         let stored = (|| async {
             let publish = async_nats::jetstream::message::PublishMessage::build()
+                .headers(trace_context.clone())
                 .payload(payload.clone())
                 .message_id(&dedup_id);
             self.state

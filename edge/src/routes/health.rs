@@ -1,6 +1,5 @@
-//! `GET /api/health`: really asks NATS and PostgreSQL, and names the one that fails.
-
-use std::time::Duration;
+//! Health: `GET /api/health` and `GET /readyz` really ask NATS and PostgreSQL and name the one that
+//! fails (503); `GET /livez` only says the process serves, so a dependency's blip restarts nothing.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,51 +8,22 @@ use serde_json::{json, Value};
 
 use crate::state::AppState;
 
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
+/// `/api/health` (SPEC §4) and `/readyz` (SPEC §9): the same checks and body.
 pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (nats, database) = tokio::join!(check_nats(&state), check_database(&state));
-    let healthy = nats.is_ok() && database.is_ok();
-    let describe = |check: Result<(), String>| match check {
-        Ok(()) => "ok".to_owned(),
-        Err(error) => error,
-    };
-    let body = json!({
-        "status": if healthy { "ok" } else { "unavailable" },
-        "service": "edge",
-        "version": env!("CARGO_PKG_VERSION"),
-        "checks": {"nats": describe(nats), "database": describe(database)},
-    });
-    let status = if healthy {
+    readiness(&state.dependencies()).await
+}
+
+/// `/livez`: no dependency is checked.
+pub(super) async fn live() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readiness(dependencies: &shared::health::Dependencies) -> (StatusCode, Json<Value>) {
+    let readiness = dependencies.check().await;
+    let status = if readiness.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body))
-}
-
-/// A JetStream round trip: proves the server is reachable and the inbound stream answers.
-async fn check_nats(state: &AppState) -> Result<(), String> {
-    if state.nats.connection_state() != async_nats::connection::State::Connected {
-        return Err("error: not connected".into());
-    }
-    match tokio::time::timeout(
-        CHECK_TIMEOUT,
-        state.jetstream.get_stream(state.subjects.inbound_stream()),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(format!("error: {error}")),
-        Err(_) => Err("error: timed out".into()),
-    }
-}
-
-async fn check_database(state: &AppState) -> Result<(), String> {
-    let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db);
-    match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(format!("error: {error}")),
-        Err(_) => Err("error: timed out".into()),
-    }
+    (status, Json(readiness.body("edge")))
 }

@@ -6,6 +6,7 @@ mod conversations;
 mod health;
 mod history;
 mod metrics;
+mod requests;
 mod threads;
 mod tools;
 pub mod web;
@@ -27,6 +28,8 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/health", get(health::health))
+        .route("/livez", get(health::live))
+        .route("/readyz", get(health::health))
         .route("/api/threads", post(threads::create_thread))
         .route("/api/threads/{id}/messages", get(history::messages))
         .route("/metrics", get(metrics::metrics))
@@ -68,11 +71,12 @@ pub fn router(state: AppState) -> Router {
         ));
     // Outermost on the API, so that preflights are answered before any other layer runs.
     let cors = state.origins.cors_layer();
-    Router::new()
+    let metrics = state.metrics.clone();
+    let routes = Router::new()
         .route("/ws", get(ws::upgrade))
         .merge(api.merge(admin).layer(cors))
         // Only the web app's files are compressed: API answers are small, and a compression
         // layer must not touch WebSocket upgrades.
-        .fallback(web::serve.layer(CompressionLayer::new()))
-        .with_state(state)
+        .fallback(web::serve.layer(CompressionLayer::new()));
+    requests::instrument(routes, metrics).with_state(state)
 }

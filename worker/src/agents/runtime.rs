@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shared::protocol::{FrameBody, Usage};
 use sqlx::PgPool;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::agents::{Agent, AgentsConfig};
@@ -25,6 +26,7 @@ use crate::llm::{
     LlmError, Model, TokenUsage, ToolCall,
 };
 use crate::metrics::WorkerMetrics;
+use crate::observe;
 use crate::publish::FramePublisher;
 use crate::store::storable_json;
 use crate::tools::http::HttpSettings;
@@ -397,8 +399,13 @@ impl Graph {
                 message: &run.state.user_message,
                 agents: &cards,
             };
-            match self.model.classify(request).await {
+            let span = observe::chat_span(&model, run.turn.thread_id);
+            let started = std::time::Instant::now();
+            let classified = self.model.classify(request).instrument(span.clone()).await;
+            self.time_call(&model, "classify", started);
+            match classified {
                 Ok(classified) => {
+                    observe::record_usage(&span, classified.usage);
                     self.count_usage(run, None, &model, classified.usage);
                     self.count_call("classify", "ok");
                     run.event(
@@ -469,7 +476,11 @@ impl Graph {
                 })
                 .await?;
                 out.flush().await?;
-                let (ok, result) = self.run_approved(run, pending, &tool).await?;
+                let span = observe::tool_span(&call.name, &call.id, run.turn.thread_id);
+                let (ok, result) = self
+                    .run_approved(run, pending, &tool)
+                    .instrument(span)
+                    .await?;
                 out.send(FrameBody::ToolResult {
                     agent: agent.clone(),
                     tool: call.name.clone(),
@@ -672,7 +683,8 @@ impl Graph {
         .await?;
         out.flush().await?;
         let key = format!("{}:{}:{}", run.turn.thread_id, run.turn.in_seq, call.id);
-        let (ok, result) = self.run_tool(&tool, &args, &key).await?;
+        let span = observe::tool_span(&call.name, &call.id, run.turn.thread_id);
+        let (ok, result) = self.run_tool(&tool, &args, &key).instrument(span).await?;
         out.send(FrameBody::ToolResult {
             agent: agent.name.clone(),
             tool: call.name.clone(),
@@ -938,11 +950,16 @@ impl Graph {
         loop {
             let mut emitted = false;
             let mut text = String::new();
+            let span = observe::chat_span(&model, run.turn.thread_id);
+            let started = std::time::Instant::now();
             let result = self
                 .stream_step(out, &model, agent, run, &tools, &mut text, &mut emitted)
+                .instrument(span.clone())
                 .await;
+            self.time_call(&model, "chat", started);
             match result {
                 Ok(completion) => {
+                    observe::record_usage(&span, completion.usage);
                     self.count_call("chat", "ok");
                     self.count_usage(run, Some(&agent.name), &model, completion.usage);
                     run.reply.push_str(&text);
@@ -993,6 +1010,7 @@ impl Graph {
             messages: &run.state.messages,
             tools,
         };
+        let started = std::time::Instant::now();
         let mut stream = self
             .model
             .chat(request)
@@ -1014,6 +1032,12 @@ impl Graph {
                 Some(Ok(ChatEvent::Text(piece))) => {
                     if piece.is_empty() {
                         continue;
+                    }
+                    if !*emitted {
+                        self.metrics
+                            .model_first_token_seconds
+                            .with_label_values(&[model])
+                            .observe(started.elapsed().as_secs_f64());
                     }
                     *emitted = true;
                     text.push_str(&piece);
@@ -1050,9 +1074,19 @@ impl Graph {
             .inc();
     }
 
+    /// Observes how long a model call attempt took.
+    fn time_call(&self, model: &str, kind: &str, started: std::time::Instant) {
+        self.metrics
+            .model_call_seconds
+            .with_label_values(&[model, kind])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Adds a call's usage to the segment, and to `agent`'s share (the classifier has none).
     fn count_usage(&self, run: &mut Run<'_>, agent: Option<&str>, model: &str, usage: TokenUsage) {
         let cost = self.config.cost(model, usage);
+        self.metrics
+            .count_usage(model, agent.unwrap_or("classifier"), usage, cost);
         run.usage.prompt_tokens += usage.prompt_tokens;
         run.usage.completion_tokens += usage.completion_tokens;
         run.usage.cost_usd += cost;
