@@ -20,6 +20,10 @@ pub enum ApiError {
     InvalidDocument(String),
     #[error("payload too large: {0}")]
     PayloadTooLarge(String),
+    #[error("too many open sockets from this address")]
+    TooManySockets,
+    #[error("the edge holds as many sockets as it may")]
+    EdgeFull,
 }
 
 impl ApiError {
@@ -49,6 +53,16 @@ impl ApiError {
             Self::InvalidDocument(message) => {
                 (StatusCode::BAD_REQUEST, "invalid_document", message.clone())
             }
+            Self::TooManySockets => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many open sockets from this address; close one and connect again.".into(),
+            ),
+            Self::EdgeFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "This server holds as many sockets as it may; connect again shortly.".into(),
+            ),
             Self::PayloadTooLarge(message) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

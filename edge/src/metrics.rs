@@ -17,6 +17,14 @@ pub struct EdgeMetrics {
     /// Time from publish to JetStream's ack.
     pub publish_seconds: Histogram,
     pub threads_created: IntCounter,
+    /// Live reply subscriptions held for sockets (one per attached thread per socket).
+    pub subscriptions: IntGauge,
+    /// Upgrades refused by a socket cap, by `reason` (`full`, `address_full`).
+    pub sockets_refused: IntCounterVec,
+    /// Sockets the edge closed itself, by `reason` (`ping_timeout`, `ping_flood`).
+    pub sockets_closed: IntCounterVec,
+    /// Live frames skipped a `seq` on a socket (a slow consumer dropped them): re-read from the stream.
+    pub relay_gaps: IntCounter,
 }
 
 impl EdgeMetrics {
@@ -63,6 +71,40 @@ impl EdgeMetrics {
             threads_created: register(
                 &registry,
                 IntCounter::new("threads_created_total", "Threads created.")?,
+            )?,
+            subscriptions: register(
+                &registry,
+                IntGauge::new(
+                    "ws_subscriptions",
+                    "Live reply subscriptions held for sockets (attached threads).",
+                )?,
+            )?,
+            sockets_refused: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ws_refused_total",
+                        "WebSocket upgrades refused by a socket cap, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            sockets_closed: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ws_closed_by_edge_total",
+                        "Sockets the edge closed itself, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            relay_gaps: register(
+                &registry,
+                IntCounter::new(
+                    "relay_gaps_total",
+                    "Live frames that skipped a seq on a socket and were re-read from the stream.",
+                )?,
             )?,
             registry,
         })

@@ -2,10 +2,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod admin;
 mod agents;
 mod analytics;
 mod chat_turn;
+mod client_addr;
 mod dead_letters;
 mod delivery;
 mod errors;
@@ -19,4 +21,5 @@ mod openapi_import;
 mod outages;
 mod resume;
 mod shutdown;
+mod socket_bounds;
 mod startup;

@@ -77,6 +77,10 @@ impl Thread {
         frame
     }
 
+    pub fn interrupt_response(&self, approved: bool) -> Value {
+        serde_json::json!({"type": "interrupt_response", "thread_id": self.thread_id, "token": self.token, "approved": approved})
+    }
+
     pub fn resume(&self, after_seq: u64) -> Value {
         serde_json::json!({"type": "resume", "thread_id": self.thread_id, "token": self.token, "after_seq": after_seq})
     }
@@ -348,6 +352,24 @@ impl TestApp {
         sqlx::PgPool::connect(&self.database_url)
             .await
             .expect("connect to the test database")
+    }
+
+    /// The value of one sample of an edge's `/metrics` (`name` with its labels as printed, e.g.
+    /// `edge_ws_refused_total{reason="full"}`); `None` while the series does not exist.
+    pub async fn edge_metric(&self, edge: usize, sample: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.http_url(edge)))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(sample)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
     }
 
     /// JetStream on this stack's NATS (`nats_url`, which may be a private server or a cluster).

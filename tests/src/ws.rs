@@ -26,6 +26,33 @@ impl WsClient {
         Self { socket }
     }
 
+    /// Connects with extra request headers (e.g. `X-Forwarded-For`); the HTTP status if the server
+    /// refuses the upgrade.
+    pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = url.into_client_request().expect("a WebSocket URL");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("a header name"),
+                value.parse().expect("a header value"),
+            );
+        }
+        let connected = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_with_config(request, None, true),
+        )
+        .await
+        .expect("WebSocket connect timed out");
+        match connected {
+            Ok((socket, _)) => Ok(Self { socket }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("WebSocket connect failed: {error}"),
+        }
+    }
+
     pub async fn send(&mut self, frame: &Value) {
         self.send_text(frame.to_string()).await;
     }

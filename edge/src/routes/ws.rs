@@ -2,9 +2,12 @@
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use shared::protocol::validate::MAX_FRAME_BYTES;
 
+use crate::client_addr::ClientAddr;
+use crate::connection::slots::SlotRefused;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Frames above this close the socket at the WebSocket layer (1009). Between `MAX_FRAME_BYTES`
@@ -21,7 +24,15 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Output a client does not read may pile up to this before the socket is dropped.
 const MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+pub(super) async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+) -> Response {
+    let slot = match state.socket_slots.take(client) {
+        Ok(slot) => slot,
+        Err(refused) => return refuse(&state, refused),
+    };
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
@@ -29,6 +40,20 @@ pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
-            sockets.track_future(crate::connection::run(socket, state))
+            sockets.track_future(crate::connection::run(socket, state, slot))
         })
+}
+
+/// 429 when the client's address has too many sockets open, 503 when the edge is full.
+fn refuse(state: &AppState, refused: SlotRefused) -> Response {
+    let (reason, error) = match refused {
+        SlotRefused::AddressFull => ("address_full", ApiError::TooManySockets),
+        SlotRefused::Full => ("full", ApiError::EdgeFull),
+    };
+    state
+        .metrics
+        .sockets_refused
+        .with_label_values(&[reason])
+        .inc();
+    error.into_response()
 }
