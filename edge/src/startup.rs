@@ -72,9 +72,13 @@ impl Edge {
                 settings.edge.threads_per_minute,
                 Duration::from_secs(60),
             )),
-            addr_message_limit: Arc::new(MessageBudget::new(
-                limits.rate_limit_messages_per_addr,
+            answer_limit: Arc::new(MessageBudget::new(
+                settings.edge.rate_limit_messages,
                 window,
+            )),
+            addr_message_limit: Arc::new(MessageBudget::new(
+                limits.messages_per_addr_per_minute,
+                Duration::from_secs(60),
             )),
             resume_limit: Arc::new(KeyedLimit::new(
                 limits.resumes_per_minute,
@@ -223,6 +227,7 @@ async fn evict_idle_limits(state: AppState) {
         every.tick().await;
         state.message_limit.evict_idle();
         state.thread_limit.evict_idle();
+        state.answer_limit.evict_idle();
         state.addr_message_limit.evict_idle();
         state.resume_limit.evict_idle();
     }

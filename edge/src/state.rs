@@ -30,6 +30,9 @@ pub struct AppState {
     pub message_limit: Arc<MessageBudget<ThreadId>>,
     /// Thread creations per client address.
     pub thread_limit: Arc<KeyedLimit<IpAddr>>,
+    /// Accepted `interrupt_response` frames per thread, a budget of their own with the numbers of
+    /// `message_limit` (which counts messages only, SPEC §3).
+    pub answer_limit: Arc<MessageBudget<ThreadId>>,
     /// Accepted `message` and `interrupt_response` frames per client address (this process only).
     pub addr_message_limit: Arc<MessageBudget<IpAddr>>,
     /// `resume` frames per thread (this process only).

@@ -207,14 +207,14 @@ pub struct EdgeLimits {
     /// Seconds a client may take to send a request's headers before the connection is closed.
     #[arg(long = "http-header-timeout-secs", env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub http_header_timeout_secs: u64,
-    /// Accepted `message` and `interrupt_response` frames per client address per
-    /// RATE_LIMIT_WINDOW_SECS (on top of the per-thread budget); 0 = unlimited.
+    /// Accepted `message` and `interrupt_response` frames per client address per minute, over all
+    /// its threads (on top of the per-thread budgets); 0 = unlimited.
     #[arg(
-        long = "rate-limit-messages-per-addr",
-        env = "RATE_LIMIT_MESSAGES_PER_ADDR",
-        default_value_t = 30
+        long = "messages-per-addr-per-minute",
+        env = "MESSAGES_PER_ADDR_PER_MINUTE",
+        default_value_t = 120
     )]
-    pub rate_limit_messages_per_addr: u32,
+    pub messages_per_addr_per_minute: u32,
     /// `resume` frames per thread per minute on this edge; 0 = unlimited.
     #[arg(
         long = "resumes-per-minute",

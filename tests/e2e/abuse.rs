@@ -61,8 +61,7 @@ async fn one_address_messaging_many_threads_runs_out_of_its_own_budget() {
         workers: 0,
         ..StackOptions::default()
     }
-    .with("RATE_LIMIT_MESSAGES_PER_ADDR", "4")
-    .with("RATE_LIMIT_WINDOW_SECS", "60");
+    .with("MESSAGES_PER_ADDR_PER_MINUTE", "4");
     let app = TestApp::spawn(options).await;
     let mut ws = app.connect(0).await;
     let mut answers = Vec::new();

@@ -92,6 +92,34 @@ async fn a_socket_that_never_answers_pings_is_closed_and_one_that_does_stays() {
 }
 
 #[tokio::test]
+async fn a_ping_flood_closes_the_socket_with_1008() {
+    let options = StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    };
+    let app = TestApp::spawn(options).await;
+    let mut calm = app.connect(0).await;
+    for _ in 0..3 {
+        assert!(calm.send_ping().await);
+    }
+    calm.send(&serde_json::json!({"type": "nope"})).await;
+    calm.expect_error("unknown_type").await;
+
+    let mut flood = app.connect(0).await;
+    for _ in 0..200 {
+        if !flood.send_ping().await {
+            break;
+        }
+    }
+    assert_eq!(flood.next_frame_or_close().await, Err(Some(1008)));
+    assert_eq!(
+        app.edge_metric(0, "edge_ws_closed_by_edge_total{reason=\"ping_flood\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
 async fn the_socket_cap_per_address_refuses_the_next_upgrade_with_429() {
     let options = StackOptions {
         workers: 0,

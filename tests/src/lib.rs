@@ -129,6 +129,10 @@ impl Default for StackOptions {
             ("SCRIPTED_REPLY_TOKENS", "5"),
             ("SCRIPTED_TOKEN_DELAY_MS", "0"),
             ("SHUTDOWN_GRACE_SECS", "2"),
+            // Every test client comes from 127.0.0.1, as every client behind a load balancer
+            // without TRUSTED_PROXIES would: per-address budgets are off unless a test sets them.
+            ("MESSAGES_PER_ADDR_PER_MINUTE", "0"),
+            ("WS_MAX_SOCKETS_PER_ADDR", "100000"),
         ];
         Self {
             edges: 1,

@@ -72,6 +72,14 @@ impl WsClient {
             .expect("send a frame");
     }
 
+    /// Sends a WebSocket ping; `false` if the socket is gone.
+    pub async fn send_ping(&mut self) -> bool {
+        self.socket
+            .send(Message::Ping(Vec::new().into()))
+            .await
+            .is_ok()
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.socket
             .send(Message::Binary(bytes.into()))

@@ -40,7 +40,7 @@ use shared::subjects::Subjects;
 use tokio::sync::oneshot;
 
 use self::slots::SocketSlot;
-use crate::rate_limit::Decision;
+use crate::rate_limit::{Decision, MessageBudget};
 use crate::state::AppState;
 
 /// Client pings allowed per second; past it the socket is closed (a ping flood costs the edge a
@@ -147,6 +147,13 @@ impl Drop for Counted {
     }
 }
 
+/// Which per-thread budget an accepted frame is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charged {
+    Message,
+    Answer,
+}
+
 /// Who asked for a replay: a client's `resume` is rate limited; the edge's own catch-ups are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReplayOrigin {
@@ -229,9 +236,17 @@ impl Connection {
         timed(socket.send(Message::Close(Some(frame)))).await
     }
 
+    /// The per-thread budget of a kind of frame: `message`s and approval answers have one each.
+    fn thread_budget(&self, kind: Charged) -> &MessageBudget<ThreadId> {
+        match kind {
+            Charged::Message => &self.state.message_limit,
+            Charged::Answer => &self.state.answer_limit,
+        }
+    }
+
     /// Refuses a `message` or `interrupt_response` past the thread's or the address's budget.
-    fn over_budget(&self, thread: &ThreadId) -> Option<FrameError> {
-        let per_thread = self.state.message_limit.check(thread);
+    fn over_budget(&self, thread: &ThreadId, kind: Charged) -> Option<FrameError> {
+        let per_thread = self.thread_budget(kind).check(thread);
         let per_addr = self.state.addr_message_limit.check(&self.client);
         let message = match (per_thread, per_addr) {
             (Decision::Limited, _) => {
@@ -245,9 +260,9 @@ impl Connection {
         Some(FrameError::new(ErrorCode::RateLimited, message).on_thread(thread))
     }
 
-    /// Charges an accepted `message` or `interrupt_response` to both budgets.
-    fn charge(&self, thread: &ThreadId) {
-        self.state.message_limit.charge(thread);
+    /// Charges an accepted `message` or `interrupt_response` to its budgets.
+    fn charge(&self, thread: &ThreadId, kind: Charged) {
+        self.thread_budget(kind).charge(thread);
         self.state.addr_message_limit.charge(&self.client);
     }
 
@@ -273,7 +288,7 @@ impl Connection {
                 content,
                 message_id,
             } => {
-                if let Some(error) = self.over_budget(&thread_id) {
+                if let Some(error) = self.over_budget(&thread_id, Charged::Message) {
                     return Ok(Some(self.refuse(error)));
                 }
                 let accepted = self
@@ -284,17 +299,17 @@ impl Connection {
                     )
                     .await;
                 if accepted.is_ok() {
-                    self.charge(&thread_id);
+                    self.charge(&thread_id, Charged::Message);
                 }
                 accepted
             }
-            // Answers cost a worker a turn each, as messages do: the same budgets (issue 15 #3).
+            // Answers cost a worker a turn each, as messages do: a budget of the same size.
             ClientFrame::InterruptResponse {
                 thread_id,
                 approved,
                 interrupt_id,
             } => {
-                if let Some(error) = self.over_budget(&thread_id) {
+                if let Some(error) = self.over_budget(&thread_id, Charged::Answer) {
                     return Ok(Some(self.refuse(error)));
                 }
                 let kind = InboundKind::InterruptResponse {
@@ -303,7 +318,7 @@ impl Connection {
                 };
                 let accepted = self.accept(thread_id.clone(), None, kind).await;
                 if accepted.is_ok() {
-                    self.charge(&thread_id);
+                    self.charge(&thread_id, Charged::Answer);
                 }
                 accepted
             }
