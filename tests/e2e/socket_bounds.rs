@@ -180,3 +180,46 @@ async fn a_socket_cycling_through_threads_keeps_a_bounded_number_attached() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn live_frames_past_a_gap_are_not_relayed_blindly_and_the_socket_resyncs() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    ws.send(&thread.message("hello")).await;
+    ws.expect_type("accepted").await;
+    let first = ws.frames_until_type("message_complete").await;
+    let last = first.last().unwrap()["seq"].as_u64().unwrap();
+
+    // A live bundle that skips seqs, as the socket sees one when the NATS client dropped the
+    // bundles before it (a slow consumer): its frames must not reach the socket over the gap.
+    let nats = e2e::nats_client(&app.nats_url).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        shared::protocol::bus::bundle::FIRST_SEQ_HEADER,
+        (last + 3).to_string().as_str(),
+    );
+    headers.insert(shared::protocol::bus::bundle::FRAME_TYPES_HEADER, "token");
+    let stray = serde_json::json!({"type": "token", "thread_id": thread.thread_id, "seq": last + 3,
+        "turn_id": uuid::Uuid::new_v4().to_string(), "agent": "stray", "content": "STRAY"});
+    nats.publish_with_headers(
+        format!("{}.live.{}", app.prefix, thread.thread_id),
+        headers,
+        format!("{stray}\n").into(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    eventually("the gap to be noticed", || async {
+        (app.edge_metric(0, "edge_relay_gaps_total").await? >= 1.0).then_some(())
+    })
+    .await;
+
+    // The next turn reaches the socket whole, from the seq after the last one it had.
+    ws.send(&thread.message("again")).await;
+    ws.expect_type("accepted").await;
+    let next = ws.frames_until_type("message_complete").await;
+    assert!(next.iter().all(|f| f["agent"] != "stray"), "{next:?}");
+    let end = next.last().unwrap()["seq"].as_u64().unwrap();
+    assert_eq!(e2e::ws::seqs(&next), (last + 1..=end).collect::<Vec<_>>());
+}

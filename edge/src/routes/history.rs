@@ -170,9 +170,8 @@ pub(super) async fn messages(
     .map_err(ApiError::Unavailable)?;
     let has_older = page_starts.len() > limit as usize;
     let oldest = page_starts
-        .iter()
-        .take(limit as usize)
-        .last()
+        .get(..page_starts.len().min(limit as usize))
+        .and_then(<[i64]>::last)
         .copied()
         .unwrap_or(before);
     let next_cursor = has_older.then(|| oldest.to_string());
