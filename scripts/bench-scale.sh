@@ -35,7 +35,7 @@ stack() {
   export AUTH_SECRET=bench-secret-bench-secret-bench-secret LOG_FORMAT=json RUST_LOG=warn
   export SEED_DEMO_DATA=true
   export SCRIPTED_REPLY_TOKENS=20 SCRIPTED_TOKEN_DELAY_MS="$delay"
-  export THREADS_PER_MINUTE=0 RATE_LIMIT_MESSAGES=1000000 EDGE_ADDR=127.0.0.1:18080
+  export THREADS_PER_MINUTE=0 RATE_LIMIT_MESSAGES=1000000 MESSAGES_PER_ADDR_PER_MINUTE=0 WS_MAX_SOCKETS_PER_ADDR=1000000 EDGE_ADDR=127.0.0.1:18080
   target/release/edge >"/tmp/$id-edge.log" 2>&1 & pids+=($!)
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/18080) 2>/dev/null && break; sleep 0.2; done
   for i in $(seq 1 "$workers"); do

@@ -22,6 +22,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("origin not allowed")]
     ForbiddenOrigin,
+    #[error("too many open sockets from this address")]
+    TooManySockets,
+    #[error("the edge holds as many sockets as it may")]
+    EdgeFull,
 }
 
 impl ApiError {
@@ -55,6 +59,16 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
                 "Pages of this origin may not use this service (ALLOWED_ORIGINS).".into(),
+            ),
+            Self::TooManySockets => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many open sockets from this address; close one and connect again.".into(),
+            ),
+            Self::EdgeFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "This server holds as many sockets as it may; connect again shortly.".into(),
             ),
             Self::PayloadTooLarge(message) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

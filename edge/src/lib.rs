@@ -1,6 +1,7 @@
 //! The stateless WebSocket edge: validates every client frame, publishes accepted ones to
 //! JetStream, and relays each attached thread's reply frames to its sockets.
 
+pub mod client_addr;
 pub mod connection;
 pub mod error;
 pub mod metrics;

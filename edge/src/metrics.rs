@@ -24,6 +24,14 @@ pub struct EdgeMetrics {
     /// Time to answer an HTTP request, by route template and status (an upgraded `/ws` request
     /// ends with its `101`).
     pub http_seconds: HistogramVec,
+    /// Live reply subscriptions held for sockets (one per attached thread per socket).
+    pub subscriptions: IntGauge,
+    /// Upgrades refused by a socket cap, by `reason` (`full`, `address_full`).
+    pub sockets_refused: IntCounterVec,
+    /// Sockets the edge closed itself, by `reason` (`ping_timeout`, `ping_flood`).
+    pub sockets_closed: IntCounterVec,
+    /// Live frames skipped a `seq` on a socket (a slow consumer dropped them): re-read from the stream.
+    pub relay_gaps: IntCounter,
 }
 
 impl EdgeMetrics {
@@ -94,6 +102,40 @@ impl EdgeMetrics {
                         10.0, 15.0, 30.0, 60.0, 120.0,
                     ]),
                     &["route", "status"],
+                )?,
+            )?,
+            subscriptions: register(
+                &registry,
+                IntGauge::new(
+                    "ws_subscriptions",
+                    "Live reply subscriptions held for sockets (attached threads).",
+                )?,
+            )?,
+            sockets_refused: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ws_refused_total",
+                        "WebSocket upgrades refused by a socket cap, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            sockets_closed: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ws_closed_by_edge_total",
+                        "Sockets the edge closed itself, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            relay_gaps: register(
+                &registry,
+                IntCounter::new(
+                    "relay_gaps_total",
+                    "Live frames that skipped a seq on a socket and were re-read from the stream.",
                 )?,
             )?,
             registry,

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use shared::auth::ThreadTokens;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::slots::SocketSlots;
+use crate::connection::SocketLimits;
 use crate::metrics::EdgeMetrics;
 use crate::origins::OriginPolicy;
 use crate::rate_limit::{KeyedLimit, MessageBudget};
@@ -60,6 +63,7 @@ impl Edge {
         let tokens = ThreadTokens::new(settings.edge.auth_secret.expose().as_bytes())
             .context("AUTH_SECRET cannot key HMAC-SHA256")?;
         let window = Duration::from_secs(settings.edge.rate_limit_window_secs);
+        let limits = &settings.edge.limits;
         let state = AppState {
             nats,
             jetstream,
@@ -76,6 +80,21 @@ impl Edge {
                 settings.edge.threads_per_minute,
                 Duration::from_secs(60),
             )),
+            answer_limit: Arc::new(MessageBudget::new(
+                settings.edge.rate_limit_messages,
+                window,
+            )),
+            addr_message_limit: Arc::new(MessageBudget::new(
+                limits.messages_per_addr_per_minute,
+                Duration::from_secs(60),
+            )),
+            resume_limit: Arc::new(KeyedLimit::new(
+                limits.resumes_per_minute,
+                Duration::from_secs(60),
+            )),
+            trusted_proxies: Arc::new(limits.trusted_proxies.clone()),
+            socket_slots: SocketSlots::new(limits.ws_max_sockets, limits.ws_max_sockets_per_addr),
+            socket_limits: SocketLimits::from_settings(limits),
             metrics: EdgeMetrics::new()?,
             admin_token: settings.edge.admin_token.clone(),
             origins: Arc::new(OriginPolicy::new(&settings.edge.origins)),
@@ -112,18 +131,9 @@ impl Edge {
         tracing::info!(%addr, prefix = %settings.nats.prefix, "Edge listening.");
         let evictor = tokio::spawn(evict_idle_limits(state.clone()));
         crate::routes::web::configure(&settings.edge.web_dir);
-        let app = crate::routes::router(state.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "Cannot set TCP_NODELAY.");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        let app = crate::routes::router(state.clone());
+        let header_timeout = Duration::from_secs(settings.edge.limits.http_header_timeout_secs);
+        serve(listener, app, header_timeout, shutdown).await;
 
         let grace = settings.shutdown.grace();
         tracing::info!(
@@ -153,11 +163,81 @@ impl Edge {
     }
 }
 
+/// How long to wait before accepting again after the listener failed (out of file descriptors…).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves HTTP/1 (with upgrades) until `shutdown`: every connection must send a request's headers
+/// within `header_timeout` (axum::serve has no such bound, so half-sent requests were held for
+/// ever), every request carries the TCP peer as `ConnectInfo`, and at shutdown the listener stops,
+/// idle connections close and requests in flight finish. Upgraded sockets leave this loop: their
+/// tasks are tracked in `AppState::sockets`.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot accept a connection.");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "Cannot set TCP_NODELAY.");
+        }
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), request)
+            },
+        );
+        let connection = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, %peer, "HTTP connection ended with an error.");
+            }
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
+}
+
 async fn evict_idle_limits(state: AppState) {
     let mut every = tokio::time::interval(EVICT_EVERY);
     loop {
         every.tick().await;
         state.message_limit.evict_idle();
         state.thread_limit.evict_idle();
+        state.answer_limit.evict_idle();
+        state.addr_message_limit.evict_idle();
+        state.resume_limit.evict_idle();
     }
 }

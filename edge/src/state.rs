@@ -10,6 +10,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::slots::SocketSlots;
+use crate::connection::SocketLimits;
 use crate::metrics::EdgeMetrics;
 use crate::rate_limit::{KeyedLimit, MessageBudget};
 
@@ -28,6 +30,19 @@ pub struct AppState {
     pub message_limit: Arc<MessageBudget<ThreadId>>,
     /// Thread creations per client address.
     pub thread_limit: Arc<KeyedLimit<IpAddr>>,
+    /// Accepted `interrupt_response` frames per thread, a budget of their own with the numbers of
+    /// `message_limit` (which counts messages only, SPEC §3).
+    pub answer_limit: Arc<MessageBudget<ThreadId>>,
+    /// Accepted `message` and `interrupt_response` frames per client address (this process only).
+    pub addr_message_limit: Arc<MessageBudget<IpAddr>>,
+    /// `resume` frames per thread (this process only).
+    pub resume_limit: Arc<KeyedLimit<ThreadId>>,
+    /// `TRUSTED_PROXIES`: read only through [`crate::client_addr`].
+    pub trusted_proxies: Arc<shared::config::CidrList>,
+    /// Open sockets, in all and per client address.
+    pub socket_slots: SocketSlots,
+    /// Pings, attachment and replay bounds of each socket.
+    pub socket_limits: SocketLimits,
     pub metrics: EdgeMetrics,
     /// Counts the edge's (re)connections to NATS: live frames published while it was away never
     /// reached its subscriptions, so each socket catches up from the stream.

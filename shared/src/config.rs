@@ -284,6 +284,8 @@ pub struct EdgeSettings {
     pub web_dir: std::path::PathBuf,
     #[command(flatten)]
     pub origins: OriginSettings,
+    #[command(flatten)]
+    pub limits: EdgeLimits,
 }
 
 /// Which browser pages may use the edge: WebSocket upgrades and CORS requests (SPEC §9).
@@ -348,6 +350,84 @@ fn parse_origin(raw: &str) -> Result<String, String> {
     }
     // `Url` lower-cases the host and drops a default port, as browsers do in `Origin`.
     Ok(url.origin().ascii_serialization())
+}
+
+/// What one client, socket or connection may cost the edge (docs/operations.md, "Limits").
+#[derive(Debug, Clone, Args)]
+pub struct EdgeLimits {
+    /// Load balancers (comma-separated CIDRs) whose `X-Forwarded-For` names the client address:
+    /// the right-most entry that is not itself a trusted proxy. Empty: the TCP peer is the client.
+    #[arg(long = "trusted-proxies", env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: CidrList,
+    /// Seconds between the edge's pings on each socket; a socket that has sent nothing, not even a
+    /// pong, since the previous ping is closed (so a dead socket goes within twice this).
+    #[arg(long = "ws-ping-secs", env = "WS_PING_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ws_ping_secs: u64,
+    /// Open WebSockets on this edge, in all; an upgrade beyond it is refused with 503.
+    #[arg(
+        long = "ws-max-sockets",
+        env = "WS_MAX_SOCKETS",
+        default_value_t = 20_000
+    )]
+    pub ws_max_sockets: usize,
+    /// Open WebSockets on this edge per client address; an upgrade beyond it is refused with 429.
+    #[arg(
+        long = "ws-max-sockets-per-addr",
+        env = "WS_MAX_SOCKETS_PER_ADDR",
+        default_value_t = 32
+    )]
+    pub ws_max_sockets_per_addr: usize,
+    /// Threads one socket relays at once; attaching one more detaches the least recently used.
+    #[arg(long = "ws-max-threads-per-socket", env = "WS_MAX_THREADS_PER_SOCKET", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub ws_max_threads_per_socket: u64,
+    /// Seconds a client may take to send a request's headers before the connection is closed.
+    #[arg(long = "http-header-timeout-secs", env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub http_header_timeout_secs: u64,
+    /// Accepted `message` and `interrupt_response` frames per client address per minute, over all
+    /// its threads (on top of the per-thread budgets); 0 = unlimited.
+    #[arg(
+        long = "messages-per-addr-per-minute",
+        env = "MESSAGES_PER_ADDR_PER_MINUTE",
+        default_value_t = 120
+    )]
+    pub messages_per_addr_per_minute: u32,
+    /// `resume` frames per thread per minute on this edge; 0 = unlimited.
+    #[arg(
+        long = "resumes-per-minute",
+        env = "RESUMES_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub resumes_per_minute: u32,
+    /// Frames one `resume` replays at most; past it the socket gets `resume_partial` and resumes
+    /// again from its `last_seq`.
+    #[arg(long = "resume-max-frames", env = "RESUME_MAX_FRAMES", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resume_max_frames: u64,
+}
+
+/// Comma-separated CIDRs (`10.0.0.0/8, 2001:db8::/32`); a bare address is a /32 or /128.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<ipnet::IpNet>);
+
+impl CidrList {
+    pub fn contains(&self, addr: &std::net::IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(addr))
+    }
+}
+
+impl std::str::FromStr for CidrList {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse::<ipnet::IpNet>()
+                    .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("`{item}` is not a CIDR (like 10.0.0.0/8) or an address"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
 }
 
 /// Which model answers.
@@ -543,6 +623,19 @@ mod tests {
                 "{bad:?} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn cidr_lists_parse() {
+        let list: CidrList = " 10.0.0.0/8, 127.0.0.1 ,2001:db8::/32".parse().unwrap();
+        assert_eq!(list.0.len(), 3);
+        assert!(list.contains(&"10.1.2.3".parse().unwrap()));
+        assert!(list.contains(&"127.0.0.1".parse().unwrap()));
+        assert!(!list.contains(&"127.0.0.2".parse().unwrap()));
+        assert!(list.contains(&"2001:db8::1".parse().unwrap()));
+        assert_eq!("".parse::<CidrList>().unwrap(), CidrList::default());
+        assert!("10.0.0.0/33".parse::<CidrList>().is_err());
+        assert!("example.com".parse::<CidrList>().is_err());
     }
 
     #[test]

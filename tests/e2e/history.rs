@@ -86,3 +86,60 @@ async fn a_thread_history_lists_each_message_and_its_reply() {
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
 }
+
+#[tokio::test]
+async fn the_history_is_paginated_from_the_newest_turn_back() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let url = format!(
+        "{}/api/threads/{}/messages",
+        app.http_url(0),
+        thread.thread_id
+    );
+    let mut ws = app.connect(0).await;
+    for content in ["first", "second", "third"] {
+        ws.send(&thread.message(content)).await;
+        ws.expect_type("accepted").await;
+        ws.frames_until_type("message_complete").await;
+    }
+    app.wait_for_turns(&thread.thread_id, 3).await;
+    let users = |page: &Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| entry["role"] == "user")
+            .map(|entry| entry["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let all = app.get_json(&url, &thread.token).await;
+    assert_eq!(users(&all), ["first", "second", "third"]);
+    assert_eq!(all["next_cursor"], Value::Null);
+
+    let newest = app.get_json(&format!("{url}?limit=2"), &thread.token).await;
+    assert_eq!(users(&newest), ["second", "third"]);
+    assert_eq!(newest["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        newest["last_seq"], 18,
+        "the thread's position, whatever the page"
+    );
+    let cursor = newest["next_cursor"].as_str().expect("older turns exist");
+    let older = app
+        .get_json(&format!("{url}?limit=2&before={cursor}"), &thread.token)
+        .await;
+    assert_eq!(users(&older), ["first"]);
+    assert_eq!(older["messages"][1]["role"], "assistant");
+    assert_eq!(older["next_cursor"], Value::Null);
+
+    for bad in ["limit=0", "limit=201", "before=abc", "before=-1"] {
+        let refused = app
+            .http
+            .get(format!("{url}?{bad}"))
+            .bearer_auth(&thread.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{bad}");
+    }
+}

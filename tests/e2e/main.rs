@@ -2,10 +2,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod admin;
 mod agents;
 mod analytics;
 mod chat_turn;
+mod client_addr;
 mod dead_letters;
 mod delivery;
 mod errors;
@@ -22,6 +24,7 @@ mod origins;
 mod outages;
 mod resume;
 mod shutdown;
+mod socket_bounds;
 mod startup;
 mod tls;
 mod web_assets;

@@ -84,6 +84,10 @@ impl Thread {
         frame
     }
 
+    pub fn interrupt_response(&self, approved: bool) -> Value {
+        serde_json::json!({"type": "interrupt_response", "thread_id": self.thread_id, "token": self.token, "approved": approved})
+    }
+
     pub fn resume(&self, after_seq: u64) -> Value {
         serde_json::json!({"type": "resume", "thread_id": self.thread_id, "token": self.token, "after_seq": after_seq})
     }
@@ -145,6 +149,10 @@ impl Default for StackOptions {
             ("SCRIPTED_REPLY_TOKENS", "5"),
             ("SCRIPTED_TOKEN_DELAY_MS", "0"),
             ("SHUTDOWN_GRACE_SECS", "2"),
+            // Every test client comes from 127.0.0.1, as every client behind a load balancer
+            // without TRUSTED_PROXIES would: per-address budgets are off unless a test sets them.
+            ("MESSAGES_PER_ADDR_PER_MINUTE", "0"),
+            ("WS_MAX_SOCKETS_PER_ADDR", "100000"),
         ];
         Self {
             edges: 1,
@@ -404,6 +412,24 @@ impl TestApp {
         sqlx::PgPool::connect(&self.database_url)
             .await
             .expect("connect to the test database")
+    }
+
+    /// The value of one sample of an edge's `/metrics` (`name` with its labels as printed, e.g.
+    /// `edge_ws_refused_total{reason="full"}`); `None` while the series does not exist.
+    pub async fn edge_metric(&self, edge: usize, sample: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.http_url(edge)))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(sample)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
     }
 
     /// JetStream on this stack's NATS (`nats_url`, which may be a private server or a cluster).

@@ -29,12 +29,21 @@ impl WsClient {
     /// Opens a socket as a page of `origin` would (its `Origin` header); the HTTP status of the
     /// answer if the edge refuses the upgrade.
     pub async fn connect_from_origin(url: &str, origin: &str) -> Result<Self, u16> {
+        Self::try_connect_with(url, &[("origin", origin)]).await
+    }
+
+    /// Connects with extra request headers (e.g. `X-Forwarded-For`); the HTTP status if the server
+    /// refuses the upgrade.
+    pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-        use tokio_tungstenite::tungstenite::Error;
         let mut request = url.into_client_request().expect("a WebSocket URL");
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().expect("an Origin header value"));
+        for (name, value) in headers {
+            request.headers_mut().append(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("a header name"),
+                value.parse().expect("a header value"),
+            );
+        }
         let connected = tokio::time::timeout(
             WAIT,
             tokio_tungstenite::connect_async_with_config(request, None, true),
@@ -43,8 +52,10 @@ impl WsClient {
         .expect("WebSocket connect timed out");
         match connected {
             Ok((socket, _)) => Ok(Self { socket }),
-            Err(Error::Http(response)) => Err(response.status().as_u16()),
-            Err(error) => panic!("WebSocket connect failed below HTTP: {error}"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("WebSocket connect failed: {error}"),
         }
     }
 
@@ -65,6 +76,14 @@ impl WsClient {
             .send(Message::Text(text.into()))
             .await
             .expect("send a frame");
+    }
+
+    /// Sends a WebSocket ping; `false` if the socket is gone.
+    pub async fn send_ping(&mut self) -> bool {
+        self.socket
+            .send(Message::Ping(Vec::new().into()))
+            .await
+            .is_ok()
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {

@@ -28,16 +28,20 @@ export class ChatClient {
     socket.onopen = () => {
       this.attempts = 0;
       this.opened += 1;
-      socket.send(
-        JSON.stringify({ type: 'resume', thread_id: this.thread.threadId, token: this.thread.token, after_seq: this.lastSeq() }),
-      );
+      socket.send(resumeFrame(this.thread, this.lastSeq()));
       this.events.onStatus(true);
     };
     socket.onmessage = (event) => {
+      let frame: Frame;
       try {
-        this.events.onFrame(JSON.parse(String(event.data)) as Frame);
+        frame = JSON.parse(String(event.data)) as Frame;
       } catch {
-        // Not JSON: ignore.
+        return; // Not JSON: ignore.
+      }
+      this.events.onFrame(frame);
+      // The edge replays a bounded number of frames per resume: go on from where it stopped.
+      if (frame.type === 'resume_partial' && frame.thread_id === this.thread.threadId) {
+        socket.send(resumeFrame(this.thread, this.lastSeq()));
       }
     };
     socket.onclose = () => {
@@ -73,6 +77,11 @@ export class ChatClient {
     this.socket = null;
     socket?.close();
   }
+}
+
+/** The `resume` frame of a thread, after the last `seq` the page has. */
+export function resumeFrame(thread: { threadId: string; token: string }, afterSeq: number): string {
+  return JSON.stringify({ type: 'resume', thread_id: thread.threadId, token: thread.token, after_seq: afterSeq });
 }
 
 export function socketUrl(): string {

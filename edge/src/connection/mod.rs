@@ -6,46 +6,159 @@
 //! the live subject first (live frames wait in the subscription), writes the retained frames after
 //! `after_seq` from `<PREFIX>_OUT`, and then relays live frames past the last one written: no gap
 //! and no duplicate at the seam.
+//!
+//! Bounds (docs/operations.md, "Limits"): a socket relays at most `WS_MAX_THREADS_PER_SOCKET`
+//! threads (the least recently used is detached, its subscription dropped); one `resume` replays
+//! at most `RESUME_MAX_FRAMES` frames and then sends `resume_partial`, holding the thread's live
+//! frames back until the client resumes again from that frame's `last_seq`; a resume never replays
+//! what the socket already has; the edge pings every `WS_PING_SECS` and closes a socket that sent
+//! nothing, not even a pong, since its previous ping; a client sending more than
+//! [`MAX_CLIENT_PINGS_PER_SEC`] pings a second is closed (1008). Live frames that skip a `seq` (the
+//! NATS client drops messages of a slow consumer) are re-read from `<PREFIX>_OUT` at once.
+
+pub mod slots;
 
 use std::collections::HashMap;
+use std::future::Future as _;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use backon::{ExponentialBuilder, Retryable as _};
 use futures_util::stream::SelectAll;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{SinkExt as _, Stream, StreamExt as _};
+use prometheus::IntGauge;
 use shared::ids::{MessageId, ThreadId, TurnId};
 use shared::protocol::bus::{bundle, InboundKind, InboundMessage};
 use shared::protocol::validate::parse_client_frame;
 use shared::protocol::{ClientFrame, ErrorCode, FrameError, ServerFrame};
 use shared::retained::BundleReader;
 use shared::subjects::Subjects;
+use tokio::sync::oneshot;
 
-use crate::rate_limit::Decision;
+use self::slots::SocketSlot;
+use crate::rate_limit::{Decision, MessageBudget};
 use crate::state::AppState;
+
+/// Client pings allowed per second; past it the socket is closed (a ping flood costs the edge a
+/// wake-up and a pong each).
+pub const MAX_CLIENT_PINGS_PER_SEC: u32 = 10;
+
+/// The bounds of one socket, from `EdgeLimits`.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLimits {
+    /// `WS_PING_SECS`.
+    pub ping_every: Duration,
+    /// `WS_MAX_THREADS_PER_SOCKET`.
+    pub max_threads: usize,
+    /// `RESUME_MAX_FRAMES`.
+    pub resume_max_frames: u64,
+}
+
+impl SocketLimits {
+    pub fn from_settings(limits: &shared::config::EdgeLimits) -> Self {
+        Self {
+            ping_every: Duration::from_secs(limits.ws_ping_secs),
+            max_threads: usize::try_from(limits.ws_max_threads_per_socket).unwrap_or(usize::MAX),
+            resume_max_frames: limits.resume_max_frames,
+        }
+    }
+}
 
 /// Drives one WebSocket until the client leaves or the edge shuts down.
 #[tracing::instrument(name = "socket", skip_all)]
-pub async fn run(mut socket: WebSocket, state: AppState) {
+pub async fn run(mut socket: WebSocket, state: AppState, slot: SocketSlot) {
     state.metrics.connections.inc();
     let mut connection = Connection {
         state: state.clone(),
+        client: slot.addr(),
         attached: HashMap::new(),
+        uses: 0,
         relays: SelectAll::new(),
     };
     if let Err(error) = connection.drive(&mut socket).await {
         tracing::debug!(%error, "Socket ended with an error.");
     }
+    // Subscriptions go before the slot: a refused upgrade never waits on a closing socket.
+    drop(connection);
+    drop(slot);
     state.metrics.connections.dec();
 }
 
 struct Connection {
     state: AppState,
-    /// Threads this socket relays, with the last `seq` written to it for each.
-    attached: HashMap<ThreadId, u64>,
+    /// The client's address (behind trusted proxies, the forwarded one).
+    client: IpAddr,
+    /// Threads this socket relays.
+    attached: HashMap<ThreadId, Attachment>,
+    /// Counts the client's frames, to find the least recently used attachment.
+    uses: u64,
     /// One live subscription per attached thread's reply subject.
-    relays: SelectAll<async_nats::Subscriber>,
+    relays: SelectAll<Relay>,
+}
+
+/// One thread this socket relays.
+struct Attachment {
+    /// The last `seq` written to the socket.
+    last: u64,
+    /// A resume stopped short (`resume_partial`): live frames wait until the client resumes again.
+    behind: bool,
+    /// [`Connection::uses`] when the client last named the thread.
+    used: u64,
+    /// Dropping it ends the thread's [`Relay`], and its subscription with it.
+    _detach: oneshot::Sender<()>,
+}
+
+/// A thread's live subscription, until its attachment is dropped.
+struct Relay {
+    subscriber: async_nats::Subscriber,
+    detached: oneshot::Receiver<()>,
+    _counted: Counted,
+}
+
+impl Stream for Relay {
+    type Item = async_nats::Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if Pin::new(&mut this.detached).poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        this.subscriber.poll_next_unpin(cx)
+    }
+}
+
+/// Holds one unit of a gauge while it lives.
+struct Counted(IntGauge);
+
+impl Counted {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Which per-thread budget an accepted frame is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charged {
+    Message,
+    Answer,
+}
+
+/// Who asked for a replay: a client's `resume` is rate limited; the edge's own catch-ups are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplayOrigin {
+    Client,
+    Edge,
 }
 
 impl Connection {
@@ -53,6 +166,13 @@ impl Connection {
         let close_sockets = self.state.close_sockets.clone();
         let mut reconnects = self.state.reconnects.clone();
         reconnects.mark_unchanged();
+        let ping_every = self.state.socket_limits.ping_every;
+        let mut pings =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether the client sent anything (a pong will do) since the last ping.
+        let mut heard = true;
+        let mut client_pings = PingWindow::default();
         loop {
             tokio::select! {
                 Ok(()) = reconnects.changed() => self.catch_up(socket).await?,
@@ -60,14 +180,28 @@ impl Connection {
                     let frame = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
                     return socket.send(Message::Close(Some(frame))).await;
                 }
+                _ = pings.tick() => {
+                    if !heard {
+                        return self.close(socket, "ping_timeout", close_code::AWAY, "no answer to pings").await;
+                    }
+                    heard = false;
+                    timed(socket.send(Message::Ping(bytes::Bytes::new()))).await?;
+                }
                 incoming = socket.recv() => {
                     let Some(incoming) = incoming else { return Ok(()) };
+                    heard = true;
                     let reply = match incoming? {
                         Message::Text(text) => self.handle_text(socket, text.as_str()).await?,
                         Message::Binary(bytes) => Some(self.refuse(binary_frame_error(bytes.len()))),
                         // tungstenite has queued the close reply: send it before leaving.
                         Message::Close(_) => return socket.flush().await,
-                        Message::Ping(_) | Message::Pong(_) => None,
+                        Message::Ping(_) => {
+                            if !client_pings.allow() {
+                                return self.close(socket, "ping_flood", close_code::POLICY, "too many pings").await;
+                            }
+                            None
+                        }
+                        Message::Pong(_) => None,
                     };
                     if let Some(reply) = reply {
                         self.send_own(socket, &reply).await?;
@@ -78,6 +212,58 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Closes the socket on the edge's own initiative (the close is best effort: the client may be
+    /// gone).
+    async fn close(
+        &self,
+        socket: &mut WebSocket,
+        reason: &'static str,
+        code: u16,
+        text: &'static str,
+    ) -> Result<(), axum::Error> {
+        tracing::debug!(reason, "Closing a socket.");
+        self.state
+            .metrics
+            .sockets_closed
+            .with_label_values(&[reason])
+            .inc();
+        let frame = CloseFrame {
+            code,
+            reason: text.into(),
+        };
+        timed(socket.send(Message::Close(Some(frame)))).await
+    }
+
+    /// The per-thread budget of a kind of frame: `message`s and approval answers have one each.
+    fn thread_budget(&self, kind: Charged) -> &MessageBudget<ThreadId> {
+        match kind {
+            Charged::Message => &self.state.message_limit,
+            Charged::Answer => &self.state.answer_limit,
+        }
+    }
+
+    /// Refuses a `message` or `interrupt_response` past the thread's or the address's budget.
+    fn over_budget(&self, thread: &ThreadId, kind: Charged) -> Option<FrameError> {
+        let per_thread = self.thread_budget(kind).check(thread);
+        let per_addr = self.state.addr_message_limit.check(&self.client);
+        let message = match (per_thread, per_addr) {
+            (Decision::Limited, _) => {
+                "too many messages on this thread; slow down and send it again"
+            }
+            (_, Decision::Limited) => {
+                "too many messages from this address; slow down and send it again"
+            }
+            _ => return None,
+        };
+        Some(FrameError::new(ErrorCode::RateLimited, message).on_thread(thread))
+    }
+
+    /// Charges an accepted `message` or `interrupt_response` to its budgets.
+    fn charge(&self, thread: &ThreadId, kind: Charged) {
+        self.thread_budget(kind).charge(thread);
+        self.state.addr_message_limit.charge(&self.client);
     }
 
     /// Validates, then acts on one text frame; the answer, if any, goes back on this socket.
@@ -102,12 +288,8 @@ impl Connection {
                 content,
                 message_id,
             } => {
-                if self.state.message_limit.check(&thread_id) == Decision::Limited {
-                    let error = FrameError::new(
-                        ErrorCode::RateLimited,
-                        "too many messages on this thread; slow down and send it again",
-                    );
-                    return Ok(Some(self.refuse(error.on_thread(&thread_id))));
+                if let Some(error) = self.over_budget(&thread_id, Charged::Message) {
+                    return Ok(Some(self.refuse(error)));
                 }
                 let accepted = self
                     .accept(
@@ -117,25 +299,36 @@ impl Connection {
                     )
                     .await;
                 if accepted.is_ok() {
-                    self.state.message_limit.charge(&thread_id);
+                    self.charge(&thread_id, Charged::Message);
                 }
                 accepted
             }
+            // Answers cost a worker a turn each, as messages do: a budget of the same size.
             ClientFrame::InterruptResponse {
                 thread_id,
                 approved,
                 interrupt_id,
             } => {
+                if let Some(error) = self.over_budget(&thread_id, Charged::Answer) {
+                    return Ok(Some(self.refuse(error)));
+                }
                 let kind = InboundKind::InterruptResponse {
                     approved,
                     interrupt_id,
                 };
-                self.accept(thread_id, None, kind).await
+                let accepted = self.accept(thread_id.clone(), None, kind).await;
+                if accepted.is_ok() {
+                    self.charge(&thread_id, Charged::Answer);
+                }
+                accepted
             }
             ClientFrame::Resume {
                 thread_id,
                 after_seq,
-            } => match self.resume(socket, &thread_id, after_seq).await {
+            } => match self
+                .resume(socket, &thread_id, after_seq, ReplayOrigin::Client)
+                .await
+            {
                 Ok(()) => Ok(None),
                 Err(ResumeError::Socket(error)) => return Err(error),
                 Err(ResumeError::Frame(error)) => Err(error),
@@ -233,9 +426,12 @@ impl Connection {
         }
     }
 
-    /// Starts relaying the thread's reply subject to this socket (once per thread).
+    /// Starts relaying the thread's reply subject to this socket (once per thread). Past
+    /// `WS_MAX_THREADS_PER_SOCKET` the least recently used thread is detached first.
     async fn attach(&mut self, thread: &ThreadId) -> Result<(), FrameError> {
-        if self.attached.contains_key(thread) {
+        self.uses += 1;
+        if let Some(attachment) = self.attached.get_mut(thread) {
+            attachment.used = self.uses;
             return Ok(());
         }
         let subscriber = self
@@ -251,8 +447,35 @@ impl Connection {
                 )
                 .on_thread(thread)
             })?;
-        self.relays.push(subscriber);
-        self.attached.insert(thread.clone(), 0);
+        while self.attached.len() >= self.state.socket_limits.max_threads {
+            let oldest = self
+                .attached
+                .iter()
+                .min_by_key(|(_, attachment)| attachment.used)
+                .map(|(thread, _)| thread.clone());
+            match oldest {
+                Some(oldest) => {
+                    tracing::debug!(thread_id = %oldest, "Detached the least recently used thread.");
+                    self.attached.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        let (detach, detached) = oneshot::channel();
+        self.relays.push(Relay {
+            subscriber,
+            detached,
+            _counted: Counted::new(&self.state.metrics.subscriptions),
+        });
+        self.attached.insert(
+            thread.clone(),
+            Attachment {
+                last: 0,
+                behind: false,
+                used: self.uses,
+                _detach: detach,
+            },
+        );
         Ok(())
     }
 
@@ -264,11 +487,11 @@ impl Connection {
         let threads: Vec<(ThreadId, u64)> = self
             .attached
             .iter()
-            .filter(|(_, last)| **last > 0)
-            .map(|(thread, last)| (thread.clone(), *last))
+            .filter(|(_, attachment)| attachment.last > 0 && !attachment.behind)
+            .map(|(thread, attachment)| (thread.clone(), attachment.last))
             .collect();
         for (thread, last) in threads {
-            match self.resume(socket, &thread, last).await {
+            match self.resume(socket, &thread, last, ReplayOrigin::Edge).await {
                 Ok(()) => {}
                 Err(ResumeError::Socket(error)) => return Err(error),
                 Err(ResumeError::Frame(error)) => {
@@ -280,13 +503,24 @@ impl Connection {
         Ok(())
     }
 
-    /// Attaches the socket and writes the retained frames with `seq > after_seq`, in order.
+    /// Attaches the socket and writes the retained frames with `seq > after_seq` that it does not
+    /// have yet, in order: at most `RESUME_MAX_FRAMES`, then `resume_partial` if more are retained.
     async fn resume(
         &mut self,
         socket: &mut WebSocket,
         thread: &ThreadId,
         after_seq: u64,
+        origin: ReplayOrigin,
     ) -> Result<(), ResumeError> {
+        if origin == ReplayOrigin::Client
+            && self.state.resume_limit.check(thread) == Decision::Limited
+        {
+            let error = FrameError::new(
+                ErrorCode::RateLimited,
+                "too many resumes of this thread; resume again in a few seconds",
+            );
+            return Err(ResumeError::Frame(error.on_thread(thread)));
+        }
         self.attach(thread).await.map_err(ResumeError::Frame)?;
         let unavailable = |error: &dyn std::fmt::Display| {
             tracing::warn!(%error, thread_id = %thread, "Cannot read retained frames for a resume.");
@@ -298,26 +532,59 @@ impl Connection {
                 .on_thread(thread),
             )
         };
+        // Frames this socket was already sent are not sent again: a client that resumes from an
+        // older position on the same socket gets only what it lacks.
+        let already = self
+            .attached
+            .get(thread)
+            .map_or(0, |attachment| attachment.last);
         let subject = self.state.subjects.replies(thread);
-        let mut last_written = after_seq;
-        let mut retained = BundleReader::after(&self.state.replies, &subject, after_seq)
+        let mut last_written = after_seq.max(already);
+        let mut budget = self.state.socket_limits.resume_max_frames;
+        let mut cut_short = false;
+        let mut retained = BundleReader::after(&self.state.replies, &subject, last_written)
             .await
             .map_err(|e| unavailable(&e))?;
         while let Some(stored) = retained.next().await.map_err(|e| unavailable(&e))? {
-            last_written = self
-                .write_bundle(socket, Some(&stored.headers), &stored.payload, last_written)
+            let written = self
+                .write_bundle(
+                    socket,
+                    Some(&stored.headers),
+                    &stored.payload,
+                    last_written,
+                    &mut budget,
+                )
                 .await
                 .map_err(ResumeError::Socket)?;
+            last_written = written.last;
+            if written.cut_short {
+                cut_short = true;
+                break;
+            }
         }
-        timed(socket.flush()).await.map_err(ResumeError::Socket)?;
-        // Live frames waiting in the subscription are written only past what was replayed.
-        if let Some(last) = self.attached.get_mut(thread) {
-            *last = last_written;
+        // Live frames waiting in the subscription are written only past what was replayed, and
+        // not at all while the client still has to resume the rest.
+        if let Some(attachment) = self.attached.get_mut(thread) {
+            attachment.last = last_written;
+            attachment.behind = cut_short;
+        }
+        if cut_short {
+            let partial = ServerFrame::ResumePartial {
+                thread_id: thread.clone(),
+                last_seq: last_written,
+            };
+            self.send_own(socket, &partial)
+                .await
+                .map_err(ResumeError::Socket)?;
+        } else {
+            timed(socket.flush()).await.map_err(ResumeError::Socket)?;
         }
         Ok(())
     }
 
-    /// Relays a live reply bundle: the frames this socket does not have yet, then one flush.
+    /// Relays a live reply bundle: the frames this socket does not have yet, then one flush. A
+    /// bundle past a gap (the NATS client dropped live messages of this slow socket) is not
+    /// written as is: the socket catches up from the stream, where the bundle is already stored.
     async fn relay(
         &mut self,
         socket: &mut WebSocket,
@@ -326,25 +593,56 @@ impl Connection {
         let Some(thread) = self.state.subjects.thread_of_live(&message.subject) else {
             return Ok(());
         };
-        let last = self.attached.get(&thread).copied().unwrap_or_default();
+        let Some(attachment) = self.attached.get(&thread) else {
+            return Ok(());
+        };
+        if attachment.behind {
+            return Ok(());
+        }
+        let last = attachment.last;
+        let first_seq = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(bundle::FIRST_SEQ_HEADER))
+            .and_then(|raw| raw.as_str().parse::<u64>().ok());
+        if last > 0 && first_seq.is_some_and(|first| first > last + 1) {
+            self.state.metrics.relay_gaps.inc();
+            tracing::debug!(thread_id = %thread, last, ?first_seq, "Live frames skipped a seq; catching up.");
+            return match self.resume(socket, &thread, last, ReplayOrigin::Edge).await {
+                Ok(()) => Ok(()),
+                Err(ResumeError::Socket(error)) => Err(error),
+                Err(ResumeError::Frame(error)) => {
+                    let frame = self.refuse(error);
+                    self.send_own(socket, &frame).await
+                }
+            };
+        }
+        let mut unbounded = u64::MAX;
         let written = self
-            .write_bundle(socket, message.headers.as_ref(), &message.payload, last)
+            .write_bundle(
+                socket,
+                message.headers.as_ref(),
+                &message.payload,
+                last,
+                &mut unbounded,
+            )
             .await?;
-        if let Some(last) = self.attached.get_mut(&thread) {
-            *last = written;
+        if let Some(attachment) = self.attached.get_mut(&thread) {
+            attachment.last = written.last;
         }
         timed(socket.flush()).await
     }
 
-    /// Feeds the frames of a bundle with `seq > last_written` to the socket (without flushing);
-    /// returns the new last written `seq`.
+    /// Feeds the frames of a bundle with `seq > last_written` to the socket (without flushing),
+    /// while `budget` lasts (each frame costs one).
     async fn write_bundle(
         &self,
         socket: &mut WebSocket,
         headers: Option<&async_nats::HeaderMap>,
         payload: &bytes::Bytes,
         last_written: u64,
-    ) -> Result<u64, axum::Error> {
+        budget: &mut u64,
+    ) -> Result<Written, axum::Error> {
         let header = |name: &str| {
             headers
                 .and_then(|headers| headers.get(name))
@@ -361,6 +659,13 @@ impl Connection {
                 if seq <= last {
                     continue;
                 }
+                if *budget == 0 {
+                    return Ok(Written {
+                        last,
+                        cut_short: true,
+                    });
+                }
+                *budget -= 1;
                 last = seq;
             }
             match Utf8Bytes::try_from(payload.slice_ref(frame)) {
@@ -377,7 +682,10 @@ impl Connection {
                 }
             }
         }
-        Ok(last)
+        Ok(Written {
+            last,
+            cut_short: false,
+        })
     }
 
     fn refuse(&self, error: FrameError) -> ServerFrame {
@@ -397,6 +705,7 @@ impl Connection {
         let kind = match frame {
             ServerFrame::Accepted { .. } => "accepted",
             ServerFrame::Error { .. } => "error",
+            ServerFrame::ResumePartial { .. } => "resume_partial",
         };
         self.state
             .metrics
@@ -423,6 +732,38 @@ async fn timed(
     tokio::time::timeout(WRITE_TIMEOUT, write)
         .await
         .unwrap_or_else(|_| Err(axum::Error::new("the client stopped reading")))
+}
+
+/// What [`Connection::write_bundle`] wrote.
+struct Written {
+    /// The last `seq` written (or skipped as already written).
+    last: u64,
+    /// The budget ran out before the bundle's end.
+    cut_short: bool,
+}
+
+/// Client pings of the current second.
+#[derive(Default)]
+struct PingWindow {
+    started: Option<Instant>,
+    count: u32,
+}
+
+impl PingWindow {
+    /// Counts one client ping; `false` past [`MAX_CLIENT_PINGS_PER_SEC`].
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        match self.started {
+            Some(started) if now.duration_since(started) < Duration::from_secs(1) => {
+                self.count += 1;
+            }
+            _ => {
+                self.started = Some(now);
+                self.count = 1;
+            }
+        }
+        self.count <= MAX_CLIENT_PINGS_PER_SEC
+    }
 }
 
 /// Why a `resume` stopped: the socket itself failed, or the client gets an error frame.

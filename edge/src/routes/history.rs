@@ -1,11 +1,15 @@
 //! `GET /api/threads/{id}/messages`: the thread's history for the chat page, behind its token.
+//!
+//! Paginated from the newest turn back: `?limit=` turns per page (default [`DEFAULT_LIMIT`], at
+//! most [`MAX_LIMIT`]), in chronological order; `next_cursor` (opaque) is passed back as
+//! `?before=` for the turns before the page, and is `null` on the oldest page.
 
 use anyhow::Context as _;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::ids::ThreadId;
 use shared::protocol::Usage;
 
@@ -45,6 +49,18 @@ pub(super) struct PendingApproval {
     expires_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Turns per page when the client names no `limit`.
+pub(super) const DEFAULT_LIMIT: u32 = 50;
+/// The largest `limit` accepted.
+pub(super) const MAX_LIMIT: u32 = 200;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Page {
+    limit: Option<u32>,
+    /// `next_cursor` of the page after this one (newer turns).
+    before: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub(super) struct History {
     thread_id: ThreadId,
@@ -52,6 +68,8 @@ pub(super) struct History {
     /// The thread's last frame `seq` committed so far.
     last_seq: i64,
     messages: Vec<Entry>,
+    /// Pass as `?before=` for the older turns; `null` when this page holds the oldest.
+    next_cursor: Option<String>,
     /// Set while the thread's last turn waits for an approval.
     pending_approval: Option<PendingApproval>,
 }
@@ -84,8 +102,23 @@ type TurnRow = (
 pub(super) async fn messages(
     State(state): State<AppState>,
     Path(thread_id): Path<String>,
+    Query(page): Query<Page>,
     headers: HeaderMap,
 ) -> Result<Json<History>, ApiError> {
+    let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let before = match page.before.as_deref() {
+        None => i64::MAX,
+        Some(cursor) => cursor
+            .parse::<i64>()
+            .ok()
+            .filter(|position| *position > 0)
+            .ok_or_else(|| ApiError::BadRequest("before is not a cursor of this API".into()))?,
+    };
     let thread_id = ThreadId::parse(thread_id)
         .map_err(|error| ApiError::BadRequest(format!("thread id {error}")))?;
     let token = headers
@@ -121,12 +154,35 @@ pub(super) async fn messages(
     let Some((status, last_seq, interrupt_id, turn_id, action, params, expires_at)) = thread else {
         return Err(ApiError::NotFound);
     };
+    // The page's messages (one more, to know whether older ones exist), newest first; then their
+    // rows and the rows of the approvals' answers that continue their turns, in order.
+    let page_starts: Vec<i64> = sqlx::query_scalar(
+        "SELECT in_seq FROM turns
+          WHERE thread_id = $1 AND kind = 'message' AND in_seq < $2
+          ORDER BY in_seq DESC LIMIT $3",
+    )
+    .bind(thread_id.as_str())
+    .bind(before)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(&mut *snapshot)
+    .await
+    .context("Failed to read the thread's turns")
+    .map_err(ApiError::Unavailable)?;
+    let has_older = page_starts.len() > limit as usize;
+    let oldest = page_starts
+        .get(..page_starts.len().min(limit as usize))
+        .and_then(<[i64]>::last)
+        .copied()
+        .unwrap_or(before);
+    let next_cursor = has_older.then(|| oldest.to_string());
     let rows: Vec<TurnRow> = sqlx::query_as(
         "SELECT kind, message_id, turn_id, content, reply, outcome, last_seq, prompt_tokens,
                 completion_tokens, cost_usd, received_at, completed_at
-           FROM turns WHERE thread_id = $1 ORDER BY in_seq",
+           FROM turns WHERE thread_id = $1 AND in_seq >= $2 AND in_seq < $3 ORDER BY in_seq",
     )
     .bind(thread_id.as_str())
+    .bind(oldest)
+    .bind(before)
     .fetch_all(&mut *snapshot)
     .await
     .context("Failed to read the thread's turns")
@@ -202,6 +258,7 @@ pub(super) async fn messages(
         status,
         last_seq,
         messages,
+        next_cursor,
         pending_approval,
     }))
 }

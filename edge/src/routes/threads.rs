@@ -1,14 +1,13 @@
 //! `POST /api/threads`: a new thread and its token.
 
-use std::net::SocketAddr;
-
 use anyhow::Context as _;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 use shared::ids::ThreadId;
 
+use crate::client_addr::ClientAddr;
 use crate::error::ApiError;
 use crate::rate_limit::Decision;
 use crate::state::AppState;
@@ -21,9 +20,9 @@ pub(super) struct NewThread {
 
 pub(super) async fn create_thread(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
 ) -> Result<(StatusCode, Json<NewThread>), ApiError> {
-    if state.thread_limit.check(&client.ip()) == Decision::Limited {
+    if state.thread_limit.check(&client) == Decision::Limited {
         state
             .metrics
             .errors

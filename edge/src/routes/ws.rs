@@ -6,6 +6,8 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse as _, Response};
 use shared::protocol::validate::MAX_FRAME_BYTES;
 
+use crate::client_addr::ClientAddr;
+use crate::connection::slots::SlotRefused;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -24,17 +26,22 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 const MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Upgrades the connection, unless a page of an origin that `ALLOWED_ORIGINS` does not allow
-/// opened it (403). Browsers apply no CORS to WebSockets: without this check any site could open
-/// sockets to the edge from its visitors' browsers.
+/// opened it (403; browsers apply no CORS to WebSockets: without this check any site could open
+/// sockets to the edge from its visitors' browsers) or a socket cap is reached (429 / 503).
 pub(super) async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
     if !state.origins.allows(&headers, &uri) {
         return ApiError::ForbiddenOrigin.into_response();
     }
+    let slot = match state.socket_slots.take(client) {
+        Ok(slot) => slot,
+        Err(refused) => return refuse(&state, refused),
+    };
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
@@ -42,6 +49,20 @@ pub(super) async fn upgrade(
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
-            sockets.track_future(crate::connection::run(socket, state))
+            sockets.track_future(crate::connection::run(socket, state, slot))
         })
+}
+
+/// 429 when the client's address has too many sockets open, 503 when the edge is full.
+fn refuse(state: &AppState, refused: SlotRefused) -> Response {
+    let (reason, error) = match refused {
+        SlotRefused::AddressFull => ("address_full", ApiError::TooManySockets),
+        SlotRefused::Full => ("full", ApiError::EdgeFull),
+    };
+    state
+        .metrics
+        .sockets_refused
+        .with_label_values(&[reason])
+        .inc();
+    error.into_response()
 }

@@ -81,6 +81,9 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         thread_id: Option<ThreadId>,
     },
+    /// A `resume` replayed `RESUME_MAX_FRAMES` frames and more are retained: the thread's live
+    /// frames are held back until the client sends `resume` again with `after_seq` = `last_seq`.
+    ResumePartial { thread_id: ThreadId, last_seq: u64 },
 }
 
 impl From<FrameError> for ServerFrame {
