@@ -1988,13 +1988,18 @@ const COLUMNS: &str = "id, name, method, path, base_url, description, parameters
 /// A tool whose name exists already is updated (method, path, base URL, description, schema,
 /// request mapping, source) and keeps its review: `access`, `requires_approval`, `enabled`,
 /// `reviewed`. Two exceptions, both on the safe side: a tool not reviewed yet takes the new
-/// proposal; and a reviewed tool whose HTTP method changed goes back to review (`reviewed: false`,
-/// so agents stop seeing it), with `access` and `requires_approval` raised to the new proposal
-/// where that is stricter.
+/// proposal; and a reviewed tool whose call changed — its method, path, base URL, arguments'
+/// schema or request mapping — goes back to review (`reviewed: false`, so agents stop seeing it
+/// until an operator reviews it again), with `access` and `requires_approval` raised to the new
+/// proposal where that is stricter. `enabled` stays as the operator left it. A new description
+/// alone keeps the review: it changes what the model reads, not what the call does.
 pub async fn save_imported(
     db: &PgPool,
     document: &ImportedDocument,
 ) -> Result<Vec<ToolRecord>, sqlx::Error> {
+    // The call the review was about is the call the document now describes.
+    let same_call = "(t.method, t.path, t.base_url, t.parameters, t.request) = \
+        (EXCLUDED.method, EXCLUDED.path, EXCLUDED.base_url, EXCLUDED.parameters, EXCLUDED.request)";
     let upsert = format!(
         "INSERT INTO imported_tools AS t (id, name, method, path, base_url, description, \
              parameters, request, access, requires_approval, source) \
@@ -2002,15 +2007,15 @@ pub async fn save_imported(
          ON CONFLICT (name) DO UPDATE SET \
              access = CASE \
                  WHEN NOT t.reviewed THEN EXCLUDED.access \
-                 WHEN t.method = EXCLUDED.method THEN t.access \
+                 WHEN {same_call} THEN t.access \
                  WHEN 'write' IN (t.access, EXCLUDED.access) THEN 'write' \
                  ELSE 'read' END, \
              requires_approval = CASE \
                  WHEN NOT t.reviewed THEN EXCLUDED.requires_approval \
-                 WHEN t.method = EXCLUDED.method THEN t.requires_approval \
+                 WHEN {same_call} THEN t.requires_approval \
                  ELSE t.requires_approval OR EXCLUDED.requires_approval END, \
-             reviewed = t.reviewed AND t.method = EXCLUDED.method, \
-             reviewed_at = CASE WHEN t.method = EXCLUDED.method THEN t.reviewed_at END, \
+             reviewed = t.reviewed AND {same_call}, \
+             reviewed_at = CASE WHEN {same_call} THEN t.reviewed_at END, \
              method = EXCLUDED.method, \
              path = EXCLUDED.path, \
              base_url = EXCLUDED.base_url, \

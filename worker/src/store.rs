@@ -348,6 +348,19 @@ impl Store {
     }
 
     /// The approval `id`, with its checkpoint.
+    /// When an approval was raised (stored, just before its `interrupt` frame went out).
+    pub async fn interrupt_raised_at(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, TurnError> {
+        Ok(
+            sqlx::query_scalar("SELECT created_at FROM interrupts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await?,
+        )
+    }
+
     pub async fn load_interrupt(&self, id: Uuid) -> Result<Option<PendingInterrupt>, TurnError> {
         type Row = (
             Uuid,
