@@ -553,8 +553,8 @@ fn decode_yaml(text: &str, stop: &AtomicBool) -> Result<Value, DocumentError> {
         (Err(_), Some(Exceeded::Size)) => Err(DocumentError::at(
             "document",
             format!(
-                "the YAML grows past {MAX_YAML_EXPANDED_BYTES} bytes once its aliases (*name) are \
-                 expanded; a document may not repeat its anchors that often"
+                "the YAML grows past {MAX_YAML_EXPANDED_BYTES} bytes once decoded (each alias \
+                 *name counts as a copy of its anchor)"
             ),
         )),
         (Err(_), Some(Exceeded::Stopped)) => Err(DocumentError::at(
@@ -2093,8 +2093,6 @@ pub async fn load_usable(db: &PgPool) -> Result<Vec<ImportedTool>, sqlx::Error> 
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde::de::DeserializeSeed as _;
 
     use super::*;
@@ -2383,21 +2381,18 @@ mod tests {
     }
 
     #[test]
-    fn yaml_aliases_that_expand_past_the_bound_are_refused_quickly() {
+    fn yaml_aliases_that_expand_past_the_bound_are_refused() {
         // 2,000,000 strings from 1.4 kB: about 100 MB as a serde_json::Value.
         let bomb = billion_laughs(4, 200);
         assert!(bomb.len() < 2_000, "{} bytes", bomb.len());
-        let started = std::time::Instant::now();
         let error = error_of(&bomb);
         assert!(
-            error.starts_with("document: the YAML grows past 33554432 bytes once its aliases"),
+            error.starts_with(
+                "document: the YAML grows past 33554432 bytes once decoded (each alias"
+            ),
             "{error}"
         );
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            started.elapsed()
-        );
+        // Refused after the bound's worth of work; the e2e test times it on the edge.
 
         // 20,000 strings are an ordinary document's worth of repetition.
         let fine = parse(&billion_laughs(2, 200)).unwrap();

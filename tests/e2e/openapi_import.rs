@@ -500,10 +500,12 @@ async fn a_yaml_alias_bomb_is_refused_quickly_and_the_edge_stays_small() {
     assert_eq!(body["error"]["code"], "invalid_document", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.starts_with("document: the YAML grows past 33554432 bytes once its aliases"),
+        message
+            .starts_with("document: the YAML grows past 33554432 bytes once decoded (each alias"),
         "{message}"
     );
-    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    // Under a second on an idle machine; unbounded, this document takes minutes.
+    assert!(took < Duration::from_secs(15), "refused after {took:?}");
 
     // The edge's peak resident memory grew by less than 100 MB.
     let grown_kib = app.edges[0].memory_kib("VmHWM").saturating_sub(peak_before);

@@ -73,11 +73,12 @@ pub(super) async fn import(
     Ok(Json(json!({"tools": tools, "skipped": document.skipped})))
 }
 
-/// Imports this edge parses at once. A parse is CPU work with bounded but real memory (a 2 MiB
-/// document, its YAML aliases expanded up to `MAX_YAML_EXPANDED_BYTES`, its schemas inlined up to
-/// `MAX_DOCUMENT_SCHEMA_BYTES`), so only this many run together; more wait their turn within the
-/// request's timeout. One count per edge process, whatever serves the request.
-const CONCURRENT_IMPORTS: usize = 2;
+/// Imports this edge parses at once. A parse is CPU work with bounded but real memory: the worst
+/// 2 MiB document (YAML of a million one-letter nodes, whose parser events serde_yaml_ng holds
+/// all at once) peaks near 180 MB before it is refused, besides `MAX_YAML_EXPANDED_BYTES` of
+/// expansion and `MAX_DOCUMENT_SCHEMA_BYTES` of inlined schemas. So one runs at a time; others
+/// wait their turn within the request's timeout. One count per edge process.
+const CONCURRENT_IMPORTS: usize = 1;
 static IMPORTS: Semaphore = Semaphore::const_new(CONCURRENT_IMPORTS);
 
 /// Sets the flag when dropped: the request future is dropped when it times out or its client
