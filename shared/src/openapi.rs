@@ -2374,7 +2374,7 @@ mod tests {
         );
         for level in 1..=levels {
             let below = format!("*l{}", level - 1);
-            let row = vec![below.as_str(); 10].join(", ");
+            let row = [below.as_str(); 10].join(", ");
             text.push_str(&format!("x-l{level}: &l{level} [{row}]\n"));
         }
         text

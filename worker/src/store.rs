@@ -347,7 +347,6 @@ impl Store {
         lease.expired || idle > ttl
     }
 
-    /// The approval `id`, with its checkpoint.
     /// When an approval was raised (stored, just before its `interrupt` frame went out).
     pub async fn interrupt_raised_at(
         &self,
@@ -361,6 +360,7 @@ impl Store {
         )
     }
 
+    /// The approval `id`, with its checkpoint.
     pub async fn load_interrupt(&self, id: Uuid) -> Result<Option<PendingInterrupt>, TurnError> {
         type Row = (
             Uuid,
