@@ -14,6 +14,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,9 @@ use uuid::Uuid;
 
 /// The largest document `POST /api/admin/openapi` accepts.
 pub const MAX_DOCUMENT_BYTES: usize = 2 * 1024 * 1024;
+/// The most a YAML document may weigh once its aliases are expanded (roughly the memory of the
+/// decoded value: 48 bytes a node plus its text); alias bombs are refused past it.
+pub const MAX_YAML_EXPANDED_BYTES: usize = 32 * 1024 * 1024;
 /// The most `$ref`s followed inside one another; deeper (or cyclic) references are not expanded.
 pub const MAX_REF_DEPTH: usize = 32;
 /// The most one argument's schema may weigh (roughly its bytes as JSON) once `$ref`s are inlined.
@@ -385,6 +389,18 @@ pub fn parse_document(
     raw: &[u8],
     options: &ImportOptions,
 ) -> Result<ImportedDocument, ImportError> {
+    parse_document_until(raw, options, &AtomicBool::new(false))
+}
+
+/// [`parse_document`], given up as soon as it notices `stop` set (the request that asked for it
+/// ended): the edge sets it when an import's request times out or its client leaves, so that a
+/// parse on a blocking thread does not go on for nobody. Every stage is bounded anyway (document
+/// size, YAML expansion, inlined schema size); `stop` ends the work sooner.
+pub fn parse_document_until(
+    raw: &[u8],
+    options: &ImportOptions,
+    stop: &AtomicBool,
+) -> Result<ImportedDocument, ImportError> {
     let base_url = match &options.base_url {
         None => None,
         Some(text) => match Url::parse(text) {
@@ -403,7 +419,7 @@ pub fn parse_document(
         )
         .into());
     }
-    let root = decode(raw, options.format)?;
+    let root = decode(raw, options.format, stop)?;
     let version = version(&root)?;
     check_references(&root, &root, &Loc::root())?;
     let walker = Walker {
@@ -411,10 +427,23 @@ pub fn parse_document(
         version,
         base_url: base_url.as_ref(),
         schema_bytes: Cell::new(0),
+        stop,
     };
     let document = walker.document()?;
+    stopped(stop)?;
     check_structure(&root, version)?;
     Ok(document)
+}
+
+/// An error once `stop` is set.
+fn stopped(stop: &AtomicBool) -> Result<(), DocumentError> {
+    if stop.load(Ordering::Relaxed) {
+        return Err(DocumentError::at(
+            "document",
+            "the import was stopped (the request ended)",
+        ));
+    }
+    Ok(())
 }
 
 impl DocumentError {
@@ -473,7 +502,7 @@ fn unescape_token(token: &str) -> String {
     decoded.replace("~1", "/").replace("~0", "~")
 }
 
-fn decode(raw: &[u8], format: DocumentFormat) -> Result<Value, DocumentError> {
+fn decode(raw: &[u8], format: DocumentFormat, stop: &AtomicBool) -> Result<Value, DocumentError> {
     let text = std::str::from_utf8(raw).map_err(|error| {
         DocumentError::at(
             "document",
@@ -493,11 +522,177 @@ fn decode(raw: &[u8], format: DocumentFormat) -> Result<Value, DocumentError> {
         DocumentFormat::Detect => text.trim_start().starts_with('{'),
     };
     if json {
+        // serde_json refuses nesting deeper than 128 levels, and JSON has no aliases: what it
+        // builds is bounded by the document's size.
         serde_json::from_str(text)
             .map_err(|error| DocumentError::at("document", format!("not valid JSON: {error}")))
     } else {
-        serde_yaml_ng::from_str(text)
-            .map_err(|error| DocumentError::at("document", format!("not valid YAML: {error}")))
+        decode_yaml(text, stop)
+    }
+}
+
+/// Decodes YAML with a bound on what its aliases expand to.
+///
+/// serde_yaml_ng follows every alias (`*name`) by replaying its anchor's events, and only stops
+/// after 100 times as many jumps as the document has events: a few kilobytes of nested aliases
+/// ("billion laughs") still expand to gigabytes. The value is therefore built by a visitor that
+/// weighs every node it receives, whether written out or reached through an alias, and gives up
+/// past [`MAX_YAML_EXPANDED_BYTES`], before the memory is spent. serde_yaml_ng's own limits stay
+/// in force under it (128 levels of nesting).
+fn decode_yaml(text: &str, stop: &AtomicBool) -> Result<Value, DocumentError> {
+    use serde::de::DeserializeSeed as _;
+    let budget = YamlBudget {
+        spent: Cell::new(0),
+        nodes: Cell::new(0),
+        stop,
+        exceeded: Cell::new(None),
+    };
+    let decoded = BoundedValue(&budget).deserialize(serde_yaml_ng::Deserializer::from_str(text));
+    match (decoded, budget.exceeded.get()) {
+        (Ok(value), _) => Ok(value),
+        (Err(_), Some(Exceeded::Size)) => Err(DocumentError::at(
+            "document",
+            format!(
+                "the YAML grows past {MAX_YAML_EXPANDED_BYTES} bytes once decoded (each alias \
+                 *name counts as a copy of its anchor)"
+            ),
+        )),
+        (Err(_), Some(Exceeded::Stopped)) => Err(DocumentError::at(
+            "document",
+            "the import was stopped (the request ended)",
+        )),
+        (Err(error), None) => Err(DocumentError::at(
+            "document",
+            format!("not valid YAML: {error}"),
+        )),
+    }
+}
+
+/// Why [`BoundedValue`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exceeded {
+    Size,
+    Stopped,
+}
+
+/// What the YAML decoded so far weighs, shared by every level of [`BoundedValue`].
+struct YamlBudget<'s> {
+    /// Roughly the memory of the value built so far: [`NODE_WEIGHT`] per node plus its text.
+    spent: Cell<usize>,
+    nodes: Cell<usize>,
+    stop: &'s AtomicBool,
+    exceeded: Cell<Option<Exceeded>>,
+}
+
+/// What one node (scalar, sequence, mapping, or a mapping's key) is counted for besides its text:
+/// about the size of a `serde_json::Value` and its place in a map.
+const NODE_WEIGHT: usize = 48;
+
+impl YamlBudget<'_> {
+    fn spend<E: serde::de::Error>(&self, text_bytes: usize) -> Result<(), E> {
+        let spent = self
+            .spent
+            .get()
+            .saturating_add(NODE_WEIGHT)
+            .saturating_add(text_bytes);
+        self.spent.set(spent);
+        let nodes = self.nodes.get() + 1;
+        self.nodes.set(nodes);
+        if spent > MAX_YAML_EXPANDED_BYTES {
+            self.exceeded.set(Some(Exceeded::Size));
+            return Err(E::custom("the document expands past the bound"));
+        }
+        if nodes % 4096 == 0 && self.stop.load(Ordering::Relaxed) {
+            self.exceeded.set(Some(Exceeded::Stopped));
+            return Err(E::custom("the import was stopped"));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a `serde_json::Value` as `serde_json`'s own visitor does, node by node against a
+/// [`YamlBudget`].
+#[derive(Clone, Copy)]
+struct BoundedValue<'b, 's>(&'b YamlBudget<'s>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for BoundedValue<'_, '_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BoundedValue<'_, '_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Value, E> {
+        self.0.spend(0)?;
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Value, E> {
+        self.0.spend(0)?;
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Value, E> {
+        self.0.spend(0)?;
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Value, E> {
+        self.0.spend(0)?;
+        // As serde_json does: NaN and the infinities are not JSON numbers.
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Value, E> {
+        self.0.spend(value.len())?;
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Value, E> {
+        self.0.spend(value.len())?;
+        Ok(Value::String(value))
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.0.spend(0)?;
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.0.spend(0)?;
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.0.spend(0)?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.0.spend(0)?;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            self.0.spend(key.len())?;
+            let value = map.next_value_seed(self)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -683,6 +878,8 @@ struct Walker<'a> {
     base_url: Option<&'a Url>,
     /// What all the document's schemas weigh so far, against [`MAX_DOCUMENT_SCHEMA_BYTES`].
     schema_bytes: Cell<usize>,
+    /// Set when the request that asked for the import ended.
+    stop: &'a AtomicBool,
 }
 
 impl<'a> Walker<'a> {
@@ -722,6 +919,7 @@ impl<'a> Walker<'a> {
                         format!("more than {MAX_OPERATIONS} operations"),
                     ));
                 }
+                stopped(self.stop)?;
                 let at = item_loc.key(method);
                 let operation = object(operation, &at)?;
                 let context = Context {
@@ -1095,6 +1293,7 @@ impl<'a> Walker<'a> {
             stack: Vec::new(),
             bytes: 0,
             depth: 0,
+            stop: self.stop,
         };
         let resolved = resolver.resolve(schema, at)?;
         let total = self.schema_bytes.get() + resolver.bytes;
@@ -1382,6 +1581,8 @@ struct SchemaResolver<'a> {
     bytes: usize,
     /// How deep `resolve` is now.
     depth: usize,
+    /// Set when the request that asked for the import ended.
+    stop: &'a AtomicBool,
 }
 
 impl SchemaResolver<'_> {
@@ -1400,6 +1601,7 @@ impl SchemaResolver<'_> {
 
     /// Counts `bytes` more of output against [`MAX_SCHEMA_BYTES`].
     fn spend(&mut self, bytes: usize, at: &Loc) -> Result<(), DocumentError> {
+        stopped(self.stop)?;
         self.bytes += bytes;
         if self.bytes > MAX_SCHEMA_BYTES {
             return Err(DocumentError::at(
@@ -1786,13 +1988,18 @@ const COLUMNS: &str = "id, name, method, path, base_url, description, parameters
 /// A tool whose name exists already is updated (method, path, base URL, description, schema,
 /// request mapping, source) and keeps its review: `access`, `requires_approval`, `enabled`,
 /// `reviewed`. Two exceptions, both on the safe side: a tool not reviewed yet takes the new
-/// proposal; and a reviewed tool whose HTTP method changed goes back to review (`reviewed: false`,
-/// so agents stop seeing it), with `access` and `requires_approval` raised to the new proposal
-/// where that is stricter.
+/// proposal; and a reviewed tool whose call changed — its method, path, base URL, arguments'
+/// schema or request mapping — goes back to review (`reviewed: false`, so agents stop seeing it
+/// until an operator reviews it again), with `access` and `requires_approval` raised to the new
+/// proposal where that is stricter. `enabled` stays as the operator left it. A new description
+/// alone keeps the review: it changes what the model reads, not what the call does.
 pub async fn save_imported(
     db: &PgPool,
     document: &ImportedDocument,
 ) -> Result<Vec<ToolRecord>, sqlx::Error> {
+    // The call the review was about is the call the document now describes.
+    let same_call = "(t.method, t.path, t.base_url, t.parameters, t.request) = \
+        (EXCLUDED.method, EXCLUDED.path, EXCLUDED.base_url, EXCLUDED.parameters, EXCLUDED.request)";
     let upsert = format!(
         "INSERT INTO imported_tools AS t (id, name, method, path, base_url, description, \
              parameters, request, access, requires_approval, source) \
@@ -1800,15 +2007,15 @@ pub async fn save_imported(
          ON CONFLICT (name) DO UPDATE SET \
              access = CASE \
                  WHEN NOT t.reviewed THEN EXCLUDED.access \
-                 WHEN t.method = EXCLUDED.method THEN t.access \
+                 WHEN {same_call} THEN t.access \
                  WHEN 'write' IN (t.access, EXCLUDED.access) THEN 'write' \
                  ELSE 'read' END, \
              requires_approval = CASE \
                  WHEN NOT t.reviewed THEN EXCLUDED.requires_approval \
-                 WHEN t.method = EXCLUDED.method THEN t.requires_approval \
+                 WHEN {same_call} THEN t.requires_approval \
                  ELSE t.requires_approval OR EXCLUDED.requires_approval END, \
-             reviewed = t.reviewed AND t.method = EXCLUDED.method, \
-             reviewed_at = CASE WHEN t.method = EXCLUDED.method THEN t.reviewed_at END, \
+             reviewed = t.reviewed AND {same_call}, \
+             reviewed_at = CASE WHEN {same_call} THEN t.reviewed_at END, \
              method = EXCLUDED.method, \
              path = EXCLUDED.path, \
              base_url = EXCLUDED.base_url, \
@@ -1886,6 +2093,8 @@ pub async fn load_usable(db: &PgPool) -> Result<Vec<ImportedTool>, sqlx::Error> 
 
 #[cfg(test)]
 mod tests {
+    use serde::de::DeserializeSeed as _;
+
     use super::*;
 
     const PETSTORE: &str = include_str!("../../tests/fixtures/openapi/petstore.yaml");
@@ -2151,6 +2360,137 @@ mod tests {
             .join()
             .unwrap();
         assert!(error.contains("nests deeper than 256 levels"), "{error}");
+    }
+
+    /// A YAML document whose aliases nest `levels` deep, each level naming the one below ten
+    /// times, over a first anchor of `width` strings: `width` × 10^levels strings once expanded.
+    /// serde_yaml_ng allows 100 alias jumps per event of the document, and the 11,110 jumps of
+    /// four levels stay under that, so its own limit does not stop this one.
+    fn billion_laughs(levels: usize, width: usize) -> String {
+        let mut text = format!(
+            "openapi: 3.0.3\ninfo: {{title: Laughs, version: '1'}}\npaths: {{}}\n\
+             x-l0: &l0 [{}]\n",
+            vec!["lol"; width].join(", ")
+        );
+        for level in 1..=levels {
+            let below = format!("*l{}", level - 1);
+            let row = [below.as_str(); 10].join(", ");
+            text.push_str(&format!("x-l{level}: &l{level} [{row}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn yaml_aliases_that_expand_past_the_bound_are_refused() {
+        // 2,000,000 strings from 1.4 kB: about 100 MB as a serde_json::Value.
+        let bomb = billion_laughs(4, 200);
+        assert!(bomb.len() < 2_000, "{} bytes", bomb.len());
+        let error = error_of(&bomb);
+        assert!(
+            error.starts_with(
+                "document: the YAML grows past 33554432 bytes once decoded (each alias"
+            ),
+            "{error}"
+        );
+        // Refused after the bound's worth of work; the e2e test times it on the edge.
+
+        // 20,000 strings are an ordinary document's worth of repetition.
+        let fine = parse(&billion_laughs(2, 200)).unwrap();
+        assert!(fine.tools.is_empty());
+    }
+
+    #[test]
+    fn yaml_aliases_still_work_within_the_bound() {
+        let document = "openapi: 3.0.3
+info: {title: Shared, version: '1'}
+paths:
+  /a:
+    get:
+      operationId: getA
+      parameters:
+        - &limit {name: limit, in: query, schema: {type: integer, maximum: 50}}
+      responses: &ok {'200': {description: ok}}
+  /b:
+    get:
+      operationId: getB
+      parameters: [*limit]
+      responses: *ok
+";
+        let parsed = parse(document).unwrap();
+        for name in ["getA", "getB"] {
+            assert_eq!(
+                tool(&parsed, name).parameters["properties"]["limit"]["maximum"],
+                50
+            );
+        }
+    }
+
+    #[test]
+    fn the_budget_weighs_every_node_whether_written_or_aliased() {
+        let stop = AtomicBool::new(false);
+        // Written out: 10,000 strings of 3 bytes.
+        let written = format!("[{}]", vec!["lol"; 10_000].join(", "));
+        let budget = YamlBudget {
+            spent: Cell::new(0),
+            nodes: Cell::new(0),
+            stop: &stop,
+            exceeded: Cell::new(None),
+        };
+        let value = BoundedValue(&budget)
+            .deserialize(serde_yaml_ng::Deserializer::from_str(&written))
+            .unwrap();
+        assert_eq!(value.as_array().unwrap().len(), 10_000);
+        let written_weight = budget.spent.get();
+        assert_eq!(written_weight, NODE_WEIGHT + 10_000 * (NODE_WEIGHT + 3));
+        // Aliased: the same strings through two levels of anchors weigh the same.
+        let aliased = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+";
+        budget.spent.set(0);
+        BoundedValue(&budget)
+            .deserialize(serde_yaml_ng::Deserializer::from_str(aliased))
+            .unwrap();
+        assert!(
+            budget.spent.get() > written_weight,
+            "{} <= {written_weight}",
+            budget.spent.get()
+        );
+    }
+
+    #[test]
+    fn a_stopped_import_gives_up() {
+        let stop = AtomicBool::new(true);
+        let options = ImportOptions {
+            format: DocumentFormat::Detect,
+            base_url: None,
+        };
+        for document in [PETSTORE.to_owned(), billion_laughs(4, 200)] {
+            let error = parse_document_until(document.as_bytes(), &options, &stop).unwrap_err();
+            assert!(error.to_string().contains("stopped"), "{error}");
+        }
+        let running = AtomicBool::new(false);
+        assert!(parse_document_until(PETSTORE.as_bytes(), &options, &running).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_by_both_decoders() {
+        // serde_json and serde_yaml_ng each stop at 128 levels, long before the stack does.
+        let json = format!(
+            "{{\"openapi\": {}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let error = error_of(&json);
+        assert!(
+            error.starts_with("document: not valid JSON: recursion limit exceeded"),
+            "{error}"
+        );
+        let yaml = format!("openapi: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let error = error_of(&yaml);
+        assert!(error.starts_with("document: not valid YAML"), "{error}");
+        assert!(error.contains("recursion limit exceeded"), "{error}");
     }
 
     #[test]

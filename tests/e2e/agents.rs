@@ -552,3 +552,66 @@ async fn the_conversation_lifecycle_and_totals_follow_its_turns() {
     assert_eq!(escalation["agent"], "general");
     assert!(escalation["at"].is_string());
 }
+
+#[tokio::test]
+async fn an_answer_without_an_id_cannot_approve_an_approval_raised_after_it() {
+    // Tokens take a while, so the second approval is raised well after both answers arrive.
+    let app = TestApp::spawn(StackOptions::default().with("SCRIPTED_TOKEN_DELAY_MS", "60")).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let frames = turn(&mut ws, &thread.message("Cancel order 1003 and refund it")).await;
+    let cancel = frames.last().unwrap().clone();
+    assert_eq!(cancel["action"], "cancel_order", "{frames:?}");
+
+    // A double-clicked "approve" without ids: both answers are sent while only the cancel is
+    // pending. The first approves it; the second must not approve the refund, which the user
+    // has not seen.
+    ws.send(&answer(&thread, true, None)).await;
+    ws.send(&answer(&thread, true, None)).await;
+    let frames = ws
+        .frames_until(|f| f["type"] == "interrupt" || f["type"] == "error")
+        .await;
+    let accepted = frames.iter().filter(|f| f["type"] == "accepted").count();
+    assert_eq!(
+        accepted, 2,
+        "both answers were accepted before the refund was raised: {frames:?}"
+    );
+    let call = frames.iter().find(|f| f["type"] == "tool_call").unwrap();
+    assert_eq!(call["tool"], "cancel_order", "{frames:?}");
+    let refund = frames.last().unwrap().clone();
+    assert_eq!(refund["type"], "interrupt", "{frames:?}");
+    assert_eq!(refund["action"], "request_refund");
+
+    let frames = segment(&mut ws).await;
+    assert_eq!(types(&frames), ["error", "message_complete"], "{frames:?}");
+    assert_eq!(frames[0]["code"], "no_pending_interrupt");
+    app.wait_for_turns(&thread.thread_id, 3).await;
+    let status: String = sqlx::query_scalar("SELECT status FROM interrupts WHERE id = $1::uuid")
+        .bind(refund["interrupt_id"].as_str().unwrap())
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "pending",
+        "the refund still waits for its own answer"
+    );
+
+    // Once seen, the refund is answered, with or without its id.
+    let frames = turn(&mut ws, &answer(&thread, false, None)).await;
+    assert_eq!(
+        types(&frames).last(),
+        Some(&"message_complete"),
+        "{frames:?}"
+    );
+    assert!(frames.iter().all(|f| f["type"] != "error"), "{frames:?}");
+    assert!(
+        tokens_text(&frames).contains("left it as it is"),
+        "{frames:?}"
+    );
+    let refunds: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM demo_refunds WHERE order_id = 1003")
+            .fetch_one(&app.db().await)
+            .await
+            .unwrap();
+    assert_eq!(refunds, 0);
+}

@@ -333,3 +333,95 @@ async fn a_private_address_is_refused_and_responses_are_bounded() {
     assert_eq!(result["body"].as_str().unwrap().len(), 1000);
     let _ = std::fs::remove_file(agents);
 }
+
+#[tokio::test]
+async fn a_proxy_in_the_environment_is_not_used_for_tool_calls() {
+    // A "proxy" that only counts the connections it gets.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&proxied);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = proxy.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = tokio::io::AsyncWriteExt::write_all(
+                &mut socket,
+                b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await;
+        }
+    });
+    let carrier = Carrier::default();
+    let port = start_carrier(carrier.clone())
+        .await
+        .replace("127.0.0.1:", "");
+    // The tools call `localhost`; the model is on 127.0.0.1, which NO_PROXY keeps off the proxy.
+    let host = format!("localhost:{port}");
+    let fake = FakeOpenAi::start().await;
+    fake.push_classification(route_to_shipping());
+    fake.push_chat(Reply::ToolCalls(vec![(
+        "getTracking".into(),
+        json!({"id": "PARCEL-1"}),
+    )]));
+    fake.push_chat(Reply::Text(vec!["Here it is.".into()]));
+    let mut extra = vec![
+        ("TOOL_HOSTS_ALLOW", host.as_str()),
+        ("NO_PROXY", "127.0.0.1"),
+    ];
+    for variable in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+    ] {
+        extra.push((variable, proxy_url.as_str()));
+    }
+    let (app, agents) = stack(&fake, &host, &extra).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let frames = ask(&mut ws, &thread, "Where is parcel PARCEL-1?").await;
+    assert_eq!(frames[0]["type"], "tool_call", "{frames:?}");
+    assert_eq!(frames[1]["ok"], true, "the carrier answered: {frames:?}");
+    assert_eq!(
+        proxied.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing went through the proxy"
+    );
+    let _ = std::fs::remove_file(agents);
+}
+
+#[tokio::test]
+async fn a_tool_name_the_model_made_up_is_not_a_metric_label() {
+    let host = start_carrier(Carrier::default()).await;
+    let fake = FakeOpenAi::start().await;
+    fake.push_classification(route_to_shipping());
+    fake.push_chat(Reply::ToolCalls(vec![
+        ("made_up_tool_7f3a".into(), json!({})),
+        ("getTracking".into(), json!({})),
+    ]));
+    fake.push_chat(Reply::Text(vec!["Sorry.".into()]));
+    let (app, agents) = stack(&fake, &host, &[]).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let frames = ask(&mut ws, &thread, "Track it").await;
+    assert_eq!(frames[0]["tool"], "made_up_tool_7f3a", "{frames:?}");
+    assert_eq!(frames[1]["ok"], false);
+
+    let url = format!(
+        "http://{}/metrics",
+        app.workers[0]
+            .addr
+            .as_deref()
+            .expect("worker metrics address")
+    );
+    let text = e2e::eventually("the worker to count both calls", || async {
+        let text = app.http.get(&url).send().await.ok()?.text().await.ok()?;
+        (text.contains("worker_tool_calls_total{result=\"invalid\",tool=\"unknown\"} 1")
+            && text.contains("worker_tool_calls_total{result=\"invalid\",tool=\"getTracking\"} 1"))
+        .then_some(text)
+    })
+    .await;
+    assert!(!text.contains("made_up_tool"), "{text}");
+    let _ = std::fs::remove_file(agents);
+}

@@ -1,6 +1,9 @@
 //! `POST /api/admin/openapi`, `GET /api/admin/tools`, `PATCH /api/admin/tools/{id}`: OpenAPI
 //! documents become proposed tools, an operator reviews them, a re-import keeps the review.
 
+use std::time::{Duration, Instant};
+
+use e2e::fake_openai::{FakeOpenAi, Reply};
 use e2e::{StackOptions, TestApp, WAIT};
 use serde_json::{json, Value};
 
@@ -461,4 +464,191 @@ async fn every_tools_route_wants_the_admin_token() {
         let (status, _) = send(request.bearer_auth(ADMIN)).await;
         assert_eq!(status, 404);
     }
+}
+
+/// A YAML document whose aliases nest `levels` deep, each level naming the one below ten times,
+/// over a first anchor of `width` strings: `width` × 10^levels strings once expanded. Four levels
+/// stay under serde_yaml_ng's own limit (100 alias jumps per event of the document).
+fn billion_laughs(levels: usize, width: usize) -> String {
+    let mut text = format!(
+        "openapi: 3.0.3\ninfo: {{title: Laughs, version: '1'}}\npaths: {{}}\nx-l0: &l0 [{}]\n",
+        vec!["lol"; width].join(", ")
+    );
+    for level in 1..=levels {
+        let below = format!("*l{}", level - 1);
+        let row = [below.as_str(); 10].join(", ");
+        text.push_str(&format!("x-l{level}: &l{level} [{row}]\n"));
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_yaml_alias_bomb_is_refused_quickly_and_the_edge_stays_small() {
+    let app = stack().await;
+    // Warm the route up with a real document, then take the edge's peak memory so far.
+    let (status, body) = import(&app, &fixture("petstore.yaml"), "application/yaml").await;
+    assert_eq!(status, 200, "{body}");
+    let peak_before = app.edges[0].memory_kib("VmHWM");
+
+    // 10 kB that expand to 20,000,000 strings: gigabytes as a decoded value.
+    let bomb = billion_laughs(4, 2_000);
+    assert!(bomb.len() < 12_000, "{} bytes", bomb.len());
+    let started = Instant::now();
+    let (status, body) = import(&app, &bomb, "application/yaml").await;
+    let took = started.elapsed();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_document", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message
+            .starts_with("document: the YAML grows past 33554432 bytes once decoded (each alias"),
+        "{message}"
+    );
+    // Under a second on an idle machine; unbounded, this document takes minutes.
+    assert!(took < Duration::from_secs(15), "refused after {took:?}");
+
+    // The edge's peak resident memory grew by less than 100 MB.
+    let grown_kib = app.edges[0].memory_kib("VmHWM").saturating_sub(peak_before);
+    assert!(
+        grown_kib < 100 * 1024,
+        "the edge's peak grew by {grown_kib} KiB"
+    );
+
+    // The edge still serves imports, and nothing of the bomb was stored.
+    let (status, body) = import(&app, &petstore_json(), "application/json").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(list(&app).await.len(), 3);
+}
+
+const PET_AGENTS: &str = r#"default_agent: pets
+agents:
+  - name: pets
+    description: The pet store.
+    system_prompt: You look after the pet store.
+    imported_tools: [listPets, createPets, showPetById]
+prices:
+  gpt-4o-mini: { prompt: 0.15, completion: 0.60 }
+"#;
+
+/// The imported tools the pets agent offers the model in a turn: one message, answered by the
+/// fake model with text, and the names of the tools of its chat request.
+async fn tools_offered(app: &TestApp, fake: &FakeOpenAi) -> Vec<String> {
+    fake.push_classification(Reply::Classification(
+        json!({"intents": [{"agent": "pets", "confidence": 0.9}], "ambiguous": false, "clarification": null}),
+    ));
+    fake.push_chat(Reply::Text(vec!["Noted.".into()]));
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    ws.send(&thread.message("What pets do you have?")).await;
+    ws.expect_type("accepted").await;
+    ws.frames_until_type("message_complete").await;
+    let request = fake
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|request| request["stream"] == true)
+        .expect("a chat request");
+    let mut names: Vec<String> = request["tools"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|tool| tool["function"]["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_reimport_that_changes_a_reviewed_call_reopens_its_review() {
+    let fake = FakeOpenAi::start().await;
+    let agents = std::env::temp_dir().join(format!("agents-{}.yaml", uuid::Uuid::new_v4()));
+    std::fs::write(&agents, PET_AGENTS).unwrap();
+    let app = TestApp::spawn(
+        StackOptions::default()
+            .with("ADMIN_TOKEN", ADMIN)
+            .with("LLM_PROVIDER", "openai")
+            .with("OPENAI_BASE_URL", &fake.base_url())
+            .with("LLM_MODEL", "gpt-4o-mini")
+            .with("AGENTS_CONFIG", agents.to_str().unwrap()),
+    )
+    .await;
+    let original = fixture("petstore.yaml");
+    let (status, body) = import(&app, &original, "application/yaml").await;
+    assert_eq!(status, 200, "{body}");
+    let mut reviewed_at = std::collections::HashMap::new();
+    for tool in body["tools"].as_array().unwrap() {
+        let (status, reviewed) = patch(&app, tool["id"].as_str().unwrap(), &json!({})).await;
+        assert_eq!(status, 200, "{reviewed}");
+        reviewed_at.insert(
+            reviewed["name"].as_str().unwrap().to_owned(),
+            reviewed["reviewed_at"].clone(),
+        );
+    }
+    // createPets is confirmed a write without approval: the stricter proposal must come back.
+    let create_id = named(body["tools"].as_array().unwrap(), "createPets")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = patch(&app, &create_id, &json!({"requires_approval": false})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        tools_offered(&app, &fake).await,
+        ["createPets", "listPets", "showPetById"]
+    );
+
+    // The same document again: every review stays.
+    let (status, body) = import(&app, &original, "application/yaml").await;
+    assert_eq!(status, 200, "{body}");
+    for tool in body["tools"].as_array().unwrap() {
+        assert_eq!(tool["reviewed"], true, "{tool}");
+    }
+    assert_eq!(
+        named(body["tools"].as_array().unwrap(), "listPets")["reviewed_at"],
+        reviewed_at["listPets"]
+    );
+
+    // A new path for showPetById: its review is about another call now.
+    let moved = original.replace("  /pets/{petId}:", "  /pets/{petId}/details:");
+    let (status, body) = import(&app, &moved, "application/yaml").await;
+    assert_eq!(status, 200, "{body}");
+    let tools = body["tools"].as_array().unwrap();
+    let show = named(tools, "showPetById");
+    assert_eq!(show["path"], "/pets/{petId}/details");
+    assert_eq!(show["reviewed"], false, "{show}");
+    assert_eq!(show["reviewed_at"], Value::Null);
+    assert_eq!(
+        show["enabled"], true,
+        "enabled stays as the operator left it"
+    );
+    assert_eq!(named(tools, "listPets")["reviewed"], true);
+    assert_eq!(named(tools, "createPets")["reviewed"], true);
+    // Agents stop seeing it until it is reviewed again.
+    assert_eq!(tools_offered(&app, &fake).await, ["createPets", "listPets"]);
+
+    // A changed parameter (the limit's maximum) re-opens listPets.
+    let narrower = moved.replace("maximum: 100", "maximum: 50");
+    let (status, body) = import(&app, &narrower, "application/yaml").await;
+    assert_eq!(status, 200, "{body}");
+    let tools = body["tools"].as_array().unwrap();
+    assert_eq!(named(tools, "listPets")["reviewed"], false);
+    assert_eq!(named(tools, "createPets")["reviewed"], true);
+
+    // A new server re-opens every call, with the stricter of the review and the proposal.
+    let elsewhere = narrower.replace("http://petstore.swagger.io/v1", "http://pets.example/v2");
+    let (status, body) = import(&app, &elsewhere, "application/yaml").await;
+    assert_eq!(status, 200, "{body}");
+    let tools = body["tools"].as_array().unwrap();
+    let create = named(tools, "createPets");
+    assert_eq!(create["base_url"], "http://pets.example/v2");
+    assert_eq!(create["reviewed"], false, "{create}");
+    assert_eq!(create["access"], "write");
+    assert_eq!(create["requires_approval"], true, "the stricter proposal");
+    assert!(tools_offered(&app, &fake).await.is_empty());
+
+    // Reviewed again, a tool is offered again.
+    let (status, show) = patch(&app, show["id"].as_str().unwrap(), &json!({})).await;
+    assert_eq!(status, 200, "{show}");
+    assert_eq!(tools_offered(&app, &fake).await, ["showPetById"]);
+    let _ = std::fs::remove_file(agents);
 }

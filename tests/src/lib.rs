@@ -120,6 +120,23 @@ impl Process {
         let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
     }
 
+    /// The operating system's id of the process.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process is running")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`, such as `VmRSS` (resident memory now) or `VmHWM`
+    /// (the most it has been resident so far), in KiB.
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/<pid>/status (Linux) is readable");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("process is running");

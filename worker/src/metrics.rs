@@ -6,6 +6,11 @@ use prometheus::{
 use shared::metrics::register;
 use shared::metrics::LONG_BUCKETS;
 
+/// The `tool` label of a call that names no tool its agent has. Only the agent's configured tools
+/// are labels of their own: a name the model made up (or was made to write by a prompt
+/// injection) would otherwise become a new series each time, without bound.
+pub const UNKNOWN_TOOL: &str = "unknown";
+
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub registry: Registry,
@@ -21,7 +26,8 @@ pub struct WorkerMetrics {
     pub frames: IntCounterVec,
     /// Model calls, by kind (`classify`, `chat`) and result (`ok`, `retried`, `failed`).
     pub model_calls: IntCounterVec,
-    /// Tool calls, by tool and result (`ok`, `refused`, `invalid`, `failed`).
+    /// Tool calls, by tool and result (`ok`, `refused`, `invalid`, `failed`); `tool` is one of
+    /// the agent's tools, or [`UNKNOWN_TOOL`].
     pub tool_calls: IntCounterVec,
     /// Approvals, by event (`raised`, `approved`, `rejected`, `expired`, `superseded`).
     pub interrupts: IntCounterVec,

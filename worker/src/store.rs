@@ -347,6 +347,19 @@ impl Store {
         lease.expired || idle > ttl
     }
 
+    /// When an approval was raised (stored, just before its `interrupt` frame went out).
+    pub async fn interrupt_raised_at(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, TurnError> {
+        Ok(
+            sqlx::query_scalar("SELECT created_at FROM interrupts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await?,
+        )
+    }
+
     /// The approval `id`, with its checkpoint.
     pub async fn load_interrupt(&self, id: Uuid) -> Result<Option<PendingInterrupt>, TurnError> {
         type Row = (

@@ -679,11 +679,19 @@ impl TurnRunner {
                 let Some(id) = lease.pending_interrupt else {
                     return Ok(Plan::NoPendingInterrupt);
                 };
-                if interrupt_id
-                    .as_deref()
-                    .is_some_and(|answered| answered != id.to_string())
-                {
-                    return Ok(Plan::NoPendingInterrupt);
+                match interrupt_id {
+                    Some(answered) if *answered != id.to_string() => {
+                        return Ok(Plan::NoPendingInterrupt)
+                    }
+                    Some(_) => {}
+                    // Without an id, the answer is for the approval the client was shown: one
+                    // raised before the edge accepted the answer, never a later one (docs/agents.md).
+                    None => {
+                        let raised = self.store.interrupt_raised_at(id).await?;
+                        if raised.is_none_or(|raised| message.received_at <= raised) {
+                            return Ok(Plan::NoPendingInterrupt);
+                        }
+                    }
                 }
                 let Some(pending) = self.store.load_interrupt(id).await? else {
                     return Ok(Plan::NoPendingInterrupt);

@@ -2,6 +2,9 @@
 //! import an OpenAPI document as proposed tools, and review them. The parsing and the queries live
 //! in `shared::openapi`; these handlers extract, call and map.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
@@ -12,6 +15,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::openapi::{DocumentFormat, ImportError, ImportOptions, ToolRecord, ToolReview};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -51,12 +55,7 @@ pub(super) async fn import(
         format: DocumentFormat::from_content_type(content_type),
         base_url: query.base_url,
     };
-    // Up to 2 MiB of YAML and the $ref expansion are CPU work: keep them off the I/O threads.
-    let parsed =
-        tokio::task::spawn_blocking(move || shared::openapi::parse_document(&body, &options))
-            .await
-            .context("The OpenAPI parsing task failed")
-            .map_err(ApiError::Unavailable)?;
+    let parsed = parse_off_the_io_threads(body, options).await?;
     let document = parsed.map_err(|error| match error {
         ImportError::Document(error) => ApiError::InvalidDocument(error.to_string()),
         ImportError::BaseUrl(_) => ApiError::BadRequest(error.to_string()),
@@ -72,6 +71,48 @@ pub(super) async fn import(
         "OpenAPI document imported."
     );
     Ok(Json(json!({"tools": tools, "skipped": document.skipped})))
+}
+
+/// Imports this edge parses at once. A parse is CPU work with bounded but real memory: the worst
+/// 2 MiB document (YAML of a million one-letter nodes, whose parser events serde_yaml_ng holds
+/// all at once) peaks near 180 MB before it is refused, besides `MAX_YAML_EXPANDED_BYTES` of
+/// expansion and `MAX_DOCUMENT_SCHEMA_BYTES` of inlined schemas. So one runs at a time; others
+/// wait their turn within the request's timeout. One count per edge process.
+const CONCURRENT_IMPORTS: usize = 1;
+static IMPORTS: Semaphore = Semaphore::const_new(CONCURRENT_IMPORTS);
+
+/// Sets the flag when dropped: the request future is dropped when it times out or its client
+/// leaves, and the parse on the blocking thread then stops at its next check.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Parses the document on a blocking thread, never more than [`CONCURRENT_IMPORTS`] at once, and
+/// stops the parse when the request goes away. The serving threads only wait.
+async fn parse_off_the_io_threads(
+    body: Bytes,
+    options: ImportOptions,
+) -> Result<Result<shared::openapi::ImportedDocument, ImportError>, ApiError> {
+    let permit = IMPORTS
+        .acquire()
+        .await
+        .context("The import queue is closed")
+        .map_err(ApiError::Unavailable)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
+    tokio::task::spawn_blocking(move || {
+        // Held until the parse ends, even when the request has gone: the bound counts threads
+        // at work, not requests waiting.
+        let _permit = permit;
+        shared::openapi::parse_document_until(&body, &options, &stop)
+    })
+    .await
+    .context("The OpenAPI parsing task failed")
+    .map_err(ApiError::Unavailable)
 }
 
 /// `GET /api/admin/tools`: every imported tool, by name.

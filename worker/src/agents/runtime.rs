@@ -25,7 +25,7 @@ use crate::llm::{
     AgentCard, ChatEvent, ChatMessage, ChatRequest, Classification, ClassifyRequest, Completion,
     LlmError, Model, TokenUsage, ToolCall,
 };
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{WorkerMetrics, UNKNOWN_TOOL};
 use crate::observe;
 use crate::publish::FramePublisher;
 use crate::store::storable_json;
@@ -656,7 +656,8 @@ impl Graph {
             .unwrap_or_else(|| json!({}));
         let Some(tool) = self.tool_of(run, &agent.name, &call.name).await? else {
             let result = json!({"error": format!("there is no tool named {:?}", call.name)});
-            self.report_failed_call(out, run, agent, call, raw_args, result)
+            // The name is the model's: as a metric label it could be anything, any number of times.
+            self.report_failed_call(out, run, agent, call, raw_args, result, UNKNOWN_TOOL)
                 .await?;
             return Ok(None);
         };
@@ -664,7 +665,8 @@ impl Graph {
             Ok(args) => args,
             Err(problem) => {
                 let result = json!({"error": problem});
-                self.report_failed_call(out, run, agent, call, raw_args, result)
+                let label = tool.spec().name.clone();
+                self.report_failed_call(out, run, agent, call, raw_args, result, &label)
                     .await?;
                 return Ok(None);
             }
@@ -698,7 +700,9 @@ impl Graph {
     }
 
     /// A call that cannot run (unknown tool, invalid arguments): the client sees it fail, the
-    /// model gets the reason as the result.
+    /// model gets the reason as the result. `label` is the metric's `tool`: the agent's tool, or
+    /// [`UNKNOWN_TOOL`].
+    #[allow(clippy::too_many_arguments)]
     async fn report_failed_call(
         &self,
         out: &mut FramePublisher,
@@ -707,10 +711,11 @@ impl Graph {
         call: &ToolCall,
         args: Value,
         result: Value,
+        label: &str,
     ) -> Result<(), Stop> {
         self.metrics
             .tool_calls
-            .with_label_values(&[call.name.as_str(), "invalid"])
+            .with_label_values(&[label, "invalid"])
             .inc();
         out.send(FrameBody::ToolCall {
             agent: agent.name.clone(),

@@ -69,19 +69,41 @@ fn idempotent(method: &str) -> bool {
 }
 
 /// Whether an address is an ordinary public one: not loopback, private, link-local, shared
-/// (CGNAT), unspecified, broadcast, multicast, documentation or unique-local.
+/// (CGNAT), unspecified, broadcast, multicast, documentation, unique-local or otherwise special.
+///
+/// IPv6 is judged by what a connection to it reaches:
+/// - an IPv4-mapped address (`::ffff:a.b.c.d`) and the NAT64 well-known prefix
+///   (`64:ff9b::a.b.c.d`, which DNS64 hands out for IPv4-only hosts) are judged by the IPv4
+///   address they embed;
+/// - everything else must be global unicast (`2000::/3`) and outside the special ranges in it
+///   (6to4 `2002::/16`, the IETF protocol block `2001::/23` with Teredo `2001::/32`,
+///   documentation `2001:db8::/32` and `3fff::/20`). So IPv4-compatible `::a.b.c.d`, local-use
+///   NAT64 `64:ff9b:1::/48`, site-local `fec0::/10`, unique-local, link-local and the rest are
+///   refused outright, whatever they embed.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => is_public_v4(v4),
             None => is_public_v6(v6),
         },
     }
 }
 
+/// The IPv4 address a connection to `ip` really reaches, where that is its defined meaning:
+/// IPv4-mapped `::ffff:0:0/96` and NAT64 `64:ff9b::/96` (RFC 6052).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let [.., a, b, c, d] = ip.octets();
+    match ip.segments() {
+        [0, 0, 0, 0, 0, 0xffff, ..] | [0x64, 0xff9b, 0, 0, 0, 0, ..] => {
+            Some(Ipv4Addr::new(a, b, c, d))
+        }
+        _ => None,
+    }
+}
+
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     !(ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
@@ -92,18 +114,23 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || (a == 100 && (64..128).contains(&b))
         || (a == 192 && b == 0)
+        // The 6to4 relay anycast block (RFC 7526).
+        || (a == 192 && b == 88 && c == 99)
         || (a == 198 && (18..20).contains(&b))
         || a >= 240)
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    !(ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8)
+    let [first, second, ..] = ip.segments();
+    let global_unicast = (first & 0xe000) == 0x2000;
+    global_unicast
+        // 6to4: the deprecated tunnel to an IPv4 address (RFC 7526).
+        && first != 0x2002
+        // IETF protocol assignments (RFC 2928): Teredo 2001::/32, ORCHID, benchmarking, ...
+        && !(first == 0x2001 && second < 0x0200)
+        // Documentation (RFC 3849, RFC 9637).
+        && !(first == 0x2001 && second == 0x0db8)
+        && (first & 0xfff0) != 0x3ff0
 }
 
 /// Checks where a URL leads and returns the address to connect to.
@@ -153,6 +180,9 @@ pub async fn call(
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment (HTTPS_PROXY, ALL_PROXY, ...) would be connected to
+        // instead of the address checked above.
+        .no_proxy()
         .resolve(&host, address)
         .build()
         .map_err(|error| ToolError::Unavailable(format!("cannot build an HTTP client: {error}")))?;
@@ -252,6 +282,60 @@ mod tests {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
         for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn ipv6_forms_of_private_addresses_and_special_ranges_are_not_public() {
+        for refused in [
+            // IPv4-compatible (::/96, deprecated): refused outright, even around a public address.
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            // IPv4-mapped, judged by the address inside.
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:0.0.0.0",
+            // NAT64 well-known prefix, judged by the address inside.
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::192.168.0.1",
+            // Local-use NAT64 (64:ff9b:1::/48): refused outright.
+            "64:ff9b:1::8.8.8.8",
+            "64:ff9b:1:ffff::1",
+            // 6to4 (2002::/16): refused outright.
+            "2002:7f00:1::1",
+            "2002:808:808::1",
+            // Teredo (2001::/32) and the rest of 2001::/23.
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:10::1",
+            "2001:1ff::1",
+            // Site-local (fec0::/10, deprecated).
+            "fec0::1",
+            "feff::1",
+            // Documentation, discard-only, and anything outside 2000::/3.
+            "2001:db8::1",
+            "3fff::1",
+            "100::1",
+            "4000::1",
+            "::",
+            "::2",
+            "ff02::1",
+            // The 6to4 relay anycast block.
+            "192.88.99.1",
+        ] {
+            assert!(!is_public(refused.parse().unwrap()), "{refused}");
+        }
+        for public in [
+            "2001:200::1",
+            "2001:4860:4860::8888",
+            "2a00:1450:4001::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "64:ff9b::5db8:d822",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }
