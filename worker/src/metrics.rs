@@ -1,6 +1,6 @@
 //! The worker's Prometheus metrics, served on `METRICS_ADDR`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use shared::metrics::register;
 
 #[derive(Clone)]
@@ -22,6 +22,8 @@ pub struct WorkerMetrics {
     pub tool_calls: IntCounterVec,
     /// Approvals, by event (`raised`, `approved`, `rejected`, `expired`, `superseded`).
     pub interrupts: IntCounterVec,
+    /// Times the model provider's gate opened (every model call of this worker waited).
+    pub provider_gate_openings: IntCounter,
     /// Messages stored and not yet delivered to any worker: the autoscaling signal.
     pub queue_pending: IntGauge,
     /// Messages delivered to workers and not yet acknowledged (in flight or waiting to be redelivered).
@@ -89,6 +91,13 @@ impl WorkerMetrics {
                 IntCounterVec::new(
                     Opts::new("interrupts_total", "Approvals raised and how they were decided."),
                     &["event"],
+                )?,
+            )?,
+            provider_gate_openings: register(
+                &registry,
+                IntCounter::new(
+                    "provider_gate_openings_total",
+                    "Times the model provider's gate opened after a Retry-After or failures in a row: every model call of this worker waited until it closed.",
                 )?,
             )?,
             queue_pending: register(
