@@ -683,7 +683,7 @@ mod wire {
                     truncate(&message, MAX_ERROR_BODY)
                 )));
             }
-            serde_json::from_value(value.clone()).map_err(|error| {
+            Self::deserialize(&value).map_err(|error| {
                 LlmError::Permanent(format!(
                     "the model's answer does not parse ({error}): {}",
                     truncate(&value.to_string(), MAX_ERROR_BODY)
