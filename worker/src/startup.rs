@@ -24,8 +24,9 @@ use crate::Settings;
 /// How long a frame publish may wait for JetStream's ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections of the pool that renews and releases leases (besides `DATABASE_MAX_CONNECTIONS`).
-pub const LEASE_CONNECTIONS: u32 = 4;
+/// Connections of the pool that renews leases (besides `DATABASE_MAX_CONNECTIONS`), opened as
+/// needed.
+pub const LEASE_CONNECTIONS: u32 = 8;
 
 /// Installs rustls' ring provider as the process's TLS crypto provider, once, before anything
 /// builds an HTTP client (the model's, imported tools'): reqwest is built without a default
@@ -53,8 +54,8 @@ impl Worker {
         let consumer =
             shared::jetstream::ensure_workers_consumer(&inbound, &settings.nats, ack_wait).await?;
         let db = shared::db::connect_and_migrate(&settings.database).await?;
-        // Lease renewals and releases on a small pool of their own: a main pool busy with turns
-        // must not starve them, or leases run out under load.
+        // Lease renewals on a small pool of their own: a main pool busy with turns must not
+        // starve them, or leases run out under load.
         let leases = sqlx::postgres::PgPoolOptions::new()
             .max_connections(LEASE_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(5))

@@ -171,8 +171,8 @@ fn to_u64(value: i64) -> u64 {
 #[derive(Clone)]
 pub struct Store {
     db: PgPool,
-    /// Renewals and releases of leases: a pool of their own, so that turns using every
-    /// connection of `db` cannot make a lease run out.
+    /// Renewals of leases: a pool of their own, so that turns using every connection of `db`
+    /// cannot make a lease run out.
     leases: PgPool,
     worker_id: Uuid,
     lease_ttl: Duration,
@@ -628,7 +628,7 @@ impl Store {
         .bind(lease.thread_id.as_str())
         .bind(lease.epoch)
         .bind(self.worker_id)
-        .execute(&self.leases)
+        .execute(&self.db)
         .await?;
         Ok(())
     }

@@ -1074,6 +1074,31 @@ mod tests {
     }
 
     #[test]
+    fn chunks_of_compatible_servers_need_only_what_the_turn_reads() {
+        let mut assembler = Assembler::default();
+        let bare = |value: Value| wire::Completion::decode(value).expect("decodes");
+        assert_eq!(
+            assembler.push(bare(json!({"choices": [{"delta": {"content": "Hi"}}]}))),
+            Some("Hi".into())
+        );
+        assembler.push(bare(
+            json!({"choices": [{"delta": {}, "finish_reason": "eos"}],
+                                   "usage": {"prompt_tokens": 3, "completion_tokens": 1}}),
+        ));
+        let completion = assembler.finish().expect("a completion");
+        assert_eq!(completion.finish_reason, "stop", "eos read as stop");
+        assert_eq!(completion.usage.prompt_tokens, 3);
+        assert_eq!(finish_reason("end_turn", true), "tool_calls");
+        assert_eq!(finish_reason("length", false), "length");
+        let error = wire::Completion::decode(
+            json!({"error": {"message": format!("Traceback {}", "x".repeat(5000))}}),
+        )
+        .expect_err("an error in place of a chunk");
+        assert!(error.is_transient());
+        assert!(error.to_string().len() < 700, "bounded: {error}");
+    }
+
+    #[test]
     fn a_stream_without_finish_reason_was_cut() {
         let mut assembler = Assembler::default();
         assembler.push(delta(json!({"content": "Hi"}), None));
