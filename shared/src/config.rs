@@ -515,6 +515,11 @@ pub struct WorkerSettings {
     /// simulated provider outage, for incident drills and tests. Unset: it never fails.
     #[arg(long = "scripted-fail-on", env = "SCRIPTED_FAIL_ON")]
     pub scripted_fail_on: Option<String>,
+    /// Messages whose content contains this text make the scripted model panic: a drill of a bug
+    /// in a turn (the panic counts as a failed attempt; the message is dead-lettered in the end).
+    /// Unset: it never panics. Never set it in production.
+    #[arg(long = "scripted-panic-on", env = "SCRIPTED_PANIC_ON")]
+    pub scripted_panic_on: Option<String>,
     /// Failed attempts at a turn before its message is dead-lettered.
     #[arg(long = "turn-max-attempts", env = "TURN_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub turn_max_attempts: u32,

@@ -147,3 +147,47 @@ async fn a_failing_message_is_dead_lettered_and_replay_redrives_it_after_the_out
             .unwrap();
     assert_eq!(outcomes, ["dead_lettered", "completed", "completed"]);
 }
+
+#[tokio::test]
+async fn a_panic_in_a_turn_counts_as_an_attempt_and_ends_in_a_dead_letter() {
+    // SCRIPTED_PANIC_ON: a drill of a bug inside a turn.
+    let options = StackOptions::default()
+        .with("SCRIPTED_PANIC_ON", "kaboom")
+        .with("TURN_MAX_ATTEMPTS", "2");
+    let app = TestApp::spawn(options).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+
+    ws.send(&thread.message_with_id("kaboom, please", "buggy"))
+        .await;
+    ws.expect_type("accepted").await;
+    let frames = ws.frames_until_type("error").await;
+    let failed = frames.last().unwrap();
+    assert_eq!(failed["code"], "processing_failed", "{frames:?}");
+
+    let listed = stdout_json(
+        &app.run_command("worker", &["dead-letters", "list", "--json"], &[])
+            .await,
+    );
+    let letter = &listed[0];
+    assert_eq!(letter["message_id"], "buggy");
+    assert_eq!(letter["attempts"], 2, "{listed}");
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(reason.contains("panicked"), "{reason}");
+
+    // The thread is not wedged, and the delivery gauge is back to zero.
+    ws.send(&thread.message("hello")).await;
+    ws.expect_type("accepted").await;
+    ws.frames_until_type("message_complete").await;
+    e2e::eventually("worker_deliveries_in_flight back to 0", || async {
+        let metrics = app.worker_metrics(0).await;
+        (e2e::metric(&metrics, "worker_deliveries_in_flight") == Some(0.0)).then_some(())
+    })
+    .await;
+    let metrics = app.worker_metrics(0).await;
+    assert_eq!(
+        e2e::metric(&metrics, "worker_deliveries_total{result=\"failed\"}"),
+        Some(1.0),
+        "one counted failure before the dead letter"
+    );
+}

@@ -2,10 +2,11 @@
 //! the Idempotency-Key, a worker killed mid-call, the SSRF guard and the response bound.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Json;
@@ -391,6 +392,139 @@ async fn a_proxy_in_the_environment_is_not_used_for_tool_calls() {
     let _ = std::fs::remove_file(agents);
 }
 
+/// A shop's order API: `GET /orders/{order_id}` answers a summary. With `hold`, every request
+/// waits until `release` is notified (at most 30 s): a slow vendor.
+#[derive(Clone, Default)]
+struct Shop {
+    arrived: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+    hold: bool,
+}
+
+async fn order(State(shop): State<Shop>, Path(order_id): Path<String>) -> Json<Value> {
+    shop.arrived.fetch_add(1, Ordering::SeqCst);
+    if shop.hold {
+        let _ = tokio::time::timeout(Duration::from_secs(30), shop.release.notified()).await;
+    }
+    Json(json!({"summary": format!("Order {order_id} is on its way (from the shop's API).")}))
+}
+
+async fn start_shop(shop: Shop) -> String {
+    let app = axum::Router::new()
+        .route("/orders/{order_id}", get(order))
+        .with_state(shop);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("127.0.0.1:{}", addr.port())
+}
+
+fn shop_spec(host: &str) -> String {
+    format!(
+        r#"openapi: 3.0.3
+info: {{title: Shop, version: "1.0"}}
+servers:
+  - url: http://{host}
+paths:
+  /orders/{{order_id}}:
+    get:
+      operationId: get_order_status
+      summary: Look an order up.
+      parameters:
+        - {{name: order_id, in: path, required: true, schema: {{type: integer}}}}
+      responses:
+        "200": {{description: the order}}
+"#
+    )
+}
+
+/// The scripted model's `orders` agent, with the shop's imported `get_order_status` in place of
+/// the built-in one: the scripted model calls it for an order question.
+const SHOP_AGENTS: &str = r#"default_agent: orders
+agents:
+  - name: orders
+    description: Orders and deliveries.
+    system_prompt: You look orders up.
+    imported_tools: [get_order_status]
+"#;
+
+/// A stack on the scripted model whose `orders` agent uses the shop's imported tool.
+async fn scripted_shop_stack(host: &str, extra: &[(&str, &str)]) -> (TestApp, std::path::PathBuf) {
+    let agents = std::env::temp_dir().join(format!("agents-{}.yaml", uuid::Uuid::new_v4()));
+    std::fs::write(&agents, SHOP_AGENTS).unwrap();
+    let mut options = StackOptions::default()
+        .with("LLM_PROVIDER", "scripted")
+        .with("ADMIN_TOKEN", ADMIN)
+        .with("AGENTS_CONFIG", agents.to_str().unwrap())
+        .with("TOOL_HOSTS_ALLOW", host);
+    for (key, value) in extra {
+        options = options.with(key, value);
+    }
+    let app = TestApp::spawn(options).await;
+    import_and_review(&app, &shop_spec(host), 1).await;
+    (app, agents)
+}
+
+/// Imports `spec` through the admin API and reviews its `count` tools.
+async fn import_and_review(app: &TestApp, spec: &str, count: usize) {
+    let imported: Value = app
+        .http
+        .post(format!("{}/api/admin/openapi", app.http_url(0)))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/yaml")
+        .body(spec.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tools = imported["tools"]
+        .as_array()
+        .expect("imported tools")
+        .clone();
+    assert_eq!(tools.len(), count, "{imported}");
+    for tool in &tools {
+        let reviewed: Value = app
+            .http
+            .patch(format!(
+                "{}/api/admin/tools/{}",
+                app.http_url(0),
+                tool["id"].as_str().unwrap()
+            ))
+            .bearer_auth(ADMIN)
+            .json(&json!({"enabled": true}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(reviewed["reviewed"], true, "{reviewed}");
+    }
+}
+
+#[tokio::test]
+async fn the_scripted_model_calls_an_imported_tool_over_http() {
+    let shop = Shop::default();
+    let host = start_shop(shop.clone()).await;
+    let (app, agents) = scripted_shop_stack(&host, &[]).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+
+    let frames = ask(&mut ws, &thread, "Where is my order 1002?").await;
+    assert_eq!(frames[0]["type"], "tool_call", "{frames:?}");
+    assert_eq!(frames[0]["tool"], "get_order_status");
+    assert_eq!(frames[1]["ok"], true, "{frames:?}");
+    assert_eq!(
+        tokens_text(&frames),
+        "Order 1002 is on its way (from the shop's API)."
+    );
+    assert_eq!(frames.last().unwrap()["type"], "message_complete");
+    assert_eq!(shop.arrived.load(Ordering::SeqCst), 1);
+    let _ = std::fs::remove_file(agents);
+}
+
 #[tokio::test]
 async fn a_tool_name_the_model_made_up_is_not_a_metric_label() {
     let host = start_carrier(Carrier::default()).await;
@@ -423,5 +557,52 @@ async fn a_tool_name_the_model_made_up_is_not_a_metric_label() {
     })
     .await;
     assert!(!text.contains("made_up_tool"), "{text}");
+    let _ = std::fs::remove_file(agents);
+}
+
+#[tokio::test]
+async fn a_slow_tool_server_holds_no_database_connection_and_stalls_no_other_thread() {
+    let shop = Shop {
+        hold: true,
+        ..Shop::default()
+    };
+    let host = start_shop(shop.clone()).await;
+    // Three turns wait on the slow server at once, one more than the pool has connections.
+    let (app, agents) = scripted_shop_stack(&host, &[("DATABASE_MAX_CONNECTIONS", "2")]).await;
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let thread = app.create_thread().await;
+        let mut ws = app.connect(0).await;
+        ws.send(&thread.message("Where is my order 1003?")).await;
+        ws.expect_type("accepted").await;
+        slow.push(ws);
+    }
+    e2e::eventually("three calls waiting on the slow server", || async {
+        (shop.arrived.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
+
+    // Other threads' turns run while those wait.
+    for _ in 0..2 {
+        let thread = app.create_thread().await;
+        let mut ws = app.connect(0).await;
+        let frames = tokio::time::timeout(
+            Duration::from_secs(10),
+            ask(&mut ws, &thread, "hello there"),
+        )
+        .await
+        .expect("another thread's turn completes while the slow calls wait");
+        assert_eq!(frames.last().unwrap()["type"], "message_complete");
+    }
+    assert!(
+        shop.arrived.load(Ordering::SeqCst) == 3,
+        "the slow calls were still waiting"
+    );
+
+    shop.release.notify_waiters();
+    for ws in &mut slow {
+        let frames = ws.frames_until_type("message_complete").await;
+        assert!(tokens_text(&frames).contains("on its way"), "{frames:?}");
+    }
     let _ = std::fs::remove_file(agents);
 }

@@ -403,3 +403,143 @@ async fn an_approval_continues_the_model_conversation_with_the_tool_result() {
     let usage = &frames.last().unwrap()["usage"];
     assert_eq!(usage["prompt_tokens"], 30, "{usage}");
 }
+
+#[tokio::test]
+async fn a_compatible_server_s_lenient_stream_reaches_the_client_once_and_every_call_counts() {
+    let fake = FakeOpenAi::start().await;
+    // A classifier that answers, but not with the classification JSON: the turn goes to the
+    // default agent, and the call's tokens still count.
+    fake.push_classification(text(&["not ", "json"]));
+    // Chunks as minimal servers send them: no id, created or object, a choice without index,
+    // a finish reason of the server's own, usage without total_tokens.
+    fake.push_chat(Reply::RawSse(vec![
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi "}}]}),
+        json!({"choices": [{"delta": {"content": "there."}, "finish_reason": null}]}),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "eos"}]}),
+        json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}),
+    ]));
+    // Then an empty answer: a failure of its own, retried, never stored as the reply.
+    fake.push_classification(route(&["general"]));
+    fake.push_chat(Reply::RawSse(vec![
+        json!({"choices": [{"delta": {"role": "assistant"}, "finish_reason": "stop"}]}),
+        json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 0}}),
+    ]));
+    fake.push_chat(text(&["Second ", "try."]));
+    let app = stack(&fake, &[]).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+
+    let frames = ask(&mut ws, &thread, "hello").await;
+    assert_eq!(
+        types(&frames),
+        ["token", "token", "message_complete"],
+        "once, with no turn_reset: {frames:?}"
+    );
+    assert_eq!(tokens_text(&frames), "Hi there.");
+    let usage = &frames.last().unwrap()["usage"];
+    // The classification (10 prompt, 2 completion: one per chunk) and the chat (7 + 2).
+    assert_eq!(usage["prompt_tokens"], 10 + 7, "{usage}");
+    assert_eq!(usage["completion_tokens"], 2 + 2, "{usage}");
+
+    let frames = ask(&mut ws, &thread, "and again").await;
+    assert_eq!(types(&frames), ["token", "token", "message_complete"]);
+    assert_eq!(tokens_text(&frames), "Second try.");
+    let usage = &frames.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], 10 + 4 + 10, "{usage}");
+    assert_eq!(usage["completion_tokens"], 5 + 2, "{usage}");
+    assert_eq!(
+        chat_requests(&fake).len(),
+        3,
+        "the empty answer was asked again"
+    );
+    app.wait_for_turns(&thread.thread_id, 2).await;
+    let replies: Vec<String> =
+        sqlx::query_scalar("SELECT reply FROM turns WHERE thread_id = $1 ORDER BY in_seq")
+            .bind(&thread.thread_id)
+            .fetch_all(&app.db().await)
+            .await
+            .unwrap();
+    assert_eq!(replies, ["Hi there.", "Second try."]);
+}
+
+#[tokio::test]
+async fn a_request_the_server_refuses_is_dead_lettered_after_one_attempt() {
+    let fake = FakeOpenAi::start().await;
+    fake.push_classification(route(&["general"]));
+    fake.push_chat(Reply::Status {
+        status: 400,
+        retry_after: None,
+        body: json!({"error": {"message": "Invalid 'tools': unsupported", "type": "invalid_request_error"}}),
+    });
+    let app = stack(&fake, &[("TURN_MAX_ATTEMPTS", "5")]).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+
+    ws.send(&thread.message("hello")).await;
+    ws.expect_type("accepted").await;
+    let frames = ws.frames_until_type("error").await;
+    assert_eq!(types(&frames), ["error"], "{frames:?}");
+    assert_eq!(frames[0]["code"], "processing_failed");
+    app.wait_for_turns(&thread.thread_id, 1).await;
+
+    let listed = app
+        .run_command("worker", &["dead-letters", "list", "--json"], &[])
+        .await;
+    assert!(listed.status.success());
+    let letters: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let letter = &letters[0];
+    assert_eq!(letter["attempts"], 1, "{letters}");
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("400") && reason.contains("unsupported"),
+        "{reason}"
+    );
+    assert_eq!(chat_requests(&fake).len(), 1, "one attempt, one request");
+}
+
+#[tokio::test]
+async fn a_429_holds_every_model_call_of_the_worker_until_its_retry_after() {
+    let fake = FakeOpenAi::start().await;
+    fake.push_classification(route(&["general"]));
+    fake.push_chat(Reply::Status {
+        status: 429,
+        retry_after: Some(2),
+        body: json!({"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}),
+    });
+    let app = stack(&fake, &[]).await;
+    let first = app.create_thread().await;
+    let second = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let mut other = app.connect(0).await;
+
+    ws.send(&first.message("hello")).await;
+    ws.expect_type("accepted").await;
+    // The first thread's chat call is answered 429 (Retry-After: 2)…
+    e2e::eventually("the rate-limited call", || async {
+        (fake.request_count() >= 2).then_some(())
+    })
+    .await;
+    let limited_at = fake.request_times()[1];
+    // … then another thread's turn starts: its classification waits for the gate too.
+    other.send(&second.message("hi")).await;
+    other.expect_type("accepted").await;
+    let frames = other.frames_until_type("message_complete").await;
+    assert_eq!(tokens_text(&frames), "Hello from the fake.");
+    let frames = ws.frames_until_type("message_complete").await;
+    assert_eq!(tokens_text(&frames), "Hello from the fake.");
+
+    let times = fake.request_times();
+    assert_eq!(times.len(), 5, "{:?}", fake.requests());
+    for (n, at) in times.iter().enumerate().skip(2) {
+        let after = at.duration_since(limited_at);
+        assert!(
+            after >= std::time::Duration::from_millis(1900),
+            "request {n} went {after:?} after the 429, inside its Retry-After"
+        );
+    }
+    let metrics = app.worker_metrics(0).await;
+    assert_eq!(
+        e2e::metric(&metrics, "worker_provider_gate_openings_total"),
+        Some(1.0)
+    );
+}

@@ -22,7 +22,11 @@
 //! the number of content chunks of a [`Reply::Text`], and 5 for tool calls and classifications.
 //! Tool-call ids are `call_1`, `call_2`, … numbered across the whole fake, so they never repeat.
 //!
-//! Every request body is recorded, in the order the requests arrived ([`FakeOpenAi::requests`]).
+//! Every request body is recorded, in the order the requests arrived ([`FakeOpenAi::requests`]),
+//! with the time it arrived ([`FakeOpenAi::request_times`]).
+//!
+//! [`Reply::RawSse`] streams chunks exactly as the test wrote them, for servers that are only
+//! OpenAI-compatible (no `id`, `created` or `object`, their own finish reasons…).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -61,6 +65,9 @@ pub enum Reply {
     },
     /// Accepts the request and never answers (the client gives up, or the test ends).
     Hang,
+    /// Streamed: each of these values as one `data:` line, exactly as given, then `[DONE]`.
+    /// Non-streaming: not content (a 500).
+    RawSse(Vec<Value>),
     /// Streamed: these content chunks, then the response ends and the connection closes, with
     /// no `finish_reason`, no usage and no `[DONE]`. Non-streaming: the connection breaks
     /// before an answer.
@@ -99,6 +106,8 @@ struct Queues {
     classification: VecDeque<Reply>,
     chat: VecDeque<Reply>,
     requests: Vec<Value>,
+    /// When each request arrived.
+    times: Vec<std::time::Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -193,6 +202,11 @@ impl FakeOpenAi {
         self.server.shared.lock().requests.clone()
     }
 
+    /// When each request arrived, in order.
+    pub fn request_times(&self) -> Vec<std::time::Instant> {
+        self.server.shared.lock().times.clone()
+    }
+
     pub fn request_count(&self) -> usize {
         self.server.shared.lock().requests.len()
     }
@@ -234,6 +248,7 @@ async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
     let reply = {
         let mut queues = shared.lock();
         queues.requests.push(request.clone().unwrap_or(Value::Null));
+        queues.times.push(std::time::Instant::now());
         match &request {
             None => None,
             Some(request) if request.get("response_format").is_some() => Some(
@@ -283,9 +298,25 @@ async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
             response
         }
         Reply::Hang => std::future::pending().await,
+        Reply::RawSse(chunks) if request["stream"] == true => raw_sse(chunks),
         reply if request["stream"] == true => answer.stream(reply),
         reply => answer.complete(reply),
     }
+}
+
+/// `chunks` as they are, one `data:` line each, then `[DONE]`.
+fn raw_sse(chunks: Vec<Value>) -> Response {
+    let mut events: Vec<Result<Bytes, Infallible>> = chunks
+        .iter()
+        .map(|chunk| Ok(Bytes::from(format!("data: {chunk}\n\n"))))
+        .collect();
+    events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+    let mut response = Response::new(Body::from_stream(stream::iter(events)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    response
 }
 
 /// For `Status` and `Hang`, which are answered before a content reply is written.
@@ -375,7 +406,7 @@ impl Answer<'_> {
                 );
                 return response;
             }
-            Reply::Status { .. } | Reply::Hang => return not_content(),
+            Reply::Status { .. } | Reply::Hang | Reply::RawSse(_) => return not_content(),
         };
         json_response(
             StatusCode::OK,
@@ -445,7 +476,7 @@ impl Answer<'_> {
                 }
                 ("tool_calls", FIXED_COMPLETION_TOKENS)
             }
-            Reply::Status { .. } | Reply::Hang => return not_content(),
+            Reply::Status { .. } | Reply::Hang | Reply::RawSse(_) => return not_content(),
         };
         if !cut {
             chunks.push(self.chunk(json!({}), Some(finish_reason)));

@@ -421,6 +421,22 @@ impl TestApp {
             .expect("a JSON body")
     }
 
+    /// The Prometheus text of worker `index`'s `/metrics` (on its `METRICS_ADDR`).
+    pub async fn worker_metrics(&self, index: usize) -> String {
+        let addr = self.workers[index]
+            .addr
+            .as_deref()
+            .expect("the worker's metrics address");
+        self.http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn connect(&self, edge: usize) -> WsClient {
         WsClient::connect(&self.ws_url(edge)).await
     }
@@ -537,4 +553,15 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The value of the sample `name` (with its labels, if any, exactly as written, such as
+/// `worker_deliveries_total{result="failed"}`) in Prometheus text; `None` when absent.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (sample, value) = line.rsplit_once(' ')?;
+            (sample == name).then(|| value.parse().ok()).flatten()
+        })
 }

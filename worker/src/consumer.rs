@@ -1,17 +1,19 @@
 //! The pull loop: takes only as many messages as it has free turn slots, runs each delivery, and
 //! answers JetStream (ack / nak) once the outcome is committed.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::AckKind;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::turn::{DeliveryOutcome, TurnRunner};
+use crate::error::TurnError;
+use crate::turn::{panic_message, DeliveryOutcome, TurnRunner};
 
 /// How long one pull request waits for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
@@ -99,15 +101,28 @@ async fn handle(
     progress_every: Duration,
     _slot: OwnedSemaphorePermit,
 ) {
-    runner.metrics.in_flight.inc();
+    // Held by a guard: the gauge comes down however the delivery ends.
+    let _in_flight = InFlight::enter(runner.metrics.in_flight.clone());
     let answer = match (
         message.info(),
         runner.subjects.thread_of_inbound(&message.subject),
     ) {
         (Ok(info), Some(thread)) => {
             let delivered_seq = info.stream_sequence;
+            // A panic in the turn itself is counted as a failed attempt where it runs; one
+            // anywhere else in the delivery is caught here and the delivery retried, so it never
+            // takes the slot, the gauges or the message's answer with it.
+            let delivery = AssertUnwindSafe(runner.handle_delivery(&thread, delivered_seq))
+                .catch_unwind()
+                .map(|handled| {
+                    handled.unwrap_or_else(|panic| {
+                        let reason = panic_message(&panic);
+                        tracing::error!(thread_id = %thread, delivered_seq, %reason, "A delivery panicked; it will be retried.");
+                        Err(TurnError::Turn(format!("the delivery panicked: {reason}")))
+                    })
+                });
             let handled = tokio::select! {
-                handled = runner.handle_delivery(&thread, delivered_seq) => handled,
+                handled = delivery => handled,
                 never = report_progress(&message, progress_every) => match never {},
             };
             match handled {
@@ -141,7 +156,22 @@ async fn handle(
     if let Err(error) = message.ack_with(answer).await {
         tracing::warn!(%error, "Cannot answer JetStream; the message will be redelivered.");
     }
-    runner.metrics.in_flight.dec();
+}
+
+/// Counts a delivery in `worker_deliveries_in_flight` while it lives.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Tells JetStream every `every` that the delivery is still being worked on, so a long turn is

@@ -21,6 +21,10 @@ pub enum TurnError {
     /// The turn itself failed (the model, a tool): counted as an attempt at the message.
     #[error("the turn failed: {0}")]
     Turn(String),
+    /// The turn failed in a way every attempt would (the model server refused the request with
+    /// a 400): the message is dead-lettered at once, with this reason.
+    #[error("the turn was refused: {0}")]
+    Rejected(String),
     /// The worker is shutting down and handed the turn back.
     #[error("abandoned at shutdown")]
     Abandoned,
@@ -55,9 +59,11 @@ impl TurnError {
     pub fn ack_kind(&self) -> AckKind {
         match self {
             // Whoever holds the lease now runs the thread; this delivery is checked again later.
-            Self::Database(_) | Self::Nats(_) | Self::LeaseLost | Self::Turn(_) => {
-                AckKind::Nak(Some(RETRY_DELAY))
-            }
+            Self::Database(_)
+            | Self::Nats(_)
+            | Self::LeaseLost
+            | Self::Turn(_)
+            | Self::Rejected(_) => AckKind::Nak(Some(RETRY_DELAY)),
             // Another worker can take it at once.
             Self::Abandoned => AckKind::Nak(None),
             // Exponential backoff between counted attempts: 1 s, 2 s, 4 s … up to 30 s.

@@ -1,7 +1,8 @@
 //! The worker's Prometheus metrics, served on `METRICS_ADDR`.
 
 use prometheus::{
-    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 use shared::metrics::register;
 use shared::metrics::LONG_BUCKETS;
@@ -31,6 +32,8 @@ pub struct WorkerMetrics {
     pub tool_calls: IntCounterVec,
     /// Approvals, by event (`raised`, `approved`, `rejected`, `expired`, `superseded`).
     pub interrupts: IntCounterVec,
+    /// Times the model provider's gate opened (every model call of this worker waited).
+    pub provider_gate_openings: IntCounter,
     /// Messages stored and not yet delivered to any worker: the autoscaling signal.
     pub queue_pending: IntGauge,
     /// Messages delivered to workers and not yet acknowledged (in flight or waiting to be redelivered).
@@ -105,6 +108,13 @@ impl WorkerMetrics {
                 IntCounterVec::new(
                     Opts::new("interrupts_total", "Approvals raised and how they were decided."),
                     &["event"],
+                )?,
+            )?,
+            provider_gate_openings: register(
+                &registry,
+                IntCounter::new(
+                    "provider_gate_openings_total",
+                    "Times the model provider's gate opened after a Retry-After or failures in a row: every model call of this worker waited until it closed.",
                 )?,
             )?,
             queue_pending: register(

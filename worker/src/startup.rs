@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agents::{AgentsConfig, Graph};
+use crate::llm::gate::ProviderGate;
 use crate::llm::openai::{OpenAiModel, OpenAiSettings};
-use crate::llm::{Model, ScriptedModel};
+use crate::llm::{GatedModel, Model, ScriptedModel};
 use crate::metrics::WorkerMetrics;
 use crate::store::Store;
 use crate::turn::TurnRunner;
@@ -22,6 +23,18 @@ use crate::Settings;
 
 /// How long a frame publish may wait for JetStream's ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections of the pool that renews leases (besides `DATABASE_MAX_CONNECTIONS`). They are
+/// opened at start-up and kept: a renewal must not have to open a connection when the server is
+/// busiest (a renewal is one single-row update: two connections renew thousands a second).
+pub const LEASE_CONNECTIONS: u32 = 2;
+
+/// Installs rustls' ring provider as the process's TLS crypto provider, once, before anything
+/// builds an HTTP client (the model's, imported tools'): reqwest is built without a default
+/// provider and panics when a client is built with none. One already installed is kept.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 pub struct Worker {
     settings: Settings,
@@ -33,6 +46,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        install_crypto_provider();
         let nats = shared::jetstream::connect(&settings.nats, "worker").await?;
         let jetstream = shared::jetstream::context(nats.clone(), PUBLISH_TIMEOUT);
         let (inbound, replies) =
@@ -51,9 +65,20 @@ impl Worker {
                 "The built-in demo agents run (AGENTS_CONFIG is unset) but the demo shop's data is not loaded: its tools will fail. Run `worker seed` or set SEED_DEMO_DATA=true."
             );
         }
+        // Lease renewals on a small pool of their own: a main pool busy with turns must not
+        // starve them, or leases run out under load.
+        let leases = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(LEASE_CONNECTIONS)
+            .min_connections(LEASE_CONNECTIONS)
+            .idle_timeout(None)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(db.connect_options().as_ref().clone())
+            .await
+            .context("Failed to open the lease pool's connections to PostgreSQL")?;
         let worker_id = uuid::Uuid::new_v4();
         let store = Store::new(
             db,
+            leases,
             worker_id,
             Duration::from_secs(settings.worker.lease_ttl_secs),
             Duration::from_secs(settings.worker.session_ttl_secs),
@@ -230,6 +255,7 @@ fn build_graph(
             reply_tokens: settings.scripted_reply_tokens,
             token_delay: Duration::from_millis(settings.scripted_token_delay_ms),
             fail_on: settings.scripted_fail_on.clone(),
+            panic_on: settings.scripted_panic_on.clone(),
         }),
         LlmProvider::Openai => Arc::new(OpenAiModel::new(OpenAiSettings {
             base_url: settings.openai_base_url.clone(),
@@ -242,6 +268,9 @@ fn build_graph(
             idle_timeout: Duration::from_secs(settings.llm_idle_timeout_secs),
         })?),
     };
+    // One gate for the provider: every call of this worker passes it.
+    let gate = Arc::new(ProviderGate::new(metrics.provider_gate_openings.clone()));
+    let model: Arc<dyn Model> = Arc::new(GatedModel::new(model, gate));
     let mut models: Vec<&str> = config
         .agents
         .iter()

@@ -171,6 +171,9 @@ fn to_u64(value: i64) -> u64 {
 #[derive(Clone)]
 pub struct Store {
     db: PgPool,
+    /// Renewals of leases: a pool of their own, so that turns using every connection of `db`
+    /// cannot make a lease run out.
+    leases: PgPool,
     worker_id: Uuid,
     lease_ttl: Duration,
     session_ttl: Duration,
@@ -180,6 +183,7 @@ pub struct Store {
 impl Store {
     pub fn new(
         db: PgPool,
+        leases: PgPool,
         worker_id: Uuid,
         lease_ttl: Duration,
         session_ttl: Duration,
@@ -187,6 +191,7 @@ impl Store {
     ) -> Self {
         Self {
             db,
+            leases,
             worker_id,
             lease_ttl,
             session_ttl,
@@ -617,7 +622,7 @@ impl Store {
         .bind(epoch)
         .bind(self.lease_ttl.as_secs_f64())
         .bind(self.worker_id)
-        .execute(&self.db)
+        .execute(&self.leases)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -667,7 +672,7 @@ mod tests {
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
         let minute = Duration::from_secs(60);
-        let store = Store::new(db, Uuid::nil(), minute, 10 * minute, 5 * minute);
+        let store = Store::new(db.clone(), db, Uuid::nil(), minute, 10 * minute, 5 * minute);
         let now = chrono::Utc::now();
         let mut lease = Lease {
             thread_id: ThreadId::parse("t").unwrap(),

@@ -3,10 +3,12 @@
 //! (JetStream direct get), oldest first, up to the delivered one, and commits each with its
 //! stream sequence. So turns run in accepted order however many workers pull.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::StreamMessage, stream};
 use backon::{BackoffBuilder as _, ExponentialBuilder};
+use futures_util::FutureExt as _;
 use shared::ids::{ThreadId, TurnId};
 use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::{ErrorCode, FrameBody, Usage};
@@ -378,9 +380,20 @@ impl TurnRunner {
             } else {
                 AfterCommit::KeepLease
             };
+            // A panic inside the turn (a bug) is a failed attempt like any other: caught here, it
+            // is counted, and the message is dead-lettered in the end instead of redelivered for
+            // ever with its thread wedged.
             let turn = self.run_turn(lease, message.clone(), &tail, after);
             let span = crate::observe::turn_span(&lease.thread_id, &message);
-            let advanced = match tracing::Instrument::instrument(turn, span).await {
+            let ran = AssertUnwindSafe(tracing::Instrument::instrument(turn, span))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let reason = format!("the turn panicked: {}", panic_message(&panic));
+                    tracing::error!(thread_id = %lease.thread_id, in_seq, %reason, "A turn panicked; counting a failed attempt.");
+                    Err(TurnError::Turn(reason))
+                });
+            let advanced = match ran {
                 Ok(position) => position,
                 Err(TurnError::Turn(reason)) => {
                     let attempts = self
@@ -390,6 +403,15 @@ impl TurnRunner {
                     if attempts < self.max_attempts {
                         return Err(TurnError::AttemptFailed { attempts, reason });
                     }
+                    self.dead_letter(lease, message, attempts, &reason, after)
+                        .await?
+                }
+                // Every attempt would be refused the same way: given up on at once.
+                Err(TurnError::Rejected(reason)) => {
+                    let attempts = self
+                        .store
+                        .record_failure(&lease.thread_id, in_seq, &reason)
+                        .await?;
                     self.dead_letter(lease, message, attempts, &reason, after)
                         .await?
                 }
@@ -795,5 +817,18 @@ fn error_body(code: ErrorCode, message: &str) -> FrameBody {
         code,
         message: message.into(),
         retryable: code.retryable(),
+    }
+}
+
+/// The message a panic was raised with, cut to a bound.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    match text.char_indices().nth(500) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
     }
 }

@@ -339,7 +339,15 @@ impl Graph {
                                 .push(json!({"type": "turn_reset", "error": error.to_string()}));
                             tokio::time::sleep(pause(&error, delay)).await;
                         }
-                        _ => return Err(TurnError::Turn(format!("the model failed: {error}"))),
+                        _ => {
+                            return Err(match error {
+                                // Every attempt would be refused the same way.
+                                LlmError::Rejected(_) => TurnError::Rejected(format!(
+                                    "the model server refused the request: {error}"
+                                )),
+                                _ => TurnError::Turn(format!("the model failed: {error}")),
+                            });
+                        }
                     }
                 }
             }
@@ -405,13 +413,17 @@ impl Graph {
             self.time_call(&model, "classify", started);
             match classified {
                 Ok(classified) => {
+                    // The call was made and answered: it counts, usable or not.
                     observe::record_usage(&span, classified.usage);
                     self.count_usage(run, None, &model, classified.usage);
-                    self.count_call("classify", "ok");
-                    run.event(
-                        json!({"type": "classification", "result": classified.classification}),
-                    );
-                    return classified.classification;
+                    match classified.classification {
+                        Ok(classification) => {
+                            self.count_call("classify", "ok");
+                            run.event(json!({"type": "classification", "result": classification}));
+                            return classification;
+                        }
+                        Err(reason) => return self.fall_back(run, &reason),
+                    }
                 }
                 Err(error) => {
                     let delay = delays.next();
@@ -421,25 +433,26 @@ impl Graph {
                             tracing::warn!(%error, "Classification failed; retrying.");
                             tokio::time::sleep(pause(&error, delay)).await;
                         }
-                        _ => {
-                            self.count_call("classify", "failed");
-                            tracing::warn!(%error, agent = %self.config.default_agent, "Classification failed; routing to the default agent.");
-                            run.event(
-                                json!({"type": "classification_failed", "error": error.to_string(),
-                                                   "agent": self.config.default_agent}),
-                            );
-                            return Classification {
-                                intents: vec![crate::llm::Intent {
-                                    agent: self.config.default_agent.clone(),
-                                    confidence: 0.0,
-                                }],
-                                ambiguous: false,
-                                clarification: None,
-                            };
-                        }
+                        _ => return self.fall_back(run, &error.to_string()),
                     }
                 }
             }
+        }
+    }
+
+    /// The classification of a message the classifier could not route: the default agent.
+    fn fall_back(&self, run: &mut Run<'_>, error: &str) -> Classification {
+        self.count_call("classify", "failed");
+        tracing::warn!(%error, agent = %self.config.default_agent, "Classification failed; routing to the default agent.");
+        run.event(json!({"type": "classification_failed", "error": error,
+                         "agent": self.config.default_agent}));
+        Classification {
+            intents: vec![crate::llm::Intent {
+                agent: self.config.default_agent.clone(),
+                confidence: 0.0,
+            }],
+            ambiguous: false,
+            clarification: None,
         }
     }
 
@@ -745,12 +758,23 @@ impl Graph {
         let name = tool.spec().name.as_str();
         let mut delays = retry_delays();
         loop {
-            let mut db = self.db.acquire().await?;
-            let context = ToolContext {
-                db: &mut db,
-                idempotency_key: key,
+            // A connection only for a tool that works in the database: none is held while a
+            // tool calls out.
+            let outcome = if tool.tool.needs_database() {
+                let mut db = self.db.acquire().await?;
+                let context = ToolContext {
+                    db: Some(&mut *db),
+                    idempotency_key: key,
+                };
+                tool.tool.call(args, context).await
+            } else {
+                let context = ToolContext {
+                    db: None,
+                    idempotency_key: key,
+                };
+                tool.tool.call(args, context).await
             };
-            match tool.tool.call(args, context).await {
+            match outcome {
                 Ok(result) => {
                     self.metrics
                         .tool_calls
@@ -787,12 +811,16 @@ impl Graph {
 
     /// Runs an approved call at most once: the ledger row keyed by the interrupt id commits in
     /// the same transaction as the tool's effect; a second run finds it and returns its result.
+    /// A tool that calls out goes through [`Self::run_approved_remote`] instead.
     async fn run_approved(
         &self,
         run: &mut Run<'_>,
         pending: &PendingInterrupt,
         tool: &RegisteredTool,
     ) -> Result<(bool, Value), Stop> {
+        if !tool.tool.needs_database() {
+            return self.run_approved_remote(run, pending, tool).await;
+        }
         let name = tool.spec().name.clone();
         let mut delays = retry_delays();
         loop {
@@ -824,7 +852,7 @@ impl Graph {
             let mut effect = sqlx::Connection::begin(&mut *tx).await?;
             let key = pending.id.to_string();
             let context = ToolContext {
-                db: &mut effect,
+                db: Some(&mut *effect),
                 idempotency_key: &key,
             };
             let outcome = tool.tool.call(&pending.params, context).await;
@@ -858,13 +886,118 @@ impl Graph {
                     }
                 }
             };
-            sqlx::query("UPDATE tool_executions SET ok = $2, result = $3 WHERE interrupt_id = $1")
-                .bind(pending.id)
-                .bind(ok)
-                .bind(storable_json(&result).as_ref())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE tool_executions SET ok = $2, result = $3, finished_at = now()
+                  WHERE interrupt_id = $1",
+            )
+            .bind(pending.id)
+            .bind(ok)
+            .bind(storable_json(&result).as_ref())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
+            self.metrics
+                .tool_calls
+                .with_label_values(&[name.as_str(), if ok { "ok" } else { "refused" }])
+                .inc();
+            return Ok((ok, result));
+        }
+    }
+
+    /// Runs an approved call of a tool that calls out (HTTP) at most once, with no pooled
+    /// connection held across the call:
+    /// 1. the ledger row keyed by the interrupt id is claimed in one short statement; a row
+    ///    that holds an outcome means the call ran: its stored result is used, nothing is sent;
+    /// 2. the call is made with no connection held, with the interrupt id as its
+    ///    `Idempotency-Key`;
+    /// 3. its outcome is recorded on the row.
+    ///
+    /// A crash before 1 leaves no row; between 1 and 3 a claimed row without an outcome: either
+    /// way the next attempt sends the call again with the same key, which a server honouring
+    /// `Idempotency-Key` applies once (the key, not our ledger, is what makes a remote write
+    /// happen once when the worker dies not knowing whether it arrived). After 3 the call is
+    /// never sent again.
+    async fn run_approved_remote(
+        &self,
+        run: &mut Run<'_>,
+        pending: &PendingInterrupt,
+        tool: &RegisteredTool,
+    ) -> Result<(bool, Value), Stop> {
+        let name = tool.spec().name.clone();
+        let key = pending.id.to_string();
+        let mut delays = retry_delays();
+        loop {
+            let claimed = sqlx::query(
+                "INSERT INTO tool_executions (interrupt_id, thread_id, tool, args, ok, result)
+                 VALUES ($1, $2, $3, $4, false, 'null') ON CONFLICT (interrupt_id) DO NOTHING",
+            )
+            .bind(pending.id)
+            .bind(run.turn.thread_id)
+            .bind(&name)
+            .bind(storable_json(&pending.params).as_ref())
+            .execute(&self.db)
+            .await?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                let (ok, result, finished): (bool, Value, bool) = sqlx::query_as(
+                    "SELECT ok, result, finished_at IS NOT NULL FROM tool_executions
+                      WHERE interrupt_id = $1",
+                )
+                .bind(pending.id)
+                .fetch_one(&self.db)
+                .await?;
+                if finished {
+                    run.events
+                        .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
+                    return Ok((ok, result));
+                }
+            }
+            let context = ToolContext {
+                db: None,
+                idempotency_key: &key,
+            };
+            let (ok, result) = match tool.tool.call(&pending.params, context).await {
+                Ok(result) => (true, result),
+                Err(ToolError::Refused(reason)) => (false, json!({"error": reason})),
+                Err(ToolError::Unavailable(reason)) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(tool = %name, %reason, "An approved tool failed; retrying.");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    None => {
+                        self.metrics
+                            .tool_calls
+                            .with_label_values(&[name.as_str(), "failed"])
+                            .inc();
+                        return Err(Stop::Turn(TurnError::Turn(format!(
+                            "the tool {name} is unavailable: {reason}"
+                        ))));
+                    }
+                },
+            };
+            // The first outcome recorded stands (a worker that lost the thread's lease may
+            // still be finishing the same call).
+            let recorded: Option<(bool, Value)> = sqlx::query_as(
+                "UPDATE tool_executions SET ok = $2, result = $3, finished_at = now()
+                  WHERE interrupt_id = $1 AND finished_at IS NULL
+                 RETURNING ok, result",
+            )
+            .bind(pending.id)
+            .bind(ok)
+            .bind(storable_json(&result).as_ref())
+            .fetch_optional(&self.db)
+            .await?;
+            let (ok, result) = match recorded {
+                Some(recorded) => recorded,
+                None => {
+                    sqlx::query_as("SELECT ok, result FROM tool_executions WHERE interrupt_id = $1")
+                        .bind(pending.id)
+                        .fetch_one(&self.db)
+                        .await?
+                }
+            };
             self.metrics
                 .tool_calls
                 .with_label_values(&[name.as_str(), if ok { "ok" } else { "refused" }])
@@ -963,6 +1096,31 @@ impl Graph {
                 .await;
             self.time_call(&model, "chat", started);
             match result {
+                Ok(completion) if !emitted && completion.tool_calls.is_empty() => {
+                    // An empty answer is a failure of its own, never a reply: it counts, and
+                    // it is retried like a transient failure (nothing reached the client);
+                    // one that stays empty fails the attempt.
+                    self.count_usage(run, Some(&agent.name), &model, completion.usage);
+                    run.event(json!({"type": "model_empty", "agent": agent.name,
+                                     "finish_reason": completion.finish_reason}));
+                    match delays.next() {
+                        Some(delay) => {
+                            self.count_call("chat", "empty");
+                            tracing::warn!(agent = %agent.name, finish_reason = %completion.finish_reason, "The model's answer was empty; retrying.");
+                            tokio::time::sleep(delay).await;
+                        }
+                        None => {
+                            self.count_call("chat", "failed");
+                            return Err(Stop::Model {
+                                error: LlmError::Permanent(format!(
+                                    "the model's answer stayed empty (finish_reason {})",
+                                    completion.finish_reason
+                                )),
+                                emitted: false,
+                            });
+                        }
+                    }
+                }
                 Ok(completion) => {
                     observe::record_usage(&span, completion.usage);
                     self.count_call("chat", "ok");

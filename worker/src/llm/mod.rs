@@ -3,6 +3,7 @@
 //! how it failed; retrying (with `backon`) is the agent runtime's job, because only the runtime
 //! knows whether output already reached the client.
 
+pub mod gate;
 pub mod openai;
 pub mod scripted;
 
@@ -12,6 +13,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+pub use gate::GatedModel;
 pub use openai::OpenAiModel;
 pub use scripted::ScriptedModel;
 
@@ -127,10 +129,12 @@ pub struct Intent {
     pub confidence: f64,
 }
 
-/// A classification and what it cost.
+/// A classifier's answer and what it cost. The call counts in the turn's usage even when its
+/// answer is not a usable classification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classified {
-    pub classification: Classification,
+    /// The classification, or why the answer is not one (not the expected JSON, a refusal…).
+    pub classification: Result<Classification, String>,
     pub usage: TokenUsage,
 }
 
@@ -144,9 +148,15 @@ pub enum LlmError {
         /// The server's `Retry-After`, if it sent one.
         retry_after: Option<Duration>,
     },
-    /// Retrying would fail the same way: another 4xx, an answer that does not parse.
+    /// Retrying at once would fail the same way (an answer that does not parse, an empty one
+    /// after its retries, a provider-wide refusal such as a bad key or an exhausted quota): not
+    /// retried within the attempt, but a later attempt at the message may succeed.
     #[error("{0}")]
     Permanent(String),
+    /// The provider refused this very request (400, 413, 422…): every attempt would be refused
+    /// the same way, so the message is dead-lettered at once, with this reason.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl LlmError {
@@ -164,7 +174,7 @@ impl LlmError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
-            Self::Permanent(_) => None,
+            Self::Permanent(_) | Self::Rejected(_) => None,
         }
     }
 }

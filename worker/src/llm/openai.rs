@@ -14,6 +14,13 @@
 //!   function-calling form; text deltas are yielded as they come, tool-call deltas are assembled
 //!   by [`Assembler`], and the stream ends with one [`ChatEvent::Done`].
 //!
+//! Answers are decoded leniently (async-openai's `byot` calls, read as JSON and then as the
+//! small [`wire`] types): only what the turn needs is required. OpenAI-compatible servers
+//! (LiteLLM, vLLM, llama.cpp, minimal SSE servers) leave out `id`, `created` or `object`, send
+//! usage without `total_tokens`, or finish for reasons of their own (`eos`): none of that
+//! discards an answer. A finish reason outside OpenAI's five is mapped (`tool_calls` when the
+//! answer called tools, else `stop`) and logged once per reason.
+//!
 //! Timeouts: `request_timeout` bounds the whole call from its start (opening the stream
 //! included); `idle_timeout` bounds the wait for the stream's headers and each wait for the next
 //! chunk. Both fail as transient.
@@ -29,11 +36,11 @@ use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestSystemMessageContent, ChatCompletionRequestToolMessage,
     ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
-    ChatCompletionRequestUserMessageContent, ChatCompletionResponseStream,
-    ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionTools,
-    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FinishReason, FunctionCall,
-    FunctionObject, ResponseFormat, ResponseFormatJsonSchema,
+    ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions, ChatCompletionTool,
+    ChatCompletionTools, CreateChatCompletionRequest, FunctionCall, FunctionObject, ResponseFormat,
+    ResponseFormatJsonSchema,
 };
+use async_openai::types::stream::StreamResponse;
 use async_openai::Client;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt as _};
@@ -52,8 +59,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sent as the bearer token when no API key is configured (local servers ignore it).
 const PLACEHOLDER_API_KEY: &str = "none";
 
-/// The most of an error body kept in an error message.
-const MAX_ERROR_BODY: usize = 2_000;
+/// The most of an error body kept in an error message (which is logged and may end up in a
+/// dead letter's reason): an upstream's whole traceback is not.
+const MAX_ERROR_BODY: usize = 500;
 
 /// Settings of the `openai` provider.
 #[derive(Debug, Clone)]
@@ -141,9 +149,9 @@ impl OpenAiModel {
 
     async fn classify_once(&self, request: ClassifyRequest<'_>) -> Result<Classified, LlmError> {
         let body = classification_request(self.model_name(request.model), &request);
-        let response = tokio::time::timeout(
+        let response: Value = tokio::time::timeout(
             self.settings.request_timeout,
-            self.client.chat().create(body),
+            self.client.chat().create_byot(body),
         )
         .await
         .map_err(|_| {
@@ -153,33 +161,27 @@ impl OpenAiModel {
             ))
         })?
         .map_err(llm_error)?;
-        let usage = response
-            .usage
-            .as_ref()
-            .map(|usage| TokenUsage {
-                prompt_tokens: u64::from(usage.prompt_tokens),
-                completion_tokens: u64::from(usage.completion_tokens),
+        let response = wire::Completion::decode(response)?;
+        let usage = response.usage.map(wire::Usage::tokens).unwrap_or_default();
+        // The call was answered: its usage counts even when the answer is not a classification.
+        let classification = response
+            .choices
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the classification answer has no choices".to_owned())
+            .and_then(|choice| {
+                let message = choice.message.unwrap_or_default();
+                match (message.content, message.refusal) {
+                    (Some(content), _) if !content.trim().is_empty() => Ok(content),
+                    (_, Some(refusal)) => Err(format!(
+                        "the model refused to classify: {}",
+                        truncate(&refusal, MAX_ERROR_BODY)
+                    )),
+                    _ => Err("the classification answer has no content".to_owned()),
+                }
             })
-            .unwrap_or_default();
-        let Some(choice) = response.choices.into_iter().next() else {
-            return Err(LlmError::Permanent(
-                "the classification answer has no choices".into(),
-            ));
-        };
-        let content = match (choice.message.content, choice.message.refusal) {
-            (Some(content), _) if !content.trim().is_empty() => content,
-            (_, Some(refusal)) => {
-                return Err(LlmError::Permanent(format!(
-                    "the model refused to classify: {refusal}"
-                )))
-            }
-            _ => {
-                return Err(LlmError::Permanent(
-                    "the classification answer has no content".into(),
-                ))
-            }
-        };
-        let classification = parse_classification(&content)?;
+            .and_then(|content| parse_classification(&content).map_err(|e| e.to_string()));
         Ok(Classified {
             classification,
             usage,
@@ -192,7 +194,7 @@ impl OpenAiModel {
         let body = chat_request(self.model_name(request.model), &request);
         // A streaming server answers with its headers at once: a silent one is idle.
         let opened = deadline.min(started + self.settings.idle_timeout);
-        let inner = tokio::time::timeout_at(opened, self.client.chat().create_stream(body))
+        let inner = tokio::time::timeout_at(opened, self.client.chat().create_stream_byot(body))
             .await
             .map_err(|_| {
                 LlmError::transient(format!(
@@ -279,6 +281,11 @@ impl HttpStatusError {
         }
     }
 
+    /// 429 (but an exhausted quota), 408 and 5xx are transient. The other 4xx are permanent;
+    /// of those, the ones that refuse this very request (400, 413, 422…) are `Rejected`: every
+    /// attempt would be refused alike, so the message is dead-lettered at once. The ones about
+    /// the provider itself — a bad key (401, 403), an unknown model or URL (404), a quota — are
+    /// left to the usual attempts, which may outlast the operator's fix.
     fn to_llm_error(&self) -> LlmError {
         let quota = self.kind.as_deref() == Some("insufficient_quota");
         if (self.status == 429 && !quota) || self.status == 408 || self.status >= 500 {
@@ -286,8 +293,10 @@ impl HttpStatusError {
                 reason: self.to_string(),
                 retry_after: self.retry_after,
             }
-        } else {
+        } else if quota || matches!(self.status, 401 | 402 | 403 | 404 | 429) {
             LlmError::Permanent(self.to_string())
+        } else {
+            LlmError::Rejected(self.to_string())
         }
     }
 }
@@ -387,9 +396,10 @@ fn llm_error(error: OpenAIError) -> LlmError {
             match server_error {
                 Some(value) => LlmError::transient(format!(
                     "the model server reported an error: {}",
-                    value["error"]["message"]
-                        .as_str()
-                        .unwrap_or(&truncate(&content, MAX_ERROR_BODY))
+                    truncate(
+                        value["error"]["message"].as_str().unwrap_or(&content),
+                        MAX_ERROR_BODY
+                    )
                 )),
                 None => LlmError::Permanent(format!(
                     "the model's answer does not parse ({error}): {}",
@@ -609,13 +619,123 @@ fn chat_request(model: &str, request: &ChatRequest<'_>) -> CreateChatCompletionR
     }
 }
 
-fn finish_reason_name(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-        FinishReason::ContentFilter => "content_filter",
-        FinishReason::FunctionCall => "function_call",
+/// OpenAI's finish reasons.
+const FINISH_REASONS: [&str; 5] = [
+    "stop",
+    "length",
+    "tool_calls",
+    "content_filter",
+    "function_call",
+];
+
+/// The finish reason as the turn reads it: one of OpenAI's, or, for a server's own (`eos`,
+/// `end_turn`…), `tool_calls` when the answer called tools and `stop` otherwise. Each unknown
+/// reason is logged once per process (a bounded number of them).
+fn finish_reason(raw: &str, called_tools: bool) -> String {
+    if FINISH_REASONS.contains(&raw) {
+        return raw.to_owned();
+    }
+    let mapped = if called_tools { "tool_calls" } else { "stop" };
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let first = {
+        let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.len() < 32 && seen.insert(truncate(raw, 64))
+    };
+    if first {
+        tracing::warn!(
+            finish_reason = %truncate(raw, 64),
+            mapped,
+            "The model server sent a finish_reason outside OpenAI's; reading it as {mapped} (logged once)."
+        );
+    }
+    mapped.to_owned()
+}
+
+/// The parts of OpenAI's answers the turn reads, every field optional: the lenient decoding of
+/// compatible servers' answers. Unknown fields are ignored.
+mod wire {
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    use super::{truncate, LlmError, MAX_ERROR_BODY};
+    use crate::llm::TokenUsage;
+
+    /// A `chat.completion` or a `chat.completion.chunk`, or an error object in their place.
+    #[derive(Debug, Default, Deserialize)]
+    pub(super) struct Completion {
+        pub(super) choices: Option<Vec<Choice>>,
+        pub(super) usage: Option<Usage>,
+    }
+
+    impl Completion {
+        /// Reads an answer; an error object in its place is a transient failure (the server
+        /// failed mid-answer), anything else that does not fit is permanent. Both carry a
+        /// bounded part of what the server sent.
+        pub(super) fn decode(value: Value) -> Result<Self, LlmError> {
+            if let Some(error) = value.get("error").filter(|error| !error.is_null()) {
+                let message = error["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| error.to_string());
+                return Err(LlmError::transient(format!(
+                    "the model server reported an error: {}",
+                    truncate(&message, MAX_ERROR_BODY)
+                )));
+            }
+            Self::deserialize(&value).map_err(|error| {
+                LlmError::Permanent(format!(
+                    "the model's answer does not parse ({error}): {}",
+                    truncate(&value.to_string(), MAX_ERROR_BODY)
+                ))
+            })
+        }
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub(super) struct Choice {
+        pub(super) index: Option<u32>,
+        /// A complete answer's message.
+        pub(super) message: Option<Message>,
+        /// A chunk's delta.
+        pub(super) delta: Option<Message>,
+        pub(super) finish_reason: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub(super) struct Message {
+        pub(super) content: Option<String>,
+        pub(super) refusal: Option<String>,
+        pub(super) tool_calls: Option<Vec<CallDelta>>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub(super) struct CallDelta {
+        pub(super) index: Option<u32>,
+        pub(super) id: Option<String>,
+        pub(super) function: Option<FunctionDelta>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub(super) struct FunctionDelta {
+        pub(super) name: Option<String>,
+        pub(super) arguments: Option<String>,
+    }
+
+    /// `total_tokens` and the details are not needed.
+    #[derive(Debug, Default, Deserialize)]
+    pub(super) struct Usage {
+        pub(super) prompt_tokens: Option<u64>,
+        pub(super) completion_tokens: Option<u64>,
+    }
+
+    impl Usage {
+        pub(super) fn tokens(self) -> TokenUsage {
+            TokenUsage {
+                prompt_tokens: self.prompt_tokens.unwrap_or_default(),
+                completion_tokens: self.completion_tokens.unwrap_or_default(),
+            }
+        }
     }
 }
 
@@ -640,17 +760,19 @@ struct Assembler {
 
 impl Assembler {
     /// Takes one chunk; returns the text it carries, if any.
-    fn push(&mut self, chunk: CreateChatCompletionStreamResponse) -> Option<String> {
-        if let Some(usage) = &chunk.usage {
-            self.usage = Some(TokenUsage {
-                prompt_tokens: u64::from(usage.prompt_tokens),
-                completion_tokens: u64::from(usage.completion_tokens),
-            });
+    fn push(&mut self, chunk: wire::Completion) -> Option<String> {
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage.tokens());
         }
         let mut text = String::new();
         // One choice is asked for (`n` unset); others, if a server sent any, are ignored.
-        for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
-            let delta = choice.delta;
+        for choice in chunk
+            .choices
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|choice| choice.index.unwrap_or_default() == 0)
+        {
+            let delta = choice.delta.or(choice.message).unwrap_or_default();
             if let Some(content) = delta.content {
                 text.push_str(&content);
             }
@@ -658,6 +780,7 @@ impl Assembler {
                 text.push_str(&refusal);
             }
             for call in delta.tool_calls.unwrap_or_default() {
+                let call_index = call.index.unwrap_or_default();
                 let id = call.id.filter(|id| !id.is_empty());
                 let (name, arguments) = call
                     .function
@@ -666,7 +789,7 @@ impl Assembler {
                 // A delta with a new id at a known index starts another call (servers that
                 // number every call 0); otherwise it continues the call at its index.
                 let existing = self.calls.iter().rposition(|partial| {
-                    partial.index == call.index
+                    partial.index == call_index
                         && match &id {
                             Some(id) => partial.id.is_empty() || partial.id == *id,
                             None => true,
@@ -676,7 +799,7 @@ impl Assembler {
                     Some(position) => &mut self.calls[position],
                     None => {
                         self.calls.push(PartialCall {
-                            index: call.index,
+                            index: call_index,
                             ..PartialCall::default()
                         });
                         let last = self.calls.len() - 1;
@@ -693,8 +816,8 @@ impl Assembler {
                     partial.arguments.push_str(&arguments);
                 }
             }
-            if let Some(reason) = choice.finish_reason {
-                self.finish_reason = Some(finish_reason_name(reason).to_owned());
+            if let Some(reason) = choice.finish_reason.filter(|reason| !reason.is_empty()) {
+                self.finish_reason = Some(reason);
             }
         }
         (!text.is_empty()).then_some(text)
@@ -702,11 +825,12 @@ impl Assembler {
 
     /// The completion, once the stream has ended.
     fn finish(self) -> Result<Completion, LlmError> {
-        let Some(finish_reason) = self.finish_reason else {
+        let Some(raw_reason) = self.finish_reason else {
             return Err(LlmError::transient(
                 "the model's stream ended without a finish_reason",
             ));
         };
+        let finish_reason = finish_reason(&raw_reason, !self.calls.is_empty());
         let mut tool_calls = Vec::with_capacity(self.calls.len());
         for (n, call) in self.calls.into_iter().enumerate() {
             if call.name.is_empty() {
@@ -740,7 +864,7 @@ impl Assembler {
 
 /// A chat stream being read, with its timeouts.
 struct Reading {
-    inner: ChatCompletionResponseStream,
+    inner: StreamResponse<Value>,
     assembler: Assembler,
     deadline: Instant,
     request_timeout: Duration,
@@ -781,11 +905,17 @@ impl Reading {
                 }
             };
             match item {
-                Some(Ok(chunk)) => {
-                    if let Some(text) = self.assembler.push(chunk) {
-                        return Some(Ok(ChatEvent::Text(text)));
+                Some(Ok(chunk)) => match wire::Completion::decode(chunk) {
+                    Ok(chunk) => {
+                        if let Some(text) = self.assembler.push(chunk) {
+                            return Some(Ok(ChatEvent::Text(text)));
+                        }
                     }
-                }
+                    Err(error) => {
+                        self.finished = true;
+                        return Some(Err(error));
+                    }
+                },
                 Some(Err(error)) => {
                     self.finished = true;
                     return Some(Err(llm_error(error)));
@@ -819,7 +949,7 @@ mod tests {
 
     // --- the assembler -------------------------------------------------------------------------
 
-    fn chunk(value: Value) -> CreateChatCompletionStreamResponse {
+    fn chunk(value: Value) -> wire::Completion {
         let mut chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
                                "created": 1, "model": "m", "choices": []});
         for (key, value) in value.as_object().expect("an object") {
@@ -828,7 +958,7 @@ mod tests {
         serde_json::from_value(chunk).expect("a chunk")
     }
 
-    fn delta(delta: Value, finish_reason: Option<&str>) -> CreateChatCompletionStreamResponse {
+    fn delta(delta: Value, finish_reason: Option<&str>) -> wire::Completion {
         chunk(json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}))
     }
 
@@ -941,6 +1071,31 @@ mod tests {
                 completion_tokens: 3
             }
         );
+    }
+
+    #[test]
+    fn chunks_of_compatible_servers_need_only_what_the_turn_reads() {
+        let mut assembler = Assembler::default();
+        let bare = |value: Value| wire::Completion::decode(value).expect("decodes");
+        assert_eq!(
+            assembler.push(bare(json!({"choices": [{"delta": {"content": "Hi"}}]}))),
+            Some("Hi".into())
+        );
+        assembler.push(bare(
+            json!({"choices": [{"delta": {}, "finish_reason": "eos"}],
+                                   "usage": {"prompt_tokens": 3, "completion_tokens": 1}}),
+        ));
+        let completion = assembler.finish().expect("a completion");
+        assert_eq!(completion.finish_reason, "stop", "eos read as stop");
+        assert_eq!(completion.usage.prompt_tokens, 3);
+        assert_eq!(finish_reason("end_turn", true), "tool_calls");
+        assert_eq!(finish_reason("length", false), "length");
+        let error = wire::Completion::decode(
+            json!({"error": {"message": format!("Traceback {}", "x".repeat(5000))}}),
+        )
+        .expect_err("an error in place of a chunk");
+        assert!(error.is_transient());
+        assert!(error.to_string().len() < 700, "bounded: {error}");
     }
 
     #[test]
@@ -1394,7 +1549,7 @@ mod tests {
         let bad = chat(&model, &user("hi"), &[]).await.expect_err("400");
         assert_eq!(
             bad,
-            LlmError::Permanent("the model server answered 400: Bad tools".into())
+            LlmError::Rejected("the model server answered 400: Bad tools".into())
         );
         // One request each: no retries inside the provider.
         assert_eq!(canner.requests().len(), 3);
@@ -1543,14 +1698,17 @@ mod tests {
             .await
             .expect("in time")
             .expect("classified");
-        let agents_named: Vec<&str> = classified
+        let classification = classified
             .classification
+            .as_ref()
+            .expect("a classification");
+        let agents_named: Vec<&str> = classification
             .intents
             .iter()
             .map(|intent| intent.agent.as_str())
             .collect();
         assert_eq!(agents_named, ["orders", "billing"]);
-        assert!(!classified.classification.ambiguous);
+        assert!(!classification.ambiguous);
         assert_eq!(
             classified.usage,
             TokenUsage {
@@ -1582,11 +1740,14 @@ mod tests {
             "Where is order 1004, and send me its invoice"
         );
 
+        // An answer that is not the classification still reports what it cost.
         let invalid = tokio::time::timeout(LIMIT, model.classify(request))
             .await
             .expect("in time")
-            .expect_err("not JSON");
-        assert!(!invalid.is_transient(), "{invalid}");
+            .expect("answered");
+        let reason = invalid.classification.expect_err("not JSON");
+        assert!(reason.contains("not the expected JSON"), "{reason}");
+        assert_eq!(invalid.usage.prompt_tokens, 40);
         let limited = tokio::time::timeout(LIMIT, model.classify(request))
             .await
             .expect("in time")

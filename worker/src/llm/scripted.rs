@@ -64,6 +64,8 @@ pub struct ScriptedModel {
     pub token_delay: Duration,
     /// Content that makes the model fail mid-reply (a simulated outage).
     pub fail_on: Option<String>,
+    /// Content that makes the model panic (a drill of a bug inside a turn).
+    pub panic_on: Option<String>,
 }
 
 fn words(text: &str) -> Vec<String> {
@@ -117,6 +119,13 @@ impl ScriptedModel {
     /// Whether the model fails on this message, after [`TOKENS_BEFORE_FAILURE`] tokens.
     pub fn fails_on(&self, content: &str) -> bool {
         self.fail_on
+            .as_deref()
+            .is_some_and(|marker| !marker.is_empty() && content.contains(marker))
+    }
+
+    /// Whether the model panics on this message (`SCRIPTED_PANIC_ON`, a drill).
+    pub fn panics_on(&self, content: &str) -> bool {
+        self.panic_on
             .as_deref()
             .is_some_and(|marker| !marker.is_empty() && content.contains(marker))
     }
@@ -201,7 +210,11 @@ impl ScriptedModel {
                         .to_owned()
                 } else if let Some(error) = result["error"].as_str() {
                     format!("Sorry, that did not work: {error}")
-                } else if let Some(summary) = result["summary"].as_str() {
+                } else if let Some(summary) = result["summary"]
+                    .as_str()
+                    // An imported (HTTP) tool's answer: its body's summary.
+                    .or_else(|| result["body"]["summary"].as_str())
+                {
                     summary.to_owned()
                 } else {
                     "Done.".to_owned()
@@ -286,7 +299,7 @@ impl Model for ScriptedModel {
                 .sum::<u64>();
         Box::pin(async move {
             Ok(Classified {
-                classification,
+                classification: Ok(classification),
                 usage: TokenUsage {
                     prompt_tokens,
                     completion_tokens: 10,
@@ -307,6 +320,10 @@ impl Model for ScriptedModel {
             })
             .sum();
         let user = last_user_message(request.messages);
+        // A drill: a bug in a turn. The delivery catches it and counts a failed attempt.
+        if user.is_some_and(|content| self.panics_on(content)) {
+            panic!("the scripted model panicked (SCRIPTED_PANIC_ON matched the message)");
+        }
         let fails = user.is_some_and(|content| self.fails_on(content));
         let (tokens, tool_calls): (Vec<String>, Vec<ToolCall>) = match self.answer(&request) {
             Answer::Call(call) => (Vec::new(), vec![call]),
@@ -366,6 +383,7 @@ mod tests {
             reply_tokens: 20,
             token_delay: Duration::ZERO,
             fail_on: Some("boom".into()),
+            panic_on: None,
         }
     }
 

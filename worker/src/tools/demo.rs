@@ -122,8 +122,10 @@ impl Tool for DemoTool {
         args: &'a Value,
         context: ToolContext<'a>,
     ) -> BoxFuture<'a, Result<Value, ToolError>> {
-        let db = context.db;
         Box::pin(async move {
+            let db = context.db.ok_or_else(|| {
+                ToolError::Unavailable("the tool was called without a database connection".into())
+            })?;
             match self.kind {
                 Kind::GetOrderStatus => get_order_status(order_id(args)?, db).await,
                 Kind::CancelOrder => {

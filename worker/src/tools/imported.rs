@@ -39,6 +39,10 @@ impl Tool for HttpTool {
         &self.spec
     }
 
+    fn needs_database(&self) -> bool {
+        false
+    }
+
     fn call<'a>(
         &'a self,
         args: &'a Value,

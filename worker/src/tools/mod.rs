@@ -56,9 +56,11 @@ impl From<sqlx::Error> for ToolError {
 
 /// What a tool call runs with.
 pub struct ToolContext<'a> {
-    /// A database connection; for an approved call, a transaction that also records the call
-    /// in the approval ledger, so its effect and the ledger entry commit together.
-    pub db: &'a mut PgConnection,
+    /// A database connection, for a tool that [needs one](Tool::needs_database) (none for the
+    /// others: no pooled connection is held across external I/O). For an approved call, a
+    /// transaction that also records the call in the approval ledger, so its effect and the
+    /// ledger entry commit together.
+    pub db: Option<&'a mut PgConnection>,
     /// Names this call, whatever attempt makes it: the interrupt id for an approved call,
     /// otherwise the thread, message and model call ids. Sent as `Idempotency-Key` by HTTP tools.
     pub idempotency_key: &'a str,
@@ -67,6 +69,13 @@ pub struct ToolContext<'a> {
 /// A tool. `call` gets arguments already checked against the tool's schema.
 pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
+
+    /// Whether the tool works in this database (its effect commits with the approval ledger)
+    /// and gets a connection. A tool that calls out (HTTP) must not: it would hold a pooled
+    /// connection for as long as the remote server takes.
+    fn needs_database(&self) -> bool {
+        true
+    }
 
     fn call<'a>(
         &'a self,
