@@ -602,7 +602,7 @@ impl YamlBudget<'_> {
             self.exceeded.set(Some(Exceeded::Size));
             return Err(E::custom("the document expands past the bound"));
         }
-        if nodes % 4096 == 0 && self.stop.load(Ordering::Relaxed) {
+        if nodes.is_multiple_of(4096) && self.stop.load(Ordering::Relaxed) {
             self.exceeded.set(Some(Exceeded::Stopped));
             return Err(E::custom("the import was stopped"));
         }
