@@ -16,6 +16,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("not found")]
     NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("invalid document: {0}")]
     InvalidDocument(String),
     #[error("payload too large: {0}")]
@@ -52,6 +54,7 @@ impl ApiError {
                 "not_found",
                 "No such resource.".into(),
             ),
+            Self::Conflict(message) => (StatusCode::CONFLICT, "conflict", message.clone()),
             Self::InvalidDocument(message) => {
                 (StatusCode::BAD_REQUEST, "invalid_document", message.clone())
             }

@@ -10,6 +10,9 @@ use crate::ids::ThreadId;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Every operator token starts with this.
+pub const OPERATOR_TOKEN_PREFIX: &str = "op_";
+
 /// Signs and verifies thread tokens with one key.
 #[derive(Clone)]
 pub struct ThreadTokens {
@@ -34,6 +37,30 @@ impl ThreadTokens {
         let mut mac = self.mac.clone();
         mac.update(thread.as_str().as_bytes());
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// The stored form of an operator token (SPEC §7): hex of HMAC-SHA256 keyed with the same
+    /// secret, over a domain-separated input, so it can never be mistaken for a thread token and a
+    /// leaked table of hashes is useless without `AUTH_SECRET`. Lookups compare these keyed hashes,
+    /// never the tokens, so a lookup's timing says nothing about a token.
+    pub fn operator_token_hash(&self, token: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"operator-token\0");
+        mac.update(token.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
+    /// A new operator token: `op_` and 244 random bits (two v4 UUIDs), hex.
+    pub fn new_operator_token() -> String {
+        format!(
+            "{OPERATOR_TOKEN_PREFIX}{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
     }
 
     /// Constant-time check of `token` against `thread`.

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod consumer;
 pub mod demo_seed;
 pub mod error;
+pub mod handoff;
 pub mod llm;
 pub mod metrics;
 pub mod observe;

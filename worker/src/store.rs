@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use shared::ids::ThreadId;
+use shared::protocol::HandoffState;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -26,6 +27,8 @@ pub struct Lease {
     pub last_active_at: chrono::DateTime<chrono::Utc>,
     /// The approval the thread's last turn is waiting for.
     pub pending_interrupt: Option<Uuid>,
+    /// Who answers the thread's customer messages (SPEC §7).
+    pub handoff: HandoffState,
 }
 
 /// A finished turn, written once with the thread's new position.
@@ -203,6 +206,11 @@ impl Store {
         &self.db
     }
 
+    /// This worker's id, the owner of the leases it takes.
+    pub fn worker_id(&self) -> Uuid {
+        self.worker_id
+    }
+
     /// Takes the thread's lease if it is free or expired; `None` while another worker holds it.
     pub async fn acquire(&self, thread_id: &ThreadId) -> Result<Option<Lease>, sqlx::Error> {
         type Row = (
@@ -212,6 +220,7 @@ impl Store {
             bool,
             chrono::DateTime<chrono::Utc>,
             Option<Uuid>,
+            String,
         );
         let row: Option<Row> = sqlx::query_as(
             "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
@@ -222,7 +231,7 @@ impl Store {
                     lease_expires_at = EXCLUDED.lease_expires_at
                 WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
              RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired', last_active_at,
-                       pending_interrupt",
+                       pending_interrupt, handoff_state",
         )
         .bind(thread_id.as_str())
         .bind(self.worker_id)
@@ -230,14 +239,25 @@ impl Store {
         .fetch_optional(&self.db)
         .await?;
         Ok(row.map(
-            |(epoch, last_in_seq, last_seq, expired, last_active_at, pending_interrupt)| Lease {
-                thread_id: thread_id.clone(),
+            |(
                 epoch,
-                last_in_seq: to_u64(last_in_seq),
-                last_seq: to_u64(last_seq),
+                last_in_seq,
+                last_seq,
                 expired,
                 last_active_at,
                 pending_interrupt,
+                handoff,
+            )| {
+                Lease {
+                    thread_id: thread_id.clone(),
+                    epoch,
+                    last_in_seq: to_u64(last_in_seq),
+                    last_seq: to_u64(last_seq),
+                    expired,
+                    last_active_at,
+                    pending_interrupt,
+                    handoff: HandoffState::from_db(&handoff),
+                }
             },
         ))
     }
@@ -270,7 +290,11 @@ impl Store {
                        prompt_tokens = prompt_tokens + $14,
                        completion_tokens = completion_tokens + $15,
                        cost_usd = cost_usd + $16,
-                       escalated_at = CASE WHEN $23 THEN COALESCE(escalated_at, now()) ELSE escalated_at END
+                       escalated_at = CASE WHEN $23 THEN COALESCE(escalated_at, now()) ELSE escalated_at END,
+                       -- escalate_to_human asks for a human, as `request_human` does (SPEC §7).
+                       handoff_state = CASE WHEN $23 AND handoff_state = 'ai' THEN 'waiting' ELSE handoff_state END,
+                       waiting_since = CASE WHEN $23 AND handoff_state = 'ai' THEN now() ELSE waiting_since END,
+                       first_waiting_at = CASE WHEN $23 THEN COALESCE(first_waiting_at, now()) ELSE first_waiting_at END
                  WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
              RETURNING id
              ),
@@ -434,14 +458,14 @@ impl Store {
         turns: i64,
     ) -> Result<Vec<ChatMessage>, sqlx::Error> {
         // A turn continued by approvals has one row per segment: the reply is all of them.
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT t.content,
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT t.kind, t.content,
                     (SELECT coalesce(string_agg(s.reply, ' ' ORDER BY s.in_seq), '')
                        FROM turns s
                       WHERE s.thread_id = t.thread_id AND s.turn_id = t.turn_id AND s.reply <> '')
                FROM turns t
-              WHERE t.thread_id = $1 AND t.kind = 'message' AND t.content IS NOT NULL
-                AND t.outcome IN ('completed', 'interrupted', 'clarification')
+              WHERE t.thread_id = $1 AND t.kind IN ('message', 'human_message') AND t.content IS NOT NULL
+                AND t.outcome IN ('completed', 'interrupted', 'clarification', 'held', 'delivered')
               ORDER BY t.in_seq DESC LIMIT $2",
         )
         .bind(thread_id.as_str())
@@ -449,7 +473,16 @@ impl Store {
         .fetch_all(&self.db)
         .await?;
         let mut history = Vec::with_capacity(rows.len() * 2);
-        for (content, reply) in rows.into_iter().rev() {
+        for (kind, content, reply) in rows.into_iter().rev() {
+            // An operator's message is the support side speaking: the agents see it as an
+            // earlier reply of theirs, marked as the operator's (SPEC §7: after `leave`).
+            if kind == "human_message" {
+                history.push(ChatMessage::Assistant {
+                    content: format!("[human operator] {content}"),
+                    tool_calls: Vec::new(),
+                });
+                continue;
+            }
             history.push(ChatMessage::User { content });
             if !reply.is_empty() {
                 history.push(ChatMessage::Assistant {
@@ -682,6 +715,7 @@ mod tests {
             expired: false,
             last_active_at: now - chrono::Duration::minutes(12),
             pending_interrupt: None,
+            handoff: HandoffState::Ai,
         };
         assert!(store.session_expired(&lease, now), "idle 12 min > 10 min");
         lease.pending_interrupt = Some(Uuid::nil());

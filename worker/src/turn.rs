@@ -11,7 +11,7 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures_util::FutureExt as _;
 use shared::ids::{ThreadId, TurnId};
 use shared::protocol::bus::{InboundKind, InboundMessage};
-use shared::protocol::{ErrorCode, FrameBody, Usage};
+use shared::protocol::{ErrorCode, FrameBody, HandoffState, Usage};
 use shared::subjects::Subjects;
 
 use crate::agents::{Decision, Ended, Graph, Outcome, PendingInterrupt, TurnInfo};
@@ -153,18 +153,12 @@ impl TurnRunner {
         out.flush().await?;
         let letter = DeadLetter {
             in_seq,
-            kind: match &message.kind {
-                InboundKind::Message { .. } => "message",
-                InboundKind::InterruptResponse { .. } => "interrupt_response",
-            },
+            kind: message.kind.as_str(),
             message_id: message.message_id.to_string(),
             turn_id: turn_id.as_uuid(),
             attempts,
             reason: reason.to_owned(),
-            content: match &message.kind {
-                InboundKind::Message { content } => Some(content.as_str().to_owned()),
-                InboundKind::InterruptResponse { .. } => None,
-            },
+            content: message.kind.content().map(str::to_owned),
             received_at: message.received_at,
             first_seq: out.first_seq(),
             last_seq: out.last_seq(),
@@ -185,6 +179,7 @@ impl TurnRunner {
                     subject_seq: out.subject_seq(),
                     pending_interrupt: pending_after,
                     expired: false,
+                    handoff: lease.handoff,
                 })
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
@@ -214,10 +209,10 @@ impl TurnRunner {
         let published =
             publish::published_turn(&self.replies, &subject, turn_id, lease.last_seq).await?;
         let first_seq = published.first_seq.unwrap_or(end.seq);
-        let (kind, content) = match &message.kind {
-            InboundKind::Message { content } => ("message", Some(content.as_str().to_owned())),
-            InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
-        };
+        let (kind, content) = (
+            message.kind.as_str(),
+            message.kind.content().map(str::to_owned),
+        );
         let mut after_turn = (pending_after, false);
         let committed = if end.code.as_deref() == Some(ErrorCode::ProcessingFailed.as_str()) {
             let (attempts, reason) = self
@@ -310,6 +305,7 @@ impl TurnRunner {
                     subject_seq: tail.stream_seq,
                     pending_interrupt: after_turn.0,
                     expired: after_turn.1,
+                    handoff: lease.handoff,
                 })
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
@@ -318,7 +314,12 @@ impl TurnRunner {
 
     /// A publisher for `turn_id`'s frames, numbering after the thread's last `seq`: the larger of
     /// the committed one and the last stored frame (an attempt that died may have gone further).
-    fn publisher(&self, lease: &Lease, turn_id: TurnId, tail: &publish::Tail) -> FramePublisher {
+    pub(crate) fn publisher(
+        &self,
+        lease: &Lease,
+        turn_id: TurnId,
+        tail: &publish::Tail,
+    ) -> FramePublisher {
         let last_seq = tail
             .frame
             .as_ref()
@@ -421,6 +422,7 @@ impl TurnRunner {
             lease.last_in_seq = in_seq;
             lease.last_seq = advanced.last_seq;
             lease.pending_interrupt = advanced.pending_interrupt;
+            lease.handoff = advanced.handoff;
             if advanced.expired {
                 lease.expired = true;
             } else {
@@ -485,11 +487,17 @@ impl TurnRunner {
                         subject_seq: tail.stream_seq,
                         pending_interrupt: lease.pending_interrupt,
                         expired: lease.expired,
+                        handoff: lease.handoff,
                     }),
                     Committed::Fenced => Err(TurnError::LeaseLost),
                 };
             }
         };
+        if crate::handoff::is_control(&message.kind) {
+            return self
+                .run_control(lease, message, in_seq, tail, after, started_at)
+                .await;
+        }
         let plan = self.plan(lease, &message, in_seq).await;
         // Frames after the committed position are an earlier attempt at this message that did
         // not commit.
@@ -608,22 +616,33 @@ impl TurnRunner {
                         .with_label_values(&["superseded"])
                         .inc();
                 }
-                let history = if lease.last_in_seq > 0 {
-                    self.store.history(&lease.thread_id, HISTORY_TURNS).await?
+                // Every socket of the thread sees the customer's message first (SPEC §7).
+                out.send(FrameBody::UserMessage {
+                    message_id: message.message_id.clone(),
+                    content: content.as_str().to_owned(),
+                })
+                .await?;
+                if lease.handoff != HandoffState::Ai {
+                    // A human was asked for or has joined: stored and shown, no model called.
+                    crate::handoff::held_for_human(&mut out, lease.handoff).await?
                 } else {
-                    Vec::new()
-                };
-                self.graph
-                    .run_message(&mut out, info, content.as_str(), history)
-                    .await?
+                    let history = if lease.last_in_seq > 0 {
+                        self.store.history(&lease.thread_id, HISTORY_TURNS).await?
+                    } else {
+                        Vec::new()
+                    };
+                    self.graph
+                        .run_message(&mut out, info, content.as_str(), history)
+                        .await?
+                }
             }
         };
         out.flush().await?;
 
-        let (kind, content) = match message.kind {
-            InboundKind::Message { content } => ("message", Some(content.as_str().to_owned())),
-            InboundKind::InterruptResponse { .. } => ("interrupt_response", None),
-        };
+        let (kind, content) = (
+            message.kind.as_str(),
+            message.kind.content().map(str::to_owned),
+        );
         let pending_interrupt = match ended.outcome {
             Outcome::Interrupted(id) => Some(id),
             _ => pending_after,
@@ -673,6 +692,11 @@ impl TurnRunner {
                     subject_seq: out.subject_seq(),
                     pending_interrupt: record.pending_interrupt,
                     expired: record.status == ThreadStatus::Expired,
+                    handoff: if record.escalated && lease.handoff == HandoffState::Ai {
+                        HandoffState::Waiting
+                    } else {
+                        lease.handoff
+                    },
                 })
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
@@ -694,6 +718,14 @@ impl TurnRunner {
                 content: content.clone(),
                 supersedes: lease.pending_interrupt,
             }),
+            // Handled by `run_control` before any plan is made.
+            InboundKind::RequestHuman
+            | InboundKind::OperatorJoin { .. }
+            | InboundKind::OperatorLeave { .. }
+            | InboundKind::OperatorResolve { .. }
+            | InboundKind::HumanMessage { .. } => Err(TurnError::Rejected(
+                "a handoff message has no plan".to_owned(),
+            )),
             InboundKind::InterruptResponse {
                 approved,
                 interrupt_id,
@@ -738,7 +770,7 @@ impl TurnRunner {
 }
 
 /// The thread's exchanges the agents see as history.
-const HISTORY_TURNS: i64 = 5;
+pub(crate) const HISTORY_TURNS: i64 = 5;
 
 /// What the turn of a message will do.
 enum Plan {
@@ -781,15 +813,17 @@ impl Plan {
 }
 
 /// Where a committed turn left the thread.
-struct Advanced {
+pub(crate) struct Advanced {
     /// The thread's last `seq`.
-    last_seq: u64,
+    pub(crate) last_seq: u64,
     /// Stream sequence of the reply subject's last bundle.
-    subject_seq: Option<u64>,
+    pub(crate) subject_seq: Option<u64>,
     /// The approval the thread now waits for.
-    pending_interrupt: Option<uuid::Uuid>,
+    pub(crate) pending_interrupt: Option<uuid::Uuid>,
     /// The session expired with this turn.
-    expired: bool,
+    pub(crate) expired: bool,
+    /// The thread's handoff state after this turn.
+    pub(crate) handoff: HandoffState,
 }
 
 /// What a turn recovered from its published frames is committed with.
@@ -800,7 +834,7 @@ struct Recovered {
 }
 
 /// The record of a turn that ran no agent.
-fn simple_end(events: Vec<serde_json::Value>) -> Ended {
+pub(crate) fn simple_end(events: Vec<serde_json::Value>) -> Ended {
     Ended {
         outcome: Outcome::Completed,
         reply: String::new(),

@@ -273,10 +273,29 @@ impl Connection {
         text: &str,
     ) -> Result<Option<ServerFrame>, axum::Error> {
         let tokens = &self.state.tokens;
-        let frame = match parse_client_frame(text, |thread, token| tokens.verify(thread, token)) {
+        // An operator token stands in for the thread's token on `resume` only (SPEC §7); it is
+        // checked against the operators table below, once the frame is known to be one.
+        let mut operator_token = None;
+        let frame = match parse_client_frame(text, |thread, token| {
+            if tokens.verify(thread, token) {
+                return true;
+            }
+            if token.starts_with(shared::auth::OPERATOR_TOKEN_PREFIX) {
+                operator_token = Some(token.to_owned());
+                return true;
+            }
+            false
+        }) {
             Ok(frame) => frame,
             Err(error) => return Ok(Some(self.refuse(error))),
         };
+        if let Some(token) = operator_token {
+            if let Err(error) =
+                crate::routes::operator::authorize_watch(&self.state, &frame, &token).await
+            {
+                return Ok(Some(self.refuse(error)));
+            }
+        }
         self.state
             .metrics
             .frames_in
@@ -322,6 +341,30 @@ impl Connection {
                 }
                 accepted
             }
+            ClientFrame::RequestHuman { thread_id } => {
+                if let Some(error) = self.over_budget(&thread_id, Charged::Answer) {
+                    return Ok(Some(self.refuse(error)));
+                }
+                let accepted = self
+                    .accept(thread_id.clone(), None, InboundKind::RequestHuman)
+                    .await;
+                if accepted.is_ok() {
+                    self.charge(&thread_id, Charged::Answer);
+                }
+                accepted
+            }
+            ClientFrame::Feedback {
+                thread_id,
+                target,
+                comment,
+            } => crate::routes::operator::feedback(&self.state, &thread_id, target, comment)
+                .await
+                .map(|message_id| {
+                    Some(ServerFrame::Accepted {
+                        thread_id,
+                        message_id,
+                    })
+                }),
             ClientFrame::Resume {
                 thread_id,
                 after_seq,

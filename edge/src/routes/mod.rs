@@ -6,6 +6,7 @@ mod conversations;
 mod health;
 mod history;
 mod metrics;
+pub mod operator;
 mod requests;
 mod threads;
 mod tools;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler as _;
-use axum::routing::patch;
+use axum::routing::{delete, patch};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::compression::CompressionLayer;
@@ -57,6 +58,11 @@ pub fn router(state: AppState) -> Router {
             get(conversations::timeline),
         )
         .route("/api/admin/analytics", get(analytics::analytics))
+        .route(
+            "/api/admin/operators",
+            get(operator::list).post(operator::create),
+        )
+        .route("/api/admin/operators/{id}", delete(operator::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,
@@ -69,12 +75,44 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_foreign_origins,
         ));
+    // Operator routes (SPEC §7): an operator token, looked up on every request.
+    let operators = Router::new()
+        .route("/api/operator/me", get(operator::me))
+        .route("/api/operator/inbox", get(operator::inbox))
+        .route(
+            "/api/operator/conversations/{id}/join",
+            post(operator::join),
+        )
+        .route(
+            "/api/operator/conversations/{id}/leave",
+            post(operator::leave),
+        )
+        .route(
+            "/api/operator/conversations/{id}/resolve",
+            post(operator::resolve),
+        )
+        .route(
+            "/api/operator/conversations/{id}/messages",
+            post(operator::message),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            operator::require_operator,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(15),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_foreign_origins,
+        ));
     // Outermost on the API, so that preflights are answered before any other layer runs.
     let cors = state.origins.cors_layer();
     let metrics = state.metrics.clone();
     let routes = Router::new()
         .route("/ws", get(ws::upgrade))
-        .merge(api.merge(admin).layer(cors))
+        .merge(api.merge(admin).merge(operators).layer(cors))
         // Only the web app's files are compressed: API answers are small, and a compression
         // layer must not touch WebSocket upgrades.
         .fallback(web::serve.layer(CompressionLayer::new()));

@@ -29,6 +29,57 @@ pub enum InboundKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         interrupt_id: Option<String>,
     },
+    /// The customer asked for a human (SPEC §7).
+    RequestHuman,
+    /// An operator took the conversation (the edge has assigned it to them).
+    OperatorJoin {
+        operator: OperatorId,
+    },
+    /// The operator handed the conversation back to the AI.
+    OperatorLeave {
+        operator: OperatorId,
+    },
+    /// An operator ended the conversation.
+    OperatorResolve {
+        operator: OperatorId,
+    },
+    /// A message of the operator who joined.
+    HumanMessage {
+        operator: OperatorId,
+        content: UserText,
+    },
+}
+
+/// An operator acting on a thread, as the worker records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorId {
+    pub id: uuid::Uuid,
+    pub name: String,
+}
+
+impl InboundKind {
+    /// The text it carries: a customer's or an operator's message.
+    pub fn content(&self) -> Option<&str> {
+        match self {
+            Self::Message { content } | Self::HumanMessage { content, .. } => {
+                Some(content.as_str())
+            }
+            _ => None,
+        }
+    }
+
+    /// The kind as `turns.kind` and dead letters record it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Message { .. } => "message",
+            Self::InterruptResponse { .. } => "interrupt_response",
+            Self::RequestHuman => "request_human",
+            Self::OperatorJoin { .. } => "operator_join",
+            Self::OperatorLeave { .. } => "operator_leave",
+            Self::OperatorResolve { .. } => "operator_resolve",
+            Self::HumanMessage { .. } => "human_message",
+        }
+    }
 }
 
 impl InboundMessage {

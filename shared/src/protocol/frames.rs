@@ -45,14 +45,38 @@ pub enum ClientFrame {
         thread_id: ThreadId,
         after_seq: u64,
     },
+    /// The customer asks for a human operator (SPEC §7).
+    RequestHuman {
+        thread_id: ThreadId,
+    },
+    /// Thumbs on one reply, or CSAT on the conversation (SPEC §7).
+    Feedback {
+        thread_id: ThreadId,
+        target: FeedbackTarget,
+        comment: Option<String>,
+    },
 }
+
+/// What a `feedback` frame rates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedbackTarget {
+    /// Thumbs up (`true`) or down on the reply of one turn.
+    Turn { turn_id: TurnId, up: bool },
+    /// CSAT of the conversation, 1–5.
+    Csat { score: u8 },
+}
+
+/// The longest feedback comment, in characters.
+pub const MAX_FEEDBACK_COMMENT_CHARS: usize = 2_000;
 
 impl ClientFrame {
     pub fn thread_id(&self) -> &ThreadId {
         match self {
             Self::Message { thread_id, .. }
             | Self::InterruptResponse { thread_id, .. }
-            | Self::Resume { thread_id, .. } => thread_id,
+            | Self::Resume { thread_id, .. }
+            | Self::RequestHuman { thread_id }
+            | Self::Feedback { thread_id, .. } => thread_id,
         }
     }
 
@@ -62,6 +86,8 @@ impl ClientFrame {
             Self::Message { .. } => "message",
             Self::InterruptResponse { .. } => "interrupt_response",
             Self::Resume { .. } => "resume",
+            Self::RequestHuman { .. } => "request_human",
+            Self::Feedback { .. } => "feedback",
         }
     }
 }
@@ -148,6 +174,62 @@ pub enum FrameBody {
         message: String,
         retryable: bool,
     },
+    /// An accepted customer message, first frame of its turn (SPEC §7).
+    UserMessage {
+        message_id: MessageId,
+        content: String,
+    },
+    /// The thread's handoff state changed (SPEC §7). `resolved` is set (and only then sent) when
+    /// an operator resolved the conversation.
+    Handoff {
+        state: HandoffState,
+        operator: Option<OperatorRef>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resolved: bool,
+    },
+    /// A message of the human operator who joined the thread (SPEC §7).
+    HumanMessage {
+        operator: OperatorRef,
+        message_id: MessageId,
+        content: String,
+    },
+}
+
+/// Who answers a thread's customer messages (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffState {
+    /// The AI agents (the default).
+    Ai,
+    /// A human was asked for; none has joined yet. The AI does not answer.
+    Waiting,
+    /// An operator has joined; the AI does not answer.
+    Human,
+}
+
+impl HandoffState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ai => "ai",
+            Self::Waiting => "waiting",
+            Self::Human => "human",
+        }
+    }
+
+    /// The state stored in `threads.handoff_state`; anything unknown reads as `ai`.
+    pub fn from_db(raw: &str) -> Self {
+        match raw {
+            "waiting" => Self::Waiting,
+            "human" => Self::Human,
+            _ => Self::Ai,
+        }
+    }
+}
+
+/// An operator as customers see them: their name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRef {
+    pub name: String,
 }
 
 impl FrameBody {
@@ -163,6 +245,9 @@ impl FrameBody {
             Self::TurnReset => "turn_reset",
             Self::MessageComplete { .. } => "message_complete",
             Self::Error { .. } => "error",
+            Self::UserMessage { .. } => "user_message",
+            Self::Handoff { .. } => "handoff",
+            Self::HumanMessage { .. } => "human_message",
         }
     }
 }

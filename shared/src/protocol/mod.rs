@@ -5,4 +5,7 @@ pub mod bus;
 pub mod frames;
 pub mod validate;
 
-pub use frames::{ClientFrame, ErrorCode, FrameBody, FrameError, ServerFrame, ThreadFrame, Usage};
+pub use frames::{
+    ClientFrame, ErrorCode, FeedbackTarget, FrameBody, FrameError, HandoffState, OperatorRef,
+    ServerFrame, ThreadFrame, Usage,
+};

@@ -4,8 +4,11 @@
 
 use serde_json::{Map, Value};
 
+use crate::ids::TurnId;
 use crate::ids::{MessageId, ThreadId};
-use crate::protocol::frames::{ClientFrame, ErrorCode, FrameError, UserText};
+use crate::protocol::frames::{
+    ClientFrame, ErrorCode, FeedbackTarget, FrameError, UserText, MAX_FEEDBACK_COMMENT_CHARS,
+};
 
 /// The largest client frame: 32 KiB of UTF-8 text, checked before parsing.
 pub const MAX_FRAME_BYTES: usize = 32 * 1024;
@@ -19,7 +22,7 @@ enum FieldType {
     MessageId,
 }
 
-const FIELD_TYPES: [(&str, FieldType); 8] = [
+const FIELD_TYPES: [(&str, FieldType); 12] = [
     ("type", FieldType::String),
     ("thread_id", FieldType::String),
     ("token", FieldType::String),
@@ -28,6 +31,10 @@ const FIELD_TYPES: [(&str, FieldType); 8] = [
     ("interrupt_id", FieldType::String),
     ("approved", FieldType::Boolean),
     ("after_seq", FieldType::NonNegativeInteger),
+    ("turn_id", FieldType::String),
+    ("rating", FieldType::String),
+    ("score", FieldType::NonNegativeInteger),
+    ("comment", FieldType::String),
 ];
 
 /// Validates one client frame. `authorize(thread, token)` checks the thread token; it runs only
@@ -73,7 +80,9 @@ pub fn parse_client_frame(
 
     let kind = match field(&fields, "type").and_then(Value::as_str) {
         None => return Err(on_thread(missing_field("type"))),
-        Some(kind @ ("message" | "interrupt_response" | "resume")) => kind,
+        Some(
+            kind @ ("message" | "interrupt_response" | "resume" | "request_human" | "feedback"),
+        ) => kind,
         Some(other) => {
             return Err(on_thread(FrameError::new(
                 ErrorCode::UnknownType,
@@ -90,6 +99,11 @@ pub fn parse_client_frame(
         "resume" if after_seq.is_none() => return Err(on_thread(missing_field("after_seq"))),
         _ => {}
     }
+    let feedback = if kind == "feedback" {
+        Some(feedback_target(&fields).map_err(on_thread)?)
+    } else {
+        None
+    };
 
     let thread_id = match (field(&fields, "thread_id"), &named_thread) {
         (None, _) => {
@@ -153,12 +167,69 @@ pub fn parse_client_frame(
                 .and_then(Value::as_str)
                 .map(str::to_owned),
         },
+        "request_human" => ClientFrame::RequestHuman { thread_id },
+        "feedback" => match feedback {
+            Some((target, comment)) => ClientFrame::Feedback {
+                thread_id,
+                target,
+                comment,
+            },
+            None => return Err(missing_field("rating").on_thread(&thread_id)),
+        },
         _ => ClientFrame::Resume {
             thread_id,
             after_seq: after_seq.unwrap_or_default(),
         },
     };
     Ok(frame)
+}
+
+/// What a `feedback` frame rates: `turn_id` + `rating` (`up` | `down`), or `score` (1–5); an
+/// optional `comment` of at most [`MAX_FEEDBACK_COMMENT_CHARS`] characters. Anything else is
+/// `invalid_frame`. (Whether the thread has the turn is the edge's check.)
+fn feedback_target(
+    fields: &Map<String, Value>,
+) -> Result<(FeedbackTarget, Option<String>), FrameError> {
+    let invalid = |message: &str| FrameError::new(ErrorCode::InvalidFrame, message);
+    let comment = field(fields, "comment")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if comment
+        .as_ref()
+        .is_some_and(|comment| comment.chars().count() > MAX_FEEDBACK_COMMENT_CHARS)
+    {
+        return Err(invalid("`comment` is longer than 2000 characters"));
+    }
+    let turn_id = field(fields, "turn_id").and_then(Value::as_str);
+    let rating = field(fields, "rating").and_then(Value::as_str);
+    let score = field(fields, "score");
+    let target = match (turn_id, rating, score) {
+        (Some(turn_id), Some(rating), None) => {
+            let turn_id = uuid::Uuid::parse_str(turn_id)
+                .map_err(|_| invalid("`turn_id` is not a turn of this thread"))?;
+            let up = match rating {
+                "up" => true,
+                "down" => false,
+                _ => return Err(invalid("`rating` must be \"up\" or \"down\"")),
+            };
+            FeedbackTarget::Turn {
+                turn_id: TurnId::from(turn_id),
+                up,
+            }
+        }
+        (None, None, Some(score)) => match score.as_u64() {
+            Some(score @ 1..=5) => FeedbackTarget::Csat {
+                score: u8::try_from(score).unwrap_or(5),
+            },
+            _ => return Err(invalid("`score` must be an integer from 1 to 5")),
+        },
+        _ => {
+            return Err(invalid(
+                "feedback takes `turn_id` and `rating`, or `score` (not both)",
+            ))
+        }
+    };
+    Ok((target, comment))
 }
 
 /// A present, non-null field. (A null required field is `invalid_frame`; a null optional one

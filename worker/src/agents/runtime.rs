@@ -501,6 +501,7 @@ impl Graph {
                 })
                 .await?;
                 let escalates = tool.spec().escalates;
+                announce_escalation(out, run, escalates && ok).await?;
                 let args = pending.params.clone();
                 record_call(run, &agent, &call.name, args, ok, &result, escalates);
                 self.tool_message(run, &call, &result);
@@ -707,6 +708,7 @@ impl Graph {
         })
         .await?;
         let escalates = tool.spec().escalates;
+        announce_escalation(out, run, escalates && ok).await?;
         record_call(run, &agent.name, &call.name, args, ok, &result, escalates);
         self.tool_message(run, call, &result);
         Ok(None)
@@ -1260,6 +1262,24 @@ impl Graph {
             share.usage.cost_usd += cost;
         }
     }
+}
+
+/// A tool handed the conversation to a human: every socket of the thread learns that it now
+/// waits for one (SPEC §7), once per segment. (The agents run only in the `ai` state.)
+async fn announce_escalation(
+    out: &mut FramePublisher,
+    run: &Run<'_>,
+    escalated: bool,
+) -> Result<(), TurnError> {
+    if escalated && !run.escalated {
+        out.send(FrameBody::Handoff {
+            state: shared::protocol::HandoffState::Waiting,
+            operator: None,
+            resolved: false,
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// Puts a tool call and its result on the timeline and in the agent's share; a tool that hands
