@@ -12,6 +12,7 @@ mod dead_letters;
 mod delivery;
 mod errors;
 mod fanout;
+mod handoff;
 mod health;
 mod history;
 mod idempotency;

@@ -27,6 +27,18 @@
 //! - `series`: the window cut into equal buckets (24 of an hour for `24h`, 7 or 30 of a day),
 //!   oldest first, every bucket present: conversations created, messages received and cost of the
 //!   turns completed in each. The totals above are the sums of the buckets.
+//!
+//! Humans in the conversation (SPEC §7; docs/handoff.md):
+//! - `ai_resolution_rate` = conversations now `resolved` that no operator ever joined, and
+//!   `handoff_rate` = conversations where a human was asked for or joined, each over the
+//!   conversations created in the window that had a customer message or a handoff.
+//! - `time_to_human_ms` {`p50`, `p95`, `handoffs`}: percentiles (nearest rank) of the time from
+//!   `waiting` to `human` (the first join after the first wait) of the conversations created in
+//!   the window.
+//! - `csat` {`ai`, `human`, `ai_responses`, `human_responses`}: the average CSAT score (1–5) given
+//!   in the window to conversations no operator joined / one did.
+//! - `thumbs_up_rate`: thumbs up over all thumbs given in the window on replies;
+//!   `thumbs_up_rate_by_agent`: the same per agent of the rated replies.
 
 use std::time::Duration;
 
@@ -113,6 +125,124 @@ pub(super) struct Analytics {
     latency_ms: Latency,
     agents: Vec<AgentFigures>,
     series: Vec<Bucket>,
+    ai_resolution_rate: f64,
+    handoff_rate: f64,
+    time_to_human_ms: TimeToHuman,
+    csat: Csat,
+    thumbs_up_rate: f64,
+    thumbs_up_rate_by_agent: Vec<AgentThumbs>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct TimeToHuman {
+    handoffs: i64,
+    p50: f64,
+    p95: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Csat {
+    ai: f64,
+    human: f64,
+    ai_responses: i64,
+    human_responses: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct AgentThumbs {
+    agent: String,
+    thumbs_up_rate: f64,
+    ratings: i64,
+}
+
+/// The figures of SPEC §7 (see the module's doc).
+#[derive(Debug, Default)]
+struct HumanFigures {
+    ai_resolution_rate: f64,
+    handoff_rate: f64,
+    time_to_human_ms: TimeToHuman,
+    csat: Csat,
+    thumbs_up_rate: f64,
+    by_agent: Vec<AgentThumbs>,
+}
+
+fn ratio(part: i64, whole: i64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+async fn human_figures(db: &PgPool, from: DateTime<Utc>) -> Result<HumanFigures, sqlx::Error> {
+    let mut tx = analytics_transaction(db).await?;
+    let (engaged, ai_resolved, handed, handoffs, p50, p95): (i64, i64, i64, i64, Option<i64>, Option<i64>) =
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE messages > 0 OR first_waiting_at IS NOT NULL
+                                      OR first_human_at IS NOT NULL),
+                    count(*) FILTER (WHERE status = 'resolved' AND first_human_at IS NULL
+                                       AND (messages > 0 OR first_waiting_at IS NOT NULL)),
+                    count(*) FILTER (WHERE first_waiting_at IS NOT NULL OR first_human_at IS NOT NULL),
+                    count(time_to_human_ms),
+                    percentile_disc(0.5) WITHIN GROUP (ORDER BY time_to_human_ms),
+                    percentile_disc(0.95) WITHIN GROUP (ORDER BY time_to_human_ms)
+               FROM threads WHERE created_at >= $1",
+        )
+        .bind(from)
+        .fetch_one(&mut *tx)
+        .await?;
+    let (ai_sum, ai_count, human_sum, human_count): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(f.score) FILTER (WHERE t.first_human_at IS NULL), 0)::bigint,
+                count(*) FILTER (WHERE t.first_human_at IS NULL),
+                coalesce(sum(f.score) FILTER (WHERE t.first_human_at IS NOT NULL), 0)::bigint,
+                count(*) FILTER (WHERE t.first_human_at IS NOT NULL)
+           FROM feedback f JOIN threads t ON t.id = f.thread_id
+          WHERE f.kind = 'csat' AND f.created_at >= $1",
+    )
+    .bind(from)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (up, rated): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE rating = 'up'), count(*)
+           FROM feedback WHERE kind = 'turn' AND created_at >= $1",
+    )
+    .bind(from)
+    .fetch_one(&mut *tx)
+    .await?;
+    let agents: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT a, count(*) FILTER (WHERE rating = 'up'), count(*)
+           FROM feedback, unnest(agents) AS a
+          WHERE kind = 'turn' AND created_at >= $1
+          GROUP BY a ORDER BY a",
+    )
+    .bind(from)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(HumanFigures {
+        ai_resolution_rate: ratio(ai_resolved, engaged),
+        handoff_rate: ratio(handed, engaged),
+        time_to_human_ms: TimeToHuman {
+            handoffs,
+            p50: p50.unwrap_or_default() as f64,
+            p95: p95.unwrap_or_default() as f64,
+        },
+        csat: Csat {
+            ai: ratio(ai_sum, ai_count),
+            human: ratio(human_sum, human_count),
+            ai_responses: ai_count,
+            human_responses: human_count,
+        },
+        thumbs_up_rate: ratio(up, rated),
+        by_agent: agents
+            .into_iter()
+            .map(|(agent, up, ratings)| AgentThumbs {
+                agent,
+                thumbs_up_rate: ratio(up, ratings),
+                ratings,
+            })
+            .collect(),
+    })
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -200,6 +330,7 @@ async fn compute(db: &PgPool, range: Range, to: DateTime<Utc>) -> Result<Analyti
         approvals(db, from, to),
         agents(db, from),
     )?;
+    let human = human_figures(db, from).await?;
     let series: Vec<Bucket> = starts
         .iter()
         .enumerate()
@@ -246,6 +377,12 @@ async fn compute(db: &PgPool, range: Range, to: DateTime<Utc>) -> Result<Analyti
         latency_ms,
         agents,
         series,
+        ai_resolution_rate: human.ai_resolution_rate,
+        handoff_rate: human.handoff_rate,
+        time_to_human_ms: human.time_to_human_ms,
+        csat: human.csat,
+        thumbs_up_rate: human.thumbs_up_rate,
+        thumbs_up_rate_by_agent: human.by_agent,
     })
 }
 

@@ -466,6 +466,23 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
         _ => Vec::new(),
     };
     let mut events = Vec::with_capacity(recorded.len() + 2);
+    // Handoff messages (SPEC §7): their own events, each with the operator's id (if by one).
+    if matches!(
+        turn.kind.as_str(),
+        "request_human" | "operator_join" | "operator_leave" | "operator_resolve" | "human_message"
+    ) {
+        for event in recorded {
+            if let Value::Object(mut event) = event {
+                event.insert("turn_id".into(), json!(turn.turn_id));
+                event.insert("in_seq".into(), json!(turn.in_seq));
+                if turn.kind == "human_message" {
+                    event.insert("content".into(), json!(turn.content));
+                }
+                events.push(Value::Object(event));
+            }
+        }
+        return events;
+    }
     if turn.kind == "interrupt_response" {
         let decision = recorded
             .iter()

@@ -37,6 +37,14 @@ pub(super) enum Entry {
         usage: Usage,
         at: chrono::DateTime<chrono::Utc>,
     },
+    /// A human operator's message (SPEC §7).
+    Operator {
+        message_id: String,
+        turn_id: uuid::Uuid,
+        content: Option<String>,
+        last_seq: i64,
+        at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// The approval the thread waits for: what the chat page shows as an approval card.
@@ -213,6 +221,16 @@ pub(super) async fn messages(
             completion_tokens: u64::try_from(completion).unwrap_or_default(),
             cost_usd: cost,
         };
+        if kind == "human_message" {
+            messages.push(Entry::Operator {
+                message_id,
+                turn_id,
+                content,
+                last_seq: turn_last_seq,
+                at: received,
+            });
+            continue;
+        }
         if kind != "message" {
             // An answer to an approval continues its turn: its reply belongs to that turn's.
             continue_turn(
