@@ -13,9 +13,17 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
     assert!(accepted["message_id"].is_string());
     assert!(accepted.get("seq").is_none(), "accepted has no seq");
     let first = ws.frames_until_type("message_complete").await;
-    assert_eq!(first.len(), 6, "5 tokens then message_complete: {first:?}");
-    assert_eq!(seqs(&first), vec![1, 2, 3, 4, 5, 6]);
-    assert!(first[..5]
+    assert_eq!(
+        first.len(),
+        7,
+        "user_message, 5 tokens then message_complete: {first:?}"
+    );
+    assert_eq!(seqs(&first), vec![1, 2, 3, 4, 5, 6, 7]);
+    // The customer's message opens its turn (SPEC §7), so every socket of the thread sees it.
+    assert_eq!(first[0]["type"], "user_message");
+    assert_eq!(first[0]["content"], "Hi there, anybody home");
+    assert_eq!(first[0]["message_id"], accepted["message_id"]);
+    assert!(first[1..6]
         .iter()
         .all(|f| f["type"] == "token" && f["agent"] == "general"));
     let turn_id = first[0]["turn_id"].clone();
@@ -24,7 +32,7 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
         .all(|f| f["turn_id"] == turn_id && f["thread_id"] == thread.thread_id.as_str()));
     // Usage sums the classification and the agent's call; the scripted model is priced like
     // gpt-4o-mini in the demo config ($0.15 / $0.60 per million tokens).
-    let usage = &first[5]["usage"];
+    let usage = &first[6]["usage"];
     let prompt = usage["prompt_tokens"].as_f64().unwrap();
     let completion = usage["completion_tokens"].as_f64().unwrap();
     assert!(prompt > 4.0, "the classifier's prompt counts too: {usage}");
@@ -42,7 +50,7 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
     ws.send(&thread.message("Thanks a lot")).await;
     ws.expect_type("accepted").await;
     let second = ws.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&second), vec![7, 8, 9, 10, 11, 12]);
+    assert_eq!(seqs(&second), vec![8, 9, 10, 11, 12, 13, 14]);
     assert_ne!(
         second[0]["turn_id"], turn_id,
         "each message is its own turn"
@@ -57,7 +65,7 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
             .fetch_one(&db)
             .await
             .unwrap();
-    assert_eq!(last_seq, 12);
+    assert_eq!(last_seq, 14);
     assert_eq!(last_in_seq, 2);
     let turns: Vec<(String, String, i64, i64)> = sqlx::query_as(
         "SELECT content, reply, first_seq, last_seq FROM turns WHERE thread_id = $1 ORDER BY in_seq",
@@ -69,8 +77,8 @@ async fn a_message_streams_tokens_then_completes_and_seq_continues_across_turns(
     assert_eq!(turns.len(), 2);
     assert_eq!(turns[0].0, "Hi there, anybody home");
     assert_eq!(turns[0].1, tokens_text(&first));
-    assert_eq!((turns[0].2, turns[0].3), (1, 6));
-    assert_eq!((turns[1].2, turns[1].3), (7, 12));
+    assert_eq!((turns[0].2, turns[0].3), (1, 7));
+    assert_eq!((turns[1].2, turns[1].3), (8, 14));
 }
 
 #[tokio::test]
@@ -86,7 +94,7 @@ async fn threads_are_numbered_independently_and_run_concurrently() {
     }
     for ws in &mut sockets {
         let frames = ws.frames_until_type("message_complete").await;
-        assert_eq!(seqs(&frames), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(seqs(&frames), vec![1, 2, 3, 4, 5, 6, 7]);
     }
 }
 
@@ -101,7 +109,7 @@ async fn content_the_database_cannot_store_as_is_does_not_block_the_thread() {
     ws.send(&thread.message("next")).await;
     ws.expect_type("accepted").await;
     let next = ws.frames_until_type("message_complete").await;
-    assert_eq!(next[0]["seq"], 7);
+    assert_eq!(next[0]["seq"], 8);
     app.wait_for_turns(&thread.thread_id, 2).await;
     let stored: String = sqlx::query_scalar(
         "SELECT content FROM turns WHERE thread_id = $1 ORDER BY in_seq LIMIT 1",

@@ -174,7 +174,7 @@ async fn a_message_to_an_expired_session_gets_session_expired() {
     ws.send(&thread.message("are you there?")).await;
     ws.expect_type("accepted").await;
     let expired = ws.expect_error("session_expired").await;
-    assert_eq!(expired["seq"], 7);
+    assert_eq!(expired["seq"], 8);
     assert_eq!(expired["thread_id"], thread.thread_id.as_str());
     still_works(&app, &mut ws).await;
 }
@@ -214,6 +214,6 @@ async fn a_message_the_queue_cannot_store_gets_busy_and_nothing_is_stored() {
         .await;
     ws.expect_type("accepted").await;
     let frames = ws.frames_until_type("message_complete").await;
-    assert_eq!(frames.first().unwrap()["seq"], 7);
+    assert_eq!(frames.first().unwrap()["seq"], 8);
     assert_eq!(app.stored_inbound().await, 2);
 }

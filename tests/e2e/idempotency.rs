@@ -12,7 +12,7 @@ async fn a_message_id_sent_twice_is_accepted_twice_and_answered_once() {
     let accepted = ws.expect_type("accepted").await;
     assert_eq!(accepted["message_id"], "client-1");
     let first = ws.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&first), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(seqs(&first), vec![1, 2, 3, 4, 5, 6, 7]);
 
     ws.send(&thread.message_with_id("Hello again", "client-1"))
         .await;
@@ -23,7 +23,7 @@ async fn a_message_id_sent_twice_is_accepted_twice_and_answered_once() {
     ws.send(&thread.message_with_id("Thanks", "client-2")).await;
     ws.expect_type("accepted").await;
     let next = ws.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&next), vec![7, 8, 9, 10, 11, 12]);
+    assert_eq!(seqs(&next), vec![8, 9, 10, 11, 12, 13, 14]);
     assert_ne!(next[0]["turn_id"], first[0]["turn_id"]);
 
     app.wait_for_turns(&thread.thread_id, 2).await;

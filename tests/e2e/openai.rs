@@ -31,9 +31,13 @@ fn route(agents: &[&str]) -> Reply {
 }
 
 /// Sends a message; returns the frames of its turn, through `message_complete` or `interrupt`.
+/// Sends a message; returns its turn's frames after the opening `user_message` (SPEC §7),
+/// which is checked here.
 async fn ask(ws: &mut WsClient, thread: &Thread, content: &str) -> Vec<Value> {
     ws.send(&thread.message(content)).await;
     ws.expect_type("accepted").await;
+    let opening = ws.expect_type("user_message").await;
+    assert_eq!(opening["content"], content);
     ws.frames_until(|frame| {
         matches!(
             frame["type"].as_str(),

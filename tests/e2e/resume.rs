@@ -12,6 +12,7 @@ async fn resume_on_a_second_edge_mid_turn_continues_without_gap_or_duplicate() {
     let app = TestApp::spawn(options).await;
     let thread = app.create_thread().await;
 
+    // Each turn: the customer's `user_message`, 30 tokens, `message_complete`.
     let mut first = app.connect(0).await;
     first
         .send(&thread.message("Hello, a long reply please"))
@@ -26,7 +27,7 @@ async fn resume_on_a_second_edge_mid_turn_continues_without_gap_or_duplicate() {
     let mut second = app.connect(1).await;
     second.send(&thread.resume(5)).await;
     let after = second.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&after), (6..=31).collect::<Vec<_>>(), "{after:?}");
+    assert_eq!(seqs(&after), (6..=32).collect::<Vec<_>>(), "{after:?}");
     let turn_id = &before[0]["turn_id"];
     assert!(after.iter().all(|f| &f["turn_id"] == turn_id));
 
@@ -45,24 +46,24 @@ async fn resume_on_a_second_edge_mid_turn_continues_without_gap_or_duplicate() {
     let mut third = app.connect(0).await;
     third.send(&thread.resume(0)).await;
     let history = third.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&history), (1..=31).collect::<Vec<_>>());
+    assert_eq!(seqs(&history), (1..=32).collect::<Vec<_>>());
     third.send(&thread.message("And one more thing")).await;
     third.expect_type("accepted").await;
     let next = third.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&next), (32..=62).collect::<Vec<_>>());
+    assert_eq!(seqs(&next), (33..=64).collect::<Vec<_>>());
 
     // The second socket stayed attached and saw the new turn live, once.
     let live = second.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&live), (32..=62).collect::<Vec<_>>());
+    assert_eq!(seqs(&live), (33..=64).collect::<Vec<_>>());
 
     // Resuming from the middle of a long history starts exactly after the given seq.
     for after in [1, 30, 31, 40, 61] {
         let mut late = app.connect(1).await;
         late.send(&thread.resume(after)).await;
-        let rest = late.frames_until(|f| f["seq"] == 62).await;
+        let rest = late.frames_until(|f| f["seq"] == 64).await;
         assert_eq!(
             seqs(&rest),
-            (after + 1..=62).collect::<Vec<_>>(),
+            (after + 1..=64).collect::<Vec<_>>(),
             "after {after}"
         );
     }
@@ -78,10 +79,10 @@ async fn resume_after_the_last_frame_replays_nothing_and_relays_live_frames() {
     sender.frames_until_type("message_complete").await;
 
     let mut watcher = app.connect(0).await;
-    watcher.send(&thread.resume(6)).await;
+    watcher.send(&thread.resume(7)).await;
     sender.send(&thread.message("again")).await;
     sender.expect_type("accepted").await;
     sender.frames_until_type("message_complete").await;
     let live = watcher.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&live), (7..=12).collect::<Vec<_>>());
+    assert_eq!(seqs(&live), (8..=14).collect::<Vec<_>>());
 }

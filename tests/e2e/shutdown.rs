@@ -33,7 +33,7 @@ async fn clients_reconnect_after_an_edge_restart_and_resume_what_they_missed() {
     ws.send(&thread.message("hi")).await;
     ws.expect_type("accepted").await;
     let first = ws.frames_until_type("message_complete").await;
-    assert_eq!(e2e::ws::seqs(&first), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(e2e::ws::seqs(&first), vec![1, 2, 3, 4, 5, 6, 7]);
 
     let status = app.edges[0].terminate().await;
     assert!(status.success());
@@ -42,11 +42,11 @@ async fn clients_reconnect_after_an_edge_restart_and_resume_what_they_missed() {
     let mut again = app.connect(restarted).await;
     again.send(&thread.resume(3)).await;
     let missed = again.frames_until_type("message_complete").await;
-    assert_eq!(e2e::ws::seqs(&missed), vec![4, 5, 6]);
+    assert_eq!(e2e::ws::seqs(&missed), vec![4, 5, 6, 7]);
     again.send(&thread.message("still here?")).await;
     again.expect_type("accepted").await;
     let next = again.frames_until_type("message_complete").await;
-    assert_eq!(next[0]["seq"], 7);
+    assert_eq!(next[0]["seq"], 8);
 }
 
 /// SIGTERM mid-turn: the worker hands the turn back at the end of its grace period (lease
