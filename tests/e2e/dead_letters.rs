@@ -38,9 +38,11 @@ async fn a_failing_message_is_dead_lettered_and_replay_redrives_it_after_the_out
     assert_eq!(
         kinds,
         [
+            "user_message",
             "token",
             "token",
             "turn_reset",
+            "user_message",
             "token",
             "token",
             "turn_reset",
@@ -51,13 +53,13 @@ async fn a_failing_message_is_dead_lettered_and_replay_redrives_it_after_the_out
     let failed = frames.last().unwrap();
     assert_eq!(failed["code"], "processing_failed");
     assert_eq!(failed["retryable"], false);
-    assert_eq!(seqs(&frames), (1..=7).collect::<Vec<_>>());
+    assert_eq!(seqs(&frames), (1..=9).collect::<Vec<_>>());
 
     // The thread moves on.
     ws.send(&failing.message("and one more thing")).await;
     ws.expect_type("accepted").await;
     let next = ws.frames_until_type("message_complete").await;
-    assert_eq!(next[0]["seq"], 8);
+    assert_eq!(next[0]["seq"], 10);
 
     // The operator's view.
     let listed = stdout_json(
@@ -119,7 +121,7 @@ async fn a_failing_message_is_dead_lettered_and_replay_redrives_it_after_the_out
     assert_eq!(replayed["redriven"], 1, "{replayed}");
     assert_eq!(replayed["items"][0]["action"], "redriven");
     let answer = ws.frames_until_type("message_complete").await;
-    assert_eq!(seqs(&answer), (14..=19).collect::<Vec<_>>());
+    assert_eq!(seqs(&answer), (17..=23).collect::<Vec<_>>());
     assert_ne!(answer[0]["turn_id"], frames[0]["turn_id"]);
 
     // Nothing left to re-drive; replaying the thread touches nothing already processed.
@@ -164,6 +166,8 @@ async fn a_panic_in_a_turn_counts_as_an_attempt_and_ends_in_a_dead_letter() {
     let frames = ws.frames_until_type("error").await;
     let failed = frames.last().unwrap();
     assert_eq!(failed["code"], "processing_failed", "{frames:?}");
+    // The dead letter is filed just after its error frame is sent.
+    app.wait_for_turns(&thread.thread_id, 1).await;
 
     let listed = stdout_json(
         &app.run_command("worker", &["dead-letters", "list", "--json"], &[])

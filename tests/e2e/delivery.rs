@@ -187,7 +187,8 @@ async fn three_workers_keep_per_thread_order_for_messages_sent_back_to_back() {
         let thread_frames: Vec<Value> = frames.into_iter().filter(|f| f["seq"].is_u64()).collect();
         assert_eq!(
             seqs(&thread_frames),
-            (1..=(MESSAGES as u64 * 6)).collect::<Vec<_>>()
+            // user_message, 5 tokens, message_complete per message.
+            (1..=(MESSAGES as u64 * 7)).collect::<Vec<_>>()
         );
         app.wait_for_turns(&thread.thread_id, MESSAGES as i64).await;
         let rows: Vec<String> =
@@ -199,7 +200,7 @@ async fn three_workers_keep_per_thread_order_for_messages_sent_back_to_back() {
         assert_eq!(rows, ids, "committed once each, in the accepted order");
         // Frames of turn k all come before those of turn k + 1.
         let turn_order: Vec<String> = thread_frames
-            .chunks(6)
+            .chunks(7)
             .map(|turn| {
                 assert!(turn.iter().all(|f| f["turn_id"] == turn[0]["turn_id"]));
                 turn[0]["turn_id"].to_string()

@@ -26,7 +26,8 @@ async fn sockets_on_two_edges_attached_to_one_thread_both_receive_its_frames() {
         sender.expect_type("accepted").await;
         let sent = sender.frames_until_type("message_complete").await;
         let seen = watcher.frames_until_type("message_complete").await;
-        let expected: Vec<u64> = (turn * 6 + 1..=turn * 6 + 6).collect();
+        // user_message, 5 tokens, message_complete.
+        let expected: Vec<u64> = (turn * 7 + 1..=turn * 7 + 7).collect();
         assert_eq!(seqs(&sent), expected);
         assert_eq!(seqs(&seen), expected);
         assert_eq!(tokens_text(&sent), tokens_text(&seen));

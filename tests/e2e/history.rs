@@ -46,11 +46,11 @@ async fn a_thread_history_lists_each_message_and_its_reply() {
     assert_eq!(messages[0]["content"], "Hi, is anybody there");
     assert_eq!(messages[1]["role"], "assistant");
     assert_eq!(messages[1]["content"], replies[0].as_str());
-    assert_eq!(messages[1]["last_seq"], 6);
+    assert_eq!(messages[1]["last_seq"], 7);
     assert_eq!(messages[1]["usage"]["completion_tokens"], 15);
     assert_eq!(messages[2]["content"], "Thanks!");
     assert_eq!(messages[3]["content"], replies[1].as_str());
-    assert_eq!(history["last_seq"], 12);
+    assert_eq!(history["last_seq"], 14);
 
     for token in ["", "forged", other.token.as_str()] {
         let refused = app.http.get(&url).bearer_auth(token).send().await.unwrap();
@@ -121,7 +121,7 @@ async fn the_history_is_paginated_from_the_newest_turn_back() {
     assert_eq!(users(&newest), ["second", "third"]);
     assert_eq!(newest["messages"].as_array().unwrap().len(), 4);
     assert_eq!(
-        newest["last_seq"], 18,
+        newest["last_seq"], 21,
         "the thread's position, whatever the page"
     );
     let cursor = newest["next_cursor"].as_str().expect("older turns exist");

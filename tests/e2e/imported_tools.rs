@@ -172,9 +172,12 @@ async fn stack(
     (app, agents)
 }
 
+/// Sends a message; returns its turn's frames after the opening `user_message` (SPEC §7).
 async fn ask(ws: &mut WsClient, thread: &Thread, content: &str) -> Vec<Value> {
     ws.send(&thread.message(content)).await;
     ws.expect_type("accepted").await;
+    let opening = ws.expect_type("user_message").await;
+    assert_eq!(opening["content"], content);
     ws.frames_until(|f| matches!(f["type"].as_str(), Some("message_complete" | "interrupt")))
         .await
 }
