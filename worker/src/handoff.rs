@@ -236,7 +236,7 @@ impl TurnRunner {
                        last_seq = GREATEST(last_seq, $4),
                        lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
                        lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END,
-                       last_active_at = now(),
+                       last_active_at = CASE WHEN status = 'expired' THEN last_active_at ELSE now() END,
                        handoff_state = $6,
                        waiting_since = CASE WHEN $6 = 'ai' THEN NULL
                                             WHEN handoff_state = 'ai' THEN $8
@@ -252,7 +252,8 @@ impl TurnRunner {
                            ELSE time_to_human_ms END,
                        escalated_at = CASE WHEN $6 <> 'ai' THEN COALESCE(escalated_at, $8)
                                            ELSE escalated_at END,
-                       status = CASE WHEN $9 THEN 'resolved'
+                       status = CASE WHEN status = 'expired' THEN status
+                                     WHEN $9 THEN 'resolved'
                                      WHEN $6 <> 'ai' AND status NOT IN ('expired', 'awaiting_approval')
                                      THEN 'escalated'
                                      ELSE status END

@@ -99,11 +99,6 @@ pub fn parse_client_frame(
         "resume" if after_seq.is_none() => return Err(on_thread(missing_field("after_seq"))),
         _ => {}
     }
-    let feedback = if kind == "feedback" {
-        Some(feedback_target(&fields).map_err(on_thread)?)
-    } else {
-        None
-    };
 
     let thread_id = match (field(&fields, "thread_id"), &named_thread) {
         (None, _) => {
@@ -168,14 +163,16 @@ pub fn parse_client_frame(
                 .map(str::to_owned),
         },
         "request_human" => ClientFrame::RequestHuman { thread_id },
-        "feedback" => match feedback {
-            Some((target, comment)) => ClientFrame::Feedback {
+        // Its values are checked after the token, as a message's content is.
+        "feedback" => {
+            let (target, comment) =
+                feedback_target(&fields).map_err(|error| error.on_thread(&thread_id))?;
+            ClientFrame::Feedback {
                 thread_id,
                 target,
                 comment,
-            },
-            None => return Err(missing_field("rating").on_thread(&thread_id)),
-        },
+            }
+        }
         _ => ClientFrame::Resume {
             thread_id,
             after_seq: after_seq.unwrap_or_default(),
@@ -433,5 +430,57 @@ mod tests {
         assert_eq!(err.thread_id.unwrap().as_str(), "t9");
         let err = parse(json!({"type": "nope", "thread_id": "bad id"})).unwrap_err();
         assert!(err.thread_id.is_none());
+    }
+
+    #[test]
+    fn request_human_and_feedback_frames() {
+        assert!(matches!(
+            parse(json!({"type": "request_human", "thread_id": "t1", "token": "good"})),
+            Ok(ClientFrame::RequestHuman { .. })
+        ));
+        let turn = "01a22fb0-5c87-77e0-9a4a-9c941848dc83";
+        let thumbs = json!({"type": "feedback", "thread_id": "t1", "token": "good",
+                            "turn_id": turn, "rating": "down", "comment": "meh"});
+        match parse(thumbs) {
+            Ok(ClientFrame::Feedback {
+                target: FeedbackTarget::Turn { up: false, .. },
+                comment: Some(comment),
+                ..
+            }) => assert_eq!(comment, "meh"),
+            other => panic!("{other:?}"),
+        }
+        let csat = json!({"type": "feedback", "thread_id": "t1", "token": "good", "score": 5});
+        assert!(matches!(
+            parse(csat),
+            Ok(ClientFrame::Feedback {
+                target: FeedbackTarget::Csat { score: 5 },
+                ..
+            })
+        ));
+        for bad in [
+            json!({"score": 0}),
+            json!({"score": 6}),
+            json!({"score": -1}),
+            json!({"score": 2.5}),
+            json!({"score": "3"}),
+            json!({"turn_id": turn, "rating": "sideways"}),
+            json!({"turn_id": "x", "rating": "up"}),
+            json!({"turn_id": turn}),
+            json!({"rating": "up"}),
+            json!({"turn_id": turn, "rating": "up", "score": 3}),
+            json!({}),
+        ] {
+            let mut frame = json!({"type": "feedback", "thread_id": "t1", "token": "good"});
+            frame
+                .as_object_mut()
+                .unwrap()
+                .extend(bad.as_object().unwrap().clone());
+            let error = parse(frame).expect_err("refused");
+            assert_eq!(error.code, ErrorCode::InvalidFrame, "{bad}");
+            assert_eq!(error.thread_id.unwrap().as_str(), "t1");
+        }
+        // The token is checked first: a bad token is `unauthorized`, whatever the rating.
+        let bad_token = json!({"type": "feedback", "thread_id": "t1", "token": "bad", "score": 9});
+        assert_eq!(code(bad_token), ErrorCode::Unauthorized);
     }
 }
