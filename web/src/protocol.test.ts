@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { applyFrame, emptyChat, fromHistory, replyText, type ChatState, type Frame } from './protocol';
+import { addUserMessage, applyFrame, emptyChat, fromHistory, replyText, type ChatState, type Frame } from './protocol';
 
 const T = 'turn-1';
 const run = (frames: Frame[], state: ChatState = emptyChat) => frames.reduce(applyFrame, state);
@@ -77,5 +77,27 @@ describe('protocol state', () => {
     expect(state.items.map((i) => i.kind)).toEqual(['user', 'text', 'approval']);
     // Frames up to last_seq replayed by resume are ignored.
     expect(applyFrame(state, tok(9, 'dup'))).toBe(state);
+  });
+
+  it('shows customer messages from other devices once, operators and handoff changes', () => {
+    const mine = addUserMessage(emptyChat, 'Hello', 'm1');
+    const state = run(
+      [
+        { type: 'user_message', seq: 1, turn_id: T, message_id: 'm1', content: 'Hello' },
+        { type: 'user_message', seq: 2, turn_id: 'u2', message_id: 'm2', content: 'From my phone' },
+        { type: 'handoff', seq: 3, turn_id: 'u3', state: 'waiting', operator: null },
+        { type: 'handoff', seq: 4, turn_id: 'u4', state: 'human', operator: { name: 'Alice' } },
+        { type: 'human_message', seq: 5, turn_id: 'u5', message_id: 'op-1', operator: { name: 'Alice' }, content: 'Hi, Alice here.' },
+      ],
+      mine,
+    );
+    expect(state.items.map((i) => i.kind)).toEqual(['user', 'user', 'notice', 'notice', 'human']);
+    expect(state.items[1]).toMatchObject({ kind: 'user', content: 'From my phone' });
+    expect(state.items[3]).toMatchObject({ kind: 'notice', text: 'Alice has joined the conversation.' });
+    expect(state.items[4]).toMatchObject({ kind: 'human', operator: 'Alice', content: 'Hi, Alice here.' });
+    expect(state.handoff).toBe('human');
+    const resolved = applyFrame(state, { type: 'handoff', seq: 6, turn_id: 'u6', state: 'ai', operator: null, resolved: true });
+    expect(resolved.handoff).toBe('ai');
+    expect(resolved.resolved).toBe(true);
   });
 });

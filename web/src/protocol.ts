@@ -32,16 +32,38 @@ export type Item =
       seq: number;
     }
   | { kind: 'notice'; key: string; turnId?: string; level: 'info' | 'error'; text: string; seq?: number }
-  | { kind: 'usage'; key: string; turnId: string; usage: Usage; seq: number };
+  | { kind: 'usage'; key: string; turnId: string; usage: Usage; seq: number }
+  /** A human operator's message (SPEC §7). */
+  | { kind: 'human'; key: string; turnId: string; operator: string; content: string; seq?: number };
+
+/** Who answers the thread (SPEC §7): the AI, nobody yet (a person was asked for), or a person. */
+export type HandoffState = 'ai' | 'waiting' | 'human';
 
 export interface ChatState {
   lastSeq: number;
   items: Item[];
   /** Turns in progress (accepted, not yet complete or paused). */
   busy: boolean;
+  /** The handoff state, as the last `handoff` frame said (absent: `ai`). */
+  handoff?: HandoffState;
+  /** An operator resolved the conversation: the page may ask for a CSAT score. */
+  resolved?: boolean;
 }
 
 export const emptyChat: ChatState = { lastSeq: 0, items: [], busy: false };
+
+/** What the customer is told when the handoff state changes. */
+export function handoffText(state: HandoffState, operator: string | null, resolved: boolean): string {
+  if (resolved) return 'This conversation has been resolved. Thank you!';
+  switch (state) {
+    case 'waiting':
+      return 'We are finding a person to help you. You can keep writing in the meantime.';
+    case 'human':
+      return `${operator ?? 'A support agent'} has joined the conversation.`;
+    case 'ai':
+      return 'You are chatting with our assistant again.';
+  }
+}
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Frame = { type: string; [field: string]: any };
@@ -58,7 +80,31 @@ export function applyFrame(state: ChatState, frame: Frame): ChatState {
   const turnId: string = frame.turn_id ?? '';
   let items = state.items;
   let busy = state.busy;
+  let handoff = state.handoff;
+  let resolved = state.resolved;
   switch (frame.type) {
+    case 'user_message':
+      // This device shows its own messages at once; other devices learn them from this frame.
+      if (!items.some((item) => item.kind === 'user' && item.messageId === frame.message_id)) {
+        items = [...items, { kind: 'user', key: keyOf(frame), content: frame.content ?? '', messageId: frame.message_id }];
+      }
+      break;
+    case 'human_message':
+      items = [
+        ...items,
+        { kind: 'human', key: keyOf(frame), turnId, operator: frame.operator?.name ?? 'Support', content: frame.content ?? '', seq },
+      ];
+      break;
+    case 'handoff': {
+      const next: HandoffState = frame.state === 'waiting' || frame.state === 'human' ? frame.state : 'ai';
+      handoff = next;
+      resolved = !!frame.resolved;
+      items = [
+        ...items,
+        { kind: 'notice', key: keyOf(frame), turnId, level: 'info', text: handoffText(next, frame.operator?.name ?? null, resolved), seq },
+      ];
+      break;
+    }
     case 'accepted':
       busy = true;
       break;
@@ -146,7 +192,7 @@ export function applyFrame(state: ChatState, frame: Frame): ChatState {
     default:
       break;
   }
-  return { lastSeq, items, busy };
+  return { lastSeq, items, busy, handoff, resolved };
 }
 
 /** Drop the current segment of `turnId`: its items after the turn's last approval card. */
@@ -181,7 +227,7 @@ export function answerApproval(state: ChatState, interruptId: string, approved: 
 }
 
 export interface HistoryEntry {
-  role: 'user' | 'assistant';
+  role: 'user' | 'assistant' | 'operator';
   message_id?: string;
   turn_id: string;
   content: string | null;
@@ -211,6 +257,8 @@ export function fromHistory(history: History): ChatState {
   history.messages.forEach((entry, index) => {
     if (entry.role === 'user') {
       items.push({ kind: 'user', key: `h${index}`, content: entry.content ?? '', messageId: entry.message_id });
+    } else if (entry.role === 'operator') {
+      items.push({ kind: 'human', key: `h${index}`, turnId: entry.turn_id, operator: 'Support', content: entry.content ?? '' });
     } else {
       if (entry.content) {
         items.push({ kind: 'text', key: `h${index}`, turnId: entry.turn_id, agent: 'assistant', content: entry.content, seq: entry.last_seq ?? 0 });

@@ -130,6 +130,10 @@ export function Chat() {
     setDraft('');
   };
 
+  const askForPerson = () => {
+    clientRef.current?.send({ type: 'request_human' });
+  };
+
   const answer = (interruptId: string, approved: boolean) => {
     if (!clientRef.current?.send({ type: 'interrupt_response', interrupt_id: interruptId, approved })) return;
     const next = answerApproval(stateRef.current, interruptId, approved);
@@ -172,6 +176,14 @@ export function Chat() {
             />
             <button type="submit" className="primary" disabled={!connected || !draft.trim()}>
               Send
+            </button>
+            <button
+              type="button"
+              onClick={askForPerson}
+              disabled={!connected || (state.handoff ?? 'ai') !== 'ai'}
+              data-testid="talk-to-person"
+            >
+              Talk to a person
             </button>
           </form>
           <p className="muted small">Thread {thread.threadId}</p>

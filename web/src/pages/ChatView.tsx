@@ -77,6 +77,13 @@ function ItemView({
           {item.text}
         </div>
       );
+    case 'human':
+      return (
+        <div className="msg assistant human" data-testid="human-message">
+          <span className="who">{item.operator}</span>
+          <p>{item.content}</p>
+        </div>
+      );
     case 'usage':
       return (
         <div className="usage muted" data-testid="usage">
