@@ -19,7 +19,9 @@
 //!   window (classification included), as summed on the clients' `message_complete`.
 //! - `latency_ms`: percentiles (nearest rank: the time of an actual turn row, in milliseconds)
 //!   of `completed_at − received_at` over the turn rows completed in the window, dead-lettered
-//!   ones excepted; an answer to an approval is its own row, timed from the answer.
+//!   ones excepted; an answer to an approval is its own row, timed from the answer. Handoff
+//!   messages (a `request_human`, an operator's join, leave, resolve or message) are turn rows
+//!   too, and counted.
 //! - `agents`: per agent, from `turn_agents` rows completed in the window: `turns` (turns it took
 //!   part in: a turn paused for approval and continued by the answer counts once), the tokens,
 //!   cost and tool calls of its model calls, and the average and 95th percentile (nearest rank)

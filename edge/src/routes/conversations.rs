@@ -35,7 +35,8 @@ const STATUSES: [&str; 6] = [
 /// An approval counts as pending while it is undecided and has not expired.
 const CONVERSATION_COLUMNS: &str = "t.id, t.status, t.title, t.agents, t.messages, t.prompt_tokens,
        t.completion_tokens, t.cost_usd, t.created_at, t.last_active_at,
-       coalesce(i.status = 'pending' AND i.expires_at > now(), false) AS pending_approval";
+       coalesce(i.status = 'pending' AND i.expires_at > now(), false) AS pending_approval,
+       t.handoff_state";
 
 /// One conversation as the list and the timeline show it (its id is its thread id).
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -55,6 +56,8 @@ pub(super) struct Conversation {
     last_active_at: DateTime<Utc>,
     /// The conversation waits for an approval that has not expired.
     pending_approval: bool,
+    /// `ai`, `waiting` or `human` (docs/handoff.md).
+    handoff_state: String,
 }
 
 /// The query string of the list, all optional; each is checked in [`Filters::parse`].
