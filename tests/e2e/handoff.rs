@@ -488,6 +488,7 @@ async fn operators_watch_live_on_another_edge_read_only() {
     assert_eq!(live[0]["type"], "user_message");
     assert_eq!(live[0]["content"], "And order 1003?");
     assert_eq!(live[0]["seq"].as_u64().unwrap(), first.len() as u64 + 1);
+    customer.frames_until_type("message_complete").await;
 
     // Read only: the operator token does not send messages, answers, handoff requests or feedback.
     for frame in [
@@ -500,6 +501,51 @@ async fn operators_watch_live_on_another_edge_read_only() {
         let error = watcher.expect_error("unauthorized").await;
         assert_eq!(error["thread_id"], thread.thread_id.as_str());
     }
+    // Revoked: the watching socket on the other edge stops relaying the thread, with
+    // `unauthorized`, at the next frame of the thread.
+    let (id, _) = {
+        let url = format!("{}/api/admin/operators", app.http_url(0));
+        let (_, list) = call(&app, reqwest::Method::GET, &url, ADMIN, None).await;
+        (list["operators"][0]["id"].as_str().unwrap().to_owned(), ())
+    };
+    let revoke = format!("{}/api/admin/operators/{id}", app.http_url(0));
+    assert_eq!(
+        call(&app, reqwest::Method::DELETE, &revoke, ADMIN, None)
+            .await
+            .0,
+        204
+    );
+    // (The token is looked up again at most every half second: poll with new messages.)
+    let mut cut_off = false;
+    for _ in 0..50 {
+        customer.send(&thread.message("Anyone watching?")).await;
+        customer.expect_type("accepted").await;
+        customer.frames_until_type("message_complete").await;
+        let frame = watcher
+            .frames_until(|f| f["type"] == "error" || f["type"] == "message_complete")
+            .await
+            .pop()
+            .unwrap();
+        if frame["type"] == "error" {
+            assert_eq!(frame["code"], "unauthorized", "{frame}");
+            assert_eq!(frame["thread_id"], thread.thread_id.as_str());
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(cut_off, "the revoked operator's socket was not cut off");
+    customer.send(&thread.message("Still there?")).await;
+    customer.expect_type("accepted").await;
+    customer.frames_until_type("message_complete").await;
+    assert!(
+        watcher
+            .next_frame_within(std::time::Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "nothing more is relayed to a revoked operator"
+    );
+
     // A thread token of another thread, or a made-up operator token, watches nothing.
     watcher
         .send(&json!({"type": "resume", "thread_id": thread.thread_id, "token": "op_0000", "after_seq": 0}))

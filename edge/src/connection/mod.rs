@@ -78,6 +78,7 @@ pub async fn run(mut socket: WebSocket, state: AppState, slot: SocketSlot) {
         attached: HashMap::new(),
         uses: 0,
         relays: SelectAll::new(),
+        watching: HashMap::new(),
     };
     if let Err(error) = connection.drive(&mut socket).await {
         tracing::debug!(%error, "Socket ended with an error.");
@@ -98,7 +99,19 @@ struct Connection {
     uses: u64,
     /// One live subscription per attached thread's reply subject.
     relays: SelectAll<Relay>,
+    /// Threads this socket watches with an operator token (SPEC §7), not the thread's own: the
+    /// token is checked again before relaying, so a revoked one stops the relay.
+    watching: HashMap<ThreadId, Watch>,
 }
+
+/// An operator token a thread is watched with, and when it was last found valid.
+struct Watch {
+    token: String,
+    checked: Instant,
+}
+
+/// How long an operator token that watches a thread is trusted before it is looked up again.
+const WATCH_RECHECK: Duration = Duration::from_millis(500);
 
 /// One thread this socket relays.
 struct Attachment {
@@ -295,6 +308,16 @@ impl Connection {
             {
                 return Ok(Some(self.refuse(error)));
             }
+            self.watching.insert(
+                frame.thread_id().clone(),
+                Watch {
+                    token,
+                    checked: Instant::now(),
+                },
+            );
+        } else {
+            // The thread's own token: this socket no longer watches it as an operator.
+            self.watching.remove(frame.thread_id());
         }
         self.state
             .metrics
@@ -500,6 +523,7 @@ impl Connection {
                 Some(oldest) => {
                     tracing::debug!(thread_id = %oldest, "Detached the least recently used thread.");
                     self.attached.remove(&oldest);
+                    self.watching.remove(&oldest);
                 }
                 None => break,
             }
@@ -636,6 +660,9 @@ impl Connection {
         let Some(thread) = self.state.subjects.thread_of_live(&message.subject) else {
             return Ok(());
         };
+        if !self.still_watching(socket, &thread).await? {
+            return Ok(());
+        }
         let Some(attachment) = self.attached.get(&thread) else {
             return Ok(());
         };
@@ -729,6 +756,42 @@ impl Connection {
             last,
             cut_short: false,
         })
+    }
+
+    /// For a thread watched with an operator token: whether the token is still valid (looked up
+    /// at most every [`WATCH_RECHECK`]). A revoked one detaches the thread, with `unauthorized`.
+    /// A lookup that fails keeps the relay going.
+    async fn still_watching(
+        &mut self,
+        socket: &mut WebSocket,
+        thread: &ThreadId,
+    ) -> Result<bool, axum::Error> {
+        let Some(watch) = self.watching.get(thread) else {
+            return Ok(true);
+        };
+        if watch.checked.elapsed() < WATCH_RECHECK {
+            return Ok(true);
+        }
+        match crate::routes::operator::authenticate(&self.state, &watch.token).await {
+            Ok(Some(_)) | Err(_) => {
+                if let Some(watch) = self.watching.get_mut(thread) {
+                    watch.checked = Instant::now();
+                }
+                Ok(true)
+            }
+            Ok(None) => {
+                self.watching.remove(thread);
+                self.attached.remove(thread);
+                let error = FrameError::new(
+                    ErrorCode::Unauthorized,
+                    "the operator token was revoked; this thread is no longer relayed",
+                )
+                .on_thread(thread);
+                let frame = self.refuse(error);
+                self.send_own(socket, &frame).await?;
+                Ok(false)
+            }
+        }
     }
 
     fn refuse(&self, error: FrameError) -> ServerFrame {
