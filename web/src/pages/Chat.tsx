@@ -46,6 +46,7 @@ export function Chat() {
   const [everConnected, setEverConnected] = useState(false);
   const [problem, setProblem] = useState('');
   const [draft, setDraft] = useState('');
+  const [rated, setRated] = useState<number | null>(null);
   const stateRef = useRef(state);
   stateRef.current = state;
   const clientRef = useRef<ChatClient | null>(null);
@@ -111,6 +112,7 @@ export function Chat() {
       const next = { threadId: created.thread_id, token: created.token };
       localStorage.setItem(THREAD_KEY, JSON.stringify(next));
       setState(emptyChat);
+      setRated(null);
       setEverConnected(false);
       setThread(next);
     } catch (error) {
@@ -128,6 +130,14 @@ export function Chat() {
     stateRef.current = next;
     setState(next);
     setDraft('');
+  };
+
+  const rate = (turnId: string, up: boolean) => {
+    clientRef.current?.send({ type: 'feedback', turn_id: turnId, rating: up ? 'up' : 'down' });
+  };
+
+  const rateConversation = (score: number) => {
+    if (clientRef.current?.send({ type: 'feedback', score })) setRated(score);
   };
 
   const askForPerson = () => {
@@ -161,7 +171,23 @@ export function Chat() {
       )}
       {thread ? (
         <>
-          <ChatView state={state} onAnswer={answer} />
+          <ChatView state={state} onAnswer={answer} onRate={rate} />
+          {state.resolved && (
+            <div className="card csat" data-testid="csat" role="group" aria-label="Rate this conversation">
+              {rated === null ? (
+                <>
+                  <span>How did we do? </span>
+                  {[1, 2, 3, 4, 5].map((score) => (
+                    <button key={score} type="button" onClick={() => rateConversation(score)}>
+                      {score}
+                    </button>
+                  ))}
+                </>
+              ) : (
+                <span>Thank you for your feedback ({rated}/5).</span>
+              )}
+            </div>
+          )}
           <form onSubmit={send} className="composer">
             <label htmlFor="chat-input" className="sr-only">
               Message

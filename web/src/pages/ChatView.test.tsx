@@ -7,6 +7,24 @@ import { DashboardView, type Analytics } from './Dashboard';
 afterEach(cleanup);
 
 describe('ChatView', () => {
+  it('shows operator messages and rates a reply with thumbs', () => {
+    const frames: Frame[] = [
+      { type: 'user_message', seq: 1, turn_id: 'a', message_id: 'm1', content: 'Where is 1002?' },
+      { type: 'token', seq: 2, turn_id: 'a', agent: 'orders', content: 'Shipped.' },
+      { type: 'message_complete', seq: 3, turn_id: 'a', usage: { prompt_tokens: 1, completion_tokens: 1, cost_usd: 0 } },
+      { type: 'human_message', seq: 4, turn_id: 'b', message_id: 'op-1', operator: { name: 'Alice' }, content: 'Hello from Alice' },
+    ];
+    const state = frames.reduce(applyFrame, emptyChat);
+    const onRate = vi.fn();
+    render(<ChatView state={state} onAnswer={vi.fn()} onRate={onRate} />);
+    expect(screen.getByTestId('human-message').textContent).toContain('Alice');
+    expect(screen.getByTestId('human-message').textContent).toContain('Hello from Alice');
+    fireEvent.click(screen.getByRole('button', { name: 'Good reply' }));
+    expect(onRate).toHaveBeenCalledWith('a', true);
+    fireEvent.click(screen.getByRole('button', { name: 'Bad reply' }));
+    expect(onRate).toHaveBeenLastCalledWith('a', false);
+  });
+
   it('renders an approval card whose buttons answer it', () => {
     const frames: Frame[] = [
       { type: 'tool_call', seq: 1, turn_id: 'a', agent: 'orders', tool: 'get_order_status', args: { order_id: '1003' } },

@@ -20,9 +20,11 @@ function Countdown({ expiresAt }: { expiresAt: string }) {
 function ItemView({
   item,
   onAnswer,
+  onRate,
 }: {
   item: Item;
   onAnswer: (interruptId: string, approved: boolean) => void;
+  onRate?: (turnId: string, up: boolean) => void;
 }) {
   switch (item.kind) {
     case 'user':
@@ -88,6 +90,17 @@ function ItemView({
       return (
         <div className="usage muted" data-testid="usage">
           {item.usage.prompt_tokens} + {item.usage.completion_tokens} tokens · {formatCost(item.usage.cost_usd)}
+          {onRate && (
+            <span className="rate">
+              {' '}
+              <button type="button" aria-label="Good reply" onClick={() => onRate(item.turnId, true)}>
+                👍
+              </button>
+              <button type="button" aria-label="Bad reply" onClick={() => onRate(item.turnId, false)}>
+                👎
+              </button>
+            </span>
+          )}
         </div>
       );
   }
@@ -96,15 +109,18 @@ function ItemView({
 export function ChatView({
   state,
   onAnswer,
+  onRate,
 }: {
   state: ChatState;
   onAnswer: (interruptId: string, approved: boolean) => void;
+  /** Thumbs on a reply (SPEC §7): shown only when given. */
+  onRate?: (turnId: string, up: boolean) => void;
 }) {
   return (
     <div className="transcript" aria-live="polite" data-testid="transcript">
       {state.items.length === 0 && <p className="muted">Ask about an order, an invoice or our policies.</p>}
       {state.items.map((item) => (
-        <ItemView key={item.key} item={item} onAnswer={onAnswer} />
+        <ItemView key={item.key} item={item} onAnswer={onAnswer} onRate={onRate} />
       ))}
       {state.busy && <p className="muted typing">…</p>}
     </div>
