@@ -215,7 +215,8 @@ impl Store {
         );
         let row: Option<Row> = sqlx::query_as(
             "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
-             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+             SELECT $1, $2, 1, now() + make_interval(secs => $3)
+              WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1)
              ON CONFLICT (id) DO UPDATE
                 SET lease_owner = EXCLUDED.lease_owner,
                     lease_epoch = threads.lease_epoch + 1,
@@ -330,6 +331,14 @@ impl Store {
         } else {
             Committed::Fenced
         })
+    }
+
+    /// Whether the thread was erased (SPEC §8): it is never re-created.
+    pub async fn is_erased(&self, thread_id: &ThreadId) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1)")
+            .bind(thread_id.as_str())
+            .fetch_one(&self.db)
+            .await
     }
 
     /// Whether a message received at `received_at` finds the session expired: the thread is

@@ -45,6 +45,11 @@ pub enum ClientFrame {
         thread_id: ThreadId,
         after_seq: u64,
     },
+    /// Stops the thread's turn in progress, or the one named (SPEC §8).
+    Cancel {
+        thread_id: ThreadId,
+        turn_id: Option<crate::ids::TurnId>,
+    },
 }
 
 impl ClientFrame {
@@ -52,7 +57,8 @@ impl ClientFrame {
         match self {
             Self::Message { thread_id, .. }
             | Self::InterruptResponse { thread_id, .. }
-            | Self::Resume { thread_id, .. } => thread_id,
+            | Self::Resume { thread_id, .. }
+            | Self::Cancel { thread_id, .. } => thread_id,
         }
     }
 
@@ -62,6 +68,7 @@ impl ClientFrame {
             Self::Message { .. } => "message",
             Self::InterruptResponse { .. } => "interrupt_response",
             Self::Resume { .. } => "resume",
+            Self::Cancel { .. } => "cancel",
         }
     }
 }
@@ -142,6 +149,10 @@ pub enum FrameBody {
     TurnReset,
     MessageComplete {
         usage: Usage,
+        /// The turn was stopped by a `cancel` (or a newer message, with `DOUBLE_TEXT=interrupt`)
+        /// before it finished: `usage` is what it spent so far (SPEC §8). Absent otherwise.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cancelled: bool,
     },
     Error {
         code: ErrorCode,

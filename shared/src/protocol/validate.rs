@@ -17,9 +17,10 @@ enum FieldType {
     Boolean,
     NonNegativeInteger,
     MessageId,
+    TurnId,
 }
 
-const FIELD_TYPES: [(&str, FieldType); 8] = [
+const FIELD_TYPES: [(&str, FieldType); 9] = [
     ("type", FieldType::String),
     ("thread_id", FieldType::String),
     ("token", FieldType::String),
@@ -28,6 +29,7 @@ const FIELD_TYPES: [(&str, FieldType); 8] = [
     ("interrupt_id", FieldType::String),
     ("approved", FieldType::Boolean),
     ("after_seq", FieldType::NonNegativeInteger),
+    ("turn_id", FieldType::TurnId),
 ];
 
 /// Validates one client frame. `authorize(thread, token)` checks the thread token; it runs only
@@ -73,7 +75,7 @@ pub fn parse_client_frame(
 
     let kind = match field(&fields, "type").and_then(Value::as_str) {
         None => return Err(on_thread(missing_field("type"))),
-        Some(kind @ ("message" | "interrupt_response" | "resume")) => kind,
+        Some(kind @ ("message" | "interrupt_response" | "resume" | "cancel")) => kind,
         Some(other) => {
             return Err(on_thread(FrameError::new(
                 ErrorCode::UnknownType,
@@ -153,6 +155,13 @@ pub fn parse_client_frame(
                 .and_then(Value::as_str)
                 .map(str::to_owned),
         },
+        "cancel" => ClientFrame::Cancel {
+            thread_id,
+            turn_id: field(&fields, "turn_id")
+                .and_then(Value::as_str)
+                .and_then(|raw| uuid::Uuid::parse_str(raw).ok())
+                .map(crate::ids::TurnId::from),
+        },
         _ => ClientFrame::Resume {
             thread_id,
             after_seq: after_seq.unwrap_or_default(),
@@ -185,6 +194,12 @@ fn check_field_types(fields: &Map<String, Value>) -> Result<(), FrameError> {
                     .as_str()
                     .is_some_and(|raw| MessageId::parse(raw).is_ok()),
                 "1 to 64 characters of a-z, A-Z, 0-9, '_' or '-'",
+            ),
+            FieldType::TurnId => (
+                value
+                    .as_str()
+                    .is_some_and(|raw| uuid::Uuid::parse_str(raw).is_ok()),
+                "a turn id (a UUID)",
             ),
         };
         if !ok {
@@ -247,6 +262,28 @@ mod tests {
             parse(resume),
             Ok(ClientFrame::Resume { after_seq: 7, .. })
         ));
+    }
+
+    #[test]
+    fn cancel_takes_an_optional_turn_id() {
+        let cancel = json!({"type": "cancel", "thread_id": "t1", "token": "good"});
+        assert!(matches!(
+            parse(cancel),
+            Ok(ClientFrame::Cancel { turn_id: None, .. })
+        ));
+        let turn = uuid::Uuid::now_v7().to_string();
+        let named = json!({"type": "cancel", "thread_id": "t1", "token": "good", "turn_id": turn});
+        assert!(matches!(
+            parse(named),
+            Ok(ClientFrame::Cancel {
+                turn_id: Some(_),
+                ..
+            })
+        ));
+        let bad = json!({"type": "cancel", "thread_id": "t1", "token": "good", "turn_id": "x"});
+        assert_eq!(code(bad), ErrorCode::InvalidFrame);
+        let unauthorized = json!({"type": "cancel", "thread_id": "t1", "token": "bad"});
+        assert_eq!(code(unauthorized), ErrorCode::Unauthorized);
     }
 
     #[test]
