@@ -138,7 +138,9 @@ async fn handle(
                         .with_label_values(&[outcome.as_str()])
                         .inc();
                     match outcome {
-                        DeliveryOutcome::Processed | DeliveryOutcome::Duplicate => AckKind::Ack,
+                        DeliveryOutcome::Processed
+                        | DeliveryOutcome::Duplicate
+                        | DeliveryOutcome::Erased => AckKind::Ack,
                         DeliveryOutcome::Busy => AckKind::Nak(Some(BUSY_RETRY)),
                     }
                 }

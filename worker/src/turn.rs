@@ -29,6 +29,8 @@ pub enum DeliveryOutcome {
     Duplicate,
     /// Another worker holds the thread's lease; it will be offered again.
     Busy,
+    /// The conversation was erased: dropped, nothing re-created.
+    Erased,
 }
 
 impl DeliveryOutcome {
@@ -37,6 +39,7 @@ impl DeliveryOutcome {
             Self::Processed => "processed",
             Self::Duplicate => "duplicate",
             Self::Busy => "busy",
+            Self::Erased => "erased",
         }
     }
 }
@@ -69,8 +72,11 @@ impl TurnRunner {
         thread: &ThreadId,
         delivered_seq: u64,
     ) -> Result<DeliveryOutcome, TurnError> {
-        let Some(mut lease) = self.acquire_soon(thread).await? else {
-            return Ok(DeliveryOutcome::Busy);
+        let mut lease = match self.acquire_soon(thread).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Ok(DeliveryOutcome::Busy),
+            Err(TurnError::Erased) => return Ok(DeliveryOutcome::Erased),
+            Err(error) => return Err(error),
         };
         if lease.last_in_seq >= delivered_seq {
             self.store.release(&lease).await?;
@@ -89,7 +95,14 @@ impl TurnRunner {
                 tracing::warn!(%error, "Cannot release a lease after a failed turn; it will expire.");
             }
         }
-        drained
+        match drained {
+            Err(TurnError::Erased) => Ok(DeliveryOutcome::Erased),
+            // A turn whose thread was erased under it finds its lease gone.
+            Err(TurnError::LeaseLost) if self.store.is_erased(thread).await? => {
+                Ok(DeliveryOutcome::Erased)
+            }
+            drained => drained,
+        }
     }
 
     /// Takes the thread's lease, retrying briefly while another turn holds it: a client that got
