@@ -162,7 +162,7 @@ async fn a_cancel_sent_through_another_edge_stops_the_turn_on_whichever_worker_r
 
 #[tokio::test]
 async fn a_cancel_withdraws_a_pending_approval_and_the_tool_never_runs() {
-    let app = TestApp::spawn(StackOptions::default()).await;
+    let app = TestApp::spawn(StackOptions::default().with("ADMIN_TOKEN", ADMIN)).await;
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
     ws.send(&thread.message("Please refund order 1005")).await;
@@ -201,6 +201,39 @@ async fn a_cancel_withdraws_a_pending_approval_and_the_tool_never_runs() {
         .unwrap();
     assert_eq!(status, "cancelled");
     assert_eq!(turn_rows(&app, &thread).await[1].1, "cancelled");
+    let history = app
+        .get_json(
+            &format!(
+                "{}/api/threads/{}/messages",
+                app.http_url(0),
+                thread.thread_id
+            ),
+            &thread.token,
+        )
+        .await;
+    assert_eq!(history["messages"][1]["outcome"], "cancelled", "{history}");
+    assert!(history["pending_approval"].is_null(), "{history}");
+    let timeline = app
+        .get_json(
+            &format!(
+                "{}/api/admin/conversations/{}/timeline",
+                app.http_url(0),
+                thread.thread_id
+            ),
+            ADMIN,
+        )
+        .await;
+    let events = timeline["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|event| event["type"] == "cancel_request"),
+        "{timeline}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|event| event["type"] == "turn_completed" && event["outcome"] == "cancelled"),
+        "{timeline}"
+    );
 }
 
 #[tokio::test]

@@ -50,6 +50,10 @@ function describe(event: TimelineEvent): string {
       return `Dead-lettered after ${event.attempts} attempts: ${event.reason}`;
     case 'replayed':
       return `Replayed (seq ${event.replay_seq ?? '?'})`;
+    case 'cancel_request':
+      return 'The user stopped the turn';
+    case 'cancelled':
+      return event.interrupt_id ? 'Cancelled: the pending approval was withdrawn' : 'Cancelled: the turn stopped here';
     default: {
       const { type, turn_id: _t, in_seq: _s, ...rest } = event;
       return `${type} ${JSON.stringify(rest)}`;
