@@ -130,6 +130,13 @@ async fn a_cancel_stops_a_streaming_turn_at_once_and_the_next_message_runs() {
         metric(&metrics, "worker_turns_total{outcome=\"cancelled\"}"),
         Some(1.0)
     );
+    let analytics = app
+        .get_json(
+            &format!("{}/api/admin/analytics?range=24h", app.http_url(0)),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(analytics["cancelled_turns"], 1, "{analytics}");
 }
 
 #[tokio::test]
