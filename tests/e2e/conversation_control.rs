@@ -125,6 +125,22 @@ async fn a_cancel_stops_a_streaming_turn_at_once_and_the_next_message_runs() {
     let complete = next.last().unwrap();
     assert!(complete.get("cancelled").is_none(), "{complete}");
     assert!(tokens_text(&next).contains("Order 1002"), "{next:?}");
+
+    // With nothing in progress a cancel is accepted and changes nothing.
+    app.wait_for_turns(&thread.thread_id, 2).await;
+    ws.send(&cancel(&thread)).await;
+    ws.expect_type("accepted").await;
+    assert!(
+        ws.next_frame_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing follows a cancel with nothing to stop"
+    );
+    assert_eq!(
+        turn_rows(&app, &thread).await.len(),
+        2,
+        "no turn row for it"
+    );
     let metrics = app.worker_metrics(0).await;
     assert_eq!(
         metric(&metrics, "worker_turns_total{outcome=\"cancelled\"}"),
