@@ -136,6 +136,17 @@ async fn a_cancel_stops_a_streaming_turn_at_once_and_the_next_message_runs() {
             .is_none(),
         "nothing follows a cancel with nothing to stop"
     );
+    // The thread's only stream in this test: its sequences are 1…4; the cancel is the 4th.
+    let db = app.db().await;
+    eventually("the cancel to be taken", || async {
+        let last: i64 = sqlx::query_scalar("SELECT last_in_seq FROM threads WHERE id = $1")
+            .bind(&thread.thread_id)
+            .fetch_one(&db)
+            .await
+            .ok()?;
+        (last == 4).then_some(())
+    })
+    .await;
     assert_eq!(
         turn_rows(&app, &thread).await.len(),
         2,

@@ -101,10 +101,19 @@ pub async fn watch_erasures(state: &AppState) -> anyhow::Result<()> {
         .await
         .context("Failed to subscribe to erasure announcements")?;
     let erased = state.tokens.erased().clone();
-    let mut since = erased
-        .load(&state.db, None)
-        .await
-        .context("Failed to load the erased conversations")?;
+    // Without the schema yet (`MIGRATE=false` before `worker setup`), the tombstones are read at
+    // the next refresh; until then the announcements keep the set.
+    let mut loaded = false;
+    let mut since = match erased.load(&state.db, None).await {
+        Ok(latest) => {
+            loaded = true;
+            latest
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Cannot load the erased conversations yet; trying again.");
+            None
+        }
+    };
     let db = state.db.clone();
     tokio::spawn(async move {
         let mut refresh = tokio::time::interval(Duration::from_secs(10));
@@ -118,8 +127,12 @@ pub async fn watch_erasures(state: &AppState) -> anyhow::Result<()> {
                     }
                 }
                 _ = refresh.tick() => match erased.load(&db, since).await {
-                    Ok(latest) => since = latest,
-                    Err(error) => tracing::warn!(%error, "Cannot refresh the erased conversations."),
+                    Ok(latest) => {
+                        since = latest;
+                        loaded = true;
+                    }
+                    Err(error) if loaded => tracing::warn!(%error, "Cannot refresh the erased conversations."),
+                    Err(error) => tracing::debug!(%error, "The erased conversations cannot be read yet."),
                 },
             }
         }
