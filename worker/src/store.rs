@@ -436,6 +436,20 @@ impl Store {
         Ok(())
     }
 
+    /// Marks an approved approval `cancelled` if its tool never ran (its turn was cancelled
+    /// between the answer and the call).
+    pub async fn withdraw_unexecuted(&self, id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE interrupts SET status = 'cancelled'
+              WHERE id = $1 AND status = 'approved'
+                AND NOT EXISTS (SELECT 1 FROM tool_executions WHERE interrupt_id = $1)",
+        )
+        .bind(id)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
     /// The thread's last few exchanges, oldest first, as the agents see them.
     pub async fn history(
         &self,

@@ -570,6 +570,10 @@ impl TurnRunner {
         };
         let mut expired = false;
         let pending_after = plan.pending_after(lease);
+        let answered = match &plan {
+            Plan::Resume(pending, Decision::Approved) => Some(pending.id),
+            _ => None,
+        };
         let ended = match plan {
             Plan::SessionExpired => {
                 expired = true;
@@ -666,6 +670,10 @@ impl TurnRunner {
         if guard.erased() {
             // The conversation is being erased: nothing more of it is published or stored.
             return Err(TurnError::Erased);
+        }
+        if let Some(id) = answered.filter(|_| ended.outcome == Outcome::Cancelled) {
+            // Approved, then cancelled before its tool ran: the approval counts as withdrawn.
+            self.store.withdraw_unexecuted(id).await?;
         }
         out.flush().await?;
 
