@@ -101,18 +101,17 @@ impl<'a> BundleReader<'a> {
 /// The `seq` of a stored bundle's last frame: from its headers, or by reading that frame.
 pub fn last_frame_seq(message: &StreamMessage) -> Option<u64> {
     let header = |name: &str| message.headers.get(name).map(|value| value.as_str());
-    let first = header(bundle::FIRST_SEQ_HEADER).and_then(|raw| raw.parse::<u64>().ok());
-    let count = header(bundle::FRAME_TYPES_HEADER).map(|types| types.split(',').count() as u64);
-    match (first, count) {
-        (Some(first), Some(count)) if count > 0 => Some(first + count - 1),
-        _ => {
-            #[derive(serde::Deserialize)]
-            struct Seq {
-                seq: u64,
-            }
-            bundle::last_frame(&message.payload)
-                .and_then(|frame| serde_json::from_slice::<Seq>(frame).ok())
-                .map(|frame| frame.seq)
+    bundle::last_seq(
+        header(bundle::FIRST_SEQ_HEADER),
+        header(bundle::FRAME_TYPES_HEADER),
+    )
+    .or_else(|| {
+        #[derive(serde::Deserialize)]
+        struct Seq {
+            seq: u64,
         }
-    }
+        bundle::last_frame(&message.payload)
+            .and_then(|frame| serde_json::from_slice::<Seq>(frame).ok())
+            .map(|frame| frame.seq)
+    })
 }

@@ -193,9 +193,8 @@ impl FramePublisher {
             turn_id: self.turn_id,
             body,
         };
-        serde_json::to_writer(&mut self.bundle, &frame)
+        bundle::push(&mut self.bundle, &frame)
             .map_err(|error| TurnError::Turn(format!("a frame does not encode: {error}")))?;
-        self.bundle.push(b'\n');
         self.bundle_types.push(kind);
         self.next_seq += 1;
         if self.bundle_types.len() >= MAX_BUNDLE_FRAMES {

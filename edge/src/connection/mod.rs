@@ -656,7 +656,7 @@ impl Connection {
             .as_ref()
             .and_then(|headers| headers.get(bundle::FIRST_SEQ_HEADER))
             .and_then(|raw| raw.as_str().parse::<u64>().ok());
-        if last > 0 && first_seq.is_some_and(|first| first > last + 1) {
+        if last > 0 && first_seq.is_some_and(|first| first > last.saturating_add(1)) {
             self.state.metrics.relay_gaps.inc();
             tracing::debug!(thread_id = %thread, last, ?first_seq, "Live frames skipped a seq; catching up.");
             return match self.resume(socket, &thread, last, ReplayOrigin::Edge).await {
@@ -706,7 +706,10 @@ impl Connection {
         for (index, frame) in bundle::frames(payload).enumerate() {
             let kind = types.next().unwrap_or("unknown");
             if let Some(first) = first_seq {
-                let seq = first + index as u64;
+                // Past `u64::MAX` (a header no worker wrote): nothing further is numbered.
+                let Some(seq) = bundle::seq_at(first, index) else {
+                    break;
+                };
                 if seq <= last {
                     continue;
                 }

@@ -95,6 +95,30 @@ pub mod bundle {
     /// it to skip frames a socket already has (the seam of a `resume`) without parsing them.
     pub const FIRST_SEQ_HEADER: &str = "Frame-First-Seq";
 
+    /// Appends `frame` to a bundle's payload as one line of JSON (what workers publish).
+    pub fn push(
+        payload: &mut Vec<u8>,
+        frame: &crate::protocol::ThreadFrame,
+    ) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(&mut *payload, frame)?;
+        payload.push(b'\n');
+        Ok(())
+    }
+
+    /// The `seq` of the frame at `index` in a bundle whose first frame has `first`; `None` past
+    /// `u64::MAX` (headers no worker wrote).
+    pub fn seq_at(first: u64, index: usize) -> Option<u64> {
+        first.checked_add(u64::try_from(index).ok()?)
+    }
+
+    /// The `seq` of a bundle's last frame from its [`FIRST_SEQ_HEADER`] and
+    /// [`FRAME_TYPES_HEADER`] values; `None` when either is missing or malformed.
+    pub fn last_seq(first_seq: Option<&str>, frame_types: Option<&str>) -> Option<u64> {
+        let first = first_seq?.parse::<u64>().ok()?;
+        let count = frame_types?.split(',').count();
+        seq_at(first, count.checked_sub(1)?)
+    }
+
     /// The frames of a bundle, in order.
     pub fn frames(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
         payload

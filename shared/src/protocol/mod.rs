@@ -3,6 +3,8 @@
 
 pub mod bus;
 pub mod frames;
+#[cfg(test)]
+mod properties;
 pub mod validate;
 
 pub use frames::{ClientFrame, ErrorCode, FrameBody, FrameError, ServerFrame, ThreadFrame, Usage};

@@ -85,7 +85,15 @@ pub fn parse_client_frame(
     };
     let approved = field(&fields, "approved").and_then(Value::as_bool);
     let after_seq = field(&fields, "after_seq").and_then(Value::as_u64);
+    // The fields this type requires, as soon as it is known (a missing `content` is
+    // `missing_content`, a content check; a null one is a malformed frame, like a null `approved`).
     match kind {
+        "message" if fields.get("content").is_some_and(Value::is_null) => {
+            return Err(on_thread(FrameError::new(
+                ErrorCode::InvalidFrame,
+                "`content` must not be null",
+            )))
+        }
         "interrupt_response" if approved.is_none() => {
             return Err(on_thread(missing_field("approved")))
         }
@@ -121,12 +129,6 @@ pub fn parse_client_frame(
 
     let frame = match kind {
         "message" => {
-            if fields.get("content").is_some_and(Value::is_null) {
-                return Err(
-                    FrameError::new(ErrorCode::InvalidFrame, "`content` must not be null")
-                        .on_thread(&thread_id),
-                );
-            }
             let raw = field(&fields, "content")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
