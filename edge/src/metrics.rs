@@ -32,6 +32,8 @@ pub struct EdgeMetrics {
     pub sockets_closed: IntCounterVec,
     /// Live frames skipped a `seq` on a socket (a slow consumer dropped them): re-read from the stream.
     pub relay_gaps: IntCounter,
+    /// Conversations erased through this edge, by `actor` (`owner`, `admin`).
+    pub erasures: IntCounterVec,
 }
 
 impl EdgeMetrics {
@@ -42,6 +44,13 @@ impl EdgeMetrics {
             connections: register(
                 &registry,
                 IntGauge::new("ws_connections", "Open WebSocket connections.")?,
+            )?,
+            erasures: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("erasures_total", "Conversations erased, by who asked."),
+                    &["actor"],
+                )?,
             )?,
             frames_in: register(
                 &registry,

@@ -102,6 +102,7 @@ impl Edge {
             close_sockets: CancellationToken::new(),
             sockets: TaskTracker::new(),
         };
+        crate::routes::erasure::watch_erasures(&state).await?;
         let listener = TcpListener::bind(settings.edge.addr)
             .await
             .with_context(|| format!("Failed to listen on EDGE_ADDR {}", settings.edge.addr))?;

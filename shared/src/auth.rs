@@ -17,6 +17,8 @@ pub const OPERATOR_TOKEN_PREFIX: &str = "op_";
 #[derive(Clone)]
 pub struct ThreadTokens {
     mac: HmacSha256,
+    /// Threads erased (SPEC §8): their tokens no longer authorise anything.
+    erased: crate::erasure::ErasedSet,
 }
 
 impl std::fmt::Debug for ThreadTokens {
@@ -30,7 +32,13 @@ impl ThreadTokens {
     pub fn new(secret: &[u8]) -> Result<Self, hmac::digest::InvalidLength> {
         Ok(Self {
             mac: HmacSha256::new_from_slice(secret)?,
+            erased: crate::erasure::ErasedSet::default(),
         })
+    }
+
+    /// The erased threads whose tokens are refused.
+    pub fn erased(&self) -> &crate::erasure::ErasedSet {
+        &self.erased
     }
 
     pub fn sign(&self, thread: &ThreadId) -> String {
@@ -63,8 +71,14 @@ impl ThreadTokens {
         )
     }
 
-    /// Constant-time check of `token` against `thread`.
+    /// Constant-time check of `token` against `thread`; an erased thread's token is refused.
     pub fn verify(&self, thread: &ThreadId, token: &str) -> bool {
+        self.verify_signature(thread, token) && !self.erased.contains(thread)
+    }
+
+    /// Whether `token` was signed for `thread`, erased or not: for the routes that answer an
+    /// erased conversation's owner `404` (it is gone) rather than `401`.
+    pub fn verify_signature(&self, thread: &ThreadId, token: &str) -> bool {
         let Ok(tag) = URL_SAFE_NO_PAD.decode(token) else {
             return false;
         };
@@ -89,6 +103,8 @@ mod tests {
         assert!(!tokens.verify(&thread, ""));
         assert!(!tokens.verify(&thread, "not base64 !"));
         assert!(!tokens.verify(&thread, &token[..token.len() - 2]));
+        tokens.erased().insert("t1");
+        assert!(!tokens.verify(&thread, &token), "an erased thread's token");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod erasure;
 pub mod health;
 pub mod ids;
 pub mod jetstream;

@@ -61,6 +61,22 @@ impl Subjects {
         ThreadId::parse(rest).ok()
     }
 
+    /// Core NATS (not stored) subject of a thread's cancel notices (SPEC §8); every worker
+    /// listens to [`Subjects::cancels_wildcard`].
+    pub fn cancels(&self, thread: &ThreadId) -> String {
+        format!("{}.cancel.{thread}", self.prefix)
+    }
+
+    pub fn cancels_wildcard(&self) -> String {
+        format!("{}.cancel.*", self.prefix)
+    }
+
+    /// Core NATS subject on which an erasure is announced to every edge (payload: the thread id),
+    /// so that its token stops working everywhere at once.
+    pub fn erased(&self) -> String {
+        format!("{}.erased", self.prefix)
+    }
+
     pub fn inbound_wildcard(&self) -> String {
         format!("{}.in.*", self.prefix)
     }

@@ -97,7 +97,7 @@ async fn a_fresh_stack_has_zero_analytics_and_no_conversations() {
         }
         assert_eq!(
             figures["approvals"],
-            json!({"approved": 0, "rejected": 0, "expired": 0, "superseded": 0, "pending": 0})
+            json!({"approved": 0, "rejected": 0, "expired": 0, "superseded": 0, "cancelled": 0, "pending": 0})
         );
         assert_eq!(
             figures["tokens"],
@@ -235,7 +235,7 @@ async fn analytics_and_the_timeline_count_a_scripted_set_of_conversations_exactl
         assert!(close(figures["escalation_rate"].as_f64().unwrap(), 0.2));
         assert_eq!(
             figures["approvals"],
-            json!({"approved": 1, "rejected": 1, "expired": 0, "superseded": 0, "pending": 0}),
+            json!({"approved": 1, "rejected": 1, "expired": 0, "superseded": 0, "cancelled": 0, "pending": 0}),
             "{range}"
         );
         assert_eq!(figures["tokens"]["prompt"], spent.prompt, "{range}");

@@ -8,6 +8,7 @@ mod agents;
 mod analytics;
 mod chat_turn;
 mod client_addr;
+mod conversation_control;
 mod dead_letters;
 mod delivery;
 mod errors;

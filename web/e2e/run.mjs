@@ -223,6 +223,59 @@ await scenario('a tool reclassified in Review stays so', async () => {
   await page.screenshot({ path: join(SHOTS, 'review.png'), fullPage: true });
 });
 
+await scenario('stop a streaming reply, then delete the conversation', async () => {
+  page.once('dialog', (dialog) => dialog.accept());
+  await newConversation();
+  await say('Tell me about your shop and its history');
+  const stop = page.getByTestId('stop');
+  await stop.waitFor();
+  await page.waitForFunction(() => window.__chat.state().items.some((i) => i.kind === 'text'));
+  await stop.click();
+  await page.getByTestId('stopped').waitFor();
+  await page.waitForFunction(() => !window.__chat.state().busy);
+  assert(!(await stop.isVisible().catch(() => false)), 'Stop is gone once the turn ended');
+  const text = await pageText();
+  const replies = await settle(historyReply, (r) => r.length === 1 && r[0] === text);
+  assert(replies.length === 1 && replies[0] === text, `the stored partial reply is what the page shows: ${JSON.stringify({ text, replies })}`);
+  await page.screenshot({ path: join(SHOTS, 'chat-stopped.png'), fullPage: true });
+  const { threadId, token } = await page.evaluate(() => window.__chat.thread());
+  await page.getByTestId('delete-conversation').click();
+  await page.getByTestId('chat-notice').filter({ hasText: 'deleted' }).waitFor();
+  await page.getByRole('button', { name: 'Start a conversation' }).waitFor();
+  const status = await page.evaluate(
+    async ([id, bearer]) => (await fetch(`/api/threads/${id}/messages`, { headers: { Authorization: `Bearer ${bearer}` } })).status,
+    [threadId, token],
+  );
+  assert(status === 404, `the deleted conversation's history answers 404: ${status}`);
+});
+
+await scenario('an operator deletes a conversation from the Replay console', async () => {
+  await newConversation();
+  const before = await say('Where is my order 1007? erase-me');
+  await waitTurnDone(before);
+  const { threadId } = await page.evaluate(() => window.__chat.thread());
+  await adminLogin('/replay');
+  await page.getByLabel('Search').fill('erase-me');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  const row = page.locator('[data-testid="conversations"] tbody tr', { hasText: 'erase-me' });
+  await row.waitFor();
+  await row.getByRole('button').click();
+  await page.locator('[data-testid="timeline"] li').first().waitFor();
+  page.once('dialog', (dialog) => dialog.accept());
+  await page.getByTestId('delete-conversation').click();
+  await page.getByTestId('deleted-notice').waitFor();
+  const left = await settle(() => row.count(), (n) => n === 0);
+  assert(left === 0, 'the row is gone');
+  const status = await page.evaluate(
+    async ([id, bearer]) =>
+      (await fetch(`/api/admin/conversations/${id}/timeline`, { headers: { Authorization: `Bearer ${bearer}` } })).status,
+    [threadId, ADMIN],
+  );
+  assert(status === 404, `the timeline answers 404: ${status}`);
+  // The chat page forgets the erased thread; leave it with a conversation for what follows.
+  await newConversation();
+});
+
 await scenario('phone width', async () => {
   await page.setViewportSize({ width: 375, height: 800 });
   await page.goto(`${BASE}/`);

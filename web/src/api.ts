@@ -22,6 +22,7 @@ export class ApiError extends Error {
 }
 
 async function parse<T>(response: Response): Promise<T> {
+  if (response.status === 204) return null as T;
   const text = await response.text();
   let body: unknown = null;
   try {

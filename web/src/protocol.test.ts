@@ -14,6 +14,18 @@ describe('protocol state', () => {
     expect(state.busy).toBe(true);
   });
 
+  it('ends a cancelled turn as stopped and withdraws its pending approval', () => {
+    const state = run([
+      { type: 'interrupt', seq: 1, turn_id: T, interrupt_id: 'i1', action: 'request_refund', params: {}, expires_at: '2030-01-01T00:00:00Z' },
+      { type: 'message_complete', seq: 2, turn_id: T, usage: { prompt_tokens: 1, completion_tokens: 2, cost_usd: 0 }, cancelled: true },
+    ]);
+    expect(state.busy).toBe(false);
+    expect(state.items[0]).toMatchObject({ kind: 'approval', status: 'withdrawn' });
+    expect(state.items[1]).toMatchObject({ kind: 'usage', cancelled: true });
+    const normal = run([{ type: 'message_complete', seq: 1, turn_id: T, usage: { prompt_tokens: 1, completion_tokens: 2, cost_usd: 0 } }]);
+    expect(normal.items[0]).toMatchObject({ kind: 'usage', cancelled: undefined });
+  });
+
   it('drops frames already seen (replays after a resume)', () => {
     const once = run([tok(1, 'a '), tok(2, 'b ')]);
     const again = run([tok(1, 'a '), tok(2, 'b '), tok(3, 'c')], once);

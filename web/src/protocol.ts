@@ -28,11 +28,11 @@ export type Item =
       action: string;
       params: unknown;
       expiresAt: string;
-      status: 'pending' | 'approved' | 'rejected' | 'expired';
+      status: 'pending' | 'approved' | 'rejected' | 'expired' | 'withdrawn';
       seq: number;
     }
   | { kind: 'notice'; key: string; turnId?: string; level: 'info' | 'error'; text: string; seq?: number }
-  | { kind: 'usage'; key: string; turnId: string; usage: Usage; seq: number }
+  | { kind: 'usage'; key: string; turnId: string; usage: Usage; seq: number; cancelled?: boolean }
   /** A human operator's message (SPEC §7). */
   | { kind: 'human'; key: string; turnId: string; operator: string; content: string; seq?: number };
 
@@ -173,7 +173,16 @@ export function applyFrame(state: ChatState, frame: Frame): ChatState {
       break;
     case 'message_complete':
       busy = false;
-      items = [...items, { kind: 'usage', key: keyOf(frame), turnId, usage: frame.usage, seq: seq ?? 0 }];
+      if (frame.cancelled === true) {
+        // A cancelled turn's pending approval is withdrawn (SPEC §8).
+        items = items.map((item) =>
+          item.kind === 'approval' && item.turnId === turnId && item.status === 'pending' ? { ...item, status: 'withdrawn' as const } : item,
+        );
+      }
+      items = [
+        ...items,
+        { kind: 'usage', key: keyOf(frame), turnId, usage: frame.usage, seq: seq ?? 0, cancelled: frame.cancelled === true || undefined },
+      ];
       break;
     case 'error':
       busy = false;
@@ -211,6 +220,11 @@ export function resetTurn(items: Item[], turnId: string): Item[] {
 /** The user's own message, shown at once. */
 export function addUserMessage(state: ChatState, content: string, messageId: string): ChatState {
   return { ...state, busy: true, items: [...state.items, { kind: 'user', key: `u${messageId}`, content, messageId }] };
+}
+
+/** The user pressed Stop: the turn in progress ends with a cancelled `message_complete`. */
+export function cancelFrame(): Record<string, unknown> {
+  return { type: 'cancel' };
 }
 
 /** The user's answer to an approval card. */
@@ -267,7 +281,8 @@ export function fromHistory(history: History): ChatState {
         items.push({ kind: 'notice', key: `h${index}n`, turnId: entry.turn_id, level: 'error', text: 'This message could not be processed.' });
       }
       if (entry.usage && entry.outcome !== 'interrupted') {
-        items.push({ kind: 'usage', key: `h${index}u`, turnId: entry.turn_id, usage: entry.usage, seq: entry.last_seq ?? 0 });
+        const cancelled = entry.outcome === 'cancelled' || undefined;
+        items.push({ kind: 'usage', key: `h${index}u`, turnId: entry.turn_id, usage: entry.usage, seq: entry.last_seq ?? 0, cancelled });
       }
     }
   });

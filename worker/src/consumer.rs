@@ -109,6 +109,11 @@ async fn handle(
     ) {
         (Ok(info), Some(thread)) => {
             let delivered_seq = info.stream_sequence;
+            // A stored cancel (or, with DOUBLE_TEXT=interrupt, a newer customer message) is
+            // announced with each of its deliveries: the turn it stops may be running anywhere,
+            // and is stopped without waiting for this delivery's turn in the thread's queue.
+            crate::cancels::announce_delivery(&runner, &thread, delivered_seq, &message.payload)
+                .await;
             // A panic in the turn itself is counted as a failed attempt where it runs; one
             // anywhere else in the delivery is caught here and the delivery retried, so it never
             // takes the slot, the gauges or the message's answer with it.
@@ -133,7 +138,9 @@ async fn handle(
                         .with_label_values(&[outcome.as_str()])
                         .inc();
                     match outcome {
-                        DeliveryOutcome::Processed | DeliveryOutcome::Duplicate => AckKind::Ack,
+                        DeliveryOutcome::Processed
+                        | DeliveryOutcome::Duplicate
+                        | DeliveryOutcome::Erased => AckKind::Ack,
                         DeliveryOutcome::Busy => AckKind::Nak(Some(BUSY_RETRY)),
                     }
                 }

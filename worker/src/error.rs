@@ -28,6 +28,9 @@ pub enum TurnError {
     /// The worker is shutting down and handed the turn back.
     #[error("abandoned at shutdown")]
     Abandoned,
+    /// The conversation was erased (SPEC §8): its deliveries are dropped, nothing is re-created.
+    #[error("the conversation was erased")]
+    Erased,
     /// A counted failure; the message is offered again after a backoff.
     #[error("attempt {attempts} failed: {reason}")]
     AttemptFailed { attempts: u32, reason: String },
@@ -66,6 +69,8 @@ impl TurnError {
             | Self::Rejected(_) => AckKind::Nak(Some(RETRY_DELAY)),
             // Another worker can take it at once.
             Self::Abandoned => AckKind::Nak(None),
+            // Its messages are purged; a delivery still in flight has nothing left to do.
+            Self::Erased => AckKind::Ack,
             // Exponential backoff between counted attempts: 1 s, 2 s, 4 s … up to 30 s.
             Self::AttemptFailed { attempts, .. } => {
                 let exponent = attempts.saturating_sub(1).min(5);

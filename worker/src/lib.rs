@@ -3,6 +3,7 @@
 //! each turn to PostgreSQL before acknowledging it.
 
 pub mod agents;
+pub mod cancels;
 pub mod consumer;
 pub mod demo_seed;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod observe;
 pub mod operator;
 pub mod publish;
+pub mod retention;
 pub mod settings;
 pub mod startup;
 pub mod store;

@@ -47,6 +47,8 @@ pub struct WorkerMetrics {
     pub tokens: IntCounterVec,
     /// Cost in US dollars from the config's price table, by model and agent.
     pub cost_usd: CounterVec,
+    /// Conversations the retention sweep erased (`RETENTION_DAYS`).
+    pub retention_deleted: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -108,6 +110,13 @@ impl WorkerMetrics {
                 IntCounterVec::new(
                     Opts::new("interrupts_total", "Approvals raised and how they were decided."),
                     &["event"],
+                )?,
+            )?,
+            retention_deleted: register(
+                &registry,
+                IntCounter::new(
+                    "retention_deleted_conversations_total",
+                    "Conversations erased by the retention sweep (RETENTION_DAYS).",
                 )?,
             )?,
             provider_gate_openings: register(

@@ -32,6 +32,9 @@ pub struct LastFrame {
     pub code: Option<String>,
     #[serde(default)]
     pub interrupt_id: Option<String>,
+    /// A `message_complete` of a cancelled turn.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 impl LastFrame {

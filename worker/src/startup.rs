@@ -104,6 +104,8 @@ impl Worker {
             max_attempts: settings.worker.turn_max_attempts,
             abandon: CancellationToken::new(),
             metrics,
+            cancels: crate::cancels::Cancels::default(),
+            double_text: settings.conversations.double_text,
         };
         tracing::info!(%worker_id, "Worker built.");
         Ok(Self {
@@ -165,6 +167,14 @@ impl Worker {
         let stop = CancellationToken::new();
         let turns = TaskTracker::new();
         let queue_depth = tokio::spawn(watch_queue_depth(consumer.clone(), runner.metrics.clone()));
+        // Cancel notices are heard before the first turn runs (SPEC §8).
+        let stop_listening = CancellationToken::new();
+        let listening = runner
+            .cancels
+            .listen(&nats, &runner.subjects, stop_listening.clone())
+            .await
+            .context("Failed to subscribe to cancel notices")?;
+        let sweeping = crate::retention::spawn(&settings.conversations, &runner, stop.clone());
         let concurrency = settings.worker.concurrency as usize;
         tracing::info!(
             concurrency,
@@ -209,6 +219,11 @@ impl Worker {
             }
         }
         queue_depth.abort();
+        stop_listening.cancel();
+        listening.abort();
+        if let Some(sweeping) = sweeping {
+            sweeping.abort();
+        }
         if let Err(error) = nats.flush().await {
             tracing::warn!(%error, "Cannot flush NATS at shutdown.");
         }

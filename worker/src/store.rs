@@ -224,7 +224,8 @@ impl Store {
         );
         let row: Option<Row> = sqlx::query_as(
             "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
-             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+             SELECT $1, $2, 1, now() + make_interval(secs => $3)
+              WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1)
              ON CONFLICT (id) DO UPDATE
                 SET lease_owner = EXCLUDED.lease_owner,
                     lease_epoch = threads.lease_epoch + 1,
@@ -356,6 +357,14 @@ impl Store {
         })
     }
 
+    /// Whether the thread was erased (SPEC §8): it is never re-created.
+    pub async fn is_erased(&self, thread_id: &ThreadId) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1)")
+            .bind(thread_id.as_str())
+            .fetch_one(&self.db)
+            .await
+    }
+
     /// Whether a message received at `received_at` finds the session expired: the thread is
     /// marked expired, or it had been idle for longer than `SESSION_TTL_SECS` when the message
     /// arrived (not when a worker got to it: a queue backlog does not expire anyone). While an
@@ -446,6 +455,20 @@ impl Store {
         .bind(id)
         .bind(status)
         .bind(to_i64(in_seq))
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks an approved approval `cancelled` if its tool never ran (its turn was cancelled
+    /// between the answer and the call).
+    pub async fn withdraw_unexecuted(&self, id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE interrupts SET status = 'cancelled'
+              WHERE id = $1 AND status = 'approved'
+                AND NOT EXISTS (SELECT 1 FROM tool_executions WHERE interrupt_id = $1)",
+        )
+        .bind(id)
         .execute(&self.db)
         .await?;
         Ok(())

@@ -29,6 +29,8 @@ pub enum DeliveryOutcome {
     Duplicate,
     /// Another worker holds the thread's lease; it will be offered again.
     Busy,
+    /// The conversation was erased: dropped, nothing re-created.
+    Erased,
 }
 
 impl DeliveryOutcome {
@@ -37,6 +39,7 @@ impl DeliveryOutcome {
             Self::Processed => "processed",
             Self::Duplicate => "duplicate",
             Self::Busy => "busy",
+            Self::Erased => "erased",
         }
     }
 }
@@ -55,6 +58,10 @@ pub struct TurnRunner {
     /// Cancelled when the shutdown grace period is over: turns still running hand their thread back.
     pub abandon: tokio_util::sync::CancellationToken,
     pub metrics: WorkerMetrics,
+    /// Turns running here, stopped by cancel notices (SPEC §8).
+    pub cancels: crate::cancels::Cancels,
+    /// `DOUBLE_TEXT`: whether a newer customer message cancels the turn in progress.
+    pub double_text: crate::cancels::DoubleText,
 }
 
 impl TurnRunner {
@@ -65,8 +72,11 @@ impl TurnRunner {
         thread: &ThreadId,
         delivered_seq: u64,
     ) -> Result<DeliveryOutcome, TurnError> {
-        let Some(mut lease) = self.acquire_soon(thread).await? else {
-            return Ok(DeliveryOutcome::Busy);
+        let mut lease = match self.acquire_soon(thread).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Ok(DeliveryOutcome::Busy),
+            Err(TurnError::Erased) => return Ok(DeliveryOutcome::Erased),
+            Err(error) => return Err(error),
         };
         if lease.last_in_seq >= delivered_seq {
             self.store.release(&lease).await?;
@@ -85,7 +95,14 @@ impl TurnRunner {
                 tracing::warn!(%error, "Cannot release a lease after a failed turn; it will expire.");
             }
         }
-        drained
+        match drained {
+            Err(TurnError::Erased) => Ok(DeliveryOutcome::Erased),
+            // A turn whose thread was erased under it finds its lease gone.
+            Err(TurnError::LeaseLost) if self.store.is_erased(thread).await? => {
+                Ok(DeliveryOutcome::Erased)
+            }
+            drained => drained,
+        }
     }
 
     /// Takes the thread's lease, retrying briefly while another turn holds it: a client that got
@@ -98,9 +115,14 @@ impl TurnRunner {
             .with_max_times(7)
             .with_jitter()
             .build();
+        let mut first = true;
         loop {
             if let Some(lease) = self.store.acquire(thread).await? {
                 return Ok(Some(lease));
+            }
+            // An erased conversation is never re-created: its leftover deliveries are dropped.
+            if std::mem::take(&mut first) && self.store.is_erased(thread).await? {
+                return Err(TurnError::Erased);
             }
             match delays.next() {
                 Some(delay) => tokio::time::sleep(delay).await,
@@ -262,6 +284,8 @@ impl TurnRunner {
             };
             let outcome = if raised.is_some() {
                 "interrupted"
+            } else if end.cancelled {
+                "cancelled"
             } else if status == ThreadStatus::Expired {
                 "session_expired"
             } else if published.clarification {
@@ -493,6 +517,12 @@ impl TurnRunner {
                 };
             }
         };
+        if let InboundKind::Cancel { turn_id } = &message.kind {
+            let named = *turn_id;
+            return self
+                .run_cancel(lease, &message, in_seq, named, tail, after, started_at)
+                .await;
+        }
         if crate::handoff::is_control(&message.kind) {
             return self
                 .run_control(lease, message, in_seq, tail, after, started_at)
@@ -523,6 +553,16 @@ impl TurnRunner {
         }
         let plan = plan?;
         let turn_id = plan.turn_id(message.turn_id);
+        // Registered before anything of the turn runs: a cancel heard from now on stops it, and
+        // one heard before makes it start cancelled.
+        let guard = self.cancels.enter(&lease.thread_id, in_seq, turn_id);
+        if guard.is_cancelled() && plan.cancellable() {
+            return self
+                .end_cancelled_early(
+                    lease, message, in_seq, &plan, turn_id, tail, after, started_at, &guard,
+                )
+                .await;
+        }
         let mut out = self.publisher(lease, turn_id, tail);
         if earlier_attempt.is_some() {
             // An earlier attempt at this turn published part of it and did not commit.
@@ -532,9 +572,14 @@ impl TurnRunner {
             thread_id: lease.thread_id.as_str(),
             turn_id: turn_id.as_uuid(),
             in_seq,
+            cancel: guard.token(),
         };
         let mut expired = false;
         let pending_after = plan.pending_after(lease);
+        let answered = match &plan {
+            Plan::Resume(pending, Decision::Approved) => Some(pending.id),
+            _ => None,
+        };
         let ended = match plan {
             Plan::SessionExpired => {
                 expired = true;
@@ -556,6 +601,7 @@ impl TurnRunner {
                 .await?;
                 out.send(FrameBody::MessageComplete {
                     usage: Usage::default(),
+                    cancelled: false,
                 })
                 .await?;
                 simple_end(vec![
@@ -582,6 +628,7 @@ impl TurnRunner {
                 .await?;
                 out.send(FrameBody::MessageComplete {
                     usage: pending.checkpoint.usage,
+                    cancelled: false,
                 })
                 .await?;
                 simple_end(vec![
@@ -637,6 +684,14 @@ impl TurnRunner {
                 }
             }
         };
+        if guard.erased() {
+            // The conversation is being erased: nothing more of it is published or stored.
+            return Err(TurnError::Erased);
+        }
+        if let Some(id) = answered.filter(|_| ended.outcome == Outcome::Cancelled) {
+            // Approved, then cancelled before its tool ran: the approval counts as withdrawn.
+            self.store.withdraw_unexecuted(id).await?;
+        }
         out.flush().await?;
 
         let (kind, content) = (
@@ -651,6 +706,7 @@ impl TurnRunner {
             Outcome::Completed if expired => "session_expired",
             ref outcome => outcome.as_str(),
         };
+
         let status = if expired {
             ThreadStatus::Expired
         } else if pending_interrupt.is_some() {
@@ -703,6 +759,201 @@ impl TurnRunner {
         }
     }
 
+    /// The turn of a stored `cancel`, taken in order. A turn it stopped has ended already (its
+    /// notice reached it while it ran); what is left to do is a turn paused on an approval: the
+    /// approval is withdrawn and the turn ends `cancelled`. Otherwise the cancel changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_cancel(
+        &self,
+        lease: &Lease,
+        message: &InboundMessage,
+        in_seq: u64,
+        named: Option<TurnId>,
+        tail: &publish::Tail,
+        after: AfterCommit,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Advanced, TurnError> {
+        let paused = match lease.pending_interrupt {
+            Some(id) => self
+                .store
+                .load_interrupt(id)
+                .await?
+                .filter(|pending| named.is_none_or(|turn| turn.as_uuid() == pending.turn_id)),
+            None => None,
+        };
+        let Some(pending) = paused else {
+            return match self.store.skip(lease, in_seq, after).await? {
+                Committed::Yes => Ok(Advanced {
+                    last_seq: lease.last_seq,
+                    subject_seq: tail.stream_seq,
+                    pending_interrupt: lease.pending_interrupt,
+                    expired: lease.expired,
+                }),
+                Committed::Fenced => Err(TurnError::LeaseLost),
+            };
+        };
+        self.store
+            .decide_interrupt(pending.id, "cancelled", in_seq)
+            .await?;
+        self.metrics
+            .interrupts
+            .with_label_values(&["cancelled"])
+            .inc();
+        let turn_id = TurnId::from(pending.turn_id);
+        let earlier_end = tail
+            .frame
+            .as_ref()
+            .filter(|frame| frame.seq > lease.last_seq && frame.ends_turn());
+        let mut out = self.publisher(lease, turn_id, tail);
+        let (first_seq, last_seq, subject_seq) = match earlier_end {
+            // An earlier attempt at this cancel published its end and did not commit.
+            Some(end) => (end.seq, end.seq, tail.stream_seq),
+            None => {
+                out.send(FrameBody::MessageComplete {
+                    usage: pending.checkpoint.usage,
+                    cancelled: true,
+                })
+                .await?;
+                out.flush().await?;
+                (out.first_seq(), out.last_seq(), out.subject_seq())
+            }
+        };
+        let record = TurnRecord {
+            in_seq,
+            turn_id: turn_id.as_uuid(),
+            message_id: message.message_id.to_string(),
+            kind: "cancel",
+            content: None,
+            reply: String::new(),
+            first_seq,
+            last_seq,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+            received_at: message.received_at,
+            started_at,
+            status: ThreadStatus::Resolved,
+            outcome: "cancelled",
+            pending_interrupt: None,
+            agents: Vec::new(),
+            events: serde_json::json!([{"type": "cancelled", "interrupt_id": pending.id,
+                "decision": "withdrawn", "at": chrono::Utc::now()}]),
+            shares: Vec::new(),
+            escalated: false,
+        };
+        match self.store.commit(lease, &record, after).await? {
+            Committed::Yes => {
+                self.metrics.turns.with_label_values(&["cancelled"]).inc();
+                tracing::info!(thread_id = %lease.thread_id, turn_id = %turn_id, in_seq, "A paused turn was cancelled.");
+                Ok(Advanced {
+                    last_seq,
+                    subject_seq,
+                    pending_interrupt: None,
+                    expired: false,
+                })
+            }
+            Committed::Fenced => Err(TurnError::LeaseLost),
+        }
+    }
+
+    /// Ends a turn that was cancelled before it ran (the cancel was heard first, or it reached
+    /// a worker that then died and this one runs the turn again): whatever an earlier attempt
+    /// published stays, a `message_complete` with `cancelled: true` follows, and nothing runs.
+    #[allow(clippy::too_many_arguments)]
+    async fn end_cancelled_early(
+        &self,
+        lease: &Lease,
+        message: InboundMessage,
+        in_seq: u64,
+        plan: &Plan,
+        turn_id: TurnId,
+        tail: &publish::Tail,
+        after: AfterCommit,
+        started_at: chrono::DateTime<chrono::Utc>,
+        guard: &crate::cancels::TurnGuard,
+    ) -> Result<Advanced, TurnError> {
+        if guard.erased() {
+            return Err(TurnError::Erased);
+        }
+        match plan {
+            Plan::Message {
+                supersedes: Some(pending),
+                ..
+            } => {
+                self.store
+                    .decide_interrupt(*pending, "superseded", in_seq)
+                    .await?;
+            }
+            Plan::Resume(pending, _) => {
+                self.store
+                    .decide_interrupt(pending.id, "cancelled", in_seq)
+                    .await?;
+                self.metrics
+                    .interrupts
+                    .with_label_values(&["cancelled"])
+                    .inc();
+            }
+            _ => {}
+        }
+        let partial = tail
+            .frame
+            .as_ref()
+            .is_some_and(|frame| frame.seq > lease.last_seq);
+        let published = if partial {
+            let subject = self.subjects.replies(&lease.thread_id);
+            publish::published_turn(&self.replies, &subject, turn_id, lease.last_seq).await?
+        } else {
+            publish::PublishedTurn::default()
+        };
+        let mut out = self.publisher(lease, turn_id, tail);
+        out.send(FrameBody::MessageComplete {
+            usage: plan.usage_before(),
+            cancelled: true,
+        })
+        .await?;
+        out.flush().await?;
+        let (kind, content) = (
+            message.kind.as_str(),
+            message.kind.content().map(str::to_owned),
+        );
+        let record = TurnRecord {
+            in_seq,
+            turn_id: turn_id.as_uuid(),
+            message_id: message.message_id.to_string(),
+            kind,
+            content,
+            reply: published.reply,
+            first_seq: published.first_seq.unwrap_or(out.first_seq()),
+            last_seq: out.last_seq(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+            received_at: message.received_at,
+            started_at,
+            status: ThreadStatus::Resolved,
+            outcome: "cancelled",
+            pending_interrupt: None,
+            agents: published.agents,
+            events: serde_json::json!([{"type": "cancelled", "at": chrono::Utc::now(),
+                "note": "cancelled before this attempt ran"}]),
+            shares: Vec::new(),
+            escalated: false,
+        };
+        match self.store.commit(lease, &record, after).await? {
+            Committed::Yes => {
+                self.metrics.turns.with_label_values(&["cancelled"]).inc();
+                tracing::info!(thread_id = %lease.thread_id, turn_id = %turn_id, in_seq, "A turn was cancelled before it ran.");
+                Ok(Advanced {
+                    last_seq: out.last_seq(),
+                    subject_seq: out.subject_seq(),
+                    pending_interrupt: None,
+                    expired: false,
+                })
+            }
+            Committed::Fenced => Err(TurnError::LeaseLost),
+        }
+    }
+
     /// What a message asks of the thread, given the approval it may be waiting for.
     async fn plan(
         &self,
@@ -718,6 +969,9 @@ impl TurnRunner {
                 content: content.clone(),
                 supersedes: lease.pending_interrupt,
             }),
+            InboundKind::Cancel { .. } => {
+                Err(TurnError::Turn("a cancel is not planned as a turn".into()))
+            }
             // Handled by `run_control` before any plan is made.
             InboundKind::RequestHuman
             | InboundKind::OperatorJoin { .. }
@@ -793,6 +1047,11 @@ impl Plan {
             Self::LateAnswer(pending) | Self::Resume(pending, _) => TurnId::from(pending.turn_id),
             _ => own,
         }
+    }
+
+    /// The plan runs agents, which a cancel can stop.
+    fn cancellable(&self) -> bool {
+        matches!(self, Self::Message { .. } | Self::Resume(..))
     }
 
     /// Usage of the turn before this segment (an answer continues a paused turn).

@@ -364,6 +364,17 @@ impl Connection {
                 }
                 accepted
             }
+            // A cancel costs a worker little, but it is charged like an answer all the same.
+            ClientFrame::Cancel { thread_id, turn_id } => {
+                if let Some(error) = self.over_budget(&thread_id, Charged::Answer) {
+                    return Ok(Some(self.refuse(error)));
+                }
+                let accepted = self.cancel(thread_id.clone(), turn_id).await;
+                if accepted.is_ok() {
+                    self.charge(&thread_id, Charged::Answer);
+                }
+                accepted
+            }
             ClientFrame::RequestHuman { thread_id } => {
                 if let Some(error) = self.over_budget(&thread_id, Charged::Answer) {
                     return Ok(Some(self.refuse(error)));
@@ -431,7 +442,47 @@ impl Connection {
         }))
     }
 
-    async fn publish(&self, message: &InboundMessage) -> Result<(), FrameError> {
+    /// Stores the `cancel` in the thread's queue (its durable record: the lease holder takes it in
+    /// order and re-announces it while it waits), then announces it at once on the thread's cancel
+    /// subject, which every worker watches: the turn in progress stops without waiting behind it.
+    async fn cancel(
+        &mut self,
+        thread_id: ThreadId,
+        turn_id: Option<TurnId>,
+    ) -> Result<Option<ServerFrame>, FrameError> {
+        self.attach(&thread_id).await?;
+        let message = InboundMessage {
+            message_id: MessageId::generate(),
+            thread_id,
+            turn_id: TurnId::generate(),
+            received_at: chrono::Utc::now(),
+            kind: InboundKind::Cancel { turn_id },
+        };
+        let stored_seq = self.publish(&message).await?;
+        let notice = shared::protocol::bus::CancelNotice {
+            thread_id: message.thread_id.clone(),
+            before_seq: stored_seq,
+            turn_id,
+            erased: false,
+        };
+        match serde_json::to_vec(&notice) {
+            Ok(payload) => {
+                let subject = self.state.subjects.cancels(&message.thread_id);
+                if let Err(error) = self.state.nats.publish(subject, payload.into()).await {
+                    // The stored cancel is announced again by the worker that takes its delivery.
+                    tracing::warn!(%error, "Cannot announce a cancel; its stored copy will be.");
+                }
+            }
+            Err(error) => tracing::error!(%error, "Cannot encode a cancel notice."),
+        }
+        Ok(Some(ServerFrame::Accepted {
+            thread_id: message.thread_id,
+            message_id: message.message_id,
+        }))
+    }
+
+    /// Stores a client message in `<PREFIX>_IN`; returns its stream sequence.
+    async fn publish(&self, message: &InboundMessage) -> Result<u64, FrameError> {
         let thread = &message.thread_id;
         let busy = || {
             FrameError::new(
@@ -478,12 +529,12 @@ impl Connection {
         })
         .await;
         match stored {
-            Ok(_ack) => {
+            Ok(ack) => {
                 self.state
                     .metrics
                     .publish_seconds
                     .observe(started.elapsed().as_secs_f64());
-                Ok(())
+                Ok(ack.sequence)
             }
             Err(error) => {
                 tracing::warn!(%error, thread_id = %thread, "JetStream did not store a client message.");

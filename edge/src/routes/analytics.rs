@@ -122,6 +122,8 @@ pub(super) struct Analytics {
     resolution_rate: f64,
     escalation_rate: f64,
     approvals: Approvals,
+    /// Turns stopped by a `cancel` (or a newer message with `DOUBLE_TEXT=interrupt`), SPEC §8.
+    cancelled_turns: i64,
     tokens: Tokens,
     cost_usd: f64,
     latency_ms: Latency,
@@ -253,6 +255,8 @@ struct Approvals {
     rejected: i64,
     expired: i64,
     superseded: i64,
+    /// Withdrawn by a `cancel`.
+    cancelled: i64,
     pending: i64,
 }
 
@@ -370,6 +374,7 @@ async fn compute(db: &PgPool, range: Range, to: DateTime<Utc>) -> Result<Analyti
         resolution_rate: rate(resolved),
         escalation_rate: rate(escalated),
         approvals,
+        cancelled_turns: usage.iter().map(|row| row.cancelled).sum(),
         tokens: Tokens {
             prompt,
             completion,
@@ -480,6 +485,7 @@ async fn message_counts(
 #[derive(Debug, sqlx::FromRow)]
 struct UsageSums {
     timed: i64,
+    cancelled: i64,
     prompt_tokens: i64,
     completion_tokens: i64,
     cost_usd: f64,
@@ -491,6 +497,7 @@ async fn usage_sums(db: &PgPool, starts: &[DateTime<Utc>]) -> Result<Vec<UsageSu
         "{BUCKETS}
          SELECT u.* FROM buckets b, LATERAL (
              SELECT count(*) FILTER (WHERE outcome <> 'dead_lettered') AS timed,
+                    count(*) FILTER (WHERE outcome = 'cancelled') AS cancelled,
                     coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
                     coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
                     coalesce(sum(cost_usd), 0) AS cost_usd
@@ -577,6 +584,7 @@ async fn approvals(
                 count(*) FILTER (WHERE status = 'expired'
                                     OR (status = 'pending' AND expires_at <= $2)) AS expired,
                 count(*) FILTER (WHERE status = 'superseded') AS superseded,
+                count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
                 count(*) FILTER (WHERE status = 'pending' AND expires_at > $2) AS pending
            FROM interrupts WHERE created_at >= $1",
     )

@@ -500,6 +500,15 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
             "decision": decision,
             "at": turn.received_at,
         }));
+    } else if turn.kind == "cancel" {
+        // A stored `cancel` that ended a turn paused on an approval (SPEC §8).
+        events.push(json!({
+            "type": "cancel_request",
+            "turn_id": turn.turn_id,
+            "in_seq": turn.in_seq,
+            "message_id": turn.message_id,
+            "at": turn.received_at,
+        }));
     } else {
         events.push(json!({
             "type": "user_message",

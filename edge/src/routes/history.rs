@@ -134,8 +134,12 @@ pub(super) async fn messages(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !state.tokens.verify(&thread_id, token) {
+    // An erased conversation's owner learns it is gone (404: its row is deleted), nothing else.
+    if !state.tokens.verify_signature(&thread_id, token) {
         return Err(ApiError::Unauthorized);
+    }
+    if state.tokens.erased().contains(&thread_id) {
+        return Err(ApiError::NotFound);
     }
     // One snapshot for the thread and its turns, so `last_seq` matches the turns listed.
     let mut snapshot = state

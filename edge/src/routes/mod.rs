@@ -3,6 +3,7 @@
 mod admin;
 mod analytics;
 mod conversations;
+pub mod erasure;
 mod health;
 mod history;
 mod metrics;
@@ -17,8 +18,8 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler as _;
-use axum::routing::{delete, patch};
-use axum::routing::{get, post};
+use axum::routing::patch;
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::health))
         .route("/api/threads", post(threads::create_thread))
         .route("/api/threads/{id}/messages", get(history::messages))
+        .route("/api/threads/{id}", delete(erasure::delete_own))
         .route("/metrics", get(metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -53,6 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/tools", get(tools::list))
         .route("/api/admin/tools/{id}", patch(tools::review))
         .route("/api/admin/conversations", get(conversations::list))
+        .route(
+            "/api/admin/conversations/{id}",
+            delete(erasure::delete_admin),
+        )
         .route(
             "/api/admin/conversations/{id}/timeline",
             get(conversations::timeline),

@@ -29,6 +29,13 @@ pub enum InboundKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         interrupt_id: Option<String>,
     },
+    /// A `cancel` frame (SPEC §8). Its live notice ([`CancelNotice`]) stops the turn in progress
+    /// at once; the stored message is the durable record, taken in order by the thread's lease
+    /// holder (it withdraws a pending approval) and re-announced while it waits behind the turn.
+    Cancel {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn_id: Option<TurnId>,
+    },
     /// The customer asked for a human (SPEC §7).
     RequestHuman,
     /// An operator took the conversation (the edge has assigned it to them).
@@ -78,8 +85,23 @@ impl InboundKind {
             Self::OperatorLeave { .. } => "operator_leave",
             Self::OperatorResolve { .. } => "operator_resolve",
             Self::HumanMessage { .. } => "human_message",
+            Self::Cancel { .. } => "cancel",
         }
     }
+}
+
+/// Published on core NATS `<prefix>.cancel.<thread>` (never stored): every turn of the thread
+/// whose message is stored before `before_seq` (its `<PREFIX>_IN` stream sequence) and is still
+/// running, or starts later, stops (only `turn_id`'s, if named). With `erased` the conversation
+/// is being erased: the turn stops and publishes nothing more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelNotice {
+    pub thread_id: ThreadId,
+    pub before_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<TurnId>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
 }
 
 impl InboundMessage {

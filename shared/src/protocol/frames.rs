@@ -45,6 +45,11 @@ pub enum ClientFrame {
         thread_id: ThreadId,
         after_seq: u64,
     },
+    /// Stops the thread's turn in progress, or the one named (SPEC §8).
+    Cancel {
+        thread_id: ThreadId,
+        turn_id: Option<crate::ids::TurnId>,
+    },
     /// The customer asks for a human operator (SPEC §7).
     RequestHuman {
         thread_id: ThreadId,
@@ -75,6 +80,7 @@ impl ClientFrame {
             Self::Message { thread_id, .. }
             | Self::InterruptResponse { thread_id, .. }
             | Self::Resume { thread_id, .. }
+            | Self::Cancel { thread_id, .. }
             | Self::RequestHuman { thread_id }
             | Self::Feedback { thread_id, .. } => thread_id,
         }
@@ -86,6 +92,7 @@ impl ClientFrame {
             Self::Message { .. } => "message",
             Self::InterruptResponse { .. } => "interrupt_response",
             Self::Resume { .. } => "resume",
+            Self::Cancel { .. } => "cancel",
             Self::RequestHuman { .. } => "request_human",
             Self::Feedback { .. } => "feedback",
         }
@@ -168,6 +175,10 @@ pub enum FrameBody {
     TurnReset,
     MessageComplete {
         usage: Usage,
+        /// The turn was stopped by a `cancel` (or a newer message, with `DOUBLE_TEXT=interrupt`)
+        /// before it finished: `usage` is what it spent so far (SPEC §8). Absent otherwise.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cancelled: bool,
     },
     Error {
         code: ErrorCode,

@@ -20,6 +20,7 @@ enum FieldType {
     Boolean,
     NonNegativeInteger,
     MessageId,
+    TurnId,
 }
 
 const FIELD_TYPES: [(&str, FieldType); 12] = [
@@ -31,7 +32,7 @@ const FIELD_TYPES: [(&str, FieldType); 12] = [
     ("interrupt_id", FieldType::String),
     ("approved", FieldType::Boolean),
     ("after_seq", FieldType::NonNegativeInteger),
-    ("turn_id", FieldType::String),
+    ("turn_id", FieldType::TurnId),
     ("rating", FieldType::String),
     ("score", FieldType::NonNegativeInteger),
     ("comment", FieldType::String),
@@ -81,7 +82,8 @@ pub fn parse_client_frame(
     let kind = match field(&fields, "type").and_then(Value::as_str) {
         None => return Err(on_thread(missing_field("type"))),
         Some(
-            kind @ ("message" | "interrupt_response" | "resume" | "request_human" | "feedback"),
+            kind @ ("message" | "interrupt_response" | "resume" | "cancel" | "request_human"
+            | "feedback"),
         ) => kind,
         Some(other) => {
             return Err(on_thread(FrameError::new(
@@ -163,6 +165,13 @@ pub fn parse_client_frame(
             interrupt_id: field(&fields, "interrupt_id")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+        },
+        "cancel" => ClientFrame::Cancel {
+            thread_id,
+            turn_id: field(&fields, "turn_id")
+                .and_then(Value::as_str)
+                .and_then(|raw| uuid::Uuid::parse_str(raw).ok())
+                .map(crate::ids::TurnId::from),
         },
         "request_human" => ClientFrame::RequestHuman { thread_id },
         // Its values are checked after the token, as a message's content is.
@@ -256,6 +265,12 @@ fn check_field_types(fields: &Map<String, Value>) -> Result<(), FrameError> {
                     .is_some_and(|raw| MessageId::parse(raw).is_ok()),
                 "1 to 64 characters of a-z, A-Z, 0-9, '_' or '-'",
             ),
+            FieldType::TurnId => (
+                value
+                    .as_str()
+                    .is_some_and(|raw| uuid::Uuid::parse_str(raw).is_ok()),
+                "a turn id (a UUID)",
+            ),
         };
         if !ok {
             return Err(FrameError::new(
@@ -317,6 +332,28 @@ mod tests {
             parse(resume),
             Ok(ClientFrame::Resume { after_seq: 7, .. })
         ));
+    }
+
+    #[test]
+    fn cancel_takes_an_optional_turn_id() {
+        let cancel = json!({"type": "cancel", "thread_id": "t1", "token": "good"});
+        assert!(matches!(
+            parse(cancel),
+            Ok(ClientFrame::Cancel { turn_id: None, .. })
+        ));
+        let turn = uuid::Uuid::now_v7().to_string();
+        let named = json!({"type": "cancel", "thread_id": "t1", "token": "good", "turn_id": turn});
+        assert!(matches!(
+            parse(named),
+            Ok(ClientFrame::Cancel {
+                turn_id: Some(_),
+                ..
+            })
+        ));
+        let bad = json!({"type": "cancel", "thread_id": "t1", "token": "good", "turn_id": "x"});
+        assert_eq!(code(bad), ErrorCode::InvalidFrame);
+        let unauthorized = json!({"type": "cancel", "thread_id": "t1", "token": "bad"});
+        assert_eq!(code(unauthorized), ErrorCode::Unauthorized);
     }
 
     #[test]

@@ -5,6 +5,7 @@ import {
   addUserMessage,
   answerApproval,
   applyFrame,
+  cancelFrame,
   emptyChat,
   fromHistory,
   type ChatState,
@@ -47,6 +48,7 @@ export function Chat() {
   const [problem, setProblem] = useState('');
   const [draft, setDraft] = useState('');
   const [rated, setRated] = useState<number | null>(null);
+  const [notice, setNotice] = useState('');
   const stateRef = useRef(state);
   stateRef.current = state;
   const clientRef = useRef<ChatClient | null>(null);
@@ -114,6 +116,7 @@ export function Chat() {
       setState(emptyChat);
       setRated(null);
       setEverConnected(false);
+      setNotice('');
       setThread(next);
     } catch (error) {
       setProblem(`Could not start a conversation: ${(error as Error).message}`);
@@ -130,6 +133,31 @@ export function Chat() {
     stateRef.current = next;
     setState(next);
     setDraft('');
+  };
+
+  const stop = () => {
+    clientRef.current?.send(cancelFrame());
+  };
+
+  const erase = async () => {
+    if (!thread) return;
+    if (!window.confirm('Delete this conversation? Its messages are erased everywhere and cannot be restored.')) return;
+    setProblem('');
+    try {
+      await request<null>(`/api/threads/${encodeURIComponent(thread.threadId)}`, { method: 'DELETE', bearer: thread.token });
+    } catch (error) {
+      const status = (error as { status?: number }).status;
+      if (status !== 404 && status !== 401) {
+        setProblem(`Could not delete the conversation: ${(error as Error).message}`);
+        return;
+      }
+    }
+    localStorage.removeItem(THREAD_KEY);
+    stateRef.current = emptyChat;
+    setState(emptyChat);
+    setThread(null);
+    setProblem('');
+    setNotice('The conversation was deleted.');
   };
 
   const rate = (turnId: string, up: boolean) => {
@@ -159,6 +187,11 @@ export function Chat() {
           {thread ? 'New conversation' : 'Start a conversation'}
         </button>
       </div>
+      {notice && (
+        <p className="notice info" role="status" data-testid="chat-notice">
+          {notice}
+        </p>
+      )}
       {problem && (
         <p className="notice error" role="alert">
           {problem}
@@ -200,6 +233,11 @@ export function Chat() {
               maxLength={10000}
               autoComplete="off"
             />
+            {state.busy && (
+              <button type="button" onClick={stop} disabled={!connected} data-testid="stop">
+                Stop
+              </button>
+            )}
             <button type="submit" className="primary" disabled={!connected || !draft.trim()}>
               Send
             </button>
@@ -212,7 +250,12 @@ export function Chat() {
               Talk to a person
             </button>
           </form>
-          <p className="muted small">Thread {thread.threadId}</p>
+          <div className="row spread">
+            <p className="muted small">Thread {thread.threadId}</p>
+            <button type="button" className="link danger" onClick={() => void erase()} data-testid="delete-conversation">
+              Delete this conversation
+            </button>
+          </div>
         </>
       ) : (
         <p>Start a conversation to talk to the support agents.</p>

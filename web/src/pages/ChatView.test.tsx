@@ -52,6 +52,16 @@ describe('ChatView', () => {
     expect(onAnswer).toHaveBeenLastCalledWith('i9', false);
   });
 
+  it('marks a stopped reply', () => {
+    const state = [
+      { type: 'token', seq: 1, turn_id: 'a', agent: 'general', content: 'Our shop ' },
+      { type: 'message_complete', seq: 2, turn_id: 'a', usage: { prompt_tokens: 3, completion_tokens: 2, cost_usd: 0 }, cancelled: true },
+    ].reduce(applyFrame, emptyChat);
+    render(<ChatView state={state} onAnswer={() => {}} />);
+    expect(screen.getByTestId('stopped').textContent).toContain('Stopped');
+    expect(screen.getByText('Our shop')).toBeTruthy();
+  });
+
   it('labels streamed text by agent and shows errors as alerts', () => {
     const state = [
       { type: 'token', seq: 1, turn_id: 'a', agent: 'billing', content: 'Invoice ' },

@@ -89,6 +89,7 @@ function ItemView({
     case 'usage':
       return (
         <div className="usage muted" data-testid="usage">
+          {item.cancelled && <strong data-testid="stopped">Stopped · </strong>}
           {item.usage.prompt_tokens} + {item.usage.completion_tokens} tokens · {formatCost(item.usage.cost_usd)}
           {onRate && (
             <span className="rate">

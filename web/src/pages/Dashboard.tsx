@@ -32,7 +32,8 @@ export interface Analytics {
   escalated: number;
   resolution_rate: number;
   escalation_rate: number;
-  approvals: { approved: number; rejected: number; expired: number; superseded: number; pending: number };
+  approvals: { approved: number; rejected: number; expired: number; superseded: number; cancelled?: number; pending: number };
+  cancelled_turns?: number;
   tokens: { prompt: number; completion: number; total: number };
   cost_usd: number;
   latency_ms: { turns: number; p50: number; p95: number; p99: number };

@@ -50,6 +50,10 @@ function describe(event: TimelineEvent): string {
       return `Dead-lettered after ${event.attempts} attempts: ${event.reason}`;
     case 'replayed':
       return `Replayed (seq ${event.replay_seq ?? '?'})`;
+    case 'cancel_request':
+      return 'The user stopped the turn';
+    case 'cancelled':
+      return event.interrupt_id ? 'Cancelled: the pending approval was withdrawn' : 'Cancelled: the turn stopped here';
     default: {
       const { type, turn_id: _t, in_seq: _s, ...rest } = event;
       return `${type} ${JSON.stringify(rest)}`;
@@ -57,7 +61,7 @@ function describe(event: TimelineEvent): string {
   }
 }
 
-function Timeline({ id, onClose }: { id: string; onClose: () => void }) {
+function Timeline({ id, onClose, onDeleted }: { id: string; onClose: () => void; onDeleted: (id: string) => void }) {
   const [events, setEvents] = useState<TimelineEvent[] | null>(null);
   const [error, setError] = useState('');
   const [current, setCurrent] = useState(0);
@@ -77,9 +81,24 @@ function Timeline({ id, onClose }: { id: string; onClose: () => void }) {
     <section className="card" aria-labelledby="timeline-title">
       <div className="row spread">
         <h2 id="timeline-title">Timeline of {id}</h2>
-        <button type="button" onClick={onClose}>
-          Close
-        </button>
+        <div className="row">
+          <button
+            type="button"
+            className="danger"
+            data-testid="delete-conversation"
+            onClick={() => {
+              if (!window.confirm(`Delete conversation ${id} everywhere? This cannot be undone.`)) return;
+              admin<null>(`/api/admin/conversations/${encodeURIComponent(id)}`, { method: 'DELETE' })
+                .then(() => onDeleted(id))
+                .catch((e: Error) => setError(e.message));
+            }}
+          >
+            Delete conversation
+          </button>
+          <button type="button" onClick={onClose}>
+            Close
+          </button>
+        </div>
       </div>
       <div className="row">
         <button type="button" onClick={() => setCurrent((c) => Math.max(0, c - 1))} disabled={current === 0}>
@@ -125,6 +144,7 @@ export function Replay() {
   const [error, setError] = useState('');
   const [loading, setLoading] = useState(false);
   const [selected, setSelected] = useState<string | null>(null);
+  const [deleted, setDeleted] = useState<string | null>(null);
 
   const load = useCallback(
     async (after: string | null) => {
@@ -193,7 +213,22 @@ export function Replay() {
         </button>
       </form>
       {error && <p className="notice error" role="alert">{error}</p>}
-      {selected && <Timeline id={selected} onClose={() => setSelected(null)} />}
+      {deleted && (
+        <p className="notice info" role="status" data-testid="deleted-notice">
+          Conversation {deleted} was deleted.
+        </p>
+      )}
+      {selected && (
+        <Timeline
+          id={selected}
+          onClose={() => setSelected(null)}
+          onDeleted={(id) => {
+            setSelected(null);
+            setDeleted(id);
+            setRows((current) => current.filter((row) => row.id !== id));
+          }}
+        />
+      )}
       {rows.length === 0 && !loading && !error ? (
         <p className="muted">No conversations match.</p>
       ) : (

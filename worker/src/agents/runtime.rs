@@ -79,6 +79,8 @@ pub enum Outcome {
     Clarification,
     /// `interrupt` was sent: the turn is paused on this approval.
     Interrupted(Uuid),
+    /// The turn was stopped by a cancel; `message_complete` with `cancelled: true` was sent.
+    Cancelled,
 }
 
 impl Outcome {
@@ -87,6 +89,7 @@ impl Outcome {
             Self::Completed => "completed",
             Self::Clarification => "clarification",
             Self::Interrupted(_) => "interrupted",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -114,6 +117,9 @@ pub struct TurnInfo<'a> {
     pub thread_id: &'a str,
     pub turn_id: Uuid,
     pub in_seq: u64,
+    /// Cancelled when the turn must stop (SPEC §8): it is checked between model chunks and
+    /// before every model call, tool call and approval.
+    pub cancel: &'a tokio_util::sync::CancellationToken,
 }
 
 /// The approval a turn waits for, as stored.
@@ -153,6 +159,8 @@ enum Stop {
         emitted: bool,
     },
     Turn(TurnError),
+    /// The turn was cancelled: it ends here, with what it did so far.
+    Cancelled,
 }
 
 impl From<TurnError> for Stop {
@@ -325,6 +333,15 @@ impl Graph {
             match result {
                 Ok(outcome) => return Ok(run.ended(outcome)),
                 Err(Stop::Turn(error)) => return Err(error),
+                Err(Stop::Cancelled) => {
+                    run.event(json!({"type": "cancelled"}));
+                    out.send(FrameBody::MessageComplete {
+                        usage: run.total(),
+                        cancelled: true,
+                    })
+                    .await?;
+                    return Ok(run.ended(Outcome::Cancelled));
+                }
                 Err(Stop::Model { error, emitted }) => {
                     let delay = delays.next();
                     match delay {
@@ -337,7 +354,11 @@ impl Graph {
                             spent = run.usage;
                             reset_events
                                 .push(json!({"type": "turn_reset", "error": error.to_string()}));
-                            tokio::time::sleep(pause(&error, delay)).await;
+                            // A cancel during the pause ends the next attempt at its first check.
+                            tokio::select! {
+                                () = tokio::time::sleep(pause(&error, delay)) => {}
+                                () = turn.cancel.cancelled() => {}
+                            }
                         }
                         _ => {
                             return Err(match error {
@@ -359,7 +380,12 @@ impl Graph {
         out: &mut FramePublisher,
         run: &mut Run<'_>,
     ) -> Result<Outcome, Stop> {
-        let classification = self.classify(run).await;
+        let cancel = run.turn.cancel;
+        let classification = tokio::select! {
+            classification = self.classify(run) => classification,
+            () = cancel.cancelled() => return Err(Stop::Cancelled),
+        };
+        check(cancel)?;
         if classification.ambiguous {
             let message = classification
                 .clarification
@@ -368,8 +394,11 @@ impl Graph {
             run.events
                 .push(json!({"type": "clarification", "message": message}));
             out.send(FrameBody::Clarification { message }).await?;
-            out.send(FrameBody::MessageComplete { usage: run.total() })
-                .await?;
+            out.send(FrameBody::MessageComplete {
+                usage: run.total(),
+                cancelled: false,
+            })
+            .await?;
             return Ok(Outcome::Clarification);
         }
         let mut agents: Vec<String> = Vec::new();
@@ -475,6 +504,8 @@ impl Graph {
                 run.event(
                     json!({"type": "decision", "interrupt_id": pending.id, "decision": "approved"}),
                 );
+                // An approved action of a cancelled turn never starts.
+                check(run.turn.cancel)?;
                 let tool = self.tool_of(run, &agent, &call.name).await?;
                 let Some(tool) = tool else {
                     let result =
@@ -610,8 +641,11 @@ impl Graph {
             run.state.messages.clear();
             run.state.pending_calls.clear();
         }
-        out.send(FrameBody::MessageComplete { usage: run.total() })
-            .await?;
+        out.send(FrameBody::MessageComplete {
+            usage: run.total(),
+            cancelled: false,
+        })
+        .await?;
         Ok(Outcome::Completed)
     }
 
@@ -624,6 +658,7 @@ impl Graph {
     ) -> Result<Option<Uuid>, Stop> {
         loop {
             while let Some(call) = run.state.pending_calls.first().cloned() {
+                check(run.turn.cancel)?;
                 if let Some(id) = self.run_call(out, run, agent, &call).await? {
                     return Ok(Some(id));
                 }
@@ -642,6 +677,7 @@ impl Graph {
                 run.reply.push_str(text);
                 return Ok(None);
             }
+            check(run.turn.cancel)?;
             let (text, completion) = self.step(out, run, agent).await?;
             run.state.steps += 1;
             run.state.messages.push(ChatMessage::Assistant {
@@ -685,6 +721,7 @@ impl Graph {
                 return Ok(None);
             }
         };
+        check(run.turn.cancel)?;
         if tool.spec().requires_approval {
             return self
                 .raise_interrupt(out, run, agent, call, args)
@@ -1139,7 +1176,11 @@ impl Graph {
                         self.count_call("chat", "retried");
                         tracing::warn!(%error, agent = %agent.name, "A model call failed; retrying.");
                         run.event(json!({"type": "model_retry", "agent": agent.name, "error": error.to_string()}));
-                        tokio::time::sleep(pause(&error, delay)).await;
+                        let cancel = run.turn.cancel;
+                        tokio::select! {
+                            () = tokio::time::sleep(pause(&error, delay)) => {}
+                            () = cancel.cancelled() => return Err(Stop::Cancelled),
+                        }
                     }
                     None => {
                         self.count_call("chat", "failed");
@@ -1152,6 +1193,19 @@ impl Graph {
                 Err(Stop::Model { error, emitted }) => {
                     self.count_call("chat", "failed");
                     return Err(Stop::Model { error, emitted });
+                }
+                Err(Stop::Cancelled) => {
+                    // What went out is the turn's partial reply; the stopped call's streamed
+                    // tokens are counted as its completion (its prompt's size is not known).
+                    self.count_call("chat", "cancelled");
+                    let streamed = TokenUsage {
+                        prompt_tokens: 0,
+                        completion_tokens: pieces_of(&text),
+                    };
+                    self.count_usage(run, Some(&agent.name), &model, streamed);
+                    run.reply.push_str(&text);
+                    run.share(&agent.name).reply.push_str(&text);
+                    return Err(Stop::Cancelled);
                 }
                 Err(stop) => return Err(stop),
             }
@@ -1190,9 +1244,14 @@ impl Graph {
                 Some(next) => next,
                 None => {
                     out.flush().await?;
-                    stream.next().await
+                    tokio::select! {
+                        next = stream.next() => next,
+                        () = run.turn.cancel.cancelled() => return Err(Stop::Cancelled),
+                    }
                 }
             };
+            // Not one more token of a cancelled turn.
+            check(run.turn.cancel)?;
             match next {
                 Some(Ok(ChatEvent::Text(piece))) => {
                     if piece.is_empty() {
@@ -1261,6 +1320,26 @@ impl Graph {
             share.usage.completion_tokens += usage.completion_tokens;
             share.usage.cost_usd += cost;
         }
+    }
+}
+
+/// `Err(Stop::Cancelled)` once the turn is cancelled.
+fn check(cancel: &tokio_util::sync::CancellationToken) -> Result<(), Stop> {
+    if cancel.is_cancelled() {
+        Err(Stop::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// The completion tokens of a stopped stream, estimated from its text (about four characters a
+/// token, as OpenAI's tokenizers average on English), at least one if anything was streamed.
+fn pieces_of(text: &str) -> u64 {
+    let chars = text.chars().count() as u64;
+    if chars == 0 {
+        0
+    } else {
+        chars.div_ceil(4).max(1)
     }
 }
 
