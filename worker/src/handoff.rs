@@ -40,6 +40,7 @@ pub(crate) async fn held_for_human(
 ) -> Result<Ended, TurnError> {
     out.send(FrameBody::MessageComplete {
         usage: Usage::default(),
+        cancelled: false,
     })
     .await?;
     Ok(Ended {
@@ -144,7 +145,9 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
                           "at": chrono::Utc::now()}),
         },
         // Not handoff messages: nothing changes (never reached: see `is_control`).
-        InboundKind::Message { .. } | InboundKind::InterruptResponse { .. } => Control {
+        InboundKind::Message { .. }
+        | InboundKind::InterruptResponse { .. }
+        | InboundKind::Cancel { .. } => Control {
             next: current,
             frame: None,
             resolved: false,

@@ -788,6 +788,7 @@ impl TurnRunner {
                     subject_seq: tail.stream_seq,
                     pending_interrupt: lease.pending_interrupt,
                     expired: lease.expired,
+                    handoff: lease.handoff,
                 }),
                 Committed::Fenced => Err(TurnError::LeaseLost),
             };
@@ -850,6 +851,7 @@ impl TurnRunner {
                     subject_seq,
                     pending_interrupt: None,
                     expired: false,
+                    handoff: lease.handoff,
                 })
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
@@ -948,6 +950,7 @@ impl TurnRunner {
                     subject_seq: out.subject_seq(),
                     pending_interrupt: None,
                     expired: false,
+                    handoff: lease.handoff,
                 })
             }
             Committed::Fenced => Err(TurnError::LeaseLost),

@@ -79,7 +79,6 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
         "token",
         "content",
         "interrupt_id",
-        "turn_id",
         "rating",
         "comment",
     ] {
@@ -90,6 +89,11 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
     if present("approved").is_some_and(|value| !value.is_boolean())
         || present("after_seq").is_some_and(|value| value.as_u64().is_none())
         || present("score").is_some_and(|value| value.as_u64().is_none())
+        || present("turn_id").is_some_and(|value| {
+            !value
+                .as_str()
+                .is_some_and(|raw| uuid::Uuid::parse_str(raw).is_ok())
+        })
         || present("message_id")
             .is_some_and(|value| !value.as_str().is_some_and(|raw| is_id(raw, 64)))
         || object.get("thread_id").is_some_and(Value::is_null)
@@ -100,16 +104,17 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
     let kind = match present("type").and_then(Value::as_str) {
         None => return fail(ErrorCode::InvalidFrame),
         Some(
-            kind @ ("message" | "interrupt_response" | "resume" | "request_human" | "feedback"),
+            kind @ ("message" | "interrupt_response" | "resume" | "cancel" | "request_human"
+            | "feedback"),
         ) => kind,
         Some(_) => return fail(ErrorCode::UnknownType),
     };
     let required_null = match kind {
         "message" => object.get("content").is_some_and(Value::is_null),
         "interrupt_response" => present("approved").is_none(),
-        // SPEC §7: what a feedback frame needs is checked with its values, after the token.
-        "request_human" | "feedback" => false,
-        _ => present("after_seq").is_none(),
+        "resume" => present("after_seq").is_none(),
+        // Cancel and request_human need nothing more; feedback's values come after the token.
+        _ => false,
     };
     if required_null {
         return fail(ErrorCode::InvalidFrame);
@@ -185,6 +190,13 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
                 comment: comment.map(str::to_owned),
             }
         }
+        "cancel" => ClientFrame::Cancel {
+            thread_id,
+            turn_id: present("turn_id")
+                .and_then(Value::as_str)
+                .and_then(|raw| uuid::Uuid::parse_str(raw).ok())
+                .map(TurnId::from),
+        },
         _ => ClientFrame::Resume {
             thread_id,
             after_seq: present("after_seq")
@@ -229,6 +241,13 @@ fn client_json(frame: &ClientFrame, tokens: &ThreadTokens) -> Value {
             value
         }
         ClientFrame::Resume { after_seq, .. } => json!({"type": "resume", "after_seq": after_seq}),
+        ClientFrame::Cancel { turn_id, .. } => {
+            let mut value = json!({"type": "cancel"});
+            if let Some(turn_id) = turn_id {
+                value["turn_id"] = json!(turn_id.to_string());
+            }
+            value
+        }
         ClientFrame::RequestHuman { .. } => json!({"type": "request_human"}),
         ClientFrame::Feedback {
             target, comment, ..
@@ -334,6 +353,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             thread_id,
             after_seq
         }),
+        (thread_id(), proptest::option::of(turn_id()))
+            .prop_map(|(thread_id, turn_id)| ClientFrame::Cancel { thread_id, turn_id }),
         thread_id().prop_map(|thread_id| ClientFrame::RequestHuman { thread_id }),
         (
             thread_id(),
@@ -399,16 +420,18 @@ const FIELDS: [&str; 13] = [
 fn field_value() -> impl Strategy<Value = Value> {
     prop_oneof![
         3 => Just(Value::Null),
-        3 => prop::sample::select(vec!["message", "interrupt_response", "resume", "request_human",
-                                       "feedback", "shout", "", "Message", "up", "down",
-                                       "01a22fb0-5c87-77e0-9a4a-9c941848dc83"])
+        3 => prop::sample::select(vec![
+            "message", "interrupt_response", "resume", "cancel", "request_human", "feedback",
+            "shout", "", "Message", "up", "down",
+        ])
             .prop_map(Value::from),
         2 => "[a-zA-Z0-9_-]{1,8}".prop_map(Value::from),
         1 => prop::sample::select(vec![" ", "a b", "a.b", "é"]).prop_map(Value::from),
         1 => Just(Value::from("a".repeat(129))),
         1 => Just(Value::from("m".repeat(65))),
         2 => any::<bool>().prop_map(Value::Bool),
-        2 => prop::sample::select(vec![json!(0), json!(-1), json!(1.5), json!(u64::MAX), json!("3")]),
+        2 => prop::sample::select(vec![json!(0), json!(-1), json!(1.5), json!(u64::MAX), json!("3"), json!(5), json!(6)]),
+        1 => any::<u128>().prop_map(|raw| Value::from(uuid::Uuid::from_u128(raw).to_string())),
         1 => json_value(),
     ]
 }
@@ -640,9 +663,10 @@ fn frame_body() -> impl Strategy<Value = FrameBody> {
         }),
         1 => text(64).prop_map(|message| FrameBody::Clarification { message }),
         1 => Just(FrameBody::TurnReset),
-        1 => (any::<u64>(), any::<u64>(), 0u64..1_000_000_000).prop_map(
-            |(prompt_tokens, completion_tokens, micros)| FrameBody::MessageComplete {
-                usage: Usage { prompt_tokens, completion_tokens, cost_usd: micros as f64 / 1e6 }
+        1 => (any::<u64>(), any::<u64>(), 0u64..1_000_000_000, any::<bool>()).prop_map(
+            |(prompt_tokens, completion_tokens, micros, cancelled)| FrameBody::MessageComplete {
+                usage: Usage { prompt_tokens, completion_tokens, cost_usd: micros as f64 / 1e6 },
+                cancelled,
             }
         ),
         1 => (error_code(), text(64), any::<bool>())
