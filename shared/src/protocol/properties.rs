@@ -80,6 +80,11 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
         || present("after_seq").is_some_and(|value| value.as_u64().is_none())
         || present("message_id")
             .is_some_and(|value| !value.as_str().is_some_and(|raw| is_id(raw, 64)))
+        || present("turn_id").is_some_and(|value| {
+            !value
+                .as_str()
+                .is_some_and(|raw| uuid::Uuid::parse_str(raw).is_ok())
+        })
         || object.get("thread_id").is_some_and(Value::is_null)
     {
         return fail(ErrorCode::InvalidFrame);
@@ -87,12 +92,14 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
     // 4. Type, then the fields that type requires.
     let kind = match present("type").and_then(Value::as_str) {
         None => return fail(ErrorCode::InvalidFrame),
-        Some(kind @ ("message" | "interrupt_response" | "resume")) => kind,
+        Some(kind @ ("message" | "interrupt_response" | "resume" | "cancel")) => kind,
         Some(_) => return fail(ErrorCode::UnknownType),
     };
     let required_null = match kind {
         "message" => object.get("content").is_some_and(Value::is_null),
         "interrupt_response" => present("approved").is_none(),
+        // SPEC §8: `turn_id` is optional.
+        "cancel" => false,
         _ => present("after_seq").is_none(),
     };
     if required_null {
@@ -135,6 +142,13 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
             interrupt_id: present("interrupt_id")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+        },
+        "cancel" => ClientFrame::Cancel {
+            thread_id,
+            turn_id: present("turn_id")
+                .and_then(Value::as_str)
+                .and_then(|raw| uuid::Uuid::parse_str(raw).ok())
+                .map(TurnId::from),
         },
         _ => ClientFrame::Resume {
             thread_id,
@@ -180,6 +194,13 @@ fn client_json(frame: &ClientFrame, tokens: &ThreadTokens) -> Value {
             value
         }
         ClientFrame::Resume { after_seq, .. } => json!({"type": "resume", "after_seq": after_seq}),
+        ClientFrame::Cancel { turn_id, .. } => {
+            let mut value = json!({"type": "cancel"});
+            if let Some(turn_id) = turn_id {
+                value["turn_id"] = json!(turn_id);
+            }
+            value
+        }
     };
     value["thread_id"] = json!(thread_id);
     value["token"] = json!(token);
@@ -271,6 +292,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             thread_id,
             after_seq
         }),
+        (thread_id(), proptest::option::of(turn_id()))
+            .prop_map(|(thread_id, turn_id)| { ClientFrame::Cancel { thread_id, turn_id } }),
     ]
 }
 
@@ -301,7 +324,7 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 10] = [
     "type",
     "thread_id",
     "token",
@@ -310,6 +333,7 @@ const FIELDS: [&str; 9] = [
     "interrupt_id",
     "approved",
     "after_seq",
+    "turn_id",
     "extra",
 ];
 
@@ -317,7 +341,7 @@ const FIELDS: [&str; 9] = [
 fn field_value() -> impl Strategy<Value = Value> {
     prop_oneof![
         3 => Just(Value::Null),
-        3 => prop::sample::select(vec!["message", "interrupt_response", "resume", "shout", "", "Message"])
+        3 => prop::sample::select(vec!["message", "interrupt_response", "resume", "cancel", "shout", "", "Message"])
             .prop_map(Value::from),
         2 => "[a-zA-Z0-9_-]{1,8}".prop_map(Value::from),
         1 => prop::sample::select(vec![" ", "a b", "a.b", "é"]).prop_map(Value::from),
@@ -558,7 +582,8 @@ fn frame_body() -> impl Strategy<Value = FrameBody> {
         1 => Just(FrameBody::TurnReset),
         1 => (any::<u64>(), any::<u64>(), 0u64..1_000_000_000).prop_map(
             |(prompt_tokens, completion_tokens, micros)| FrameBody::MessageComplete {
-                usage: Usage { prompt_tokens, completion_tokens, cost_usd: micros as f64 / 1e6 }
+                usage: Usage { prompt_tokens, completion_tokens, cost_usd: micros as f64 / 1e6 },
+                cancelled: micros % 2 == 1,
             }
         ),
         1 => (error_code(), text(64), any::<bool>())
@@ -656,6 +681,7 @@ proptest! {
             user_text().prop_map(|content| InboundKind::Message { content }),
             (any::<bool>(), proptest::option::of(text(40)))
                 .prop_map(|(approved, interrupt_id)| InboundKind::InterruptResponse { approved, interrupt_id }),
+            proptest::option::of(turn_id()).prop_map(|turn_id| InboundKind::Cancel { turn_id }),
         ],
     ) {
         let message = InboundMessage { thread_id, message_id, turn_id, received_at, kind };
