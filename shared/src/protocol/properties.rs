@@ -81,9 +81,9 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
         || present("message_id")
             .is_some_and(|value| !value.as_str().is_some_and(|raw| is_id(raw, 64)))
         || present("turn_id").is_some_and(|value| {
-            !value
+            value
                 .as_str()
-                .is_some_and(|raw| uuid::Uuid::parse_str(raw).is_ok())
+                .is_none_or(|raw| uuid::Uuid::parse_str(raw).is_err())
         })
         || object.get("thread_id").is_some_and(Value::is_null)
     {
