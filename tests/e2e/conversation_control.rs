@@ -180,9 +180,38 @@ async fn a_cancel_sent_through_another_edge_stops_the_turn_on_whichever_worker_r
     let turn_id = started[1]["turn_id"].clone();
 
     let mut other = app.connect(1).await;
-    let sent = Instant::now();
-    other.send(&cancel(&thread)).await;
+    // A cancel naming another turn changes nothing: the turn streams on.
+    let mut wrong = cancel(&thread);
+    wrong["turn_id"] = json!(uuid::Uuid::now_v7().to_string());
+    other.send(&wrong).await;
     other.expect_type("accepted").await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(400);
+    let mut go_on = Vec::new();
+    while let Some(frame) = ws
+        .next_frame_within(until.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        go_on.push(frame.expect("the socket stays open"));
+    }
+    assert!(
+        go_on
+            .iter()
+            .all(|frame| frame["type"] != "message_complete")
+            && go_on
+                .iter()
+                .filter(|frame| frame["type"] == "token")
+                .count()
+                > 5,
+        "the turn streams on: {go_on:?}"
+    );
+    let mut named = cancel(&thread);
+    named["turn_id"] = turn_id.clone();
+    let sent = Instant::now();
+    other.send(&named).await;
+    // The first cancel attached this socket to the thread: it relays the turn's frames too.
+    other
+        .frames_until(|frame| frame["type"] == "accepted")
+        .await;
     let frames = until_complete(&mut ws, &turn_id).await;
     assert!(
         sent.elapsed() < Duration::from_secs(1),

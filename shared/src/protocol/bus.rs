@@ -33,7 +33,12 @@ pub enum InboundKind {
     /// at once; the stored message is the durable record, taken in order by the thread's lease
     /// holder (it withdraws a pending approval) and re-announced while it waits behind the turn.
     Cancel {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// The turn named by the client (its own key: the message's `turn_id` is the cancel's).
+        #[serde(
+            default,
+            rename = "cancels_turn_id",
+            skip_serializing_if = "Option::is_none"
+        )]
         turn_id: Option<TurnId>,
     },
     /// The customer asked for a human (SPEC §7).

@@ -96,6 +96,11 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
         })
         || present("message_id")
             .is_some_and(|value| !value.as_str().is_some_and(|raw| is_id(raw, 64)))
+        || present("turn_id").is_some_and(|value| {
+            value
+                .as_str()
+                .is_none_or(|raw| uuid::Uuid::parse_str(raw).is_err())
+        })
         || object.get("thread_id").is_some_and(Value::is_null)
     {
         return fail(ErrorCode::InvalidFrame);
@@ -764,6 +769,7 @@ proptest! {
             user_text().prop_map(|content| InboundKind::Message { content }),
             (any::<bool>(), proptest::option::of(text(40)))
                 .prop_map(|(approved, interrupt_id)| InboundKind::InterruptResponse { approved, interrupt_id }),
+            proptest::option::of(turn_id()).prop_map(|turn_id| InboundKind::Cancel { turn_id }),
         ],
     ) {
         let message = InboundMessage { thread_id, message_id, turn_id, received_at, kind };
