@@ -103,16 +103,61 @@ pub fn last_frame_seq(message: &StreamMessage) -> Option<u64> {
     let header = |name: &str| message.headers.get(name).map(|value| value.as_str());
     let first = header(bundle::FIRST_SEQ_HEADER).and_then(|raw| raw.parse::<u64>().ok());
     let count = header(bundle::FRAME_TYPES_HEADER).map(|types| types.split(',').count() as u64);
-    match (first, count) {
-        (Some(first), Some(count)) if count > 0 => Some(first + count - 1),
-        _ => {
-            #[derive(serde::Deserialize)]
-            struct Seq {
-                seq: u64,
-            }
-            bundle::last_frame(&message.payload)
-                .and_then(|frame| serde_json::from_slice::<Seq>(frame).ok())
-                .map(|frame| frame.seq)
+    // `first + count - 1` would overflow for a bundle whose last frame has `seq` u64::MAX; headers
+    // that count past it are not a `seq` at all, and the frame itself is read instead.
+    let from_headers = match (first, count) {
+        (Some(first), Some(count)) if count > 0 => first.checked_add(count - 1),
+        _ => None,
+    };
+    from_headers.or_else(|| {
+        #[derive(serde::Deserialize)]
+        struct Seq {
+            seq: u64,
         }
+        bundle::last_frame(&message.payload)
+            .and_then(|frame| serde_json::from_slice::<Seq>(frame).ok())
+            .map(|frame| frame.seq)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(frame_types: &str, first_seq: &str, payload: &str) -> StreamMessage {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(bundle::FRAME_TYPES_HEADER, frame_types);
+        headers.insert(bundle::FIRST_SEQ_HEADER, first_seq);
+        StreamMessage {
+            subject: "ss.out.t1".into(),
+            sequence: 1,
+            headers,
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            time: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn reads_the_last_seq_from_the_headers() {
+        let message = stored("token,token,message_complete", "7", "");
+        assert_eq!(last_frame_seq(&message), Some(9));
+    }
+
+    /// Found by `cargo fuzz` (target `retained_frames`): `first + count - 1` overflowed (a panic
+    /// in debug builds) for a one-frame bundle at `seq` u64::MAX.
+    #[test]
+    fn a_bundle_at_u64_max_does_not_overflow() {
+        let max = u64::MAX.to_string();
+        let frame = format!(r#"{{"thread_id":"t1","seq":{max},"type":"token"}}"#);
+        assert_eq!(
+            last_frame_seq(&stored("token", &max, &frame)),
+            Some(u64::MAX)
+        );
+        // Headers that count past u64::MAX: the frame itself says where the bundle ends.
+        assert_eq!(
+            last_frame_seq(&stored("token,token", &max, &frame)),
+            Some(u64::MAX)
+        );
+        assert_eq!(last_frame_seq(&stored("token,token", &max, "")), None);
     }
 }
