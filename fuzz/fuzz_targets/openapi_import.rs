@@ -76,8 +76,10 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         if options.base_url.is_some() {
+            // As the URL parser reads it (`http:/host` is `http://host` to it, and to the worker).
             assert!(
-                tool.base_url.starts_with("http://") || tool.base_url.starts_with("https://"),
+                url::Url::parse(&tool.base_url)
+                    .is_ok_and(|url| matches!(url.scheme(), "http" | "https")),
                 "base URL {:?} is not absolute though the import gave one",
                 tool.base_url
             );
