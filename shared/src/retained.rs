@@ -115,3 +115,45 @@ pub fn last_frame_seq(message: &StreamMessage) -> Option<u64> {
             .map(|frame| frame.seq)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(frame_types: &str, first_seq: &str, payload: &str) -> StreamMessage {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(bundle::FRAME_TYPES_HEADER, frame_types);
+        headers.insert(bundle::FIRST_SEQ_HEADER, first_seq);
+        StreamMessage {
+            subject: "ss.out.t1".into(),
+            sequence: 1,
+            headers,
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            time: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn reads_the_last_seq_from_the_headers() {
+        let message = stored("token,token,message_complete", "7", "");
+        assert_eq!(last_frame_seq(&message), Some(9));
+    }
+
+    /// Found by `cargo fuzz` (target `retained_frames`): `first + count - 1` overflowed (a panic
+    /// in debug builds) for a one-frame bundle at `seq` u64::MAX.
+    #[test]
+    fn a_bundle_at_u64_max_does_not_overflow() {
+        let max = u64::MAX.to_string();
+        let frame = format!(r#"{{"thread_id":"t1","seq":{max},"type":"token"}}"#);
+        assert_eq!(
+            last_frame_seq(&stored("token", &max, &frame)),
+            Some(u64::MAX)
+        );
+        // Headers that count past u64::MAX: the frame itself says where the bundle ends.
+        assert_eq!(
+            last_frame_seq(&stored("token,token", &max, &frame)),
+            Some(u64::MAX)
+        );
+        assert_eq!(last_frame_seq(&stored("token,token", &max, "")), None);
+    }
+}

@@ -769,17 +769,15 @@ impl Connection {
                 .and_then(|headers| headers.get(name))
                 .map(|value| value.as_str())
         };
-        let mut types = header(bundle::FRAME_TYPES_HEADER).unwrap_or("").split(',');
-        // Without a first seq (not from our workers) every frame is written.
-        let first_seq = header(bundle::FIRST_SEQ_HEADER).and_then(|raw| raw.parse::<u64>().ok());
         let mut last = last_written;
-        for (index, frame) in bundle::frames(payload).enumerate() {
-            let kind = types.next().unwrap_or("unknown");
-            if let Some(first) = first_seq {
-                // Past `u64::MAX` (a header no worker wrote): nothing further is numbered.
-                let Some(seq) = bundle::seq_at(first, index) else {
-                    break;
-                };
+        // Without a first seq (not from our workers) every frame is written.
+        let frames = bundle::numbered(
+            header(bundle::FRAME_TYPES_HEADER),
+            header(bundle::FIRST_SEQ_HEADER),
+            payload,
+        );
+        for bundle::NumberedFrame { kind, seq, frame } in frames {
+            if let Some(seq) = seq {
                 if seq <= last {
                     continue;
                 }

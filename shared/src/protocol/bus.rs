@@ -190,6 +190,43 @@ pub mod bundle {
             .find(|line| !line.is_empty())
     }
 
+    /// One frame of a bundle, with what its headers say about it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct NumberedFrame<'a> {
+        /// Its `type` from [`FRAME_TYPES_HEADER`]; `unknown` past the header's end or without it.
+        pub kind: &'a str,
+        /// Its `seq` from [`FIRST_SEQ_HEADER`]; `None` without a parseable header (a bundle not
+        /// from our workers), and then every frame is `None`.
+        pub seq: Option<u64>,
+        /// The frame's JSON text.
+        pub frame: &'a [u8],
+    }
+
+    /// The frames of a bundle as an edge relays them: each with its type and `seq`, read from the
+    /// raw values of [`FRAME_TYPES_HEADER`] and [`FIRST_SEQ_HEADER`] without parsing any frame.
+    /// A frame whose `seq` would pass `u64::MAX` ends the bundle (no frame can have it).
+    pub fn numbered<'a>(
+        frame_types: Option<&'a str>,
+        first_seq: Option<&str>,
+        payload: &'a [u8],
+    ) -> impl Iterator<Item = NumberedFrame<'a>> {
+        let mut kinds = frame_types.unwrap_or("").split(',');
+        let first = first_seq.and_then(|raw| raw.parse::<u64>().ok());
+        frames(payload)
+            .enumerate()
+            .map_while(move |(index, frame)| {
+                let seq = match first {
+                    Some(first) => Some(first.checked_add(u64::try_from(index).ok()?)?),
+                    None => None,
+                };
+                Some(NumberedFrame {
+                    kind: kinds.next().unwrap_or("unknown"),
+                    seq,
+                    frame,
+                })
+            })
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -201,6 +238,34 @@ pub mod bundle {
             assert_eq!(frames, vec![&b"{\"a\":1}"[..], &b"{\"b\":\"x\\ny\"}"[..]]);
             assert_eq!(last_frame(payload), Some(&b"{\"b\":\"x\\ny\"}"[..]));
             assert_eq!(last_frame(b""), None);
+        }
+
+        #[test]
+        fn numbers_frames_from_the_headers() {
+            let payload = b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n";
+            let found: Vec<_> = numbered(Some("token,tool_call"), Some("7"), payload)
+                .map(|frame| (frame.kind, frame.seq, frame.frame))
+                .collect();
+            assert_eq!(
+                found,
+                vec![
+                    ("token", Some(7), &b"{\"a\":1}"[..]),
+                    ("tool_call", Some(8), &b"{\"b\":2}"[..]),
+                    ("unknown", Some(9), &b"{\"c\":3}"[..]),
+                ]
+            );
+            // Without a first seq, every frame is relayed unnumbered.
+            assert!(numbered(None, Some("x"), payload).all(|frame| frame.seq.is_none()));
+            assert_eq!(numbered(None, None, payload).count(), 3);
+        }
+
+        #[test]
+        fn a_seq_past_u64_max_ends_the_bundle() {
+            let max = u64::MAX.to_string();
+            let seqs: Vec<_> = numbered(Some("token,token"), Some(&max), b"{}\n{}\n")
+                .map(|frame| frame.seq)
+                .collect();
+            assert_eq!(seqs, vec![Some(u64::MAX)]);
         }
     }
 }
