@@ -14,6 +14,7 @@ mod errors;
 mod fanout;
 mod health;
 mod history;
+mod hot_path;
 mod idempotency;
 mod imported_tools;
 mod observability;

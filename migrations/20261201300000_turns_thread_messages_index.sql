@@ -1,0 +1,9 @@
+-- The per-turn reads of a thread's last messages (the worker's history, the edge's thread page:
+-- `WHERE thread_id = $1 AND kind = 'message' ... ORDER BY in_seq DESC LIMIT n`) walk this index
+-- backwards from the thread's newest message and stop after n entries.
+--
+-- Without it, those statements matched the partial analytics index `turns_messages_received_idx`
+-- (same predicate) and, as long as `turns` had no statistics or in their generic plans, PostgreSQL
+-- ANDed the whole of that index with the primary key: every turn read an entry for every message
+-- of every thread (issue 10; tests/e2e/hot_path.rs checks the plans on a seeded database).
+CREATE INDEX turns_thread_messages_idx ON turns (thread_id, in_seq) WHERE kind = 'message';
