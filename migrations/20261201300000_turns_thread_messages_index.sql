@@ -6,4 +6,4 @@
 -- (same predicate) and, as long as `turns` had no statistics or in their generic plans, PostgreSQL
 -- ANDed the whole of that index with the primary key: every turn read an entry for every message
 -- of every thread (issue 10; tests/e2e/hot_path.rs checks the plans on a seeded database).
-CREATE INDEX turns_thread_messages_idx ON turns (thread_id, in_seq) WHERE kind = 'message';
+CREATE INDEX IF NOT EXISTS turns_thread_messages_idx ON turns (thread_id, in_seq) WHERE kind = 'message';
