@@ -12,6 +12,8 @@
 #   CONNECTIONS=50 MESSAGES=40 scripts/bench-cpu.sh
 #   WINDOWS=5 WINDOW_SECS=60 scripts/bench-cpu.sh      back-to-back windows on the same stack:
 #       a new thread every MESSAGES turns; each window's figures and the last/first ratios
+#   PRE_LOAD_SQL='CREATE INDEX …' scripts/bench-cpu.sh    SQL run on the bench database (after
+#       the binaries migrated it, before the load): A/B an index with the same binaries
 #   EDGE_PORT=18180 (the worker's metrics on EDGE_PORT + 1011)
 #   SEED_CONVERSATIONS=100000 scripts/bench-cpu.sh     `loadgen seed` the database first (with
 #       BIN_DIR's loadgen when it has one, so that the schema is BIN_DIR's)
@@ -57,6 +59,10 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
 
+# An experiment's SQL on the bench database before the load (e.g. an index to A/B).
+if [ -n "${PRE_LOAD_SQL:-}" ]; then
+  psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d "$id" -c "$PRE_LOAD_SQL"
+fi
 # A short warm-up (connections, prepared statements, the first threads), not measured.
 "$loadgen" chat --url "http://127.0.0.1:$port" --connections "$connections" --messages 2 >/dev/null
 # Round trips and rows per turn, from PostgreSQL's counters of the bench database (a backend
