@@ -2,12 +2,15 @@
 //!
 //! `loadgen chat` runs N concurrent WebSocket clients against an edge (each creates its own thread
 //! and sends M messages back to back) and, with `--floor`, the same traffic through bare NATS in
-//! the same run. `loadgen idle` holds N idle sockets and reads the edge's memory. `loadgen seed`
+//! the same run; with `--cpu-pids` / `--cpu-procs` / `--cpu-database-url` it reports the CPU time
+//! each process spent per turn, and with `--windows` it runs back-to-back windows on the same
+//! stack to show whether a turn's cost stays flat as the database grows. `loadgen idle` holds N idle sockets and reads the edge's memory. `loadgen seed`
 //! fills an empty database with conversations, and `loadgen admin-bench` times the admin API's
 //! read routes against it.
 
 mod admin_bench;
 mod chat;
+mod cpu;
 mod floor;
 mod idle;
 mod seed;
@@ -68,6 +71,25 @@ struct ChatArgs {
     /// A label for the appended block.
     #[arg(long)]
     label: Option<String>,
+    /// CPU per turn of these processes: `label=PID,label=PID` (e.g. `edge=123,worker=456`).
+    #[arg(long)]
+    cpu_pids: Option<String>,
+    /// CPU per turn of every process with one of these names, summed by name (e.g.
+    /// `nats-server,postgres`; each counts the children it reaped, so exited PostgreSQL backends
+    /// count).
+    #[arg(long)]
+    cpu_procs: Option<String>,
+    /// CPU per turn of the backends connected to this database (`postgres_db`).
+    #[arg(long)]
+    cpu_database_url: Option<String>,
+    /// Run this many back-to-back windows of `--window-secs` instead of a fixed number of
+    /// messages: every client runs turns until the last window ends, on a new thread every
+    /// `--messages` turns; prints each window's figures and the last/first ratios.
+    #[arg(long, default_value_t = 0)]
+    windows: usize,
+    /// The length of each window.
+    #[arg(long, default_value_t = 60)]
+    window_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,8 +212,24 @@ async fn admin_bench(args: AdminBenchArgs) -> anyhow::Result<()> {
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let cpu = cpu::Targets::parse(
+        args.cpu_pids.as_deref(),
+        args.cpu_procs.as_deref(),
+        args.cpu_database_url.clone(),
+    )?;
+    if args.windows > 0 {
+        if args.floor {
+            anyhow::bail!("--windows does not run the floor: measure it in a run of its own");
+        }
+        return windows(args, cpu).await;
+    }
     let turn_timeout = Duration::from_secs(args.turn_timeout_secs);
     let http = reqwest::Client::new();
+    let cpu_before = if cpu.is_empty() {
+        None
+    } else {
+        Some(cpu.snapshot().await?)
+    };
     let started = Instant::now();
     let clients: Vec<_> = (0..args.connections)
         .map(|_| {
@@ -203,13 +241,21 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    let pipeline = Report::new(
+    let mut pipeline = Report::new(
         "pipeline",
         args.connections,
         args.messages,
         &gather(clients).await?,
         started.elapsed(),
     );
+    if let Some(before) = &cpu_before {
+        let after = cpu.snapshot().await?;
+        pipeline.cpu = Some(before.per_turn(&after, pipeline.turns));
+    }
+    let cpu_line = pipeline
+        .cpu
+        .as_ref()
+        .map(|cpu| format!("CPU ms per turn: {}", cpu.line()));
     let mut reports = vec![pipeline];
 
     if args.floor {
@@ -252,6 +298,9 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         _ => None,
     };
     print!("{table}");
+    if let Some(line) = &cpu_line {
+        println!("{line}");
+    }
     if let Some(ratio) = ratio {
         println!("pipeline / floor turns/s: {:.1}%", ratio * 100.0);
     }
@@ -267,11 +316,165 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             block.push_str(&format!("#### {label}\n\n"));
         }
         block.push_str(&format!("```\n{}\n```\n\n{table}", command_line()));
+        if let Some(line) = &cpu_line {
+            block.push_str(&format!("\n{line}\n"));
+        }
         if let (Some(ratio), Some(ft)) = (ratio, first_token_vs_floor_turn) {
             block.push_str(&format!(
                 "\npipeline / floor turns/s: **{:.1}%**; pipeline first-token p99 / floor turn p99: **{ft:.2}×**\n",
                 ratio * 100.0
             ));
+        }
+        append(path, &block)?;
+    }
+    Ok(())
+}
+
+/// `--windows`: back-to-back windows on the same stack; each window's figures, CPU per turn, and
+/// the last window's over the first's.
+async fn windows(args: ChatArgs, cpu: cpu::Targets) -> anyhow::Result<()> {
+    let turn_timeout = Duration::from_secs(args.turn_timeout_secs);
+    let window = Duration::from_secs(args.window_secs.max(1));
+    let http = reqwest::Client::new();
+    let first = if cpu.is_empty() {
+        None
+    } else {
+        Some(cpu.snapshot().await?)
+    };
+    let start = Instant::now();
+    // A snapshot at the end of each window, taken while the clients run.
+    let snapshots = first.map(|first| {
+        let cpu = cpu.clone();
+        let count = args.windows;
+        tokio::spawn(async move {
+            let mut snapshots = vec![first];
+            for k in 1..=count {
+                let boundary = start + window.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
+                tokio::time::sleep_until(boundary.into()).await;
+                snapshots.push(cpu.snapshot().await?);
+            }
+            anyhow::Ok(snapshots)
+        })
+    });
+    let clients: Vec<_> = (0..args.connections)
+        .map(|_| {
+            tokio::spawn(chat::windowed_client(
+                http.clone(),
+                args.url.trim_end_matches('/').to_owned(),
+                args.messages,
+                turn_timeout,
+                start,
+                window,
+                args.windows,
+            ))
+        })
+        .collect();
+    let mut per_window: Vec<Measured> = (0..args.windows).map(|_| Measured::new()).collect();
+    let mut failures = 0usize;
+    let mut last_error = None;
+    for client in clients {
+        match client.await.context("client task panicked")? {
+            Ok(measured) => {
+                for (total, one) in per_window.iter_mut().zip(&measured) {
+                    total.merge(one);
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                last_error = Some(error);
+            }
+        }
+    }
+    if let Some(error) = last_error {
+        return Err(error.context(format!("{failures} client(s) failed")));
+    }
+    let snapshots = match snapshots {
+        Some(task) => Some(task.await.context("CPU snapshots task panicked")??),
+        None => None,
+    };
+    let mut reports: Vec<Report> = per_window
+        .iter()
+        .map(|measured| Report::new("window", args.connections, args.messages, measured, window))
+        .collect();
+    if let Some(snapshots) = &snapshots {
+        for (k, report) in reports.iter_mut().enumerate() {
+            if let (Some(before), Some(after)) = (snapshots.get(k), snapshots.get(k + 1)) {
+                report.cpu = Some(before.per_turn(after, report.turns));
+            }
+        }
+    }
+    let mut table = String::from(
+        "| window | turns | turns/s | first token p50 / p99 ms | turn p99 ms | CPU ms per turn |\n|---|---|---|---|---|---|\n",
+    );
+    for (k, report) in reports.iter().enumerate() {
+        table.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} / {:.2} | {:.2} | {} |\n",
+            k + 1,
+            report.turns,
+            report.turns_per_sec,
+            report.first_token_ms.p50,
+            report.first_token_ms.p99,
+            report.turn_ms.p99,
+            report
+                .cpu
+                .as_ref()
+                .map(cpu::PerTurn::line)
+                .unwrap_or_default(),
+        ));
+    }
+    let ratios = match (reports.first(), reports.last()) {
+        (Some(first), Some(last)) if reports.len() > 1 => {
+            let ratio = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
+            let cpu_ratio = match (&first.cpu, &last.cpu) {
+                (Some(first), Some(last)) => last
+                    .cpu_ms_per_turn
+                    .iter()
+                    .filter_map(|(label, ms)| {
+                        Some((
+                            label.clone(),
+                            ratio(*ms, *first.cpu_ms_per_turn.get(label)?)?,
+                        ))
+                    })
+                    .collect(),
+                _ => std::collections::BTreeMap::new(),
+            };
+            Some(serde_json::json!({
+                "turns_per_sec": ratio(last.turns_per_sec, first.turns_per_sec),
+                "first_token_p99": ratio(last.first_token_ms.p99, first.first_token_ms.p99),
+                "cpu_ms_per_turn": cpu_ratio,
+            }))
+        }
+        _ => None,
+    };
+    let ratio_line = ratios.as_ref().map(|r| {
+        let show = |v: &serde_json::Value| {
+            v.as_f64()
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        format!(
+            "last / first window: turns/s {}, first-token p99 {}, CPU per turn (all) {}",
+            show(&r["turns_per_sec"]),
+            show(&r["first_token_p99"]),
+            show(&r["cpu_ms_per_turn"]["all"]),
+        )
+    });
+    print!("{table}");
+    if let Some(line) = &ratio_line {
+        println!("{line}");
+    }
+    println!(
+        "{}",
+        serde_json::json!({"windows": reports, "window_secs": window.as_secs(), "last_over_first": ratios})
+    );
+    if let Some(path) = &args.append_to {
+        let mut block = String::new();
+        if let Some(label) = &args.label {
+            block.push_str(&format!("#### {label}\n\n"));
+        }
+        block.push_str(&format!("```\n{}\n```\n\n{table}", command_line()));
+        if let Some(line) = &ratio_line {
+            block.push_str(&format!("\n{line}\n"));
         }
         append(path, &block)?;
     }

@@ -82,6 +82,9 @@ pub(crate) struct Report {
     pub(crate) accepted_ms: Percentiles,
     pub(crate) first_token_ms: Percentiles,
     pub(crate) turn_ms: Percentiles,
+    /// CPU per turn by process, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu: Option<crate::cpu::PerTurn>,
 }
 
 impl Report {
@@ -105,6 +108,7 @@ impl Report {
             accepted_ms: (&measured.accepted).into(),
             first_token_ms: (&measured.first_token).into(),
             turn_ms: (&measured.turn).into(),
+            cpu: None,
         }
     }
 

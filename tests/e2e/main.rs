@@ -16,6 +16,7 @@ mod fanout;
 mod handoff;
 mod health;
 mod history;
+mod hot_path;
 mod idempotency;
 mod imported_tools;
 mod observability;

@@ -171,6 +171,23 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
 }
 
+/// [`Store::history`]: `$1` the thread, `$2` how many exchanges. Public for the test that checks
+/// its plans on a database with history (`tests/e2e/hot_path.rs`).
+///
+/// The thread's last messages are a backward walk of `turns_thread_messages_idx` (migration
+/// `20261201300000`), bounded by `$2` whatever the size of the table. A turn continued by
+/// approvals has one row per segment, the later ones at greater stream sequences: the reply is
+/// all of them, read from the primary key from the message on.
+pub const HISTORY_SQL: &str = "SELECT t.kind, t.content,
+        (SELECT coalesce(string_agg(s.reply, ' ' ORDER BY s.in_seq), '')
+           FROM turns s
+          WHERE s.thread_id = t.thread_id AND s.in_seq >= t.in_seq AND s.turn_id = t.turn_id
+            AND s.reply <> '')
+   FROM turns t
+  WHERE t.thread_id = $1 AND t.kind IN ('message', 'human_message') AND t.content IS NOT NULL
+    AND t.outcome IN ('completed', 'interrupted', 'clarification', 'held', 'delivered')
+  ORDER BY t.in_seq DESC LIMIT $2";
+
 #[derive(Clone)]
 pub struct Store {
     db: PgPool,
@@ -480,21 +497,11 @@ impl Store {
         thread_id: &ThreadId,
         turns: i64,
     ) -> Result<Vec<ChatMessage>, sqlx::Error> {
-        // A turn continued by approvals has one row per segment: the reply is all of them.
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT t.kind, t.content,
-                    (SELECT coalesce(string_agg(s.reply, ' ' ORDER BY s.in_seq), '')
-                       FROM turns s
-                      WHERE s.thread_id = t.thread_id AND s.turn_id = t.turn_id AND s.reply <> '')
-               FROM turns t
-              WHERE t.thread_id = $1 AND t.kind IN ('message', 'human_message') AND t.content IS NOT NULL
-                AND t.outcome IN ('completed', 'interrupted', 'clarification', 'held', 'delivered')
-              ORDER BY t.in_seq DESC LIMIT $2",
-        )
-        .bind(thread_id.as_str())
-        .bind(turns)
-        .fetch_all(&self.db)
-        .await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(HISTORY_SQL)
+            .bind(thread_id.as_str())
+            .bind(turns)
+            .fetch_all(&self.db)
+            .await?;
         let mut history = Vec::with_capacity(rows.len() * 2);
         for (kind, content, reply) in rows.into_iter().rev() {
             // An operator's message is the support side speaking: the agents see it as an

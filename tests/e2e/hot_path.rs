@@ -1,0 +1,580 @@
+//! The hot path stays flat as the database grows: every statement run per turn reads the
+//! thread's own rows, whatever the size of the tables and whichever plan PostgreSQL picks.
+//!
+//! A database seeded with 24,000 turns over 1,200 threads (the analytics indexes full of them) is
+//! checked in two states: as a busy database is before autovacuum first analyzes it (no
+//! statistics: the state in which the history query used to read the whole partial analytics
+//! index on every turn, issue 10) and analyzed. In each state, under `plan_cache_mode` forced to
+//! generic plans (what a prepared statement runs after a few executions) and to custom plans:
+//!
+//! - real turns through the real binaries: PostgreSQL's own counters show that the turns read no
+//!   analytics index, scanned no hot table sequentially, and read few index entries per turn;
+//! - `EXPLAIN (ANALYZE, FORMAT JSON)` of each per-turn statement (the worker's, and the edge's
+//!   thread page): no analytics index, no sequential scan of a hot table, few rows read.
+
+use std::fmt::Write as _;
+
+use e2e::{eventually, StackOptions, TestApp};
+use serde_json::Value;
+
+/// Turns seeded, and the threads they are spread over (20 turns each, 50 threads at a time, as
+/// `loadgen chat` makes them).
+const SEEDED_TURNS: i64 = 24_000;
+const SEEDED_THREADS: i64 = 1_200;
+/// Turns of the threads the test talks to.
+const TURNS: usize = 6;
+/// Rows (index entries and heap rows) a statement may read for a thread of [`TURNS`] turns.
+const MAX_ROWS_READ: f64 = 100.0;
+
+/// Indexes that exist for the dashboard and the admin lists: no per-turn statement may read them.
+const ANALYTICS_INDEXES: &[&str] = &[
+    "turns_messages_received_idx",
+    "turns_usage_idx",
+    "turns_latency_idx",
+    "turns_latency_order_idx",
+    "turns_completed_at_idx",
+    "turns_text_search_idx",
+    "turn_agents_analytics_idx",
+    "turn_agents_duration_idx",
+    "threads_last_active_idx",
+    "threads_status_last_active_idx",
+    "threads_created_analytics_idx",
+    "interrupts_created_at_idx",
+    "dead_letters_created_at_idx",
+];
+
+/// Tables a turn touches: never scanned whole.
+const HOT_TABLES: &[&str] = &[
+    "turns",
+    "threads",
+    "turn_agents",
+    "interrupts",
+    "tool_executions",
+    "turn_attempts",
+];
+
+const MODES: &[&str] = &["force_generic_plan", "force_custom_plan"];
+
+/// Threads shaped like `loadgen chat`'s (each message through classification, a tool call and the
+/// reply), with their turn rows, agent shares and an approval every thread.
+const SEED: &[&str] = &[
+    "INSERT INTO threads (id, status, last_in_seq, last_seq, messages)
+     SELECT 'seed-' || lpad(g::text, 6, '0'), 'resolved', 0, 0, 20
+       FROM generate_series(1, $2::bigint) AS g",
+    "INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply, first_seq,
+                        last_seq, prompt_tokens, completion_tokens, cost_usd, received_at,
+                        started_at, completed_at, outcome, agents, events)
+     SELECT 'seed-' || lpad(((g - 1) % 50 + 1 + 50 * ((g - 1) / 1000))::text, 6, '0'), g,
+            md5(g::text)::uuid, 'm' || g, 'message', 'Where is my order ' || (1001 + g % 10) || '?',
+            'Order ' || (1001 + g % 10) || ' has shipped and should arrive by Friday.',
+            g * 21 - 20, g * 21, 150, 25, 0.0001,
+            now() - interval '1 day' + g * interval '1 second',
+            now() - interval '1 day' + g * interval '1 second' + interval '5 ms',
+            now() - interval '1 day' + g * interval '1 second' + interval '50 ms',
+            'completed', ARRAY['orders'], '[{\"type\": \"classified\", \"agent\": \"orders\"}]'
+       FROM generate_series(1, $1::bigint) AS g",
+    "INSERT INTO turn_agents (thread_id, in_seq, position, agent, prompt_tokens,
+                              completion_tokens, cost_usd, tool_calls, duration_ms, completed_at)
+     SELECT thread_id, in_seq, 1, 'orders', 150, 25, 0.0001, 1, 40, completed_at FROM turns",
+    "INSERT INTO interrupts (id, thread_id, turn_id, in_seq, agent, action, params, checkpoint,
+                             created_at, expires_at, status, decided_at, decided_in_seq)
+     SELECT md5('i' || g)::uuid, 'seed-' || lpad(g::text, 6, '0'), md5(g::text)::uuid, g,
+            'orders', 'cancel_order', '{}', '{}', now() - interval '1 day', now(),
+            'rejected', now(), g + 1
+       FROM generate_series(1, $2::bigint) AS g",
+    "INSERT INTO tool_executions (interrupt_id, thread_id, tool, args, ok, result)
+     SELECT id, thread_id, 'cancel_order', '{}', true, '{}' FROM interrupts",
+    "INSERT INTO turn_attempts (thread_id, in_seq, attempts, history)
+     SELECT thread_id, in_seq, 1, '[]' FROM turns WHERE in_seq % 20 = 0",
+];
+
+#[tokio::test]
+async fn per_turn_statements_read_only_the_threads_rows_on_a_database_with_history() {
+    let mut app = TestApp::spawn(StackOptions::default()).await;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&app.database_url)
+        .await
+        .unwrap();
+    // Autovacuum would analyze the seeded tables at a time of its choosing: the test chooses.
+    for table in HOT_TABLES {
+        sqlx::query(&format!(
+            "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    for statement in SEED {
+        sqlx::query(statement)
+            .bind(SEEDED_TURNS)
+            .bind(SEEDED_THREADS)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    db.close().await;
+
+    let mut failures = Vec::new();
+    for state in ["no statistics", "analyzed"] {
+        if state == "analyzed" {
+            let db = app.db().await;
+            sqlx::query("ANALYZE").execute(&db).await.unwrap();
+            db.close().await;
+        }
+        let mut threads = Vec::new();
+        for mode in MODES {
+            let (thread, problems) = real_turns(&mut app, mode).await;
+            failures.extend(
+                problems
+                    .into_iter()
+                    .map(|p| format!("{state}, {mode}, real turns: {p}")),
+            );
+            threads.push(thread);
+        }
+        for mode in MODES {
+            for problem in explain_all(&app, &threads[0], mode).await {
+                failures.push(format!("{state}, {mode}, EXPLAIN: {problem}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "per-turn statements not bounded by the thread:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// PostgreSQL's counters of the hot tables and their indexes, as far as every backend flushed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    analytics_entries: i64,
+    hot_seq_scans: i64,
+    turns_index_entries: i64,
+    turns_inserted: i64,
+}
+
+async fn counters(app: &TestApp) -> Counters {
+    let db = app.db().await;
+    let analytics: Vec<String> = ANALYTICS_INDEXES.iter().map(|s| (*s).to_owned()).collect();
+    let hot: Vec<String> = HOT_TABLES.iter().map(|s| (*s).to_owned()).collect();
+    let (analytics_entries, turns_index_entries): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(idx_tup_read) FILTER (WHERE indexrelname = ANY($1)), 0)::int8,
+                coalesce(sum(idx_tup_read) FILTER (WHERE relname = 'turns'), 0)::int8
+           FROM pg_stat_user_indexes",
+    )
+    .bind(&analytics)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let (hot_seq_scans, turns_inserted): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(seq_scan), 0)::int8,
+                coalesce(sum(n_tup_ins) FILTER (WHERE relname = 'turns'), 0)::int8
+           FROM pg_stat_user_tables WHERE relname = ANY($1)",
+    )
+    .bind(&hot)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    Counters {
+        analytics_entries,
+        hot_seq_scans,
+        turns_index_entries,
+        turns_inserted,
+    }
+}
+
+/// Stops the stack's processes and waits until their database sessions ended: a session's
+/// counters reach the statistics when it ends, before it leaves `pg_stat_activity`.
+async fn stop_stack(app: &mut TestApp) {
+    for mut process in app.edges.drain(..).chain(app.workers.drain(..)) {
+        process.terminate().await;
+    }
+    let db = app.db().await;
+    eventually("the stack's database sessions to end", || async {
+        let sessions: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND backend_type = 'client backend'
+                AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&db)
+        .await
+        .ok()?;
+        (sessions == 0).then_some(())
+    })
+    .await;
+    db.close().await;
+}
+
+/// Runs [`TURNS`] turns on a new thread through a stack whose sessions plan as `mode` says;
+/// returns the thread and what the counters found wrong.
+async fn real_turns(app: &mut TestApp, mode: &str) -> (String, Vec<String>) {
+    stop_stack(app).await;
+    let db = app.db().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET plan_cache_mode = {mode}",
+        app.database
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    let before = counters(app).await;
+    app.start_edge().await;
+    app.start_worker().await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    for i in 0..TURNS {
+        ws.send(&thread.message(&format!("Where is my order {}?", 1001 + i)))
+            .await;
+        ws.expect_type("accepted").await;
+        ws.frames_until_type("message_complete").await;
+    }
+    // Committed: read on `threads` (whose index reads are not counted), not on `turns`.
+    let db = app.db().await;
+    eventually("the turns to be committed", || async {
+        let messages: i32 = sqlx::query_scalar("SELECT messages FROM threads WHERE id = $1")
+            .bind(&thread.thread_id)
+            .fetch_one(&db)
+            .await
+            .ok()?;
+        (messages == TURNS as i32).then_some(())
+    })
+    .await;
+    db.close().await;
+    drop(ws);
+    stop_stack(app).await;
+    let after = counters(app).await;
+    let mut problems = Vec::new();
+    let inserted = after.turns_inserted - before.turns_inserted;
+    if inserted != TURNS as i64 {
+        problems.push(format!(
+            "the counters show {inserted} turn rows inserted, not {TURNS}"
+        ));
+    }
+    let analytics = after.analytics_entries - before.analytics_entries;
+    if analytics != 0 {
+        problems.push(format!(
+            "{analytics} analytics index entries read in {TURNS} turns"
+        ));
+    }
+    let seq_scans = after.hot_seq_scans - before.hot_seq_scans;
+    if seq_scans != 0 {
+        problems.push(format!("{seq_scans} sequential scans of hot tables"));
+    }
+    let per_turn = (after.turns_index_entries - before.turns_index_entries) as f64 / TURNS as f64;
+    if per_turn >= MAX_ROWS_READ {
+        problems.push(format!(
+            "{per_turn:.0} index entries of turns read per turn"
+        ));
+    }
+    (thread.thread_id, problems)
+}
+
+/// One per-turn statement: its text, and its arguments as SQL literals.
+struct Statement {
+    name: &'static str,
+    sql: String,
+    args: Vec<String>,
+}
+
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Every statement the worker runs for a turn (`worker/src/store.rs`, the agents' runtime), and
+/// the edge's thread page. The history is the worker's own text; the others are copies.
+fn statements(thread: &str) -> Vec<Statement> {
+    let thread = literal(thread);
+    let owner = literal("00000000-0000-0000-0000-00000000beef");
+    let interrupt = literal("00000000-0000-0000-0000-0000000000aa");
+    let big = i64::MAX.to_string();
+    let s = |name, sql: &str, args: &[&str]| Statement {
+        name,
+        sql: sql.to_owned(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+    };
+    vec![
+        s("history", worker::store::HISTORY_SQL, &[&thread, "5"]),
+        s(
+            "acquire",
+            "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
+             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+             ON CONFLICT (id) DO UPDATE
+                SET lease_owner = EXCLUDED.lease_owner,
+                    lease_epoch = threads.lease_epoch + 1,
+                    lease_expires_at = EXCLUDED.lease_expires_at
+                WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
+             RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired', last_active_at,
+                       pending_interrupt",
+            &[&thread, &owner, "30.0"],
+        ),
+        s(
+            "commit",
+            COMMIT_SQL,
+            &[
+                &thread, "7", "1000000", "1000021", "'resolved'", "true", &owner,
+                "'00000000-0000-0000-0000-0000000000cc'", "'m-explain'", "'message'",
+                "'Where is my order 1001?'", "'It has shipped.'", "1000001", "150", "25",
+                "0.0001", "now()", "now()", "NULL", "'completed'", "ARRAY['orders']",
+                "'[]'::jsonb", "false", "ARRAY['orders']", "ARRAY[150]::int8[]",
+                "ARRAY[25]::int8[]", "ARRAY[0.0001]::float8[]", "ARRAY[1]", "ARRAY[40]::int8[]",
+            ],
+        ),
+        s(
+            "renew",
+            "UPDATE threads SET lease_expires_at = now() + make_interval(secs => $3)
+              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $4",
+            &[&thread, "7", "30.0", &owner],
+        ),
+        s(
+            "release",
+            "UPDATE threads SET lease_owner = NULL, lease_expires_at = NULL
+              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3",
+            &[&thread, "7", &owner],
+        ),
+        s(
+            "skip",
+            "UPDATE threads SET last_in_seq = $3,
+                    lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
+                    lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END
+              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $4 AND last_in_seq < $3",
+            &[&thread, "7", "1000000", &owner, "true"],
+        ),
+        s(
+            "record_failure",
+            "INSERT INTO turn_attempts (thread_id, in_seq, attempts, history)
+             VALUES ($1, $2, 1, jsonb_build_array(jsonb_build_object('at', now(), 'error', $3::text)))
+             ON CONFLICT (thread_id, in_seq) DO UPDATE
+                SET attempts = turn_attempts.attempts + 1,
+                    history = turn_attempts.history
+                              || jsonb_build_object('at', now(), 'error', $3::text)
+             RETURNING attempts",
+            &[&thread, "1000000", "'boom'"],
+        ),
+        s(
+            "failures",
+            "SELECT attempts, history -> -1 ->> 'error' FROM turn_attempts
+              WHERE thread_id = $1 AND in_seq = $2",
+            &[&thread, "1000000"],
+        ),
+        s(
+            "interrupt_raised_at",
+            "SELECT created_at FROM interrupts WHERE id = $1",
+            &[&interrupt],
+        ),
+        s(
+            "load_interrupt",
+            "SELECT turn_id, agent, action, params, checkpoint, expires_at, status, decided_in_seq
+               FROM interrupts WHERE id = $1",
+            &[&interrupt],
+        ),
+        s(
+            "decide_interrupt",
+            "UPDATE interrupts SET status = $2, decided_at = COALESCE(decided_at, now()), decided_in_seq = $3
+              WHERE id = $1 AND (status = 'pending' OR decided_in_seq = $3)",
+            &[&interrupt, "'approved'", "1000000"],
+        ),
+        s(
+            "abandon_interrupts",
+            "UPDATE interrupts SET status = 'abandoned' WHERE thread_id = $1 AND in_seq = $2 AND status = 'pending'",
+            &[&thread, "1000000"],
+        ),
+        s(
+            "tool_execution",
+            "SELECT ok, result, finished_at IS NOT NULL FROM tool_executions WHERE interrupt_id = $1",
+            &[&interrupt],
+        ),
+        s(
+            "edge_thread_page_thread",
+            "SELECT t.status, t.last_seq, i.id, i.turn_id, i.action, i.params, i.expires_at
+               FROM threads t LEFT JOIN interrupts i ON i.id = t.pending_interrupt
+              WHERE t.id = $1",
+            &[&thread],
+        ),
+        s(
+            "edge_thread_page_starts",
+            "SELECT in_seq FROM turns
+              WHERE thread_id = $1 AND kind = 'message' AND in_seq < $2
+              ORDER BY in_seq DESC LIMIT $3",
+            &[&thread, &big, "51"],
+        ),
+        s(
+            "edge_thread_page_rows",
+            "SELECT kind, message_id, turn_id, content, reply, outcome, last_seq, prompt_tokens,
+                    completion_tokens, cost_usd, received_at, completed_at
+               FROM turns WHERE thread_id = $1 AND in_seq >= $2 AND in_seq < $3 ORDER BY in_seq",
+            &[&thread, "0", &big],
+        ),
+    ]
+}
+
+/// `Store::commit` (a copy: its text is long and other changes touch it).
+const COMMIT_SQL: &str = "WITH advanced AS (
+    UPDATE threads
+       SET last_in_seq = $3,
+           last_seq = GREATEST(last_seq, $4),
+           status = CASE WHEN $5 = 'resolved' AND (escalated_at IS NOT NULL OR $23)
+                         THEN 'escalated' ELSE $5 END,
+           last_active_at = CASE WHEN $5 <> 'expired' THEN now() ELSE last_active_at END,
+           lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
+           lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END,
+           pending_interrupt = $19,
+           title = COALESCE(title, left($11, 200)),
+           agents = agents || ARRAY(SELECT a FROM unnest($21::text[]) WITH ORDINALITY AS n(a, i)
+                                     WHERE a <> ALL(threads.agents) ORDER BY i),
+           messages = messages + CASE WHEN $10 = 'message' THEN 1 ELSE 0 END,
+           prompt_tokens = prompt_tokens + $14,
+           completion_tokens = completion_tokens + $15,
+           cost_usd = cost_usd + $16,
+           escalated_at = CASE WHEN $23 THEN COALESCE(escalated_at, now()) ELSE escalated_at END
+     WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
+ RETURNING id
+ ),
+ turn AS (
+    INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
+                       first_seq, last_seq, prompt_tokens, completion_tokens, cost_usd,
+                       received_at, started_at, outcome, agents, events)
+    SELECT id, $3, $8, $9, $10, $11, $12, $13, $4, $14, $15, $16, $17, $18, $20, $21, $22
+      FROM advanced
+ RETURNING thread_id, in_seq
+ ),
+ shares AS (
+    INSERT INTO turn_agents (thread_id, in_seq, position, agent, prompt_tokens,
+                             completion_tokens, cost_usd, tool_calls, duration_ms)
+    SELECT turn.thread_id, turn.in_seq, s.position, s.agent, s.prompt, s.completion,
+           s.cost, s.tools, s.ms
+      FROM turn,
+           unnest($24::text[], $25::bigint[], $26::bigint[], $27::float8[], $28::int[],
+                  $29::bigint[])
+           WITH ORDINALITY AS s(agent, prompt, completion, cost, tools, ms, position)
+ )
+ SELECT count(*) FROM turn";
+
+/// Types of the commit's parameters, as the worker binds them.
+const COMMIT_TYPES: &str = "text, int8, int8, int8, text, bool, uuid, uuid, text, text, text, \
+     text, int8, int8, int8, float8, timestamptz, timestamptz, uuid, text, text[], jsonb, bool, \
+     text[], int8[], int8[], float8[], int[], int8[]";
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of every statement under `mode`, each in a transaction rolled
+/// back (the lease of the commit is set up in it); what was wrong with the plans.
+async fn explain_all(app: &TestApp, thread: &str, mode: &str) -> Vec<String> {
+    let db = app.db().await;
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query(&format!("SET plan_cache_mode = {mode}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut problems = Vec::new();
+    for statement in statements(thread) {
+        let types = if statement.name == "commit" {
+            format!(" ({COMMIT_TYPES})")
+        } else {
+            String::new()
+        };
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+        sqlx::query(
+            "UPDATE threads SET lease_owner = '00000000-0000-0000-0000-00000000beef', lease_epoch = 7
+              WHERE id = $1",
+        )
+        .bind(thread)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        sqlx::query(&format!("PREPARE hot{types} AS {}", statement.sql))
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("PREPARE {}: {e}", statement.name));
+        let plan: Value = sqlx::query_scalar(&format!(
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE hot({})",
+            statement.args.join(", ")
+        ))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("EXPLAIN {}: {e}", statement.name));
+        sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+        sqlx::query("DEALLOCATE hot")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let mut found = Found::default();
+        walk(&plan[0]["Plan"], &mut found);
+        if statement.name == "history" && mode == "force_generic_plan" && !found.generic {
+            problems.push(format!("{}: the plan is not generic", statement.name));
+        }
+        for index in &found.analytics {
+            problems.push(format!("{}: reads {index}", statement.name));
+        }
+        for table in &found.seq_scans {
+            problems.push(format!("{}: Seq Scan on {table}", statement.name));
+        }
+        if found.rows_read >= MAX_ROWS_READ {
+            let mut outline = String::new();
+            outline_plan(&plan[0]["Plan"], 0, &mut outline);
+            problems.push(format!(
+                "{}: {:.0} rows read\n{outline}",
+                statement.name, found.rows_read
+            ));
+        }
+    }
+    problems
+}
+
+#[derive(Debug, Default)]
+struct Found {
+    analytics: Vec<String>,
+    seq_scans: Vec<String>,
+    rows_read: f64,
+    /// A `$n` in a condition: the plan did not see the arguments.
+    generic: bool,
+}
+
+fn walk(node: &Value, found: &mut Found) {
+    let kind = node["Node Type"].as_str().unwrap_or_default();
+    let relation = node["Relation Name"].as_str();
+    let index = node["Index Name"].as_str();
+    if let Some(index) = index {
+        if ANALYTICS_INDEXES.contains(&index) {
+            found.analytics.push(index.to_owned());
+        }
+    }
+    if kind == "Seq Scan" {
+        if let Some(table) = relation.filter(|table| HOT_TABLES.contains(table)) {
+            found.seq_scans.push(table.to_owned());
+        }
+    }
+    if kind.ends_with("Scan") && (relation.is_some() || index.is_some()) {
+        let number = |key: &str| node[key].as_f64().unwrap_or_default();
+        found.rows_read += (number("Actual Rows")
+            + number("Rows Removed by Filter")
+            + number("Rows Removed by Index Recheck"))
+            * number("Actual Loops");
+    }
+    for key in ["Index Cond", "Recheck Cond", "Filter", "Hash Cond"] {
+        if node[key].as_str().is_some_and(|cond| cond.contains('$')) {
+            found.generic = true;
+        }
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        walk(child, found);
+    }
+}
+
+/// The plan's nodes, one a line, for the failure message.
+fn outline_plan(node: &Value, depth: usize, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "{:width$}{} {} {} rows={} loops={}",
+        "",
+        node["Node Type"].as_str().unwrap_or("?"),
+        node["Relation Name"].as_str().unwrap_or(""),
+        node["Index Name"].as_str().unwrap_or(""),
+        node["Actual Rows"],
+        node["Actual Loops"],
+        width = depth * 2
+    );
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        outline_plan(child, depth + 1, out);
+    }
+}
