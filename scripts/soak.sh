@@ -122,7 +122,7 @@ if [ -z "${RATE:-}" ]; then
   rate="$(awk -v m="$max" 'BEGIN { printf "%.1f", m / 2 }')"
   log "measured maximum: $max turns/s; soak rate: $rate messages/s"
 else
-  max="not measured" rate="$RATE"
+  max="not measured, RATE given" rate="$RATE"
   log "soak rate: $rate messages/s (RATE)"
 fi
 
@@ -135,8 +135,9 @@ sample() {
     fds="$(ls "/proc/$p/fd" 2>/dev/null | wc -l)"
     echo "$t,$role,$p,1,$rss,$anon,$fds"
   done
-  pgpids="$(psql -Atq -h 127.0.0.1 -U postgres -d postgres \
-    -c "SELECT pid FROM pg_stat_activity WHERE datname = '$db'" 2>/dev/null || true)"
+  # The backends of the soak's database, by their process title ("postgres: [CLUSTER: ]USER DB
+  # HOST(PORT) …"): no connection needed, so a server with every connection taken cannot hide them.
+  pgpids="$(ps -eo pid=,args= | awk -v db="$db" '$2 == "postgres:" && index($0 " ", " " db " ") { print $1 }')"
   n=0 srss=0 sanon=0 sfds=0
   for p in $pgpids; do
     [ -e "/proc/$p/status" ] || continue
@@ -203,12 +204,15 @@ sampler_pid="" restarter_pid=""
 json="$(cat "$out/loadgen.json")"
 jget() { grep -o "\"$1\":[^,}]*" <<<"$json" | head -n 1 | cut -d: -f2; }
 {
-  echo "Soak $run: $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores; $secs s at $rate messages/s (measured maximum: $max turns/s), $clients clients, 2 workers, restart every $restart_secs s, cancels $([ "$cancels" = 1 ] && echo on || echo off), scripted model ($SCRIPTED_REPLY_TOKENS tokens, $SCRIPTED_TOKEN_DELAY_MS ms/token)."
+  echo "Soak $run: $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores; $secs s at $rate messages/s (measured maximum: $max$([ -z "${RATE:-}" ] && echo " turns/s")), $clients clients, 2 workers, restart every $restart_secs s, cancels $([ "$cancels" = 1 ] && echo on || echo off), scripted model ($SCRIPTED_REPLY_TOKENS tokens, $SCRIPTED_TOKEN_DELAY_MS ms/token)."
   echo
   echo "Turns: sent $(jget messages_sent), accepted $(jget messages_accepted), completed $(jget completed) (cancelled $(jget completed_cancelled)), failed $(jget failed), **lost $(jget lost)**, **duplicated $(jget duplicated_turns)**; duplicate frames $(jget duplicate_frames), seq gaps $(jget seq_gaps); achieved $(jget rate_achieved) messages/s."
   echo "Approvals $(jget approvals) (approved $(jget approved), rejected $(jget rejected)); socket drops $(jget drops), server closes $(jget server_closes), resumes $(jget resumes), messages re-sent $(jget resends), turn resets $(jget turn_resets), threads $(jget threads)."
+  if [ "$cancels" = 1 ]; then
+    echo "Cancels: sent $(jget cancels_sent), accepted $(jget cancels_accepted), refused $(jget cancel_errors); turns that ended cancelled $(jget completed_cancelled)."
+  fi
   echo "PostgreSQL \`turns\`: $(jget rows) rows for $(jget expected) accepted messages and answers: lost $(grep -o '"db":{[^}]*' <<<"$json" | grep -o '"lost":[0-9]*' | cut -d: -f2), duplicated $(grep -o '"db":{[^}]*' <<<"$json" | grep -o '"duplicated":[0-9]*' | cut -d: -f2), unexpected $(jget unexpected), dead-lettered $(jget dead_lettered)."
-  echo "Plain turns' latency (ms) p50 / p90 / p99 / max: $(grep -o '"turn_ms":{[^}]*}' <<<"$json" | grep -o '[0-9.]*' | paste -sd/ | sed 's|/| / |g')."
+  echo "Plain turns' latency (ms) p50 / p90 / p99 / max: $(grep -o '"turn_ms":{[^}]*}' <<<"$json" | grep -o ':[0-9][0-9.]*' | tr -d : | paste -sd/ | sed 's|/| / |g')."
   echo
   echo "Restarts (elapsed s, worker, signal, back ready at s):"
   echo
@@ -217,12 +221,12 @@ jget() { grep -o "\"$1\":[^,}]*" <<<"$json" | head -n 1 | cut -d: -f2; }
   awk -F, -v wf="$warm_from" -v wt="$warm_to" -v tail="$tail_secs" -v end="$secs" -v bucket="$table_secs" '
     NR == 1 { next }
     {
-      t = $1; p = $2; rss = $5 / 1024; fd = $7
+      t = $1; p = $2; rss = $5 / 1024; anon = $6 / 1024; fd = $7
       if (!(p in seen)) { seen[p] = 1; order[++n] = p }
       b = int(t / bucket); if (t >= end) b = int((end - 1) / bucket)
       if (t < end) { bs[p, b] += rss; bf[p, b] += fd; bc[p, b]++; if (b > maxb) maxb = b }
-      if (t >= wf && t < wt) { ws[p] += rss; wfd[p] += fd; wc[p]++ }
-      if (t >= end - tail && t < end) { es[p] += rss; efd[p] += fd; ec[p]++ }
+      if (t >= wf && t < wt) { ws[p] += rss; wa[p] += anon; wfd[p] += fd; wc[p]++ }
+      if (t >= end - tail && t < end) { es[p] += rss; ea[p] += anon; efd[p] += fd; ec[p]++ }
     }
     END {
       printf "RSS MiB / open FDs, mean per %d s:\n\n| minutes |", bucket
@@ -235,13 +239,16 @@ jget() { grep -o "\"$1\":[^,}]*" <<<"$json" | head -n 1 | cut -d: -f2; }
         printf "\n"
       }
       printf "\nGrowth after warm-up: mean of %g–%g min against the last %g min (%g–%g min):\n\n", wf / 60, wt / 60, tail / 60, (end - tail) / 60, end / 60
-      print "| process | RSS MiB warm | RSS MiB end | RSS growth | FDs warm | FDs end | FD growth |"
-      print "|---|---|---|---|---|---|---|"
+      print "| process | RSS MiB warm | RSS MiB end | RSS growth | anon MiB warm | anon MiB end | anon growth | FDs warm | FDs end | FD growth |"
+      print "|---|---|---|---|---|---|---|---|---|---|"
       for (i = 1; i <= n; i++) { p = order[i]
-        if (!wc[p] || !ec[p]) { printf "| %s | – | – | – | – | – | – |\n", p; continue }
-        a = ws[p] / wc[p]; z = es[p] / ec[p]; fa = wfd[p] / wc[p]; fz = efd[p] / ec[p]
-        printf "| %s | %.1f | %.1f | %+.1f%% | %.1f | %.1f | %+.1f |\n", p, a, z, (a > 0 ? (z - a) / a * 100 : 0), fa, fz, fz - fa
+        if (!wc[p] || !ec[p]) { printf "| %s | – | – | – | – | – | – | – | – | – |\n", p; continue }
+        a = ws[p] / wc[p]; z = es[p] / ec[p]; aa = wa[p] / wc[p]; az = ea[p] / ec[p]
+        fa = wfd[p] / wc[p]; fz = efd[p] / ec[p]
+        printf "| %s | %.1f | %.1f | %+.1f%% | %.1f | %.1f | %+.1f%% | %.1f | %.1f | %+.1f |\n", p, a, z, (a > 0 ? (z - a) / a * 100 : 0), aa, az, (aa > 0 ? (az - aa) / aa * 100 : 0), fa, fz, fz - fa
       }
+      print ""
+      print "(anon: RssAnon, private memory. A PostgreSQL backend'"'"'s RSS also counts the shared buffers it has touched, so the backends'"'"' summed RSS grows as they touch more of them; their private memory is the anon column.)"
     }' "$out/samples.csv"
   echo
   echo "Workers by incarnation (a restart starts a new one): RSS MiB at its first and last sample, peak, FDs first/last:"

@@ -321,7 +321,7 @@ struct Outcome {
 
 impl Outcome {
     fn example(&mut self, text: String) {
-        if self.examples.len() < 20 {
+        if self.examples.len() < 20 && !self.examples.contains(&text) {
             self.examples.push(text);
         }
     }
@@ -347,6 +347,8 @@ struct Turn {
     drop: DropAt,
     cancel: CancelAt,
     cancel_sent: bool,
+    /// The approval left unanswered because the turn was cancelled instead.
+    cancelled_interrupt: Option<String>,
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<Summary> {
@@ -401,7 +403,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<Summary> {
         cancels.extend(out.cancels);
         lost.extend(out.lost);
         for example in out.examples {
-            if examples.len() < 40 {
+            if examples.len() < 40 && !examples.contains(&example) {
                 examples.push(example);
             }
         }
@@ -807,6 +809,7 @@ impl User {
             drop,
             cancel,
             cancel_sent: false,
+            cancelled_interrupt: None,
         };
         let started = Instant::now();
         let until = started + self.ctx.options.turn_timeout;
@@ -1057,6 +1060,11 @@ impl User {
             Some(Sent::Cancel) => {
                 self.out.counts.cancel_errors += 1;
                 self.out.example(format!("cancel answered {code}"));
+                // The edge does not take it (e.g. one without `cancel`): answer the approval the
+                // turn is paused at instead, so the turn still ends.
+                if let Some(interrupt_id) = turn.cancelled_interrupt.take() {
+                    self.send_answer(turn, interrupt_id).await;
+                }
             }
             sent => {
                 self.out.counts.other_errors += 1;
@@ -1132,6 +1140,7 @@ impl User {
                 self.ctx.live.approvals.fetch_add(1, Ordering::Relaxed);
                 let interrupt_id = frame.interrupt_id.as_deref().unwrap_or("").to_owned();
                 if turn.cancel == CancelAt::AtApproval && !turn.cancel_sent {
+                    turn.cancelled_interrupt = Some(interrupt_id);
                     self.send_cancel(turn).await;
                 } else {
                     self.send_answer(turn, interrupt_id).await;
