@@ -88,10 +88,20 @@ sampler_pid="" restarter_pid=""
 cleanup() {
   set +e
   for p in $sampler_pid $restarter_pid; do kill "$p" 2>/dev/null; done
-  for role in worker1 worker2 edge nats; do
+  # Workers and the edge first, while NATS is still there to take back their unfinished work;
+  # whatever has not gone after 30 s is killed. Then NATS.
+  for role in worker1 worker2 edge; do
     p="$(pid_of "$role")"
     [ -n "$p" ] && kill "$p" 2>/dev/null
   done
+  for role in worker1 worker2 edge; do
+    p="$(pid_of "$role")"
+    [ -n "$p" ] || continue
+    for _ in $(seq 1 300); do gone "$p" && break; sleep 0.1; done
+    gone "$p" || { echo "[soak] $role ($p) still running 30 s after SIGTERM: killed" >&2; kill -9 "$p" 2>/dev/null; }
+  done
+  p="$(pid_of nats)"
+  [ -n "$p" ] && kill "$p" 2>/dev/null
   wait 2>/dev/null
   if [ "${SOAK_KEEP_DB:-0}" != 1 ]; then
     psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" postgres >/dev/null 2>&1
