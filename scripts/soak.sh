@@ -159,6 +159,9 @@ sample() {
 }
 
 sampler() {
+  # A process that exits between two reads (a restarted worker, its backends) must not end the
+  # sampling: no errexit or pipefail here.
+  set +e +o pipefail
   local next=0 t
   while :; do
     t=$(($(date +%s) - t0))
@@ -170,6 +173,7 @@ sampler() {
 }
 
 restarter() {
+  set +e +o pipefail
   local k=0 i sig p t
   while sleep "$restart_secs"; do
     t=$(($(date +%s) - t0))
