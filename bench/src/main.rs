@@ -6,7 +6,9 @@
 //! each process spent per turn, and with `--windows` it runs back-to-back windows on the same
 //! stack to show whether a turn's cost stays flat as the database grows. `loadgen idle` holds N idle sockets and reads the edge's memory. `loadgen seed`
 //! fills an empty database with conversations, and `loadgen admin-bench` times the admin API's
-//! read routes against it.
+//! read routes against it. `loadgen soak` runs a fixed turn rate for a long time with approvals,
+//! socket drops and resumes (and optionally cancels), and checks that every turn ends exactly once,
+//! on the wire and in PostgreSQL (`scripts/soak.sh` runs it around a full stack).
 
 mod admin_bench;
 mod chat;
@@ -14,6 +16,7 @@ mod cpu;
 mod floor;
 mod idle;
 mod seed;
+mod soak;
 mod stats;
 
 use std::io::Write as _;
@@ -40,6 +43,9 @@ enum Command {
     Seed(SeedArgs),
     /// Times the admin API's read routes: analytics, the conversation list, a timeline.
     AdminBench(AdminBenchArgs),
+    /// A long run at a fixed turn rate with approvals, drops, resumes (and optionally cancels);
+    /// fails if a turn is lost or duplicated, on the wire or in the `turns` table.
+    Soak(SoakArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,6 +158,53 @@ struct AdminBenchArgs {
     label: Option<String>,
 }
 
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// The edge's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// New messages per second, over all clients (a token bucket).
+    #[arg(long)]
+    rate: f64,
+    /// How long to send, in seconds (turns in progress then finish).
+    #[arg(long, default_value_t = 1800)]
+    secs: u64,
+    /// Virtual users, each with one socket and one thread at a time.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Turns per thread before a user moves to a new thread (on the same socket).
+    #[arg(long, default_value_t = 20)]
+    turns_per_thread: u32,
+    /// Share of messages that raise an approval ("Cancel order N", "Refund order N").
+    #[arg(long, default_value_t = 0.2)]
+    approval_share: f64,
+    /// Share of approvals answered `approved: true` (the others are rejected).
+    #[arg(long, default_value_t = 0.5)]
+    approve_share: f64,
+    /// Share of turns whose socket is dropped (before `accepted`, mid-turn or after the turn),
+    /// then reconnected with `resume`.
+    #[arg(long, default_value_t = 0.05)]
+    drop_share: f64,
+    /// Send `cancel` frames (SPEC §8) for some turns.
+    #[arg(long, env = "SOAK_CANCELS", value_parser = clap::builder::BoolishValueParser::new())]
+    cancels: bool,
+    /// Share of turns cancelled when `--cancels` is on.
+    #[arg(long, default_value_t = 0.05)]
+    cancel_share: f64,
+    /// A turn that has not ended after this long is counted lost.
+    #[arg(long, default_value_t = 150)]
+    turn_timeout_secs: u64,
+    /// Cross-check the `turns` table of this database at the end.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Seconds between progress lines on stderr.
+    #[arg(long, default_value_t = 30)]
+    progress_secs: u64,
+    /// Also write the summary (JSON) here.
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // reqwest is built without a default TLS crypto provider (the worker picks ring): pick it here.
@@ -178,7 +231,42 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::AdminBench(args) => admin_bench(args).await,
+        Command::Soak(args) => soak(args).await,
     }
+}
+
+async fn soak(args: SoakArgs) -> anyhow::Result<()> {
+    if args.rate.is_nan() || args.rate <= 0.0 {
+        anyhow::bail!("--rate must be a positive number of messages per second");
+    }
+    let options = soak::Options {
+        url: args.url,
+        rate: args.rate,
+        duration: Duration::from_secs(args.secs),
+        clients: args.clients.max(1),
+        turns_per_thread: args.turns_per_thread.max(1),
+        approval_share: args.approval_share,
+        approve_share: args.approve_share,
+        drop_share: args.drop_share,
+        cancels: args.cancels,
+        cancel_share: args.cancel_share,
+        turn_timeout: Duration::from_secs(args.turn_timeout_secs),
+        database_url: args.database_url,
+        progress_every: Duration::from_secs(args.progress_secs),
+    };
+    let summary = soak::run(options).await?;
+    let json = serde_json::to_string(&summary)?;
+    println!("{json}");
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if !summary.ok {
+        anyhow::bail!(
+            "turns were lost or duplicated (or frames duplicated or skipped): see the summary"
+        );
+    }
+    Ok(())
 }
 
 async fn admin_bench(args: AdminBenchArgs) -> anyhow::Result<()> {

@@ -90,9 +90,9 @@ fn spec_verdict(text: &str, tokens: &ThreadTokens) -> Verdict {
         || present("after_seq").is_some_and(|value| value.as_u64().is_none())
         || present("score").is_some_and(|value| value.as_u64().is_none())
         || present("turn_id").is_some_and(|value| {
-            !value
+            value
                 .as_str()
-                .is_some_and(|raw| uuid::Uuid::parse_str(raw).is_ok())
+                .is_none_or(|raw| uuid::Uuid::parse_str(raw).is_err())
         })
         || present("message_id")
             .is_some_and(|value| !value.as_str().is_some_and(|raw| is_id(raw, 64)))
