@@ -156,8 +156,11 @@ impl Edge {
             }
         }
         evictor.abort();
-        if let Err(error) = state.nats.flush().await {
-            tracing::warn!(%error, "Cannot flush NATS at shutdown.");
+        // Bounded: with NATS gone a flush would wait for a reconnection that never comes.
+        match tokio::time::timeout(Duration::from_secs(5), state.nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Cannot flush NATS at shutdown."),
+            Err(_) => tracing::warn!("NATS did not take the last messages within 5 s of shutdown."),
         }
         tracing::info!("Edge stopped.");
         Ok(())

@@ -91,3 +91,32 @@ async fn a_worker_stopped_mid_turn_hands_it_back_to_another() {
         .unwrap();
     assert_eq!(turns, 1);
 }
+
+/// With NATS gone, SIGTERM still ends both processes within their grace period plus a bounded
+/// flush: neither waits forever for a server that does not come back.
+#[tokio::test]
+async fn both_processes_stop_when_nats_is_gone() {
+    let mut nats = e2e::nats::NatsServer::start_new().await;
+    let mut app = TestApp::spawn_with_urls(
+        StackOptions::default().with("SHUTDOWN_GRACE_SECS", "1"),
+        nats.url(),
+        None,
+    )
+    .await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    ws.send(&thread.message("hi")).await;
+    ws.expect_type("accepted").await;
+    ws.frames_until_type("message_complete").await;
+    nats.stop().await;
+
+    for (what, process) in [("worker", &mut app.workers[0]), ("edge", &mut app.edges[0])] {
+        let asked = std::time::Instant::now();
+        let status = process.terminate().await;
+        let took = asked.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(20),
+            "the {what} took {took:?} to stop after SIGTERM with NATS gone ({status:?})"
+        );
+    }
+}

@@ -224,8 +224,11 @@ impl Worker {
         if let Some(sweeping) = sweeping {
             sweeping.abort();
         }
-        if let Err(error) = nats.flush().await {
-            tracing::warn!(%error, "Cannot flush NATS at shutdown.");
+        // Bounded: with NATS gone a flush would wait for a reconnection that never comes.
+        match tokio::time::timeout(Duration::from_secs(5), nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Cannot flush NATS at shutdown."),
+            Err(_) => tracing::warn!("NATS did not take the last messages within 5 s of shutdown."),
         }
         stop_metrics.cancel();
         match metrics_server.await {
