@@ -10,7 +10,9 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
 use shared::ids::ThreadId;
-use shared::protocol::frames::{ClientFrame, ErrorCode, FrameError, ServerFrame, UserText};
+use shared::protocol::frames::{
+    ClientFrame, ErrorCode, FeedbackTarget, FrameError, ServerFrame, UserText,
+};
 use shared::protocol::validate::{parse_client_frame, MAX_FRAME_BYTES};
 
 fuzz_target!(|data: &[u8]| {
@@ -115,6 +117,32 @@ fn to_json(frame: &ClientFrame, token: &str) -> Value {
         ClientFrame::Resume { after_seq, .. } => {
             fields.insert("type".into(), json!("resume"));
             fields.insert("after_seq".into(), json!(after_seq));
+        }
+        ClientFrame::Cancel { turn_id, .. } => {
+            fields.insert("type".into(), json!("cancel"));
+            if let Some(turn_id) = turn_id {
+                fields.insert("turn_id".into(), json!(turn_id.to_string()));
+            }
+        }
+        ClientFrame::RequestHuman { .. } => {
+            fields.insert("type".into(), json!("request_human"));
+        }
+        ClientFrame::Feedback {
+            target, comment, ..
+        } => {
+            fields.insert("type".into(), json!("feedback"));
+            match target {
+                FeedbackTarget::Turn { turn_id, up } => {
+                    fields.insert("turn_id".into(), json!(turn_id.to_string()));
+                    fields.insert("rating".into(), json!(if *up { "up" } else { "down" }));
+                }
+                FeedbackTarget::Csat { score } => {
+                    fields.insert("score".into(), json!(score));
+                }
+            }
+            if let Some(comment) = comment {
+                fields.insert("comment".into(), json!(comment));
+            }
         }
     }
     Value::Object(fields)
