@@ -6,16 +6,19 @@ use serde::{Deserialize, Serialize};
 
 /// A thread (conversation) id: `^[a-zA-Z0-9_-]{1,128}$` (SPEC §3). Safe inside a NATS subject token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(type = "string"))]
 #[serde(try_from = "String", into = "String")]
 pub struct ThreadId(String);
 
 /// A client's idempotency key for one message: `^[a-zA-Z0-9_-]{1,64}$`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(type = "string"))]
 #[serde(try_from = "String", into = "String")]
 pub struct MessageId(String);
 
 /// Names the turn of one accepted message; the same on every attempt at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(type = "string"))]
 #[serde(transparent)]
 pub struct TurnId(uuid::Uuid);
 

@@ -62,6 +62,146 @@ pub enum ClientFrame {
     },
 }
 
+/// A client frame as a client writes it (SPEC §3, §7, §8): the shape of the wire, with the
+/// thread's `token`. The edge never deserializes it (`validate` checks the raw JSON in the SPEC's
+/// order); it is what the web app's TypeScript `ClientFrame` is generated from, and
+/// [`ClientFrame::to_wire`] (checked against `validate` by a property test) keeps it true.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "ClientFrame"))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireClientFrame {
+    /// A customer message: a new turn. `content`: 1–10,000 characters, not blank.
+    Message {
+        thread_id: ThreadId,
+        token: String,
+        content: String,
+        /// The client's idempotency key: sent again within 2 minutes, the message is
+        /// `accepted` again and processed once.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
+        message_id: Option<MessageId>,
+    },
+    /// The answer to a pending approval (`interrupt`).
+    InterruptResponse {
+        thread_id: ThreadId,
+        token: String,
+        approved: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
+        interrupt_id: Option<String>,
+    },
+    /// (Re)attach this socket to the thread: the retained frames with `seq > after_seq`, then
+    /// live ones. `token` may be an operator token (read only).
+    Resume {
+        thread_id: ThreadId,
+        token: String,
+        #[cfg_attr(test, ts(type = "number"))]
+        after_seq: u64,
+    },
+    /// Stop the thread's turn in progress, or the one named.
+    Cancel {
+        thread_id: ThreadId,
+        token: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
+        turn_id: Option<TurnId>,
+    },
+    /// Ask for a human operator.
+    RequestHuman { thread_id: ThreadId, token: String },
+    /// Thumbs on one reply, or CSAT (1–5) on the conversation; `comment`: at most 2,000
+    /// characters.
+    Feedback {
+        thread_id: ThreadId,
+        token: String,
+        #[serde(flatten)]
+        #[cfg_attr(test, ts(flatten))]
+        target: WireFeedbackTarget,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
+        comment: Option<String>,
+    },
+}
+
+/// What a `feedback` frame rates, as written: `turn_id` + `rating`, or `score`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "FeedbackTarget"))]
+#[serde(untagged)]
+pub enum WireFeedbackTarget {
+    /// A reply: the turn that produced it.
+    Turn { turn_id: TurnId, rating: Rating },
+    /// The conversation, 1–5.
+    Csat { score: u8 },
+}
+
+/// Thumbs up or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(rename_all = "snake_case")]
+pub enum Rating {
+    Up,
+    Down,
+}
+
+impl ClientFrame {
+    /// The frame as a client writes it, with `token`: [`crate::protocol::validate`] reads it
+    /// back to `self`.
+    pub fn to_wire(&self, token: &str) -> WireClientFrame {
+        let token = token.to_owned();
+        match self.clone() {
+            Self::Message {
+                thread_id,
+                content,
+                message_id,
+            } => WireClientFrame::Message {
+                thread_id,
+                token,
+                content: content.as_str().to_owned(),
+                message_id,
+            },
+            Self::InterruptResponse {
+                thread_id,
+                approved,
+                interrupt_id,
+            } => WireClientFrame::InterruptResponse {
+                thread_id,
+                token,
+                approved,
+                interrupt_id,
+            },
+            Self::Resume {
+                thread_id,
+                after_seq,
+            } => WireClientFrame::Resume {
+                thread_id,
+                token,
+                after_seq,
+            },
+            Self::Cancel { thread_id, turn_id } => WireClientFrame::Cancel {
+                thread_id,
+                token,
+                turn_id,
+            },
+            Self::RequestHuman { thread_id } => WireClientFrame::RequestHuman { thread_id, token },
+            Self::Feedback {
+                thread_id,
+                target,
+                comment,
+            } => WireClientFrame::Feedback {
+                thread_id,
+                token,
+                target: match target {
+                    FeedbackTarget::Turn { turn_id, up } => WireFeedbackTarget::Turn {
+                        turn_id,
+                        rating: if up { Rating::Up } else { Rating::Down },
+                    },
+                    FeedbackTarget::Csat { score } => WireFeedbackTarget::Csat { score },
+                },
+                comment,
+            },
+        }
+    }
+}
+
 /// What a `feedback` frame rates.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedbackTarget {
@@ -99,24 +239,33 @@ impl ClientFrame {
     }
 }
 
-/// A frame the edge itself writes to a socket.
+/// A frame the edge itself writes to a socket (no `seq`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
+    /// JetStream stored the message (or the `interrupt_response`, `cancel`, `request_human`,
+    /// `feedback`): from here on it will be processed.
     Accepted {
         thread_id: ThreadId,
         message_id: MessageId,
     },
+    /// A refused client frame; the socket stays open and nothing of the frame was published.
     Error {
         code: ErrorCode,
         message: String,
         retryable: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
         thread_id: Option<ThreadId>,
     },
     /// A `resume` replayed `RESUME_MAX_FRAMES` frames and more are retained: the thread's live
     /// frames are held back until the client sends `resume` again with `after_seq` = `last_seq`.
-    ResumePartial { thread_id: ThreadId, last_seq: u64 },
+    ResumePartial {
+        thread_id: ThreadId,
+        #[cfg_attr(test, ts(type = "number"))]
+        last_seq: u64,
+    },
 }
 
 impl From<FrameError> for ServerFrame {
@@ -132,9 +281,13 @@ impl From<FrameError> for ServerFrame {
 
 /// A frame a worker produced for a thread: `seq` numbers it within the thread (SPEC §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct ThreadFrame {
     pub thread_id: ThreadId,
+    /// 1, 2, 3, … across the thread's whole life: clients de-duplicate and detect gaps with it.
+    #[cfg_attr(test, ts(type = "number"))]
     pub seq: u64,
+    /// The turn of one accepted message; the same on every attempt at it.
     pub turn_id: TurnId,
     #[serde(flatten)]
     pub body: FrameBody,
@@ -142,44 +295,57 @@ pub struct ThreadFrame {
 
 /// What a thread frame says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FrameBody {
-    Token {
-        agent: String,
-        content: String,
-    },
+    /// Streamed reply text of `agent`.
+    Token { agent: String, content: String },
+    /// A tool is being called; `args` is a JSON object.
     ToolCall {
         agent: String,
         tool: String,
+        #[cfg_attr(test, ts(type = "Record<string, unknown>"))]
         args: serde_json::Value,
     },
+    /// A tool finished.
     ToolResult {
         agent: String,
         tool: String,
         ok: bool,
     },
+    /// A sensitive action waits for the customer's approval: the turn is paused.
     Interrupt {
         interrupt_id: String,
+        /// The tool's name.
         action: String,
+        /// The tool's arguments (a JSON object).
+        #[cfg_attr(test, ts(type = "Record<string, unknown>"))]
         params: serde_json::Value,
+        /// RFC 3339.
+        #[cfg_attr(test, ts(type = "string"))]
         expires_at: chrono::DateTime<chrono::Utc>,
     },
+    /// An approval came after `expires_at`: nothing was executed.
     InterruptExpired {
         interrupt_id: String,
         action: String,
         message: String,
     },
-    Clarification {
-        message: String,
-    },
+    /// The request was ambiguous; the turn ends here (a `message_complete` follows).
+    Clarification { message: String },
+    /// A failed attempt is being retried: discard the partial output of `turn_id`.
     TurnReset,
+    /// The turn is over.
     MessageComplete {
         usage: Usage,
         /// The turn was stopped by a `cancel` (or a newer message, with `DOUBLE_TEXT=interrupt`)
         /// before it finished: `usage` is what it spent so far (SPEC §8). Absent otherwise.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        #[cfg_attr(test, ts(as = "Option<bool>", optional))]
         cancelled: bool,
     },
+    /// The turn failed (`processing_failed`) or its message was refused by the worker
+    /// (`session_expired`).
     Error {
         code: ErrorCode,
         message: String,
@@ -196,6 +362,7 @@ pub enum FrameBody {
         state: HandoffState,
         operator: Option<OperatorRef>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        #[cfg_attr(test, ts(as = "Option<bool>", optional))]
         resolved: bool,
     },
     /// A message of the human operator who joined the thread (SPEC §7).
@@ -208,6 +375,7 @@ pub enum FrameBody {
 
 /// Who answers a thread's customer messages (SPEC §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum HandoffState {
     /// The AI agents (the default).
@@ -239,6 +407,7 @@ impl HandoffState {
 
 /// An operator as customers see them: their name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct OperatorRef {
     pub name: String,
 }
@@ -265,14 +434,18 @@ impl FrameBody {
 
 /// Model usage of one turn, summed over every model call in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct Usage {
+    #[cfg_attr(test, ts(type = "number"))]
     pub prompt_tokens: u64,
+    #[cfg_attr(test, ts(type = "number"))]
     pub completion_tokens: u64,
     pub cost_usd: f64,
 }
 
 /// The error codes of SPEC §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     MessageTooLarge,

@@ -5,9 +5,11 @@ pub mod bus;
 pub mod frames;
 #[cfg(test)]
 mod properties;
+#[cfg(test)]
+mod typescript;
 pub mod validate;
 
 pub use frames::{
     ClientFrame, ErrorCode, FeedbackTarget, FrameBody, FrameError, HandoffState, OperatorRef,
-    ServerFrame, ThreadFrame, Usage,
+    Rating, ServerFrame, ThreadFrame, Usage, WireClientFrame, WireFeedbackTarget,
 };

@@ -591,6 +591,20 @@ proptest! {
         }
     }
 
+    /// The wire type (what the TypeScript `ClientFrame` is generated from) writes a frame exactly
+    /// as the SPEC's oracle does, so the parser reads it back to the frame.
+    #[test]
+    fn wire_frames_are_what_the_parser_reads(frame in client_frame()) {
+        let tokens = tokens();
+        let token = tokens.sign(frame.thread_id());
+        let wire = serde_json::to_value(frame.to_wire(&token)).expect("a frame always encodes");
+        prop_assert_eq!(&wire, &client_json(&frame, &tokens));
+        let text = wire.to_string();
+        if text.len() <= MAX_FRAME_BYTES {
+            prop_assert_eq!(parser_verdict(&text, &tokens), Ok(frame));
+        }
+    }
+
     /// Around the size limit: padding a valid frame with whitespace flips it from accepted to
     /// `message_too_large` at exactly 32,768 bytes, before anything else is looked at.
     #[test]
