@@ -33,7 +33,7 @@ describe('chat client', () => {
     const client = new ChatClient('ws://edge/ws', { threadId: 't', token: 'k' }, () => lastSeq, {
       onFrame: (frame) => {
         frames.push(frame);
-        if (typeof frame.seq === 'number') lastSeq = frame.seq;
+        if ('seq' in frame) lastSeq = frame.seq;
       },
       onStatus: () => {},
     });

@@ -1,5 +1,5 @@
 // The chat socket: connects, resumes after the last seen `seq`, reconnects with backoff.
-import type { Frame } from './protocol';
+import type { ClientFrame, Frame, OutgoingFrame } from './protocol';
 
 export interface ChatClientEvents {
   onFrame(frame: Frame): void;
@@ -59,9 +59,10 @@ export class ChatClient {
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
-  send(frame: Record<string, unknown>): boolean {
+  send(frame: OutgoingFrame): boolean {
     if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;
-    this.socket.send(JSON.stringify({ ...frame, thread_id: this.thread.threadId, token: this.thread.token }));
+    const full: ClientFrame = { ...frame, thread_id: this.thread.threadId, token: this.thread.token };
+    this.socket.send(JSON.stringify(full));
     return true;
   }
 
@@ -81,7 +82,8 @@ export class ChatClient {
 
 /** The `resume` frame of a thread, after the last `seq` the page has. */
 export function resumeFrame(thread: { threadId: string; token: string }, afterSeq: number): string {
-  return JSON.stringify({ type: 'resume', thread_id: thread.threadId, token: thread.token, after_seq: afterSeq });
+  const frame: ClientFrame = { type: 'resume', thread_id: thread.threadId, token: thread.token, after_seq: afterSeq };
+  return JSON.stringify(frame);
 }
 
 export function socketUrl(): string {

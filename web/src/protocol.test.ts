@@ -16,13 +16,13 @@ describe('protocol state', () => {
 
   it('ends a cancelled turn as stopped and withdraws its pending approval', () => {
     const state = run([
-      { type: 'interrupt', seq: 1, turn_id: T, interrupt_id: 'i1', action: 'request_refund', params: {}, expires_at: '2030-01-01T00:00:00Z' },
-      { type: 'message_complete', seq: 2, turn_id: T, usage: { prompt_tokens: 1, completion_tokens: 2, cost_usd: 0 }, cancelled: true },
+      { type: 'interrupt', thread_id: 't', seq: 1, turn_id: T, interrupt_id: 'i1', action: 'request_refund', params: {}, expires_at: '2030-01-01T00:00:00Z' },
+      { type: 'message_complete', thread_id: 't', seq: 2, turn_id: T, usage: { prompt_tokens: 1, completion_tokens: 2, cost_usd: 0 }, cancelled: true },
     ]);
     expect(state.busy).toBe(false);
     expect(state.items[0]).toMatchObject({ kind: 'approval', status: 'withdrawn' });
     expect(state.items[1]).toMatchObject({ kind: 'usage', cancelled: true });
-    const normal = run([{ type: 'message_complete', seq: 1, turn_id: T, usage: { prompt_tokens: 1, completion_tokens: 2, cost_usd: 0 } }]);
+    const normal = run([{ type: 'message_complete', thread_id: 't', seq: 1, turn_id: T, usage: { prompt_tokens: 1, completion_tokens: 2, cost_usd: 0 } }]);
     expect(normal.items[0]).toMatchObject({ kind: 'usage', cancelled: undefined });
   });
 
@@ -34,8 +34,8 @@ describe('protocol state', () => {
 
   it('pairs tool results with their call', () => {
     const state = run([
-      { type: 'tool_call', seq: 1, turn_id: T, agent: 'orders', tool: 'get_order_status', args: { order_id: '1002' } },
-      { type: 'tool_result', seq: 2, turn_id: T, agent: 'orders', tool: 'get_order_status', ok: true },
+      { type: 'tool_call', thread_id: 't', seq: 1, turn_id: T, agent: 'orders', tool: 'get_order_status', args: { order_id: '1002' } },
+      { type: 'tool_result', thread_id: 't', seq: 2, turn_id: T, agent: 'orders', tool: 'get_order_status', ok: true },
     ]);
     expect(state.items).toHaveLength(1);
     expect(state.items[0]).toMatchObject({ kind: 'tool', ok: true, args: { order_id: '1002' } });
@@ -44,13 +44,13 @@ describe('protocol state', () => {
   it('turn_reset discards only the segment after the last interrupt', () => {
     const state = run([
       tok(1, 'Checking. '),
-      { type: 'interrupt', seq: 2, turn_id: T, interrupt_id: 'i1', action: 'cancel_order', params: { order_id: '1003' }, expires_at: '2030-01-01T00:00:00Z' },
+      { type: 'interrupt', thread_id: 't', seq: 2, turn_id: T, interrupt_id: 'i1', action: 'cancel_order', params: { order_id: '1003' }, expires_at: '2030-01-01T00:00:00Z' },
       tok(3, 'Cancel'),
-      { type: 'tool_call', seq: 4, turn_id: T, agent: 'orders', tool: 'cancel_order', args: {} },
+      { type: 'tool_call', thread_id: 't', seq: 4, turn_id: T, agent: 'orders', tool: 'cancel_order', args: {} },
       tok(5, 'other turn', 'general', 'turn-0'),
-      { type: 'turn_reset', seq: 6, turn_id: T },
+      { type: 'turn_reset', thread_id: 't', seq: 6, turn_id: T },
       tok(7, 'Order 1003 is now cancelled.'),
-      { type: 'message_complete', seq: 8, turn_id: T, usage: { prompt_tokens: 3, completion_tokens: 5, cost_usd: 0.001 } },
+      { type: 'message_complete', thread_id: 't', seq: 8, turn_id: T, usage: { prompt_tokens: 3, completion_tokens: 5, cost_usd: 0.001 } },
     ]);
     expect(state.items.map((i) => i.kind)).toEqual(['text', 'approval', 'text', 'text', 'usage']);
     expect(replyText(state, T)).toBe('Checking. Order 1003 is now cancelled.');
@@ -59,14 +59,14 @@ describe('protocol state', () => {
   });
 
   it('turn_reset without an interrupt clears the whole turn', () => {
-    const state = run([tok(1, 'par'), tok(2, 'tial'), { type: 'turn_reset', seq: 3, turn_id: T }, tok(4, 'whole')]);
+    const state = run([tok(1, 'par'), tok(2, 'tial'), { type: 'turn_reset', thread_id: 't', seq: 3, turn_id: T }, tok(4, 'whole')]);
     expect(replyText(state, T)).toBe('whole');
   });
 
   it('shows errors and expired approvals plainly', () => {
     const state = run([
-      { type: 'interrupt', seq: 1, turn_id: T, interrupt_id: 'i1', action: 'cancel_order', params: {}, expires_at: '2000-01-01T00:00:00Z' },
-      { type: 'interrupt_expired', seq: 2, turn_id: T, interrupt_id: 'i1', action: 'cancel_order', message: 'Please ask again.' },
+      { type: 'interrupt', thread_id: 't', seq: 1, turn_id: T, interrupt_id: 'i1', action: 'cancel_order', params: {}, expires_at: '2000-01-01T00:00:00Z' },
+      { type: 'interrupt_expired', thread_id: 't', seq: 2, turn_id: T, interrupt_id: 'i1', action: 'cancel_order', message: 'Please ask again.' },
       { type: 'error', code: 'rate_limited', message: 'slow down', retryable: true },
     ]);
     expect(state.items[0]).toMatchObject({ kind: 'approval', status: 'expired' });
@@ -95,11 +95,11 @@ describe('protocol state', () => {
     const mine = addUserMessage(emptyChat, 'Hello', 'm1');
     const state = run(
       [
-        { type: 'user_message', seq: 1, turn_id: T, message_id: 'm1', content: 'Hello' },
-        { type: 'user_message', seq: 2, turn_id: 'u2', message_id: 'm2', content: 'From my phone' },
-        { type: 'handoff', seq: 3, turn_id: 'u3', state: 'waiting', operator: null },
-        { type: 'handoff', seq: 4, turn_id: 'u4', state: 'human', operator: { name: 'Alice' } },
-        { type: 'human_message', seq: 5, turn_id: 'u5', message_id: 'op-1', operator: { name: 'Alice' }, content: 'Hi, Alice here.' },
+        { type: 'user_message', thread_id: 't', seq: 1, turn_id: T, message_id: 'm1', content: 'Hello' },
+        { type: 'user_message', thread_id: 't', seq: 2, turn_id: 'u2', message_id: 'm2', content: 'From my phone' },
+        { type: 'handoff', thread_id: 't', seq: 3, turn_id: 'u3', state: 'waiting', operator: null },
+        { type: 'handoff', thread_id: 't', seq: 4, turn_id: 'u4', state: 'human', operator: { name: 'Alice' } },
+        { type: 'human_message', thread_id: 't', seq: 5, turn_id: 'u5', message_id: 'op-1', operator: { name: 'Alice' }, content: 'Hi, Alice here.' },
       ],
       mine,
     );
@@ -108,7 +108,7 @@ describe('protocol state', () => {
     expect(state.items[3]).toMatchObject({ kind: 'notice', text: 'Alice has joined the conversation.' });
     expect(state.items[4]).toMatchObject({ kind: 'human', operator: 'Alice', content: 'Hi, Alice here.' });
     expect(state.handoff).toBe('human');
-    const resolved = applyFrame(state, { type: 'handoff', seq: 6, turn_id: 'u6', state: 'ai', operator: null, resolved: true });
+    const resolved = applyFrame(state, { type: 'handoff', thread_id: 't', seq: 6, turn_id: 'u6', state: 'ai', operator: null, resolved: true });
     expect(resolved.handoff).toBe('ai');
     expect(resolved.resolved).toBe(true);
   });

@@ -1,11 +1,9 @@
 // The chat protocol's client state: server frames → view model, pure and testable.
 // De-duplicates by `seq`, honours `turn_reset`, restores from the history API.
+// The frames' types are generated from the Rust protocol types (docs/protocol.md).
+import type { ClientFrame, HandoffState, ServerFrame, ThreadFrame, Usage } from './generated/protocol';
 
-export interface Usage {
-  prompt_tokens: number;
-  completion_tokens: number;
-  cost_usd: number;
-}
+export type { ClientFrame, ErrorCode, HandoffState, ServerFrame, ThreadFrame, Usage } from './generated/protocol';
 
 export type Item =
   | { kind: 'user'; key: string; content: string; messageId?: string }
@@ -36,9 +34,6 @@ export type Item =
   /** A human operator's message (SPEC §7). */
   | { kind: 'human'; key: string; turnId: string; operator: string; content: string; seq?: number };
 
-/** Who answers the thread (SPEC §7): the AI, nobody yet (a person was asked for), or a person. */
-export type HandoffState = 'ai' | 'waiting' | 'human';
-
 export interface ChatState {
   lastSeq: number;
   items: Item[];
@@ -65,19 +60,22 @@ export function handoffText(state: HandoffState, operator: string | null, resolv
   }
 }
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type Frame = { type: string; [field: string]: any };
+/** A frame from the server: the edge's own (no `seq`) or a thread frame. */
+export type Frame = ServerFrame | ThreadFrame;
+
+/** A client frame as the page hands it to `ChatClient.send`, which adds `thread_id` and `token`. */
+export type OutgoingFrame = ClientFrame extends infer F ? (F extends ClientFrame ? Omit<F, 'thread_id' | 'token'> : never) : never;
 
 function keyOf(frame: Frame, suffix = ''): string {
-  return `s${frame.seq ?? 'x'}${suffix}`;
+  return `s${'seq' in frame ? frame.seq : 'x'}${suffix}`;
 }
 
 /** Apply one server frame. Frames with a `seq` already seen are ignored. */
 export function applyFrame(state: ChatState, frame: Frame): ChatState {
-  const seq: number | undefined = typeof frame.seq === 'number' ? frame.seq : undefined;
+  const seq: number | undefined = 'seq' in frame && typeof frame.seq === 'number' ? frame.seq : undefined;
   if (seq !== undefined && seq <= state.lastSeq) return state;
   const lastSeq = seq ?? state.lastSeq;
-  const turnId: string = frame.turn_id ?? '';
+  const turnId: string = ('turn_id' in frame ? frame.turn_id : undefined) ?? '';
   let items = state.items;
   let busy = state.busy;
   let handoff = state.handoff;
@@ -223,7 +221,7 @@ export function addUserMessage(state: ChatState, content: string, messageId: str
 }
 
 /** The user pressed Stop: the turn in progress ends with a cancelled `message_complete`. */
-export function cancelFrame(): Record<string, unknown> {
+export function cancelFrame(): OutgoingFrame {
   return { type: 'cancel' };
 }
 

@@ -9,10 +9,10 @@ afterEach(cleanup);
 describe('ChatView', () => {
   it('shows operator messages and rates a reply with thumbs', () => {
     const frames: Frame[] = [
-      { type: 'user_message', seq: 1, turn_id: 'a', message_id: 'm1', content: 'Where is 1002?' },
-      { type: 'token', seq: 2, turn_id: 'a', agent: 'orders', content: 'Shipped.' },
-      { type: 'message_complete', seq: 3, turn_id: 'a', usage: { prompt_tokens: 1, completion_tokens: 1, cost_usd: 0 } },
-      { type: 'human_message', seq: 4, turn_id: 'b', message_id: 'op-1', operator: { name: 'Alice' }, content: 'Hello from Alice' },
+      { type: 'user_message', thread_id: 't', seq: 1, turn_id: 'a', message_id: 'm1', content: 'Where is 1002?' },
+      { type: 'token', thread_id: 't', seq: 2, turn_id: 'a', agent: 'orders', content: 'Shipped.' },
+      { type: 'message_complete', thread_id: 't', seq: 3, turn_id: 'a', usage: { prompt_tokens: 1, completion_tokens: 1, cost_usd: 0 } },
+      { type: 'human_message', thread_id: 't', seq: 4, turn_id: 'b', message_id: 'op-1', operator: { name: 'Alice' }, content: 'Hello from Alice' },
     ];
     const state = frames.reduce(applyFrame, emptyChat);
     const onRate = vi.fn();
@@ -27,10 +27,11 @@ describe('ChatView', () => {
 
   it('renders an approval card whose buttons answer it', () => {
     const frames: Frame[] = [
-      { type: 'tool_call', seq: 1, turn_id: 'a', agent: 'orders', tool: 'get_order_status', args: { order_id: '1003' } },
-      { type: 'tool_result', seq: 2, turn_id: 'a', agent: 'orders', tool: 'get_order_status', ok: true },
+      { type: 'tool_call', thread_id: 't', seq: 1, turn_id: 'a', agent: 'orders', tool: 'get_order_status', args: { order_id: '1003' } },
+      { type: 'tool_result', thread_id: 't', seq: 2, turn_id: 'a', agent: 'orders', tool: 'get_order_status', ok: true },
       {
         type: 'interrupt',
+        thread_id: 't',
         seq: 3,
         turn_id: 'a',
         interrupt_id: 'i9',
@@ -53,21 +54,21 @@ describe('ChatView', () => {
   });
 
   it('marks a stopped reply', () => {
-    const state = [
-      { type: 'token', seq: 1, turn_id: 'a', agent: 'general', content: 'Our shop ' },
-      { type: 'message_complete', seq: 2, turn_id: 'a', usage: { prompt_tokens: 3, completion_tokens: 2, cost_usd: 0 }, cancelled: true },
-    ].reduce(applyFrame, emptyChat);
+    const state = ([
+      { type: 'token', thread_id: 't', seq: 1, turn_id: 'a', agent: 'general', content: 'Our shop ' },
+      { type: 'message_complete', thread_id: 't', seq: 2, turn_id: 'a', usage: { prompt_tokens: 3, completion_tokens: 2, cost_usd: 0 }, cancelled: true },
+    ] satisfies Frame[]).reduce(applyFrame, emptyChat);
     render(<ChatView state={state} onAnswer={() => {}} />);
     expect(screen.getByTestId('stopped').textContent).toContain('Stopped');
     expect(screen.getByText('Our shop')).toBeTruthy();
   });
 
   it('labels streamed text by agent and shows errors as alerts', () => {
-    const state = [
-      { type: 'token', seq: 1, turn_id: 'a', agent: 'billing', content: 'Invoice ' },
-      { type: 'token', seq: 2, turn_id: 'a', agent: 'billing', content: 'sent.' },
+    const state = ([
+      { type: 'token', thread_id: 't', seq: 1, turn_id: 'a', agent: 'billing', content: 'Invoice ' },
+      { type: 'token', thread_id: 't', seq: 2, turn_id: 'a', agent: 'billing', content: 'sent.' },
       { type: 'error', code: 'busy', message: 'try again', retryable: true },
-    ].reduce(applyFrame, emptyChat);
+    ] satisfies Frame[]).reduce(applyFrame, emptyChat);
     render(<ChatView state={state} onAnswer={() => {}} />);
     expect(screen.getByText('billing')).toBeTruthy();
     expect(screen.getByText('Invoice sent.')).toBeTruthy();
