@@ -7,7 +7,7 @@
 //!   `scripts/gen-ts.sh --check`, run by `.ci/run`, diffs).
 //! - `the_protocol_doc_names_every_frame_and_error_code` keeps `docs/protocol.md` honest: every
 //!   frame `type` and every error code the types can produce has its entry there, and the doc
-//!   documents none the types do not have.
+//!   documents none the types do not have; each frame's entry names each of its fields.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -16,8 +16,8 @@ use ts_rs::{Config, TS};
 
 use crate::ids::{MessageId, ThreadId, TurnId};
 use crate::protocol::frames::{
-    ErrorCode, FrameBody, HandoffState, OperatorRef, Rating, ServerFrame, ThreadFrame, Usage,
-    WireClientFrame, WireFeedbackTarget,
+    ClientFrame, ErrorCode, FeedbackTarget, FrameBody, HandoffState, OperatorRef, Rating,
+    ServerFrame, ThreadFrame, Usage, UserText, WireClientFrame, WireFeedbackTarget,
 };
 
 const HEADER: &str = "\
@@ -35,8 +35,10 @@ fn bindings() -> String {
         out.push('\n');
         out.push_str(&docs.unwrap_or_default());
         out.push_str("export ");
-        out.push_str(&decl);
-        out.push('\n');
+        for line in one_member_a_line(&decl).lines() {
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
     };
     macro_rules! declare {
         ($($ty:ty),* $(,)?) => {
@@ -58,6 +60,37 @@ fn bindings() -> String {
         Usage,
         ErrorCode,
     );
+    out
+}
+
+/// ts-rs writes a union on one line: this puts each member of a union of object types on a line
+/// of its own (outside comments, strings and braces), which reads better in a diff.
+fn one_member_a_line(decl: &str) -> String {
+    let mut out = String::with_capacity(decl.len() + 64);
+    let (mut depth, mut in_comment, mut in_string) = (0usize, false, false);
+    let mut rest = decl;
+    while let Some(c) = rest.chars().next() {
+        if in_comment {
+            in_comment = !rest.starts_with("*/");
+        } else if in_string {
+            in_string = c != '"';
+        } else if rest.starts_with("/*") {
+            in_comment = true;
+        } else if depth == 0 && rest.starts_with(" | ") && out.ends_with('}') {
+            out.push_str("\n  | ");
+            rest = &rest[3..];
+            continue;
+        } else {
+            match c {
+                '"' => in_string = true,
+                '{' => depth += 1,
+                '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
     out
 }
 
@@ -148,4 +181,184 @@ fn the_protocol_doc_names_every_frame_and_error_code() {
         codes,
         "the `| \\`code\\` |` rows of docs/protocol.md's error codes"
     );
+}
+
+/// One frame of each kind, every optional field set: what the doc must name.
+fn samples() -> Vec<serde_json::Value> {
+    let thread_id = ThreadId::parse("t1").expect("a valid thread id");
+    let message_id = MessageId::parse("m1").expect("a valid message id");
+    let turn_id = TurnId::generate();
+    let operator = OperatorRef {
+        name: "Alice".into(),
+    };
+    let client = [
+        ClientFrame::Message {
+            thread_id: thread_id.clone(),
+            content: UserText::parse("hi".into()).expect("valid content"),
+            message_id: Some(message_id.clone()),
+        },
+        ClientFrame::InterruptResponse {
+            thread_id: thread_id.clone(),
+            approved: true,
+            interrupt_id: Some("i1".into()),
+        },
+        ClientFrame::Resume {
+            thread_id: thread_id.clone(),
+            after_seq: 0,
+        },
+        ClientFrame::Cancel {
+            thread_id: thread_id.clone(),
+            turn_id: Some(turn_id),
+        },
+        ClientFrame::RequestHuman {
+            thread_id: thread_id.clone(),
+        },
+        ClientFrame::Feedback {
+            thread_id: thread_id.clone(),
+            target: FeedbackTarget::Turn { turn_id, up: true },
+            comment: Some("thanks".into()),
+        },
+        ClientFrame::Feedback {
+            thread_id: thread_id.clone(),
+            target: FeedbackTarget::Csat { score: 5 },
+            comment: None,
+        },
+    ]
+    .map(|frame| frame.to_wire("token"));
+    let server = [
+        ServerFrame::Accepted {
+            thread_id: thread_id.clone(),
+            message_id: message_id.clone(),
+        },
+        ServerFrame::Error {
+            code: ErrorCode::Busy,
+            message: "try again".into(),
+            retryable: true,
+            thread_id: Some(thread_id.clone()),
+        },
+        ServerFrame::ResumePartial {
+            thread_id: thread_id.clone(),
+            last_seq: 2_000,
+        },
+    ];
+    let (agent, tool) = (String::from("orders"), String::from("get_order"));
+    let bodies = [
+        FrameBody::Token {
+            agent: agent.clone(),
+            content: "Hi".into(),
+        },
+        FrameBody::ToolCall {
+            agent: agent.clone(),
+            tool: tool.clone(),
+            args: serde_json::json!({}),
+        },
+        FrameBody::ToolResult {
+            agent,
+            tool: tool.clone(),
+            ok: true,
+        },
+        FrameBody::Interrupt {
+            interrupt_id: "i1".into(),
+            action: tool.clone(),
+            params: serde_json::json!({}),
+            expires_at: chrono::Utc::now(),
+        },
+        FrameBody::InterruptExpired {
+            interrupt_id: "i1".into(),
+            action: tool,
+            message: "ask again".into(),
+        },
+        FrameBody::Clarification {
+            message: "which order?".into(),
+        },
+        FrameBody::TurnReset,
+        FrameBody::MessageComplete {
+            usage: Usage::default(),
+            cancelled: true,
+        },
+        FrameBody::Error {
+            code: ErrorCode::ProcessingFailed,
+            message: "failed".into(),
+            retryable: false,
+        },
+        FrameBody::UserMessage {
+            message_id: message_id.clone(),
+            content: "hi".into(),
+        },
+        FrameBody::Handoff {
+            state: HandoffState::Human,
+            operator: Some(operator.clone()),
+            resolved: true,
+        },
+        FrameBody::HumanMessage {
+            operator,
+            message_id,
+            content: "Alice here".into(),
+        },
+    ];
+    let mut values: Vec<serde_json::Value> = client
+        .iter()
+        .map(serde_json::to_value)
+        .chain(server.iter().map(serde_json::to_value))
+        .chain(bodies.iter().map(serde_json::to_value))
+        .collect::<Result<_, _>>()
+        .expect("frames encode");
+    // Thread frames' own fields, from a thread frame.
+    let frame = ThreadFrame {
+        thread_id,
+        seq: 1,
+        turn_id,
+        body: FrameBody::TurnReset,
+    };
+    values.push(serde_json::to_value(frame).expect("a frame encodes"));
+    values
+}
+
+#[test]
+fn the_protocol_doc_names_every_field_of_every_frame() {
+    let cfg = Config::new().with_large_int("number");
+    let doc = std::fs::read_to_string(repo_path("docs/protocol.md")).expect("docs/protocol.md");
+    let samples = samples();
+    // The samples cover every frame type the types have.
+    let sampled: BTreeSet<String> = samples
+        .iter()
+        .filter_map(|value| value["type"].as_str().map(str::to_owned))
+        .collect();
+    let all = &(&tags(&WireClientFrame::decl(&cfg), "type")
+        | &tags(&ServerFrame::decl(&cfg), "type"))
+        | &tags(&FrameBody::decl(&cfg), "type");
+    assert_eq!(sampled, all, "samples() lacks a frame type");
+    for value in &samples {
+        let kind = value["type"].as_str().unwrap_or_default();
+        let heading = format!("### `{kind}`\n");
+        let Some(start) = doc.find(&heading) else {
+            panic!("docs/protocol.md has no `### \\`{kind}\\`` heading");
+        };
+        let entry = &doc[start + heading.len()..];
+        let entry = &entry[..entry.find("\n#").unwrap_or(entry.len())];
+        // A thread frame's common fields are said once, in the section's introduction.
+        let common = ["thread_id", "seq", "turn_id"];
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .into_iter()
+            .flat_map(|object| object.keys().map(String::as_str))
+            .collect();
+        if let Some(usage) = value.get("usage").and_then(|usage| usage.as_object()) {
+            fields.extend(usage.keys().map(String::as_str));
+        }
+        for field in fields {
+            let is_thread_frame = value.get("seq").is_some() || kind == "turn_reset";
+            if is_thread_frame && common.contains(&field) {
+                assert!(
+                    doc.contains(&format!("`{field}`")),
+                    "`{field}` undocumented"
+                );
+                continue;
+            }
+            assert!(
+                entry.contains(&format!("\"{field}\"")),
+                "docs/protocol.md's entry of `{kind}` does not name its field \"{field}\""
+            );
+        }
+    }
 }
