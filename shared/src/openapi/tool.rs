@@ -5,13 +5,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// What calling a tool does to the outside world.
+/// What calling a tool does to the outside world: the one read/write vocabulary of every tool,
+/// imported or built into the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
-    /// GET, HEAD: looks something up.
+    /// Looks something up (an imported GET or HEAD).
     Read,
-    /// POST, PUT, PATCH, DELETE: changes something.
+    /// Changes something (an imported POST, PUT, PATCH or DELETE).
     Write,
 }
 
