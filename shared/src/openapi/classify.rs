@@ -12,7 +12,8 @@ use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use super::document::{
-    kind, object, optional_string, required_string, stopped, DocumentError, Loc, Version,
+    kind, object, optional_bool, optional_string, required_string, stopped, DocumentError, Loc,
+    Version,
 };
 use super::schema::{lookup, Schemas, MAX_REF_DEPTH};
 use super::tool::{Access, ArgumentMapping, ImportedTool, Location, RequestMapping};
@@ -419,29 +420,14 @@ impl<'a> Walker<'a> {
                     ));
                 }
             }
-            let required = match item.get("required") {
-                None => false,
-                Some(Value::Bool(required)) => *required,
-                Some(other) => {
-                    return Err(DocumentError::at(
-                        loc.key("required"),
-                        format!("expected a boolean, found {}", kind(other)),
-                    ))
-                }
-            };
+            let required = optional_bool(item, "required", &loc)?.unwrap_or(false);
             let style = optional_string(item, "style", &loc)?;
-            let explode = match item.get("explode") {
+            let explode = match optional_bool(item, "explode", &loc)? {
                 None => match style {
                     None => matches!(location, Location::Query | Location::Cookie),
                     Some(style) => style == "form",
                 },
-                Some(Value::Bool(explode)) => *explode,
-                Some(other) => {
-                    return Err(DocumentError::at(
-                        loc.key("explode"),
-                        format!("expected a boolean, found {}", kind(other)),
-                    ))
-                }
+                Some(explode) => explode,
             };
             let mut schema = match (item.get("schema"), item.get("content")) {
                 (Some(schema), _) => self.schema(schema, &loc.key("schema"))?,
@@ -479,16 +465,7 @@ impl<'a> Walker<'a> {
     fn request_body(&self, body: &'a Value, at: Loc) -> Result<Body, DocumentError> {
         let (body, loc) = self.deref(body, at)?;
         let body = object(body, &loc)?;
-        let required = match body.get("required") {
-            None => false,
-            Some(Value::Bool(required)) => *required,
-            Some(other) => {
-                return Err(DocumentError::at(
-                    loc.key("required"),
-                    format!("expected a boolean, found {}", kind(other)),
-                ))
-            }
-        };
+        let required = optional_bool(body, "required", &loc)?.unwrap_or(false);
         let description = optional_string(body, "description", &loc)?;
         let content_loc = loc.key("content");
         let Some(content) = body.get("content") else {
@@ -951,6 +928,41 @@ paths:
             .map(|a| a.argument.as_str())
             .collect();
         assert_eq!(arguments, ["query_body", "id", "body"]);
+    }
+
+    #[test]
+    fn flags_that_are_not_booleans_are_refused() {
+        let document = |parameter: &str, body: &str| {
+            format!(
+                "openapi: 3.0.0
+info: {{title: t, version: '1'}}
+paths:
+  /a:
+    post:
+      parameters: [{{name: q, in: query, {parameter}}}]
+      requestBody: {{content: {{application/json: {{}}}}, {body}}}
+      responses: {{'200': {{description: ok}}}}
+"
+            )
+        };
+        assert_eq!(
+            error_of(&document("required: 'yes'", "required: true")),
+            "paths./a.post.parameters[0].required: expected a boolean, found a string"
+        );
+        assert_eq!(
+            error_of(&document("explode: null", "required: true")),
+            "paths./a.post.parameters[0].explode: expected a boolean, found null"
+        );
+        assert_eq!(
+            error_of(&document("required: true", "required: 1")),
+            "paths./a.post.requestBody.required: expected a boolean, found a number"
+        );
+        let fine = parse(&document(
+            "required: false, explode: false, schema: {type: string}",
+            "required: false",
+        ))
+        .unwrap();
+        assert!(!fine.tools[0].request.arguments[0].explode);
     }
 
     #[test]

@@ -126,6 +126,22 @@ pub(super) fn optional_string<'v>(
     }
 }
 
+/// `map[key]` if it is a boolean, `None` if it is absent (`null` is not a boolean).
+pub(super) fn optional_bool(
+    map: &Map<String, Value>,
+    key: &str,
+    at: &Loc,
+) -> Result<Option<bool>, DocumentError> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(value)) => Ok(Some(*value)),
+        Some(other) => Err(DocumentError::at(
+            at.key(key),
+            format!("expected a boolean, found {}", kind(other)),
+        )),
+    }
+}
+
 pub(super) fn required_string<'v>(
     map: &'v Map<String, Value>,
     key: &str,
