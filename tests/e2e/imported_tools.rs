@@ -132,41 +132,7 @@ async fn stack(
         options = options.with(key, value);
     }
     let app = TestApp::spawn(options).await;
-    let imported: Value = app
-        .http
-        .post(format!("{}/api/admin/openapi", app.http_url(0)))
-        .bearer_auth(ADMIN)
-        .header("content-type", "application/yaml")
-        .body(carrier_spec(host))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tools = imported["tools"]
-        .as_array()
-        .expect("imported tools")
-        .clone();
-    assert_eq!(tools.len(), 2, "{imported}");
-    for tool in &tools {
-        let reviewed: Value = app
-            .http
-            .patch(format!(
-                "{}/api/admin/tools/{}",
-                app.http_url(0),
-                tool["id"].as_str().unwrap()
-            ))
-            .bearer_auth(ADMIN)
-            .json(&json!({"enabled": true}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(reviewed["reviewed"], true, "{reviewed}");
-    }
+    import_and_review(&app, &carrier_spec(host), 2).await;
     (app, agents)
 }
 
