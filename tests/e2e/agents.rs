@@ -3,18 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use e2e::ws::{seqs, tokens_text, WsClient};
+use e2e::ws::{seqs, tokens_text, types, WsClient};
 use e2e::{eventually, StackOptions, TestApp, Thread};
 use serde_json::{json, Value};
-
-fn answer(thread: &Thread, approved: bool, interrupt_id: Option<&str>) -> Value {
-    let mut frame = json!({"type": "interrupt_response", "thread_id": thread.thread_id,
-                           "token": thread.token, "approved": approved});
-    if let Some(id) = interrupt_id {
-        frame["interrupt_id"] = id.into();
-    }
-    frame
-}
 
 /// The frames of one turn segment: up to `message_complete`, `interrupt` or a final `error`.
 async fn segment(ws: &mut WsClient) -> Vec<Value> {
@@ -39,10 +30,6 @@ async fn turn(ws: &mut WsClient, frame: &Value) -> Vec<Value> {
         assert_eq!(opening["content"], frame["content"]);
     }
     frames
-}
-
-fn types(frames: &[Value]) -> Vec<&str> {
-    frames.iter().filter_map(|f| f["type"].as_str()).collect()
 }
 
 async fn order_status(app: &TestApp, order: i32) -> String {
@@ -113,7 +100,7 @@ async fn the_scripted_demo_conversation_covers_every_frame_type() {
 
     let frames = turn(
         &mut ws,
-        &answer(&thread, true, cancel["interrupt_id"].as_str()),
+        &thread.answer(true, cancel["interrupt_id"].as_str()),
     )
     .await;
     assert!(
@@ -138,7 +125,7 @@ async fn the_scripted_demo_conversation_covers_every_frame_type() {
     seen.extend(frames);
 
     // Declined: the billing agent is told, and answers; nothing is refunded.
-    let frames = turn(&mut ws, &answer(&thread, false, None)).await;
+    let frames = turn(&mut ws, &thread.answer(false, None)).await;
     assert!(frames.iter().all(|f| f["turn_id"] == turn_id));
     assert_eq!(types(&frames).last(), Some(&"message_complete"));
     assert!(frames.iter().all(|f| f["type"] != "tool_call"));
@@ -157,7 +144,7 @@ async fn the_scripted_demo_conversation_covers_every_frame_type() {
     // The same approval again: nothing is pending any more, nothing runs twice.
     let frames = turn(
         &mut ws,
-        &answer(&thread, true, cancel["interrupt_id"].as_str()),
+        &thread.answer(true, cancel["interrupt_id"].as_str()),
     )
     .await;
     assert_eq!(types(&frames), ["error", "message_complete"]);
@@ -266,8 +253,8 @@ async fn an_approval_answered_twice_at_once_runs_the_tool_once_on_another_worker
     app.workers[0].kill().await;
     app.start_worker().await;
     let id = interrupt["interrupt_id"].as_str();
-    ws.send(&answer(&thread, true, id)).await;
-    ws.send(&answer(&thread, true, id)).await;
+    ws.send(&thread.answer(true, id)).await;
+    ws.send(&thread.answer(true, id)).await;
     ws.expect_type("accepted").await;
     ws.expect_type("accepted").await;
     let first = segment(&mut ws).await;
@@ -315,7 +302,7 @@ async fn an_answer_after_the_approval_expired_runs_nothing() {
     })
     .await;
 
-    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    let frames = turn(&mut ws, &thread.answer(true, None)).await;
     assert_eq!(types(&frames), ["interrupt_expired", "message_complete"]);
     assert_eq!(frames[0]["interrupt_id"], interrupt["interrupt_id"]);
     assert_eq!(frames[0]["action"], "cancel_order");
@@ -340,7 +327,7 @@ async fn a_new_message_withdraws_a_pending_approval() {
     let frames = turn(&mut ws, &thread.message("Where is order 1009?")).await;
     assert_eq!(frames[0]["tool"], "get_order_status", "{frames:?}");
     assert!(tokens_text(&frames).contains("being prepared"));
-    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    let frames = turn(&mut ws, &thread.answer(true, None)).await;
     assert_eq!(frames[0]["code"], "no_pending_interrupt");
 
     app.wait_for_turns(&thread.thread_id, 3).await;
@@ -397,7 +384,7 @@ async fn a_tool_that_refuses_tells_the_model_and_the_turn_goes_on() {
     let mut ws = app.connect(0).await;
     let frames = turn(&mut ws, &thread.message("Cancel order 1004 please")).await;
     assert_eq!(frames.last().unwrap()["type"], "interrupt", "{frames:?}");
-    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    let frames = turn(&mut ws, &thread.answer(true, None)).await;
     assert_eq!(
         types(&frames)[..2],
         ["tool_call", "tool_result"],
@@ -437,7 +424,7 @@ async fn an_answer_given_up_on_still_ends_its_approval_in_the_paused_turn() {
     let interrupt = frames.last().unwrap().clone();
     assert_eq!(interrupt["type"], "interrupt", "{frames:?}");
 
-    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    let frames = turn(&mut ws, &thread.answer(true, None)).await;
     assert_eq!(
         frames.last().unwrap()["code"],
         "processing_failed",
@@ -452,7 +439,7 @@ async fn an_answer_given_up_on_still_ends_its_approval_in_the_paused_turn() {
 
     // The approval was answered: a second answer finds nothing pending, and cannot claim the
     // user declined what already ran.
-    let frames = turn(&mut ws, &answer(&thread, false, None)).await;
+    let frames = turn(&mut ws, &thread.answer(false, None)).await;
     assert_eq!(frames[0]["code"], "no_pending_interrupt", "{frames:?}");
     let history = app
         .get_json(
@@ -489,7 +476,7 @@ async fn the_conversation_lifecycle_and_totals_follow_its_turns() {
     app.wait_for_turns(&thread.thread_id, 1).await;
     assert_eq!(status().await, "awaiting_approval");
 
-    let frames = turn(&mut ws, &answer(&thread, true, None)).await;
+    let frames = turn(&mut ws, &thread.answer(true, None)).await;
     usages.push(frames.last().unwrap()["usage"].clone());
     app.wait_for_turns(&thread.thread_id, 2).await;
     assert_eq!(status().await, "resolved");
@@ -593,8 +580,8 @@ async fn an_answer_without_an_id_cannot_approve_an_approval_raised_after_it() {
     // A double-clicked "approve" without ids: both answers are sent while only the cancel is
     // pending. The first approves it; the second must not approve the refund, which the user
     // has not seen.
-    ws.send(&answer(&thread, true, None)).await;
-    ws.send(&answer(&thread, true, None)).await;
+    ws.send(&thread.answer(true, None)).await;
+    ws.send(&thread.answer(true, None)).await;
     let frames = ws
         .frames_until(|f| f["type"] == "interrupt" || f["type"] == "error")
         .await;
@@ -624,7 +611,7 @@ async fn an_answer_without_an_id_cannot_approve_an_approval_raised_after_it() {
     );
 
     // Once seen, the refund is answered, with or without its id.
-    let frames = turn(&mut ws, &answer(&thread, false, None)).await;
+    let frames = turn(&mut ws, &thread.answer(false, None)).await;
     assert_eq!(
         types(&frames).last(),
         Some(&"message_complete"),

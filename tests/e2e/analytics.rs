@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use e2e::ws::WsClient;
-use e2e::{StackOptions, TestApp, Thread};
+use e2e::{status_and_json, StackOptions, TestApp, Thread};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "analytics-admin-token";
@@ -16,26 +16,18 @@ async fn spawn(options: StackOptions) -> TestApp {
 
 /// `GET path` with the admin token: the status and the JSON body.
 async fn admin_get(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = app
-        .http
-        .get(format!("{}{path}", app.http_url(0)))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    status_and_json(
+        app.http
+            .get(format!("{}{path}", app.http_url(0)))
+            .bearer_auth(ADMIN),
+    )
+    .await
 }
 
 async fn ok(app: &TestApp, path: &str) -> Value {
     let (status, body) = admin_get(app, path).await;
     assert_eq!(status, 200, "GET {path}: {body}");
     body
-}
-
-fn answer(thread: &Thread, approved: bool) -> Value {
-    json!({"type": "interrupt_response", "thread_id": thread.thread_id, "token": thread.token,
-           "approved": approved})
 }
 
 /// Sends a frame, expects `accepted`, returns the frames up to `message_complete` or `interrupt`.
@@ -181,7 +173,7 @@ async fn analytics_and_the_timeline_count_a_scripted_set_of_conversations_exactl
     let paused = turn(&mut ws, &approved.message("Cancel order 1003")).await;
     assert_eq!(paused.last().unwrap()["type"], "interrupt", "{paused:?}");
     spent.add(&paused);
-    let frames = turn(&mut ws, &answer(&approved, true)).await;
+    let frames = turn(&mut ws, &approved.interrupt_response(true)).await;
     assert_eq!(frames.last().unwrap()["type"], "message_complete");
     let approved_usage = frames.last().unwrap()["usage"].clone();
     spent.add(&frames);
@@ -190,7 +182,7 @@ async fn analytics_and_the_timeline_count_a_scripted_set_of_conversations_exactl
     let rejected = app.create_thread().await;
     let paused = turn(&mut ws, &rejected.message("Cancel order 1006")).await;
     assert_eq!(paused.last().unwrap()["type"], "interrupt", "{paused:?}");
-    let frames = turn(&mut ws, &answer(&rejected, false)).await;
+    let frames = turn(&mut ws, &rejected.interrupt_response(false)).await;
     assert_eq!(frames.last().unwrap()["type"], "message_complete");
     spent.add(&frames);
 

@@ -16,10 +16,6 @@ fn long_turns() -> StackOptions {
         .with("ADMIN_TOKEN", ADMIN)
 }
 
-fn cancel(thread: &Thread) -> Value {
-    json!({"type": "cancel", "thread_id": thread.thread_id, "token": thread.token})
-}
-
 /// Sends a long message and waits until its turn streams; returns the frames so far.
 async fn start_long_turn(ws: &mut WsClient, thread: &Thread) -> Vec<Value> {
     ws.send(&thread.message("Tell me everything about your shop, please."))
@@ -76,7 +72,7 @@ async fn a_cancel_stops_a_streaming_turn_at_once_and_the_next_message_runs() {
     let turn_id = started[1]["turn_id"].clone();
 
     let sent = Instant::now();
-    ws.send(&cancel(&thread)).await;
+    ws.send(&thread.cancel()).await;
     let frames = until_complete(&mut ws, &turn_id).await;
     let took = sent.elapsed();
     let complete = frames.last().unwrap();
@@ -128,7 +124,7 @@ async fn a_cancel_stops_a_streaming_turn_at_once_and_the_next_message_runs() {
 
     // With nothing in progress a cancel is accepted and changes nothing.
     app.wait_for_turns(&thread.thread_id, 2).await;
-    ws.send(&cancel(&thread)).await;
+    ws.send(&thread.cancel()).await;
     ws.expect_type("accepted").await;
     assert!(
         ws.next_frame_within(Duration::from_millis(500))
@@ -181,7 +177,7 @@ async fn a_cancel_sent_through_another_edge_stops_the_turn_on_whichever_worker_r
 
     let mut other = app.connect(1).await;
     // A cancel naming another turn changes nothing: the turn streams on.
-    let mut wrong = cancel(&thread);
+    let mut wrong = thread.cancel();
     wrong["turn_id"] = json!(uuid::Uuid::now_v7().to_string());
     other.send(&wrong).await;
     other.expect_type("accepted").await;
@@ -204,7 +200,7 @@ async fn a_cancel_sent_through_another_edge_stops_the_turn_on_whichever_worker_r
                 > 5,
         "the turn streams on: {go_on:?}"
     );
-    let mut named = cancel(&thread);
+    let mut named = thread.cancel();
     named["turn_id"] = turn_id.clone();
     let sent = Instant::now();
     other.send(&named).await;
@@ -234,18 +230,15 @@ async fn a_cancel_withdraws_a_pending_approval_and_the_tool_never_runs() {
     assert_eq!(interrupt["action"], "request_refund");
     app.wait_for_turns(&thread.thread_id, 1).await;
 
-    ws.send(&cancel(&thread)).await;
+    ws.send(&thread.cancel()).await;
     ws.expect_type("accepted").await;
     let complete = ws.expect_type("message_complete").await;
     assert_eq!(complete["cancelled"], true, "{complete}");
     assert_eq!(complete["turn_id"], interrupt["turn_id"]);
 
     // Approved afterwards: there is nothing to approve any more.
-    ws.send(
-        &json!({"type": "interrupt_response", "thread_id": thread.thread_id,
-        "token": thread.token, "approved": true, "interrupt_id": interrupt["interrupt_id"]}),
-    )
-    .await;
+    ws.send(&thread.answer(true, interrupt["interrupt_id"].as_str()))
+        .await;
     ws.expect_type("accepted").await;
     ws.expect_error("no_pending_interrupt").await;
     ws.expect_type("message_complete").await;
@@ -312,7 +305,7 @@ async fn a_cancel_racing_the_death_of_the_worker_ends_the_turn_cancelled_once() 
 
     // The worker running the turn dies; the cancel reaches no live worker.
     app.workers[0].kill().await;
-    ws.send(&cancel(&thread)).await;
+    ws.send(&thread.cancel()).await;
     app.start_worker().await;
     let frames = until_complete(&mut ws, &turn_id).await;
     assert_eq!(frames.last().unwrap()["cancelled"], true, "{frames:?}");
@@ -384,13 +377,13 @@ async fn double_texting_enqueue_runs_both_messages_in_full() {
 /// Messages of the thread left in `<PREFIX>_IN` and `<PREFIX>_OUT`, read back from NATS.
 async fn stored_messages(app: &TestApp, thread: &Thread) -> usize {
     let js = app.jetstream().await;
+    let subjects = app.subjects();
     let mut count = 0;
-    for (stream, kind) in [("IN", "in"), ("OUT", "out")] {
-        let stream = js
-            .get_stream(format!("{}_{stream}", app.prefix.to_uppercase()))
-            .await
-            .unwrap();
-        let subject = format!("{}.{kind}.{}", app.prefix, thread.thread_id);
+    for (stream, subject) in [
+        (subjects.inbound_stream(), subjects.inbound(&thread.id())),
+        (subjects.replies_stream(), subjects.replies(&thread.id())),
+    ] {
+        let stream = js.get_stream(stream).await.unwrap();
         let info = stream.info_with_subjects(subject.clone()).await.unwrap();
         use futures_util::StreamExt as _;
         let subjects: Vec<_> = info.collect().await;

@@ -224,7 +224,9 @@ async fn the_nats_server_enforces_expected_last_subject_sequence() {
     })
     .await;
     let js = app.jetstream().await;
-    let subject = format!("{}.out.fence", app.prefix);
+    let subject = app
+        .subjects()
+        .replies(&shared::ids::ThreadId::parse("fence").unwrap());
     let publish = |expected: u64| {
         let js = js.clone();
         let subject = subject.clone();
@@ -277,11 +279,11 @@ async fn a_worker_never_pulls_more_than_its_concurrency() {
     }
     let js = app.jetstream().await;
     let stream = js
-        .get_stream(format!("{}_IN", app.prefix.to_uppercase()))
+        .get_stream(app.subjects().inbound_stream())
         .await
         .unwrap();
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .get_consumer(&format!("{}-workers", app.prefix))
+        .get_consumer(&app.subjects().workers_consumer())
         .await
         .unwrap();
     let (mut most_in_flight, mut most_waiting) = (0, 0);

@@ -2,8 +2,8 @@
 //! thread, operator messages, live watching, feedback and its analytics.
 
 use e2e::fake_openai::FakeOpenAi;
-use e2e::ws::{seqs, WsClient};
-use e2e::{StackOptions, TestApp, Thread};
+use e2e::ws::{seqs, types, WsClient};
+use e2e::{status_and_json, StackOptions, TestApp, Thread};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "handoff-admin-token";
@@ -13,13 +13,12 @@ fn options() -> StackOptions {
 }
 
 async fn openai_stack(fake: &FakeOpenAi, edges: usize) -> TestApp {
-    let mut options = options()
+    let mut options = fake
+        .stack_options()
+        .with("ADMIN_TOKEN", ADMIN)
         .with("ACK_WAIT_SECS", "2")
         .with("LEASE_TTL_SECS", "2")
-        .with("LLM_PROVIDER", "openai")
-        .with("OPENAI_BASE_URL", &fake.base_url())
-        .with("OPENAI_API_KEY", "sk-test")
-        .with("LLM_MODEL", "gpt-4o-mini");
+        .with("OPENAI_API_KEY", "sk-test");
     options.edges = edges;
     TestApp::spawn(options).await
 }
@@ -37,10 +36,7 @@ async fn call(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    status_and_json(request).await
 }
 
 async fn create_operator(app: &TestApp, name: &str) -> (String, String) {
@@ -90,10 +86,6 @@ async fn inbox(app: &TestApp, edge: usize, token: &str) -> Vec<Value> {
     let (status, body) = call(app, reqwest::Method::GET, &url, token, None).await;
     assert_eq!(status, 200, "{body}");
     body["conversations"].as_array().unwrap().clone()
-}
-
-fn request_human(thread: &Thread) -> Value {
-    json!({"type": "request_human", "thread_id": thread.thread_id, "token": thread.token})
 }
 
 /// The inbox once `check` holds for it (a change is committed just after its frame is sent).
@@ -160,10 +152,6 @@ impl Customer {
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
         assert_eq!(seqs, expected, "{:#?}", self.seen);
     }
-}
-
-fn types(frames: &[Value]) -> Vec<&str> {
-    frames.iter().filter_map(|f| f["type"].as_str()).collect()
 }
 
 #[tokio::test]
@@ -300,7 +288,7 @@ async fn full_handoff(kill_worker: bool) {
     assert_eq!(calls, 2, "a classification and a chat completion");
 
     // The customer asks for a person: `waiting`, and the conversation is in the inbox.
-    customer.send(&request_human(&thread)).await;
+    customer.send(&thread.request_human()).await;
     let frames = customer.until("handoff").await;
     assert_eq!(types(&frames), ["handoff"]);
     assert_eq!(frames[0]["state"], "waiting");
@@ -580,7 +568,7 @@ async fn escalate_to_human_puts_the_conversation_in_the_inbox() {
     let frames = ws.frames_until_type("message_complete").await;
     assert_eq!(types(&frames), ["user_message", "message_complete"]);
     // Asking again changes nothing and sends nothing; the next frames are the next message's.
-    ws.send(&request_human(&thread)).await;
+    ws.send(&thread.request_human()).await;
     ws.expect_type("accepted").await;
     ws.send(&thread.message("Hello?")).await;
     ws.expect_type("accepted").await;
@@ -654,7 +642,7 @@ async fn feedback_is_validated_stored_and_counted_exactly() {
     ws.send(&feedback(&b, json!({"turn_id": turn_b, "rating": "up"})))
         .await;
     ws.expect_type("accepted").await;
-    ws.send(&request_human(&b)).await;
+    ws.send(&b.request_human()).await;
     ws.expect_type("accepted").await;
     ws.frames_until_type("handoff").await;
     assert_eq!(act(&app, 0, &alice, &b, "join", None).await.0, 200);

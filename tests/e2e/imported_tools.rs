@@ -11,8 +11,8 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Json;
 use e2e::fake_openai::{FakeOpenAi, Reply};
-use e2e::ws::{tokens_text, WsClient};
-use e2e::{StackOptions, TestApp, Thread};
+use e2e::ws::tokens_text;
+use e2e::{StackOptions, TestApp};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
@@ -124,62 +124,16 @@ async fn stack(
 ) -> (TestApp, std::path::PathBuf) {
     let agents = std::env::temp_dir().join(format!("agents-{}.yaml", uuid::Uuid::new_v4()));
     std::fs::write(&agents, AGENTS).unwrap();
-    let mut options = StackOptions::default()
-        .with("LLM_PROVIDER", "openai")
-        .with("OPENAI_BASE_URL", &fake.base_url())
-        .with("LLM_MODEL", "gpt-4o-mini")
+    let mut options = fake
+        .stack_options()
         .with("ADMIN_TOKEN", ADMIN)
         .with("AGENTS_CONFIG", agents.to_str().unwrap());
     for (key, value) in extra {
         options = options.with(key, value);
     }
     let app = TestApp::spawn(options).await;
-    let imported: Value = app
-        .http
-        .post(format!("{}/api/admin/openapi", app.http_url(0)))
-        .bearer_auth(ADMIN)
-        .header("content-type", "application/yaml")
-        .body(carrier_spec(host))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tools = imported["tools"]
-        .as_array()
-        .expect("imported tools")
-        .clone();
-    assert_eq!(tools.len(), 2, "{imported}");
-    for tool in &tools {
-        let reviewed: Value = app
-            .http
-            .patch(format!(
-                "{}/api/admin/tools/{}",
-                app.http_url(0),
-                tool["id"].as_str().unwrap()
-            ))
-            .bearer_auth(ADMIN)
-            .json(&json!({"enabled": true}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(reviewed["reviewed"], true, "{reviewed}");
-    }
+    import_and_review(&app, &carrier_spec(host), 2).await;
     (app, agents)
-}
-
-/// Sends a message; returns its turn's frames after the opening `user_message` (SPEC §7).
-async fn ask(ws: &mut WsClient, thread: &Thread, content: &str) -> Vec<Value> {
-    ws.send(&thread.message(content)).await;
-    ws.expect_type("accepted").await;
-    let opening = ws.expect_type("user_message").await;
-    assert_eq!(opening["content"], content);
-    ws.frames_until(|f| matches!(f["type"].as_str(), Some("message_complete" | "interrupt")))
-        .await
 }
 
 fn route_to_shipping() -> Reply {
@@ -217,7 +171,7 @@ async fn an_approved_write_reaches_the_server_once_by_its_idempotency_key_across
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    let frames = ask(&mut ws, &thread, "Make a label for order 1002").await;
+    let frames = ws.ask(&thread, "Make a label for order 1002").await;
     let interrupt = frames.last().unwrap().clone();
     assert_eq!(
         interrupt["type"], "interrupt",
@@ -229,11 +183,7 @@ async fn an_approved_write_reaches_the_server_once_by_its_idempotency_key_across
         "nothing sent before approval"
     );
 
-    ws.send(
-        &json!({"type": "interrupt_response", "thread_id": thread.thread_id,
-                    "token": thread.token, "approved": true}),
-    )
-    .await;
+    ws.send(&thread.interrupt_response(true)).await;
     ws.expect_type("accepted").await;
     // The worker is killed while the carrier holds the label request.
     tokio::time::timeout(Duration::from_secs(30), arrived.recv())
@@ -287,7 +237,7 @@ async fn a_private_address_is_refused_and_responses_are_bounded() {
     let (app, agents) = stack(&fake, &host, &[]).await;
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
-    let frames = ask(&mut ws, &thread, "Where is parcel PARCEL-1?").await;
+    let frames = ws.ask(&thread, "Where is parcel PARCEL-1?").await;
     assert_eq!(
         frames[0]["type"], "tool_call",
         "a read runs without approval: {frames:?}"
@@ -319,7 +269,7 @@ async fn a_private_address_is_refused_and_responses_are_bounded() {
     .await;
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
-    let frames = ask(&mut ws, &thread, "Where is parcel PARCEL-1?").await;
+    let frames = ws.ask(&thread, "Where is parcel PARCEL-1?").await;
     assert_eq!(frames[1]["ok"], true, "{frames:?}");
     let request = fake.requests().last().unwrap().clone();
     let result = request["messages"]
@@ -384,7 +334,7 @@ async fn a_proxy_in_the_environment_is_not_used_for_tool_calls() {
     let (app, agents) = stack(&fake, &host, &extra).await;
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
-    let frames = ask(&mut ws, &thread, "Where is parcel PARCEL-1?").await;
+    let frames = ws.ask(&thread, "Where is parcel PARCEL-1?").await;
     assert_eq!(frames[0]["type"], "tool_call", "{frames:?}");
     assert_eq!(frames[1]["ok"], true, "the carrier answered: {frames:?}");
     assert_eq!(
@@ -515,7 +465,7 @@ async fn the_scripted_model_calls_an_imported_tool_over_http() {
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    let frames = ask(&mut ws, &thread, "Where is my order 1002?").await;
+    let frames = ws.ask(&thread, "Where is my order 1002?").await;
     assert_eq!(frames[0]["type"], "tool_call", "{frames:?}");
     assert_eq!(frames[0]["tool"], "get_order_status");
     assert_eq!(frames[1]["ok"], true, "{frames:?}");
@@ -541,7 +491,7 @@ async fn a_tool_name_the_model_made_up_is_not_a_metric_label() {
     let (app, agents) = stack(&fake, &host, &[]).await;
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
-    let frames = ask(&mut ws, &thread, "Track it").await;
+    let frames = ws.ask(&thread, "Track it").await;
     assert_eq!(frames[0]["tool"], "made_up_tool_7f3a", "{frames:?}");
     assert_eq!(frames[1]["ok"], false);
 
@@ -589,12 +539,9 @@ async fn a_slow_tool_server_holds_no_database_connection_and_stalls_no_other_thr
     for _ in 0..2 {
         let thread = app.create_thread().await;
         let mut ws = app.connect(0).await;
-        let frames = tokio::time::timeout(
-            Duration::from_secs(10),
-            ask(&mut ws, &thread, "hello there"),
-        )
-        .await
-        .expect("another thread's turn completes while the slow calls wait");
+        let frames = tokio::time::timeout(Duration::from_secs(10), ws.ask(&thread, "hello there"))
+            .await
+            .expect("another thread's turn completes while the slow calls wait");
         assert_eq!(frames.last().unwrap()["type"], "message_complete");
     }
     assert!(

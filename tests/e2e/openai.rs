@@ -2,16 +2,12 @@
 //! wire format (SSE chunks, split tool-call deltas, the usage chunk, `[DONE]`, error statuses).
 
 use e2e::fake_openai::{FakeOpenAi, Reply};
-use e2e::ws::{tokens_text, WsClient};
-use e2e::{StackOptions, TestApp, Thread};
+use e2e::ws::{tokens_text, types};
+use e2e::TestApp;
 use serde_json::{json, Value};
 
 async fn stack(fake: &FakeOpenAi, extra: &[(&str, &str)]) -> TestApp {
-    let mut options = StackOptions::default()
-        .with("LLM_PROVIDER", "openai")
-        .with("OPENAI_BASE_URL", &fake.base_url())
-        .with("OPENAI_API_KEY", "sk-test")
-        .with("LLM_MODEL", "gpt-4o-mini");
+    let mut options = fake.stack_options().with("OPENAI_API_KEY", "sk-test");
     for (key, value) in extra {
         options = options.with(key, value);
     }
@@ -28,27 +24,6 @@ fn route(agents: &[&str]) -> Reply {
         .map(|agent| json!({"agent": agent, "confidence": 0.9}))
         .collect();
     Reply::Classification(json!({"intents": intents, "ambiguous": false, "clarification": null}))
-}
-
-/// Sends a message; returns the frames of its turn, through `message_complete` or `interrupt`.
-/// Sends a message; returns its turn's frames after the opening `user_message` (SPEC §7),
-/// which is checked here.
-async fn ask(ws: &mut WsClient, thread: &Thread, content: &str) -> Vec<Value> {
-    ws.send(&thread.message(content)).await;
-    ws.expect_type("accepted").await;
-    let opening = ws.expect_type("user_message").await;
-    assert_eq!(opening["content"], content);
-    ws.frames_until(|frame| {
-        matches!(
-            frame["type"].as_str(),
-            Some("message_complete" | "interrupt")
-        )
-    })
-    .await
-}
-
-fn types(frames: &[Value]) -> Vec<&str> {
-    frames.iter().filter_map(|f| f["type"].as_str()).collect()
 }
 
 /// The chat requests (not the classification) the fake received.
@@ -83,7 +58,7 @@ async fn a_tool_turn_streams_assembled_calls_and_sums_usage_and_cost() {
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    let frames = ask(&mut ws, &thread, "Where is 1002?").await;
+    let frames = ws.ask(&thread, "Where is 1002?").await;
     assert_eq!(
         types(&frames),
         [
@@ -184,7 +159,7 @@ async fn two_intents_run_two_agents_in_order_and_a_bad_classifier_falls_back() {
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    let frames = ask(&mut ws, &thread, "Where is my order, and my invoice?").await;
+    let frames = ws.ask(&thread, "Where is my order, and my invoice?").await;
     let agents: Vec<&str> = frames
         .iter()
         .filter(|f| f["type"] == "token")
@@ -205,12 +180,12 @@ async fn two_intents_run_two_agents_in_order_and_a_bad_classifier_falls_back() {
         .unwrap()
         .contains("billing specialist"));
 
-    let frames = ask(&mut ws, &thread, "What is my horoscope?").await;
+    let frames = ws.ask(&thread, "What is my horoscope?").await;
     assert!(frames
         .iter()
         .filter(|f| f["type"] == "token")
         .all(|f| f["agent"] == "general"));
-    let frames = ask(&mut ws, &thread, "Anything").await;
+    let frames = ws.ask(&thread, "Anything").await;
     assert_eq!(tokens_text(&frames), "Still here.");
     assert!(frames
         .iter()
@@ -231,7 +206,7 @@ async fn tool_arguments_that_break_the_schema_never_run_and_go_back_to_the_model
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    let frames = ask(&mut ws, &thread, "Cancel the blue one").await;
+    let frames = ws.ask(&thread, "Cancel the blue one").await;
     assert_eq!(
         types(&frames),
         [
@@ -276,7 +251,7 @@ async fn a_rate_limit_is_waited_out_and_server_errors_are_retried() {
     let mut ws = app.connect(0).await;
 
     let sent = std::time::Instant::now();
-    let frames = ask(&mut ws, &thread, "hello").await;
+    let frames = ws.ask(&thread, "hello").await;
     assert!(
         sent.elapsed() >= std::time::Duration::from_secs(2),
         "Retry-After: 2 was honoured"
@@ -289,7 +264,7 @@ async fn a_rate_limit_is_waited_out_and_server_errors_are_retried() {
         "one retry: async-openai retried nothing itself"
     );
 
-    let frames = ask(&mut ws, &thread, "hello again").await;
+    let frames = ws.ask(&thread, "hello again").await;
     assert_eq!(types(&frames), ["token", "token", "message_complete"]);
     assert_eq!(tokens_text(&frames), "After the errors.");
     assert_eq!(
@@ -312,7 +287,7 @@ async fn a_hanging_model_is_timed_out_and_retried() {
     .await;
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
-    let frames = ask(&mut ws, &thread, "hello").await;
+    let frames = ws.ask(&thread, "hello").await;
     assert_eq!(types(&frames), ["token", "token", "message_complete"]);
     assert_eq!(tokens_text(&frames), "Awake again.");
     assert_eq!(chat_requests(&fake).len(), 2);
@@ -329,7 +304,7 @@ async fn a_stream_cut_after_tokens_is_reset_then_answered_in_full() {
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    let frames = ask(&mut ws, &thread, "hello").await;
+    let frames = ws.ask(&thread, "hello").await;
     assert_eq!(
         types(&frames),
         [
@@ -372,18 +347,14 @@ async fn an_approval_continues_the_model_conversation_with_the_tool_result() {
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    let frames = ask(&mut ws, &thread, "Cancel 1003").await;
+    let frames = ws.ask(&thread, "Cancel 1003").await;
     let interrupt = frames.last().unwrap().clone();
     assert_eq!(interrupt["type"], "interrupt", "{frames:?}");
     assert_eq!(
         interrupt["params"],
         json!({"order_id": 1003, "reason": "changed my mind"})
     );
-    ws.send(
-        &json!({"type": "interrupt_response", "thread_id": thread.thread_id,
-                    "token": thread.token, "approved": true}),
-    )
-    .await;
+    ws.send(&thread.interrupt_response(true)).await;
     ws.expect_type("accepted").await;
     let frames = ws.frames_until_type("message_complete").await;
     assert_eq!(
@@ -433,7 +404,7 @@ async fn a_compatible_server_s_lenient_stream_reaches_the_client_once_and_every_
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
 
-    let frames = ask(&mut ws, &thread, "hello").await;
+    let frames = ws.ask(&thread, "hello").await;
     assert_eq!(
         types(&frames),
         ["token", "token", "message_complete"],
@@ -445,7 +416,7 @@ async fn a_compatible_server_s_lenient_stream_reaches_the_client_once_and_every_
     assert_eq!(usage["prompt_tokens"], 10 + 7, "{usage}");
     assert_eq!(usage["completion_tokens"], 2 + 2, "{usage}");
 
-    let frames = ask(&mut ws, &thread, "and again").await;
+    let frames = ws.ask(&thread, "and again").await;
     assert_eq!(types(&frames), ["token", "token", "message_complete"]);
     assert_eq!(tokens_text(&frames), "Second try.");
     let usage = &frames.last().unwrap()["usage"];

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::fake_openai::{FakeOpenAi, Reply};
-use e2e::{StackOptions, TestApp, WAIT};
+use e2e::{status_and_json, StackOptions, TestApp};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "openapi-admin-token";
@@ -22,27 +22,13 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Sends a request (within [`WAIT`]) and returns its status and JSON body (`null` if none).
-async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = tokio::time::timeout(WAIT, request.send())
-        .await
-        .expect("the edge answers in time")
-        .expect("request sent");
-    let status = response.status().as_u16();
-    let text = tokio::time::timeout(WAIT, response.text())
-        .await
-        .expect("the body arrives in time")
-        .expect("a body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 async fn import(app: &TestApp, document: &str, content_type: &str) -> (u16, Value) {
     import_at(app, "", document, content_type).await
 }
 
 async fn import_at(app: &TestApp, query: &str, document: &str, content_type: &str) -> (u16, Value) {
     let url = format!("{}/api/admin/openapi{query}", app.http_url(0));
-    send(
+    status_and_json(
         app.http
             .post(url)
             .bearer_auth(ADMIN)
@@ -54,14 +40,14 @@ async fn import_at(app: &TestApp, query: &str, document: &str, content_type: &st
 
 async fn list(app: &TestApp) -> Vec<Value> {
     let url = format!("{}/api/admin/tools", app.http_url(0));
-    let (status, body) = send(app.http.get(url).bearer_auth(ADMIN)).await;
+    let (status, body) = status_and_json(app.http.get(url).bearer_auth(ADMIN)).await;
     assert_eq!(status, 200, "{body}");
     body["tools"].as_array().expect("a tools array").clone()
 }
 
 async fn patch(app: &TestApp, id: &str, body: &Value) -> (u16, Value) {
     let url = format!("{}/api/admin/tools/{id}", app.http_url(0));
-    send(app.http.patch(url).bearer_auth(ADMIN).json(body)).await
+    status_and_json(app.http.patch(url).bearer_auth(ADMIN).json(body)).await
 }
 
 fn named<'t>(tools: &'t [Value], name: &str) -> &'t Value {
@@ -393,7 +379,7 @@ async fn reviews_refuse_unknown_tools_and_bad_bodies() {
         assert_eq!(body["error"]["code"], "bad_request", "{bad}: {body}");
     }
     let url = format!("{}/api/admin/tools/{id}", app.http_url(0));
-    let (status, _) = send(
+    let (status, _) = status_and_json(
         app.http
             .patch(url)
             .bearer_auth(ADMIN)
@@ -433,12 +419,12 @@ async fn every_tools_route_wants_the_admin_token() {
         ]
     };
     for request in requests() {
-        let (status, body) = send(request).await;
+        let (status, body) = status_and_json(request).await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["error"]["code"], "unauthorized");
     }
     for request in requests() {
-        let (status, _) = send(request.bearer_auth("wrong-token")).await;
+        let (status, _) = status_and_json(request.bearer_auth("wrong-token")).await;
         assert_eq!(status, 401);
     }
     assert!(list(&app).await.is_empty(), "nothing was imported");
@@ -461,7 +447,7 @@ async fn every_tools_route_wants_the_admin_token() {
             .patch(format!("{base}/api/admin/tools/{id}"))
             .json(&json!({})),
     ] {
-        let (status, _) = send(request.bearer_auth(ADMIN)).await;
+        let (status, _) = status_and_json(request.bearer_auth(ADMIN)).await;
         assert_eq!(status, 404);
     }
 }
@@ -565,11 +551,8 @@ async fn a_reimport_that_changes_a_reviewed_call_reopens_its_review() {
     let agents = std::env::temp_dir().join(format!("agents-{}.yaml", uuid::Uuid::new_v4()));
     std::fs::write(&agents, PET_AGENTS).unwrap();
     let app = TestApp::spawn(
-        StackOptions::default()
+        fake.stack_options()
             .with("ADMIN_TOKEN", ADMIN)
-            .with("LLM_PROVIDER", "openai")
-            .with("OPENAI_BASE_URL", &fake.base_url())
-            .with("LLM_MODEL", "gpt-4o-mini")
             .with("AGENTS_CONFIG", agents.to_str().unwrap()),
     )
     .await;

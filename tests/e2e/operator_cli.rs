@@ -50,10 +50,6 @@ async fn table_exists(app: &TestApp, table: &str) -> bool {
         .unwrap()
 }
 
-fn inbound_stream(app: &TestApp) -> String {
-    format!("{}_IN", app.prefix.to_uppercase())
-}
-
 async fn stream_exists(app: &TestApp, name: &str) -> bool {
     app.jetstream().await.get_stream(name).await.is_ok()
 }
@@ -62,7 +58,7 @@ async fn inbound_max_age(app: &TestApp) -> Duration {
     let mut stream = app
         .jetstream()
         .await
-        .get_stream(inbound_stream(app))
+        .get_stream(app.subjects().inbound_stream())
         .await
         .unwrap();
     stream.info().await.unwrap().config.max_age
@@ -71,7 +67,10 @@ async fn inbound_max_age(app: &TestApp) -> Duration {
 /// Changes `<PREFIX>_IN`'s retention behind the project's back, as an operator might have.
 async fn set_inbound_max_age(app: &TestApp, max_age: Duration) {
     let js = app.jetstream().await;
-    let mut stream = js.get_stream(inbound_stream(app)).await.unwrap();
+    let mut stream = js
+        .get_stream(app.subjects().inbound_stream())
+        .await
+        .unwrap();
     let mut config = stream.info().await.unwrap().config.clone();
     config.max_age = max_age;
     js.update_stream(&config).await.unwrap();
@@ -137,23 +136,25 @@ async fn read_only_commands_against_a_missing_database_fail_and_create_nothing()
         );
     }
     assert!(!database_exists(&app.database).await, "no database created");
-    assert!(!stream_exists(&app, &inbound_stream(&app)).await);
+    assert!(!stream_exists(&app, &app.subjects().inbound_stream()).await);
 
     // The database exists but the streams do not: a dry run creates none.
     let setup = app.run_command("worker", &["setup"], &[]).await;
     assert!(setup.status.success(), "{}", text(&setup.stderr));
     let js = app.jetstream().await;
-    js.delete_stream(inbound_stream(&app)).await.unwrap();
+    js.delete_stream(app.subjects().inbound_stream())
+        .await
+        .unwrap();
     let output = app
         .run_command("worker", &["replay", "--dead-letters", "--dry-run"], &[])
         .await;
     assert!(!output.status.success());
     let stderr = text(&output.stderr);
     assert!(
-        stderr.contains(&inbound_stream(&app)) && stderr.contains("worker setup"),
+        stderr.contains(&app.subjects().inbound_stream()) && stderr.contains("worker setup"),
         "names the stream and the fix: {stderr}"
     );
-    assert!(!stream_exists(&app, &inbound_stream(&app)).await);
+    assert!(!stream_exists(&app, &app.subjects().inbound_stream()).await);
 }
 
 #[tokio::test]
@@ -187,15 +188,18 @@ async fn setup_reports_drift_and_fails_until_apply_rewrites_it() {
     assert!(stdout.contains("database: created"), "{stdout}");
     assert!(stdout.contains("migration applied: "), "{stdout}");
     assert!(
-        stdout.contains(&format!("stream {}: created", inbound_stream(&app))),
+        stdout.contains(&format!(
+            "stream {}: created",
+            app.subjects().inbound_stream()
+        )),
         "{stdout}"
     );
     assert!(table_exists(&app, "_sqlx_migrations").await);
-    let consumer = format!("{}-workers", app.prefix);
+    let consumer = app.subjects().workers_consumer();
     let inbound = app
         .jetstream()
         .await
-        .get_stream(inbound_stream(&app))
+        .get_stream(app.subjects().inbound_stream())
         .await
         .unwrap();
     inbound.consumer_info(&consumer).await.unwrap();

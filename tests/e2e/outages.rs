@@ -647,7 +647,7 @@ async fn a_three_node_cluster_survives_losing_a_node_under_load() {
         None,
     )
     .await;
-    let inbound = format!("{}_IN", app.prefix.to_uppercase());
+    let inbound = app.subjects().inbound_stream();
     let mut stream = app.jetstream().await.get_stream(&inbound).await.unwrap();
     let replicas = stream.info().await.unwrap().config.num_replicas;
     assert_eq!(replicas, 3, "the streams are replicated");

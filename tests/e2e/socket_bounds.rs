@@ -203,7 +203,7 @@ async fn live_frames_past_a_gap_are_not_relayed_blindly_and_the_socket_resyncs()
     let stray = serde_json::json!({"type": "token", "thread_id": thread.thread_id, "seq": last + 3,
         "turn_id": uuid::Uuid::new_v4().to_string(), "agent": "stray", "content": "STRAY"});
     nats.publish_with_headers(
-        format!("{}.live.{}", app.prefix, thread.thread_id),
+        app.subjects().live(&thread.id()),
         headers,
         format!("{stray}\n").into(),
     )

@@ -187,6 +187,14 @@ impl FakeOpenAi {
         self.server.base_url.clone()
     }
 
+    /// A stack whose worker talks to this fake: `LLM_PROVIDER=openai`, `gpt-4o-mini`.
+    pub fn stack_options(&self) -> crate::StackOptions {
+        crate::StackOptions::default()
+            .with("LLM_PROVIDER", "openai")
+            .with("OPENAI_BASE_URL", &self.base_url())
+            .with("LLM_MODEL", "gpt-4o-mini")
+    }
+
     /// Queues the answer to the next request that carries `response_format`.
     pub fn push_classification(&self, reply: Reply) {
         self.server.shared.lock().classification.push_back(reply);

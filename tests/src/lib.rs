@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+use shared::ids::ThreadId;
+use shared::subjects::Subjects;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -90,6 +92,28 @@ impl Thread {
 
     pub fn resume(&self, after_seq: u64) -> Value {
         serde_json::json!({"type": "resume", "thread_id": self.thread_id, "token": self.token, "after_seq": after_seq})
+    }
+
+    /// An `interrupt_response` that names the approval it answers when `interrupt_id` is given.
+    pub fn answer(&self, approved: bool, interrupt_id: Option<&str>) -> Value {
+        let mut frame = self.interrupt_response(approved);
+        if let Some(id) = interrupt_id {
+            frame["interrupt_id"] = id.into();
+        }
+        frame
+    }
+
+    pub fn cancel(&self) -> Value {
+        serde_json::json!({"type": "cancel", "thread_id": self.thread_id, "token": self.token})
+    }
+
+    pub fn request_human(&self) -> Value {
+        serde_json::json!({"type": "request_human", "thread_id": self.thread_id, "token": self.token})
+    }
+
+    /// The thread's id as `shared` types it, to name its subjects through [`Subjects`].
+    pub fn id(&self) -> ThreadId {
+        ThreadId::parse(self.thread_id.clone()).expect("the edge hands out valid thread ids")
     }
 }
 
@@ -482,6 +506,11 @@ impl TestApp {
         .await;
     }
 
+    /// The stack's subject, stream and consumer names, as the processes build them.
+    pub fn subjects(&self) -> Subjects {
+        Subjects::new(self.prefix.clone())
+    }
+
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         let client = nats_client(&self.nats_url).await.expect("connect to NATS");
         async_nats::jetstream::new(client)
@@ -491,7 +520,7 @@ impl TestApp {
     pub async fn stored_inbound(&self) -> u64 {
         let js = self.jetstream().await;
         let mut stream = js
-            .get_stream(format!("{}_IN", self.prefix.to_uppercase()))
+            .get_stream(self.subjects().inbound_stream())
             .await
             .expect("inbound stream exists");
         stream.info().await.expect("stream info").state.messages
@@ -503,7 +532,7 @@ impl Drop for TestApp {
         for process in self.edges.iter_mut().chain(self.workers.iter_mut()) {
             let _ = process.child.start_kill();
         }
-        let prefix = self.prefix.to_uppercase();
+        let subjects = self.subjects();
         let database = self.database.clone();
         let nats_url = self.nats_url.clone();
         // Drop runs inside the test's runtime: clean up on a thread with a runtime of its own.
@@ -517,8 +546,8 @@ impl Drop for TestApp {
             runtime.block_on(async move {
                 if let Ok(client) = nats_client(&nats_url).await {
                     let js = async_nats::jetstream::new(client);
-                    for suffix in ["IN", "OUT"] {
-                        let _ = js.delete_stream(format!("{prefix}_{suffix}")).await;
+                    for stream in [subjects.inbound_stream(), subjects.replies_stream()] {
+                        let _ = js.delete_stream(stream).await;
                     }
                 }
                 if let Ok(pool) =
@@ -534,6 +563,21 @@ impl Drop for TestApp {
         });
         let _ = cleanup.join();
     }
+}
+
+/// Sends `request` (within [`WAIT`]) and returns its status and JSON body (`null` if it has
+/// none).
+pub async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = tokio::time::timeout(WAIT, request.send())
+        .await
+        .expect("the edge answers in time")
+        .expect("request sent");
+    let status = response.status().as_u16();
+    let text = tokio::time::timeout(WAIT, response.text())
+        .await
+        .expect("the body arrives in time")
+        .expect("a body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// Polls `check` until it returns `Some`, or panics after [`WAIT`] naming `what`.

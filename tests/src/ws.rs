@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::WAIT;
+use crate::{Thread, WAIT};
 
 pub struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -166,12 +166,33 @@ impl WsClient {
         frame
     }
 
+    /// Sends `content` on `thread`; returns its turn's frames through `message_complete` or
+    /// `interrupt`, after `accepted` and the opening `user_message` (SPEC §7), which is checked.
+    pub async fn ask(&mut self, thread: &Thread, content: &str) -> Vec<Value> {
+        self.send(&thread.message(content)).await;
+        self.expect_type("accepted").await;
+        let opening = self.expect_type("user_message").await;
+        assert_eq!(opening["content"], content);
+        self.frames_until(|frame| {
+            matches!(
+                frame["type"].as_str(),
+                Some("message_complete" | "interrupt")
+            )
+        })
+        .await
+    }
+
     /// The next frame, which must be an `error` with `code`.
     pub async fn expect_error(&mut self, code: &str) -> Value {
         let frame = self.expect_type("error").await;
         assert_eq!(frame["code"], code, "unexpected error: {frame}");
         frame
     }
+}
+
+/// The `type` of each frame.
+pub fn types(frames: &[Value]) -> Vec<&str> {
+    frames.iter().filter_map(|f| f["type"].as_str()).collect()
 }
 
 /// The `seq` of each frame that has one.

@@ -8,7 +8,7 @@ use serde_json::Value;
 use shared::openapi::ImportedTool;
 
 use super::http::{self, HttpSettings, Outgoing};
-use super::{Access, RegisteredTool, Tool, ToolContext, ToolError, ToolSpec};
+use super::{RegisteredTool, Tool, ToolContext, ToolError, ToolSpec};
 
 /// One imported operation.
 pub struct HttpTool {
@@ -23,10 +23,7 @@ impl HttpTool {
             name: tool.name.clone(),
             description: tool.description.clone(),
             parameters: tool.parameters.clone(),
-            access: match tool.access {
-                shared::openapi::Access::Read => Access::Read,
-                shared::openapi::Access::Write => Access::Write,
-            },
+            access: tool.access,
             requires_approval: tool.requires_approval,
             escalates: false,
         };

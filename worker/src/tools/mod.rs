@@ -15,13 +15,9 @@ use sqlx::PgConnection;
 
 use crate::llm::ToolDefinition;
 
-/// Whether a tool only reads or also changes something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Access {
-    Read,
-    Write,
-}
+/// Whether a tool only reads or also changes something: one vocabulary for built-in and imported
+/// tools.
+pub use shared::openapi::Access;
 
 /// What the model and the runtime know of a tool.
 #[derive(Debug, Clone)]
