@@ -398,6 +398,11 @@ await scenario('a customer asks for a person; an operator takes over live, resol
     );
     assert(analytics.csat.human_responses === 1 && analytics.csat.human === 4, `CSAT stored: ${JSON.stringify(analytics.csat)}`);
     assert(analytics.thumbs_up_rate === 1, `thumbs stored: ${analytics.thumbs_up_rate}`);
+    // And the dashboard shows them.
+    await adminLogin('/console/dashboard');
+    await page.locator('[data-testid="handoff-metrics"] .metric', { hasText: 'CSAT, with a person' }).filter({ hasText: '4.0 / 5 (1)' }).waitFor();
+    await page.locator('[data-testid="handoff-metrics"] .metric', { hasText: 'Thumbs up' }).filter({ hasText: '100.0%' }).waitFor();
+    await page.screenshot({ path: join(SHOTS, 'dashboard-handoff.png'), fullPage: true });
     // The inbox no longer lists it (nothing else waits in this run).
     await console_.goBack();
     await console_.getByText('Nobody is waiting for a person.').waitFor();
