@@ -286,7 +286,9 @@ await scenario('an operator deletes a conversation from the Replay console', asy
   const before = await say('Where is my order 1007? erase-me');
   await waitTurnDone(before);
   const { threadId } = await page.evaluate(() => window.__chat.thread());
-  await adminLogin('/console/replay');
+  // The old path leads to the console's Replay page.
+  await adminLogin('/replay');
+  await page.waitForURL('**/console/replay');
   await replayList('').waitFor();
   await page.getByLabel('Search').fill('erase-me');
   await page.getByRole('button', { name: 'Filter' }).click();
