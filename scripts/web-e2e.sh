@@ -42,7 +42,12 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 psql -h "$PGHOST" -U postgres -d postgres -qc "CREATE DATABASE \"$DB\""
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+# Another site that embeds the chat (web/e2e/run.mjs serves it on http://localhost:EMBED_HOST_PORT),
+# listed in ALLOWED_ORIGINS; one on OTHER_HOST_PORT is not.
+export EMBED_HOST_PORT=$(free_port) OTHER_HOST_PORT=$(free_port)
+export ALLOWED_ORIGINS="http://localhost:$EMBED_HOST_PORT"
 
 export DATABASE_URL="postgres://postgres@$PGHOST:5432/$DB"
 export NATS_URL

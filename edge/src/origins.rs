@@ -57,6 +57,21 @@ impl OriginPolicy {
                 .is_some_and(|listed| listed.contains(origin))
     }
 
+    /// The `Content-Security-Policy` of the web app's pages: who may show them in a frame. The
+    /// customer chat for other sites (`/embed`, see docs/operator-console.md) may be framed by
+    /// the edge's own pages and the listed origins; every other page (the operator console
+    /// above all: clickjacking) by the edge's own pages only.
+    pub fn frame_ancestors(&self, embeddable: bool) -> String {
+        let mut policy = String::from("frame-ancestors 'self'");
+        if embeddable {
+            for origin in self.listed.iter().flat_map(|listed| listed.as_slice()) {
+                policy.push(' ');
+                policy.push_str(origin);
+            }
+        }
+        policy
+    }
+
     /// CORS for `/api/*`: preflights from allowed origins are answered with what the web app
     /// sends (bearer tokens, JSON); other origins get no CORS header, so browsers refuse.
     pub fn cors_layer(&self) -> CorsLayer {
@@ -119,6 +134,25 @@ mod tests {
             headers.insert(ORIGIN, HeaderValue::from_str(origin).unwrap());
         }
         headers
+    }
+
+    #[test]
+    fn only_the_embed_page_may_be_framed_by_listed_origins() {
+        let unset = OriginPolicy::default();
+        assert_eq!(unset.frame_ancestors(true), "frame-ancestors 'self'");
+        assert_eq!(unset.frame_ancestors(false), "frame-ancestors 'self'");
+        let listed = OriginPolicy::new(&OriginSettings {
+            allowed_origins: Some(
+                "https://shop.example, http://localhost:5173"
+                    .parse()
+                    .unwrap(),
+            ),
+        });
+        assert_eq!(
+            listed.frame_ancestors(true),
+            "frame-ancestors 'self' https://shop.example http://localhost:5173"
+        );
+        assert_eq!(listed.frame_ancestors(false), "frame-ancestors 'self'");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! content-hashed `assets/`, revalidation for `index.html` and the client routes it answers.
 
 use e2e::{StackOptions, TestApp};
-use reqwest::header::{ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING};
+use reqwest::header::{ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_SECURITY_POLICY};
 use reqwest::StatusCode;
 
 /// A fake build output, removed on drop.
@@ -92,4 +92,51 @@ async fn hashed_assets_are_cached_for_good_and_text_is_gzipped() {
     // The API is not the web app's: no cache header of the web app's there.
     let health = get("/api/health", false).await.unwrap();
     assert!(health.headers().get(CACHE_CONTROL).is_none());
+}
+
+/// Only the customer chat for other sites (`/embed`) may be framed by the origins
+/// `ALLOWED_ORIGINS` lists; the other pages (the operator console) by the edge's own pages only.
+#[tokio::test]
+async fn only_the_embed_page_may_be_framed_by_listed_origins() {
+    let web = WebDir::new("<!doctype html><title>Support</title>", "");
+    std::fs::write(web.0.join("embed.js"), "/* widget */").unwrap();
+    let options = StackOptions {
+        edges: 1,
+        workers: 0,
+        ..StackOptions::default()
+    }
+    .with("WEB_DIR", web.0.to_str().unwrap())
+    .with(
+        "ALLOWED_ORIGINS",
+        "https://shop.example,http://localhost:5173",
+    );
+    let app = TestApp::spawn(options).await;
+    let base = app.http_url(0);
+    let policy = |path: &'static str| {
+        let request = app.http.get(format!("{base}{path}"));
+        async move {
+            let page = request.send().await.unwrap();
+            assert_eq!(page.status(), StatusCode::OK, "{path}");
+            page.headers()[CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    for path in ["/embed", "/embed/"] {
+        assert_eq!(
+            policy(path).await,
+            "frame-ancestors 'self' https://shop.example http://localhost:5173",
+            "{path}"
+        );
+    }
+    for path in [
+        "/",
+        "/console",
+        "/console/operators",
+        "/embed.js",
+        "/embedded",
+    ] {
+        assert_eq!(policy(path).await, "frame-ancestors 'self'", "{path}");
+    }
 }

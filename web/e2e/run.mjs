@@ -2,6 +2,7 @@
 // against a running stack: BASE_URL (the edge serving web/dist), ADMIN_TOKEN, NATS_URL and
 // NATS_PREFIX (for stream cleanup). Started by scripts/web-e2e.sh.
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -57,12 +58,22 @@ context.setDefaultTimeout(TIMEOUT);
 const page = await context.newPage();
 page.on('pageerror', (error) => console.log(`page error: ${error.message}`));
 
-async function newConversation() {
-  await page.goto(`${BASE}/`);
-  await page.getByRole('button', { name: /Start a conversation|New conversation/ }).click();
-  await page.waitForFunction(() => window.__chat?.thread() && document.querySelector('[data-testid="offline-banner"]') === null);
-  // The transcript of a fresh thread is empty.
-  await page.waitForFunction(() => window.__chat.state().items.length === 0);
+async function newConversation(on = page) {
+  await on.goto(`${BASE}/`);
+  const button = on.getByRole('button', { name: /Start a conversation|New conversation/ });
+  await button.waitFor();
+  // Until the new thread replaces it, the page still shows (and is connected to) the previous one.
+  const previous = await on.evaluate(() => window.__chat?.thread()?.threadId ?? null);
+  await button.click();
+  await on.waitForFunction(
+    (old) =>
+      window.__chat?.thread() &&
+      window.__chat.thread().threadId !== old &&
+      window.__chat.connections() >= 1 &&
+      document.querySelector('[data-testid="offline-banner"]') === null &&
+      window.__chat.state().items.length === 0,
+    previous,
+  );
 }
 
 async function say(text) {
@@ -89,26 +100,39 @@ function pageText() {
   return page.evaluate(() => window.__chat.state().items.filter((i) => i.kind === 'text').map((i) => i.content).join('\n'));
 }
 
+// The customer page shows no internals: tool names, raw JSON, token counts, costs, agents.
+async function assertNoInternals(where) {
+  const shown = await page.locator('main').innerText();
+  for (const internal of ['get_order_status', 'cancel_order', 'request_refund', 'tokens', '$', '{', 'orders']) {
+    assert(!shown.includes(internal), `${where}: the customer page shows ${JSON.stringify(internal)}:\n${shown}`);
+  }
+  assert((await page.locator('[data-testid="tool-card"], [data-testid="usage"]').count()) === 0, `${where}: no tool card or usage`);
+  assert((await page.locator('a[href^="/console"]').count()) === 0, `${where}: no link to the operator console`);
+}
+
 await scenario('chat with a tool call', async () => {
   await newConversation();
   const before = await say('Where is my order 1002?');
-  await page.locator('[data-testid="tool-card"]', { hasText: 'get_order_status' }).filter({ hasText: 'ok' }).waitFor();
   await waitTurnDone(before);
+  // The tool ran (the page's state has it), the page does not show it.
+  const tools = await page.evaluate(() => window.__chat.state().items.filter((i) => i.kind === 'tool').map((i) => i.tool));
+  assert(tools.includes('get_order_status'), `the turn called the tool: ${tools}`);
   const text = await pageText();
   assert(text.includes('Order 1002'), `reply mentions Order 1002: ${text}`);
   await page.locator('.msg.assistant', { hasText: 'Order 1002' }).waitFor();
+  await assertNoInternals('after a tool-using reply');
   await page.screenshot({ path: join(SHOTS, 'chat-tool.png'), fullPage: true });
 });
 
 await scenario('approval approved', async () => {
   await newConversation();
   await say('Cancel order 1003');
-  const card = page.locator('[data-testid="approval-card"]');
+  const card = page.locator('[data-testid="confirm-card"]');
   await card.waitFor();
-  assert((await card.textContent()).includes('cancel_order'), 'card names the action');
-  assert(/\d+:\d\d left/.test(await card.textContent()), 'card shows a countdown');
+  assert((await card.textContent()).includes('Cancel order 1003?'), `card asks in words: ${await card.textContent()}`);
+  await assertNoInternals('with a pending confirmation');
   await page.screenshot({ path: join(SHOTS, 'chat-approval.png'), fullPage: true });
-  await card.getByRole('button', { name: 'Approve' }).click();
+  await card.getByRole('button', { name: 'Confirm' }).click();
   await page.locator('.msg.assistant', { hasText: 'Order 1003 is now cancelled.' }).waitFor();
   await page.waitForFunction(() => !window.__chat.state().busy);
 });
@@ -150,7 +174,7 @@ async function adminLogin(path) {
 }
 
 await scenario('dashboard shows the conversations', async () => {
-  await adminLogin('/dashboard');
+  await adminLogin('/console/dashboard');
   await page.locator('[data-testid="metrics"]').waitFor();
   const conversations = Number(await page.locator('.metric', { hasText: /^\d+Conversations$/ }).locator('.metric-value').textContent());
   assert(conversations >= 3, `conversations > 0: ${conversations}`);
@@ -161,14 +185,22 @@ await scenario('dashboard shows the conversations', async () => {
   await page.screenshot({ path: join(SHOTS, 'dashboard.png'), fullPage: true });
 });
 
+// The Replay list once it answers the search `q` (the unfiltered list may hold the same rows).
+function replayList(q) {
+  return page.locator(`[data-testid="conversations"][data-query="${q}"][aria-busy="false"]`);
+}
+
 await scenario('replay steps through a timeline', async () => {
-  await adminLogin('/replay');
+  await adminLogin('/console/replay');
+  // The first, unfiltered load is over before filtering (the page drops late answers anyway).
+  await replayList('').waitFor();
   await page.getByLabel('Search').fill('cancel');
   await page.getByRole('button', { name: 'Filter' }).click();
-  await page.locator('[data-testid="conversations"] tbody tr', { hasText: 'Cancel order 1003' }).waitFor();
-  // The unfiltered list holds that row too: wait for the filtered list itself.
-  const rows = await settle(() => page.locator('[data-testid="conversations"] tbody tr').count(), (n) => n === 1);
+  const list = replayList('cancel');
+  await list.waitFor();
+  const rows = await list.locator('tbody tr').count();
   assert(rows === 1, `one conversation matches "cancel": ${rows}`);
+  await list.locator('tbody tr', { hasText: 'Cancel order 1003' }).waitFor();
   await page.getByRole('button', { name: 'Cancel order 1003' }).click();
   await page.locator('[data-testid="timeline"] li').first().waitFor();
   await page.getByRole('button', { name: 'Next ▶' }).click();
@@ -184,23 +216,23 @@ await scenario('replay steps through a timeline', async () => {
 await scenario('a pending approval survives a refresh and can be rejected', async () => {
   await newConversation();
   await say('Refund order 1005');
-  await page.locator('[data-testid="approval-card"]').waitFor();
+  await page.locator('[data-testid="confirm-card"]').waitFor();
   await page.reload();
-  const card = page.locator('[data-testid="approval-card"]');
+  const card = page.locator('[data-testid="confirm-card"]');
   await card.waitFor();
-  assert((await card.textContent()).includes('request_refund'), 'restored card names the action');
+  assert((await card.textContent()).includes('Refund order 1005?'), `restored card asks in words: ${await card.textContent()}`);
   await page.waitForFunction(() => window.__chat.connections() >= 1);
-  await card.getByRole('button', { name: 'Reject' }).click();
+  await card.getByRole('button', { name: 'Keep it' }).click();
   await page.waitForFunction(() => window.__chat.state().items.some((i) => i.kind === 'usage'));
   const text = await pageText();
   const replies = await settle(historyReply, (r) => r.length === 1 && r[0] === text);
   assert(replies.length === 1 && text === replies[0], `page text equals the history reply: ${JSON.stringify({ text, replies })}`);
   assert(text.includes('left it as it is'), `declined reply: ${text}`);
-  assert((await card.textContent()).includes('rejected'), 'card shows rejected');
+  assert((await card.textContent()).includes('Kept as it is'), 'card shows it was kept');
 });
 
 await scenario('a tool reclassified in Review stays so', async () => {
-  await adminLogin('/review');
+  await adminLogin('/console/review');
   // A refused document shows the server's message.
   await page.getByLabel('Or paste it').fill('openapi: 2.0\nnot: valid');
   await page.getByRole('button', { name: 'Import' }).click();
@@ -254,10 +286,13 @@ await scenario('an operator deletes a conversation from the Replay console', asy
   const before = await say('Where is my order 1007? erase-me');
   await waitTurnDone(before);
   const { threadId } = await page.evaluate(() => window.__chat.thread());
+  // The old path leads to the console's Replay page.
   await adminLogin('/replay');
+  await page.waitForURL('**/console/replay');
+  await replayList('').waitFor();
   await page.getByLabel('Search').fill('erase-me');
   await page.getByRole('button', { name: 'Filter' }).click();
-  const row = page.locator('[data-testid="conversations"] tbody tr', { hasText: 'erase-me' });
+  const row = replayList('erase-me').locator('tbody tr', { hasText: 'erase-me' });
   await row.waitFor();
   await row.getByRole('button').click();
   await page.locator('[data-testid="timeline"] li').first().waitFor();
@@ -276,6 +311,174 @@ await scenario('an operator deletes a conversation from the Replay console', asy
   await newConversation();
 });
 
+async function api(path, init = {}) {
+  const response = await fetch(`${BASE}${path}`, {
+    ...init,
+    headers: { Authorization: `Bearer ${ADMIN}`, 'Content-Type': 'application/json', ...(init.headers ?? {}) },
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${init.method ?? 'GET'} ${path}: ${response.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+// A second browser, for a second person (its own storage, like another computer).
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking', '--disable-component-update'],
+});
+
+await scenario('a customer asks for a person; an operator takes over live, resolves; the customer rates it', async () => {
+  const name = `Alice ${Date.now() % 100000}`;
+  const created = await api('/api/admin/operators', { method: 'POST', body: JSON.stringify({ name }) });
+  assert(typeof created.token === 'string' && created.token.length > 20, 'the admin API made an operator token');
+
+  const operatorContext = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  operatorContext.setDefaultTimeout(TIMEOUT);
+  const console_ = await operatorContext.newPage();
+  console_.on('pageerror', (error) => console.log(`console page error: ${error.message}`));
+  try {
+    await console_.goto(`${BASE}/console`);
+    await console_.getByLabel('Operator token').fill(created.token);
+    await console_.getByLabel('Operator token').press('Enter');
+    await console_.getByTestId('signed-in').filter({ hasText: name }).waitFor();
+    // The inbox page stays this document throughout: nothing below reloads it.
+    await console_.evaluate(() => {
+      window.__sameDocument = true;
+    });
+
+    // The customer uses a tool first: the console will show it, the customer page must not.
+    await newConversation();
+    const before = await say('Where is my order 1004?');
+    await waitTurnDone(before);
+    const { threadId } = await page.evaluate(() => window.__chat.thread());
+    const reply = page.locator('.msg.assistant', { hasText: 'Order 1004' });
+    await reply.getByRole('button', { name: 'Good reply' }).click();
+    await reply.getByText('Thanks for the feedback').waitFor();
+
+    await page.getByTestId('talk-to-person').click();
+    await page.getByTestId('handoff-status').filter({ hasText: 'Waiting for a person' }).waitFor();
+
+    // It appears in the operator's inbox without a reload.
+    const row = console_.locator(`[data-testid="inbox"] tr[data-thread="${threadId}"]`);
+    await row.waitFor();
+    assert((await row.textContent()).includes('waiting'), `the row says waiting: ${await row.textContent()}`);
+    assert(await console_.evaluate(() => window.__sameDocument === true), 'the inbox was not reloaded');
+    await console_.screenshot({ path: join(SHOTS, 'console-inbox.png'), fullPage: true });
+
+    // The conversation, live, with the internals.
+    await row.getByRole('link').click();
+    await console_.locator('[data-testid="tool-card"]', { hasText: 'get_order_status' }).waitFor();
+    await console_.locator('[data-testid="usage"]').first().waitFor();
+    await console_.locator('[data-testid="handoff-state"][data-state="waiting"]').waitFor();
+    await console_.getByRole('button', { name: 'Join' }).click();
+    await console_.locator('[data-testid="handoff-state"][data-state="human"]').waitFor();
+    await page.getByTestId('handoff-status').filter({ hasText: `${name} joined` }).waitFor();
+
+    const words = 'Hello, this is a person. Your order 1004 is on its way.';
+    await console_.getByLabel('Reply').fill(words);
+    await console_.getByRole('button', { name: 'Send reply' }).click();
+    const human = page.getByTestId('human-message').filter({ hasText: words });
+    await human.waitFor();
+    assert((await human.textContent()).includes(name), `the reply names the operator: ${await human.textContent()}`);
+    // The operator's own view got it as a frame too.
+    await console_.getByTestId('human-message').filter({ hasText: words }).waitFor();
+    assert(await console_.evaluate(() => window.__sameDocument === true), 'the console was not reloaded');
+    await console_.screenshot({ path: join(SHOTS, 'console-conversation.png'), fullPage: true });
+
+    await console_.getByRole('button', { name: 'Resolve' }).click();
+    const csat = page.getByTestId('csat');
+    await csat.waitFor();
+    await page.screenshot({ path: join(SHOTS, 'chat-handoff.png'), fullPage: true });
+    await csat.getByRole('button', { name: '4 out of 5' }).click();
+    await csat.getByText('Thank you for your feedback (4/5).').waitFor();
+    await assertNoInternals('after the handoff');
+
+    // Both kinds of feedback are stored: the analytics count them.
+    const analytics = await settle(
+      () => api('/api/admin/analytics?range=24h'),
+      (a) => a.csat?.human_responses === 1 && a.thumbs_up_rate > 0,
+    );
+    assert(analytics.csat.human_responses === 1 && analytics.csat.human === 4, `CSAT stored: ${JSON.stringify(analytics.csat)}`);
+    assert(analytics.thumbs_up_rate === 1, `thumbs stored: ${analytics.thumbs_up_rate}`);
+    // And the dashboard shows them.
+    await adminLogin('/console/dashboard');
+    await page.locator('[data-testid="handoff-metrics"] .metric', { hasText: 'CSAT, with a person' }).filter({ hasText: '4.0 / 5 (1)' }).waitFor();
+    await page.locator('[data-testid="handoff-metrics"] .metric', { hasText: 'Thumbs up' }).filter({ hasText: '100.0%' }).waitFor();
+    await page.screenshot({ path: join(SHOTS, 'dashboard-handoff.png'), fullPage: true });
+    // The inbox no longer lists it (nothing else waits in this run).
+    await console_.goBack();
+    await console_.getByText('Nobody is waiting for a person.').waitFor();
+  } finally {
+    await operatorContext.close();
+  }
+});
+
+await scenario('the Operators page creates an operator, shows the token once, and revokes it', async () => {
+  await adminLogin('/console/operators');
+  const name = `Bob ${Date.now() % 100000}`;
+  await page.getByLabel('Name').fill(name);
+  await page.getByRole('button', { name: 'Create operator' }).click();
+  const token = (await page.getByTestId('new-token').textContent()).trim();
+  assert(token.startsWith('op_'), `a token is shown: ${token}`);
+  const me = await fetch(`${BASE}/api/operator/me`, { headers: { Authorization: `Bearer ${token}` } });
+  assert(me.status === 200, `the token works: ${me.status}`);
+  await page.reload();
+  await page.locator(`tr[data-operator="${name}"]`).waitFor();
+  assert((await page.getByTestId('new-token').count()) === 0, 'the token is not shown again');
+  page.once('dialog', (dialog) => dialog.accept());
+  await page.getByRole('button', { name: `Revoke ${name}` }).click();
+  await page.locator(`tr[data-operator="${name}"]`, { hasText: 'revoked' }).waitFor();
+  const after = await fetch(`${BASE}/api/operator/me`, { headers: { Authorization: `Bearer ${token}` } });
+  assert(after.status === 401, `the revoked token is refused: ${after.status}`);
+});
+
+// Another site's page that embeds the chat with embed.js, served on http://localhost:PORT (the
+// edge is http://127.0.0.1:…: another origin and another site).
+function hostSite(port) {
+  const server = createServer((request, response) => {
+    response.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+    response.end(`<!doctype html><html><head><title>Shop</title></head><body><h1>The shop</h1>
+<script src="${BASE}/embed.js" async></script></body></html>`);
+  });
+  return new Promise((resolve) => server.listen(Number(port), '127.0.0.1', () => resolve(server)));
+}
+
+await scenario('the chat embedded in another site listed in ALLOWED_ORIGINS', async () => {
+  const listed = await hostSite(process.env.EMBED_HOST_PORT);
+  const other = await hostSite(process.env.OTHER_HOST_PORT);
+  const host = await browser.newContext();
+  host.setDefaultTimeout(TIMEOUT);
+  try {
+    const visitor = await host.newPage();
+    await visitor.goto(`http://localhost:${process.env.EMBED_HOST_PORT}/products`);
+    await visitor.getByRole('button', { name: 'Chat with us' }).click();
+    const chat = visitor.frameLocator('iframe[title="Support chat"]');
+    await chat.getByRole('button', { name: 'Start a conversation' }).click();
+    await chat.getByLabel('Message').fill('Where is my order 1006?');
+    // Send is enabled once the socket is open.
+    await chat.locator('button[type="submit"]:not([disabled])', { hasText: 'Send' }).click();
+    await chat.locator('.msg.assistant', { hasText: 'Order 1006' }).waitFor();
+    assert((await chat.locator('nav, a[href^="/console"], [data-testid="tool-card"]').count()) === 0, 'no console links or internals');
+    await visitor.screenshot({ path: join(SHOTS, 'embed.png'), fullPage: true });
+
+    // A site ALLOWED_ORIGINS does not list cannot frame it (Content-Security-Policy: frame-ancestors).
+    const stranger = await host.newPage();
+    const refused = new Promise((resolve) =>
+      stranger.on('console', (message) => {
+        if (/frame-ancestors/.test(message.text())) resolve(message.text());
+      }),
+    );
+    await stranger.goto(`http://localhost:${process.env.OTHER_HOST_PORT}/`);
+    await stranger.getByRole('button', { name: 'Chat with us' }).click();
+    const why = await Promise.race([refused, new Promise((_, reject) => setTimeout(() => reject(new Error('no frame-ancestors refusal')), TIMEOUT))]);
+    assert(String(why).includes(`http://localhost:${process.env.EMBED_HOST_PORT}`), `refused by the policy: ${why}`);
+  } finally {
+    await host.close();
+    listed.close();
+    other.close();
+  }
+});
+
 await scenario('phone width', async () => {
   await page.setViewportSize({ width: 375, height: 800 });
   await page.goto(`${BASE}/`);
@@ -285,6 +488,7 @@ await scenario('phone width', async () => {
   await page.screenshot({ path: join(SHOTS, 'chat-phone.png'), fullPage: true });
 });
 
+await browser.close();
 await context.close();
 rmSync(userDataDir, { recursive: true, force: true });
 

@@ -51,3 +51,24 @@ export function admin<T>(path: string, init: RequestInit = {}): Promise<T> {
 export function formatCost(usd: number): string {
   return `$${usd < 0.01 ? usd.toFixed(6) : usd.toFixed(4)}`;
 }
+
+// The operator token (SPEC §7), also typed in by the user and kept for the tab only.
+const OPERATOR_KEY = 'operatorToken';
+
+export function getOperatorToken(): string {
+  return sessionStorage.getItem(OPERATOR_KEY) ?? '';
+}
+
+export function setOperatorToken(token: string): void {
+  if (token) sessionStorage.setItem(OPERATOR_KEY, token);
+  else sessionStorage.removeItem(OPERATOR_KEY);
+}
+
+export function operator<T>(path: string, init: RequestInit = {}): Promise<T> {
+  return request<T>(path, { ...init, bearer: getOperatorToken() });
+}
+
+/** A POST with a JSON body. */
+export function jsonBody(body: unknown): RequestInit {
+  return { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) };
+}

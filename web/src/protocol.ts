@@ -43,6 +43,8 @@ export interface ChatState {
   handoff?: HandoffState;
   /** An operator resolved the conversation: the page may ask for a CSAT score. */
   resolved?: boolean;
+  /** The name of the operator who joined, while the state is `human`. */
+  operator?: string | null;
 }
 
 export const emptyChat: ChatState = { lastSeq: 0, items: [], busy: false };
@@ -80,6 +82,7 @@ export function applyFrame(state: ChatState, frame: Frame): ChatState {
   let busy = state.busy;
   let handoff = state.handoff;
   let resolved = state.resolved;
+  let operator = state.operator;
   switch (frame.type) {
     case 'user_message':
       // This device shows its own messages at once; other devices learn them from this frame.
@@ -97,6 +100,7 @@ export function applyFrame(state: ChatState, frame: Frame): ChatState {
       const next: HandoffState = frame.state === 'waiting' || frame.state === 'human' ? frame.state : 'ai';
       handoff = next;
       resolved = !!frame.resolved;
+      operator = next === 'human' ? (frame.operator?.name ?? null) : null;
       items = [
         ...items,
         { kind: 'notice', key: keyOf(frame), turnId, level: 'info', text: handoffText(next, frame.operator?.name ?? null, resolved), seq },
@@ -199,7 +203,7 @@ export function applyFrame(state: ChatState, frame: Frame): ChatState {
     default:
       break;
   }
-  return { lastSeq, items, busy, handoff, resolved };
+  return { lastSeq, items, busy, handoff, resolved, operator };
 }
 
 /** Drop the current segment of `turnId`: its items after the turn's last approval card. */

@@ -5,21 +5,30 @@
 //! and are cached for a year (`immutable`); everything else (`index.html`, which names the current
 //! hashes, and the client routes answered with it) is revalidated on every use (`no-cache`).
 //! The router compresses these answers (gzip) when the browser accepts it.
+//!
+//! Framing: every answer says who may show it in a frame (`Content-Security-Policy:
+//! frame-ancestors`): the customer chat for other sites, [`EMBED_PAGE`], the edge's own pages and
+//! the origins `ALLOWED_ORIGINS` lists; everything else (the operator console) the edge's own pages.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower_http::services::{ServeDir, ServeFile};
+
+use crate::state::AppState;
 
 /// The folder of Vite's content-hashed build output, as a URL path prefix.
 const HASHED_ASSETS: &str = "/assets/";
 
 const CACHE_FOREVER: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 const CACHE_REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
+
+/// The client route of the customer chat made to be framed by other sites (`public/embed.js`).
+const EMBED_PAGE: &str = "/embed";
 
 /// Where the build output is unless configured: `WEB_DIR`'s default.
 const DEFAULT_WEB_DIR: &str = "web/dist";
@@ -56,8 +65,11 @@ const NOT_BUILT: &str = r#"<!doctype html>
 "#;
 
 /// The fallback: static files, `index.html` for client routes, 404 for unknown API paths.
-pub(super) async fn serve(request: Request) -> Response {
+pub(super) async fn serve(State(state): State<AppState>, request: Request) -> Response {
     let path = request.uri().path();
+    let embeddable = path.trim_end_matches('/') == EMBED_PAGE;
+    let frame_ancestors = HeaderValue::from_str(&state.origins.frame_ancestors(embeddable))
+        .unwrap_or(HeaderValue::from_static("frame-ancestors 'self'"));
     if path.starts_with("/api/") || path == "/api" || path == "/ws" || path == "/metrics" {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -96,5 +108,8 @@ pub(super) async fn serve(request: Request) -> Response {
         CACHE_REVALIDATE
     };
     response.headers_mut().insert(header::CACHE_CONTROL, cache);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, frame_ancestors);
     response
 }

@@ -15,7 +15,7 @@ export function AdminGate({ children }: { children: ReactNode }) {
     return (
       <form onSubmit={submit} className="card admin-gate">
         <h1>Admin token</h1>
-        <p>Replay, Dashboard and Review use the admin API. The token is kept for this browser tab only.</p>
+        <p>Replay, Dashboard, Review and Operators use the admin API. The token is kept for this browser tab only.</p>
         <label htmlFor="admin-token">Admin token</label>
         <div className="row">
           <input id="admin-token" type="password" value={draft} onChange={(e) => setDraft(e.target.value)} autoComplete="off" />

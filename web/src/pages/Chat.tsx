@@ -1,5 +1,6 @@
 import { FormEvent, useCallback, useEffect, useRef, useState } from 'react';
 import { request } from '../api';
+import { safeStorage } from '../storage';
 import { ChatClient, socketUrl } from '../chatClient';
 import {
   addUserMessage,
@@ -12,7 +13,8 @@ import {
   type Frame,
   type History,
 } from '../protocol';
-import { ChatView } from './ChatView';
+import { CustomerView } from './CustomerView';
+import { handoffStatus } from '../customerView';
 
 const THREAD_KEY = 'chatThread';
 
@@ -23,7 +25,7 @@ interface Thread {
 
 function loadThread(): Thread | null {
   try {
-    const raw = localStorage.getItem(THREAD_KEY);
+    const raw = safeStorage.get(THREAD_KEY);
     return raw ? (JSON.parse(raw) as Thread) : null;
   } catch {
     return null;
@@ -40,7 +42,8 @@ declare global {
   }
 }
 
-export function Chat() {
+/** The customer chat (`/`, and `/embed` inside another site's iframe: `embedded`). */
+export function Chat({ embedded = false }: { embedded?: boolean }) {
   const [thread, setThread] = useState<Thread | null>(loadThread);
   const [state, setState] = useState<ChatState>(emptyChat);
   const [connected, setConnected] = useState(false);
@@ -67,7 +70,7 @@ export function Chat() {
       } catch (error) {
         const status = (error as { status?: number }).status;
         if (status === 401 || status === 404) {
-          localStorage.removeItem(THREAD_KEY);
+          safeStorage.remove(THREAD_KEY);
           if (!cancelled) setThread(null);
           return;
         }
@@ -78,6 +81,9 @@ export function Chat() {
       setState(initial);
       client = new ChatClient(socketUrl(), thread, () => stateRef.current.lastSeq, {
         onFrame: (frame: Frame) => {
+          // `accepted` also answers feedback and `request_human`, which start no reply: the page
+          // marks itself busy when it sends a message or an answer instead.
+          if (frame.type === 'accepted') return;
           const next = applyFrame(stateRef.current, frame);
           stateRef.current = next;
           setState(next);
@@ -112,7 +118,7 @@ export function Chat() {
         body: '{}',
       });
       const next = { threadId: created.thread_id, token: created.token };
-      localStorage.setItem(THREAD_KEY, JSON.stringify(next));
+      safeStorage.set(THREAD_KEY, JSON.stringify(next));
       setState(emptyChat);
       setRated(null);
       setEverConnected(false);
@@ -152,7 +158,7 @@ export function Chat() {
         return;
       }
     }
-    localStorage.removeItem(THREAD_KEY);
+    safeStorage.remove(THREAD_KEY);
     stateRef.current = emptyChat;
     setState(emptyChat);
     setThread(null);
@@ -160,9 +166,8 @@ export function Chat() {
     setNotice('The conversation was deleted.');
   };
 
-  const rate = (turnId: string, up: boolean) => {
-    clientRef.current?.send({ type: 'feedback', turn_id: turnId, rating: up ? 'up' : 'down' });
-  };
+  const rate = (turnId: string, up: boolean) =>
+    clientRef.current?.send({ type: 'feedback', turn_id: turnId, rating: up ? 'up' : 'down' }) ?? false;
 
   const rateConversation = (score: number) => {
     if (clientRef.current?.send({ type: 'feedback', score })) setRated(score);
@@ -180,9 +185,9 @@ export function Chat() {
   };
 
   return (
-    <section aria-labelledby="chat-title" className="chat">
+    <section aria-labelledby="chat-title" className={embedded ? 'chat embedded' : 'chat'}>
       <div className="row spread">
-        <h1 id="chat-title">Chat</h1>
+        <h1 id="chat-title">{embedded ? 'Support' : 'Chat'}</h1>
         <button type="button" onClick={start}>
           {thread ? 'New conversation' : 'Start a conversation'}
         </button>
@@ -204,14 +209,19 @@ export function Chat() {
       )}
       {thread ? (
         <>
-          <ChatView state={state} onAnswer={answer} onRate={rate} />
+          {handoffStatus(state) && (
+            <p className="handoff-status" role="status" data-testid="handoff-status">
+              {handoffStatus(state)}
+            </p>
+          )}
+          <CustomerView state={state} onAnswer={answer} onRate={rate} />
           {state.resolved && (
             <div className="card csat" data-testid="csat" role="group" aria-label="Rate this conversation">
               {rated === null ? (
                 <>
                   <span>How did we do? </span>
                   {[1, 2, 3, 4, 5].map((score) => (
-                    <button key={score} type="button" onClick={() => rateConversation(score)}>
+                    <button key={score} type="button" aria-label={`${score} out of 5`} onClick={() => rateConversation(score)}>
                       {score}
                     </button>
                   ))}
@@ -250,8 +260,7 @@ export function Chat() {
               Talk to a person
             </button>
           </form>
-          <div className="row spread">
-            <p className="muted small">Thread {thread.threadId}</p>
+          <div className="row end">
             <button type="button" className="link danger" onClick={() => void erase()} data-testid="delete-conversation">
               Delete this conversation
             </button>

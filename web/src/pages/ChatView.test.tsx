@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { cleanup, fireEvent, render, screen } from '@testing-library/react';
 import { applyFrame, emptyChat, type Frame } from '../protocol';
 import { ChatView } from './ChatView';
-import { DashboardView, type Analytics } from './Dashboard';
+import { DashboardView, HumansAndFeedback, thumbsOf, type Analytics } from './Dashboard';
 
 afterEach(cleanup);
 
@@ -85,5 +85,29 @@ describe('DashboardView', () => {
     } satisfies Analytics;
     render(<DashboardView data={zero} />);
     expect(screen.getByTestId('zero-state')).toBeTruthy();
+  });
+
+  it('shows the handoff and feedback figures', () => {
+    const data = {
+      range: '24h', bucket: 'hour', conversations: 4, messages: 6, conversations_with_messages: 4, resolved: 2, escalated: 0,
+      resolution_rate: 0.5, escalation_rate: 0, approvals: { approved: 0, rejected: 0, expired: 0, superseded: 0, pending: 0 },
+      tokens: { prompt: 10, completion: 5, total: 15 }, cost_usd: 0.01, latency_ms: { turns: 6, p50: 100, p95: 200, p99: 300 },
+      agents: [{ agent: 'orders', turns: 3, prompt_tokens: 5, completion_tokens: 2, cost_usd: 0.01, tool_calls: 2, avg_duration_ms: 90, p95_duration_ms: 150 }],
+      series: [],
+      ai_resolution_rate: 0.25, handoff_rate: 0.5, time_to_human_ms: { handoffs: 2, p50: 12_000, p95: 61_000 },
+      csat: { ai: 0, human: 4, ai_responses: 0, human_responses: 1 }, thumbs_up_rate: 0.75,
+      thumbs_up_rate_by_agent: [{ agent: 'orders', thumbs_up_rate: 0.75, ratings: 4 }],
+    } satisfies Analytics;
+    // (Not the whole DashboardView: its chart needs a canvas, which jsdom has not.)
+    render(<HumansAndFeedback data={data} />);
+    const figures = screen.getByTestId('handoff-metrics').textContent ?? '';
+    expect(figures).toContain('25.0%Resolved by the AI alone');
+    expect(figures).toContain('50.0%Handed to a person');
+    expect(figures).toContain('12 / 61Time to a person');
+    expect(figures).toContain('—CSAT, AI only');
+    expect(figures).toContain('4.0 / 5 (1)CSAT, with a person');
+    expect(figures).toContain('75.0%Thumbs up');
+    expect(thumbsOf(data, 'orders')).toBe('75.0% (4)');
+    expect(thumbsOf(data, 'billing')).toBe('—');
   });
 });

@@ -23,7 +23,7 @@ function ItemView({
   onRate,
 }: {
   item: Item;
-  onAnswer: (interruptId: string, approved: boolean) => void;
+  onAnswer?: (interruptId: string, approved: boolean) => void;
   onRate?: (turnId: string, up: boolean) => void;
 }) {
   switch (item.kind) {
@@ -60,7 +60,7 @@ function ItemView({
             {pending ? <Countdown expiresAt={item.expiresAt} /> : <span className="muted">{item.status}</span>}
           </div>
           <pre>{JSON.stringify(item.params, null, 2)}</pre>
-          {pending && (
+          {pending && onAnswer && (
             <div className="row">
               <button type="button" className="primary" onClick={() => onAnswer(item.interruptId, true)}>
                 Approve
@@ -113,7 +113,8 @@ export function ChatView({
   onRate,
 }: {
   state: ChatState;
-  onAnswer: (interruptId: string, approved: boolean) => void;
+  /** Answers an approval card; without it (an operator watching) the cards have no buttons. */
+  onAnswer?: (interruptId: string, approved: boolean) => void;
   /** Thumbs on a reply (SPEC §7): shown only when given. */
   onRate?: (turnId: string, up: boolean) => void;
 }) {

@@ -39,6 +39,46 @@ export interface Analytics {
   latency_ms: { turns: number; p50: number; p95: number; p99: number };
   agents: AgentFigures[];
   series: Bucket[];
+  // Humans in the conversation and feedback (SPEC §7; docs/handoff.md#analytics).
+  ai_resolution_rate?: number;
+  handoff_rate?: number;
+  time_to_human_ms?: { handoffs: number; p50: number; p95: number };
+  csat?: { ai: number; human: number; ai_responses: number; human_responses: number };
+  thumbs_up_rate?: number;
+  thumbs_up_rate_by_agent?: { agent: string; thumbs_up_rate: number; ratings: number }[];
+}
+
+/** An average CSAT with its number of answers ("—" without any). */
+export function csatText(average: number, responses: number): string {
+  return responses > 0 ? `${average.toFixed(1)} / 5 (${responses})` : '—';
+}
+
+/** An agent's thumbs-up rate and number of ratings ("—" without any). */
+export function thumbsOf(data: Analytics, agent: string): string {
+  const found = data.thumbs_up_rate_by_agent?.find((row) => row.agent === agent);
+  return found && found.ratings > 0 ? `${pct(found.thumbs_up_rate)} (${found.ratings})` : '—';
+}
+
+export function HumansAndFeedback({ data }: { data: Analytics }) {
+  if (data.csat === undefined) return null;
+  const time = data.time_to_human_ms ?? { handoffs: 0, p50: 0, p95: 0 };
+  const ratings = (data.thumbs_up_rate_by_agent ?? []).reduce((sum, agent) => sum + agent.ratings, 0);
+  return (
+    <>
+      <h2>People and feedback</h2>
+      <div className="metrics" data-testid="handoff-metrics">
+        <Metric label="Resolved by the AI alone" value={pct(data.ai_resolution_rate ?? 0)} />
+        <Metric label="Handed to a person" value={pct(data.handoff_rate ?? 0)} />
+        <Metric
+          label="Time to a person p50 / p95 (s)"
+          value={time.handoffs > 0 ? `${Math.round(time.p50 / 1000)} / ${Math.round(time.p95 / 1000)}` : '—'}
+        />
+        <Metric label="CSAT, AI only" value={csatText(data.csat.ai, data.csat.ai_responses)} />
+        <Metric label="CSAT, with a person" value={csatText(data.csat.human, data.csat.human_responses)} />
+        <Metric label="Thumbs up" value={ratings > 0 || (data.thumbs_up_rate ?? 0) > 0 ? pct(data.thumbs_up_rate ?? 0) : '—'} />
+      </div>
+    </>
+  );
 }
 
 function Chart({ series }: { series: Bucket[] }) {
@@ -105,6 +145,7 @@ export function DashboardView({ data }: { data: Analytics }) {
         <Metric label="Cost" value={formatCost(data.cost_usd)} />
         <Metric label="Latency p50 / p95 / p99 (ms)" value={`${Math.round(data.latency_ms.p50)} / ${Math.round(data.latency_ms.p95)} / ${Math.round(data.latency_ms.p99)}`} />
       </div>
+      <HumansAndFeedback data={data} />
       <h2>Per {data.bucket}</h2>
       <Chart series={data.series} />
       <h2>Agents</h2>
@@ -119,6 +160,7 @@ export function DashboardView({ data }: { data: Analytics }) {
               <th scope="col">Cost</th>
               <th scope="col">Avg ms</th>
               <th scope="col">p95 ms</th>
+              <th scope="col">Thumbs up</th>
             </tr>
           </thead>
           <tbody>
@@ -131,6 +173,7 @@ export function DashboardView({ data }: { data: Analytics }) {
                 <td>{formatCost(agent.cost_usd)}</td>
                 <td>{Math.round(agent.avg_duration_ms)}</td>
                 <td>{Math.round(agent.p95_duration_ms)}</td>
+                <td>{thumbsOf(data, agent.agent)}</td>
               </tr>
             ))}
           </tbody>

@@ -1,4 +1,4 @@
-import { FormEvent, useCallback, useEffect, useState } from 'react';
+import { FormEvent, useCallback, useEffect, useRef, useState } from 'react';
 import { admin, formatCost } from '../api';
 
 interface Conversation {
@@ -145,9 +145,15 @@ export function Replay() {
   const [loading, setLoading] = useState(false);
   const [selected, setSelected] = useState<string | null>(null);
   const [deleted, setDeleted] = useState<string | null>(null);
+  // The search words the rows answer (`data-query` on the table: tests wait for it).
+  const [shown, setShown] = useState('');
+  // Only the latest request may set the rows: an earlier one answering late (the page's first,
+  // unfiltered load after a filter was submitted) must not replace them.
+  const latest = useRef(0);
 
   const load = useCallback(
     async (after: string | null) => {
+      const ticket = ++latest.current;
       setLoading(true);
       setError('');
       const params = new URLSearchParams();
@@ -158,12 +164,14 @@ export function Replay() {
       params.set('limit', '25');
       try {
         const page = await admin<{ conversations: Conversation[]; next_cursor: string | null }>(`/api/admin/conversations?${params}`);
+        if (ticket !== latest.current) return;
         setRows((old) => (after ? [...old, ...page.conversations] : page.conversations));
         setCursor(page.next_cursor);
+        setShown(q.trim());
       } catch (e) {
-        setError((e as Error).message);
+        if (ticket === latest.current) setError((e as Error).message);
       } finally {
-        setLoading(false);
+        if (ticket === latest.current) setLoading(false);
       }
     },
     [status, agent, q],
@@ -233,7 +241,7 @@ export function Replay() {
         <p className="muted">No conversations match.</p>
       ) : (
         <div className="table-wrap">
-          <table data-testid="conversations">
+          <table data-testid="conversations" data-query={shown} aria-busy={loading}>
             <thead>
               <tr>
                 <th scope="col">Conversation</th>
