@@ -13,11 +13,11 @@ function play(frames: Frame[]) {
 describe('customer view', () => {
   it('keeps replies and drops tools, raw arguments, token counts and costs', () => {
     const state = play([
-      { type: 'user_message', seq: 1, turn_id: 't1', message_id: 'm1', content: 'Where is my order 1002?' },
-      { type: 'tool_call', seq: 2, turn_id: 't1', agent: 'orders', tool: 'get_order_status', args: { order_id: '1002' } },
-      { type: 'tool_result', seq: 3, turn_id: 't1', agent: 'orders', tool: 'get_order_status', ok: true },
-      { type: 'token', seq: 4, turn_id: 't1', agent: 'orders', content: 'Order 1002 has shipped.' },
-      { type: 'message_complete', seq: 5, turn_id: 't1', usage },
+      { type: 'user_message', thread_id: 't', seq: 1, turn_id: 't1', message_id: 'm1', content: 'Where is my order 1002?' },
+      { type: 'tool_call', thread_id: 't', seq: 2, turn_id: 't1', agent: 'orders', tool: 'get_order_status', args: { order_id: '1002' } },
+      { type: 'tool_result', thread_id: 't', seq: 3, turn_id: 't1', agent: 'orders', tool: 'get_order_status', ok: true },
+      { type: 'token', thread_id: 't', seq: 4, turn_id: 't1', agent: 'orders', content: 'Order 1002 has shipped.' },
+      { type: 'message_complete', thread_id: 't', seq: 5, turn_id: 't1', usage },
     ]);
     const entries = customerEntries(state);
     expect(entries.map((e) => e.kind)).toEqual(['you', 'reply']);
@@ -30,11 +30,11 @@ describe('customer view', () => {
 
   it('offers thumbs only once a turn is over, on its last reply', () => {
     const streaming = play([
-      { type: 'token', seq: 1, turn_id: 't1', agent: 'orders', content: 'Part one.' },
-      { type: 'token', seq: 2, turn_id: 't1', agent: 'billing', content: 'Part two.' },
+      { type: 'token', thread_id: 't', seq: 1, turn_id: 't1', agent: 'orders', content: 'Part one.' },
+      { type: 'token', thread_id: 't', seq: 2, turn_id: 't1', agent: 'billing', content: 'Part two.' },
     ]);
     expect(customerEntries(streaming).map((e) => e.kind === 'reply' && e.rateable)).toEqual([false, false]);
-    const done = applyFrame(streaming, { type: 'message_complete', seq: 3, turn_id: 't1', usage });
+    const done = applyFrame(streaming, { type: 'message_complete', thread_id: 't', seq: 3, turn_id: 't1', usage });
     expect(customerEntries(done).map((e) => e.kind === 'reply' && e.rateable)).toEqual([false, true]);
   });
 
@@ -42,6 +42,7 @@ describe('customer view', () => {
     const state = play([
       {
         type: 'interrupt',
+        thread_id: 't',
         seq: 1,
         turn_id: 't1',
         interrupt_id: 'i1',
@@ -61,26 +62,26 @@ describe('customer view', () => {
 
   it('shows operators by name, the handoff state and a stopped turn', () => {
     let state = play([
-      { type: 'handoff', seq: 1, turn_id: 'h1', state: 'waiting', operator: null },
+      { type: 'handoff', thread_id: 't', seq: 1, turn_id: 'h1', state: 'waiting', operator: null },
     ]);
     expect(handoffStatus(state)).toBe('Waiting for a person…');
-    state = applyFrame(state, { type: 'handoff', seq: 2, turn_id: 'h2', state: 'human', operator: { name: 'Alice' } });
+    state = applyFrame(state, { type: 'handoff', thread_id: 't', seq: 2, turn_id: 'h2', state: 'human', operator: { name: 'Alice' } });
     expect(state.operator).toBe('Alice');
     expect(handoffStatus(state)).toBe('Alice joined');
-    state = applyFrame(state, { type: 'human_message', seq: 3, turn_id: 'h3', message_id: 'o1', operator: { name: 'Alice' }, content: 'Hi, I am Alice.' });
-    state = applyFrame(state, { type: 'handoff', seq: 4, turn_id: 'h4', state: 'ai', operator: null, resolved: true });
+    state = applyFrame(state, { type: 'human_message', thread_id: 't', seq: 3, turn_id: 'h3', message_id: 'o1', operator: { name: 'Alice' }, content: 'Hi, I am Alice.' });
+    state = applyFrame(state, { type: 'handoff', thread_id: 't', seq: 4, turn_id: 'h4', state: 'ai', operator: null, resolved: true });
     expect(state.resolved).toBe(true);
     expect(state.operator).toBeNull();
     expect(handoffStatus(state)).toBeNull();
-    state = applyFrame(state, { type: 'token', seq: 5, turn_id: 't9', agent: 'general', content: 'Our shop…' });
-    state = applyFrame(state, { type: 'message_complete', seq: 6, turn_id: 't9', usage, cancelled: true });
+    state = applyFrame(state, { type: 'token', thread_id: 't', seq: 5, turn_id: 't9', agent: 'general', content: 'Our shop…' });
+    state = applyFrame(state, { type: 'message_complete', thread_id: 't', seq: 6, turn_id: 't9', usage, cancelled: true });
     const kinds = customerEntries(state).map((e) => e.kind);
     expect(kinds).toEqual(['info', 'info', 'person', 'info', 'reply', 'stopped']);
     expect(customerEntries(state)[2]).toMatchObject({ kind: 'person', name: 'Alice', content: 'Hi, I am Alice.' });
   });
 
   it('words errors for customers, without codes', () => {
-    const state = play([{ type: 'error', seq: 1, turn_id: 't1', code: 'processing_failed', message: 'dead-lettered after 3 attempts: boom' }]);
+    const state = play([{ type: 'error', thread_id: 't', seq: 1, turn_id: 't1', code: 'processing_failed', message: 'dead-lettered after 3 attempts: boom', retryable: false }]);
     const [entry] = customerEntries(state);
     expect(entry).toMatchObject({ kind: 'info', level: 'error' });
     expect(JSON.stringify(entry)).not.toContain('processing_failed');

@@ -33,7 +33,7 @@ export function Conversation({ id }: { id: string }) {
     setState(emptyChat);
     const client = new ChatClient(socketUrl(), { threadId: id, token: getOperatorToken() }, () => stateRef.current.lastSeq, {
       onFrame: (frame: Frame) => {
-        if (frame.type === 'error' && frame.seq === undefined) {
+        if (frame.type === 'error' && !('seq' in frame)) {
           // Not a thread frame: this socket's own problem (e.g. a revoked token).
           setProblem(`${frame.code}: ${frame.message}`);
           return;

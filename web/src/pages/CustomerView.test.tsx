@@ -8,11 +8,12 @@ afterEach(cleanup);
 describe('CustomerView', () => {
   it('shows a confirmation instead of the tool card, and no internals', () => {
     const frames: Frame[] = [
-      { type: 'user_message', seq: 1, turn_id: 'a', message_id: 'm1', content: 'Cancel order 1003' },
-      { type: 'tool_call', seq: 2, turn_id: 'a', agent: 'orders', tool: 'get_order_status', args: { order_id: '1003' } },
-      { type: 'tool_result', seq: 3, turn_id: 'a', agent: 'orders', tool: 'get_order_status', ok: true },
+      { type: 'user_message', thread_id: 't', seq: 1, turn_id: 'a', message_id: 'm1', content: 'Cancel order 1003' },
+      { type: 'tool_call', thread_id: 't', seq: 2, turn_id: 'a', agent: 'orders', tool: 'get_order_status', args: { order_id: '1003' } },
+      { type: 'tool_result', thread_id: 't', seq: 3, turn_id: 'a', agent: 'orders', tool: 'get_order_status', ok: true },
       {
         type: 'interrupt',
+        thread_id: 't',
         seq: 4,
         turn_id: 'a',
         interrupt_id: 'i9',
@@ -37,9 +38,9 @@ describe('CustomerView', () => {
 
   it('rates a finished reply with thumbs and shows operators by name', () => {
     const frames: Frame[] = [
-      { type: 'token', seq: 1, turn_id: 'a', agent: 'orders', content: 'Shipped.' },
-      { type: 'message_complete', seq: 2, turn_id: 'a', usage: { prompt_tokens: 11, completion_tokens: 7, cost_usd: 0.5 } },
-      { type: 'human_message', seq: 3, turn_id: 'b', message_id: 'op-1', operator: { name: 'Alice' }, content: 'Hello from Alice' },
+      { type: 'token', thread_id: 't', seq: 1, turn_id: 'a', agent: 'orders', content: 'Shipped.' },
+      { type: 'message_complete', thread_id: 't', seq: 2, turn_id: 'a', usage: { prompt_tokens: 11, completion_tokens: 7, cost_usd: 0.5 } },
+      { type: 'human_message', thread_id: 't', seq: 3, turn_id: 'b', message_id: 'op-1', operator: { name: 'Alice' }, content: 'Hello from Alice' },
     ];
     const state = frames.reduce(applyFrame, emptyChat);
     const onRate = vi.fn(() => true);
