@@ -14,10 +14,10 @@ use serde_json::json;
 use shared::protocol::bus::{InboundKind, InboundMessage, OperatorId};
 use shared::protocol::{FrameBody, HandoffState, OperatorRef, Usage};
 
-use crate::agents::{Ended, Outcome};
 use crate::error::TurnError;
 use crate::publish::{self, FramePublisher};
-use crate::store::{storable_json, AfterCommit, Lease};
+use crate::records::{AfterCommit, Ended, Lease, Outcome};
+use crate::store::storable_json;
 use crate::turn::{Advanced, TurnRunner};
 
 /// Whether the message is a handoff message rather than a customer turn.

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod observe;
 pub mod operator;
 pub mod publish;
+pub mod records;
 pub mod retention;
 pub mod settings;
 pub mod startup;

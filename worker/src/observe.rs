@@ -12,7 +12,7 @@ use tracing::field::Empty;
 use tracing::Span;
 
 use crate::llm::TokenUsage;
-use crate::store::TurnRecord;
+use crate::records::TurnRecord;
 
 /// The span of one stored message's turn: a child of the edge's span for that message when the
 /// message carries a trace context.

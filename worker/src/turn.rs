@@ -14,11 +14,15 @@ use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::{ErrorCode, FrameBody, HandoffState, Usage};
 use shared::subjects::Subjects;
 
-use crate::agents::{Decision, Ended, Graph, Outcome, PendingInterrupt, TurnInfo};
+use crate::agents::{Graph, TurnInfo};
 use crate::error::TurnError;
 use crate::metrics::WorkerMetrics;
 use crate::publish::{self, FramePublisher};
-use crate::store::{AfterCommit, Committed, DeadLetter, Lease, Store, ThreadStatus, TurnRecord};
+use crate::records::{
+    AfterCommit, Committed, DeadLetter, Decision, Ended, Lease, Outcome, PendingInterrupt,
+    ThreadStatus, TurnRecord,
+};
+use crate::store::Store;
 
 /// What became of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,4 +5,4 @@ pub mod config;
 pub mod runtime;
 
 pub use config::{Agent, AgentsConfig};
-pub use runtime::{Checkpoint, Decision, Ended, Graph, Outcome, PendingInterrupt, TurnInfo};
+pub use runtime::{Graph, TurnInfo};

@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures_util::{FutureExt as _, StreamExt as _};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shared::protocol::{FrameBody, Usage};
-use sqlx::PgPool;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -28,9 +26,10 @@ use crate::llm::{
 use crate::metrics::{WorkerMetrics, UNKNOWN_TOOL};
 use crate::observe;
 use crate::publish::FramePublisher;
-use crate::store::storable_json;
+use crate::records::{AgentShare, Checkpoint, Decision, Ended, Outcome, PendingInterrupt};
+use crate::store::{ApprovedRun, NewInterrupt, RemoteClaim, Store};
 use crate::tools::http::HttpSettings;
-use crate::tools::{imported, RegisteredTool, ToolContext, ToolError, Toolbox};
+use crate::tools::{RegisteredTool, ToolContext, ToolError, Toolbox};
 
 /// Times a segment is restarted after a model failure that followed some of its output.
 const MAX_RESETS: u32 = 2;
@@ -48,69 +47,6 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Where a turn continues from: written with an `interrupt`, read back by its answer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// The user's message that started the turn.
-    pub user_message: String,
-    /// Earlier turns of the thread, as the agents see them.
-    pub history: Vec<ChatMessage>,
-    /// Agents still to run, the current one first.
-    pub agents: Vec<String>,
-    /// The current agent's conversation (empty: it has not started).
-    pub messages: Vec<ChatMessage>,
-    /// Calls of the current agent's last answer not run yet; the first is the one waiting for
-    /// approval.
-    pub pending_calls: Vec<ToolCall>,
-    /// Model calls the current agent has made.
-    pub steps: u32,
-    /// Usage of the turn before this point.
-    pub usage: Usage,
-    /// Agents that ran so far, in order.
-    pub agents_run: Vec<String>,
-}
-
-/// How a segment of a turn ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// `message_complete` was sent.
-    Completed,
-    /// `clarification` then `message_complete` were sent.
-    Clarification,
-    /// `interrupt` was sent: the turn is paused on this approval.
-    Interrupted(Uuid),
-    /// The turn was stopped by a cancel; `message_complete` with `cancelled: true` was sent.
-    Cancelled,
-}
-
-impl Outcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Clarification => "clarification",
-            Self::Interrupted(_) => "interrupted",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// What a segment did, for the turn's record.
-#[derive(Debug, Clone)]
-pub struct Ended {
-    pub outcome: Outcome,
-    /// The agents' text.
-    pub reply: String,
-    /// Usage of this segment's model calls (the turn's total is on `message_complete`).
-    pub usage: Usage,
-    pub agents: Vec<String>,
-    /// Classification, tool calls and results, interrupts, decisions, resets: the timeline.
-    pub events: Vec<Value>,
-    /// Each agent's share of this segment.
-    pub shares: Vec<AgentShare>,
-    /// The conversation was handed to a human.
-    pub escalated: bool,
-}
-
 /// The turn a segment belongs to.
 #[derive(Debug, Clone, Copy)]
 pub struct TurnInfo<'a> {
@@ -122,29 +58,14 @@ pub struct TurnInfo<'a> {
     pub cancel: &'a tokio_util::sync::CancellationToken,
 }
 
-/// The approval a turn waits for, as stored.
-#[derive(Debug, Clone)]
-pub struct PendingInterrupt {
-    pub id: Uuid,
-    pub turn_id: Uuid,
-    pub agent: String,
-    pub action: String,
-    pub params: Value,
-    pub checkpoint: Checkpoint,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-    /// `pending`, or what decided it.
-    pub status: String,
-    /// Stream sequence of the message that decided it.
-    pub decided_in_seq: Option<u64>,
-}
-
 /// Everything the agent graph needs.
 #[derive(Clone)]
 pub struct Graph {
     pub config: Arc<AgentsConfig>,
     pub toolbox: Arc<Toolbox>,
     pub model: Arc<dyn Model>,
-    pub db: PgPool,
+    /// Where approvals, the approval ledger and tools' connections are: the graph asks it.
+    pub store: Store,
     pub interrupt_ttl: Duration,
     pub metrics: WorkerMetrics,
     /// How imported tools call out.
@@ -188,17 +109,6 @@ struct Run<'a> {
     escalated: bool,
     /// Each agent's tools, read once per segment.
     toolsets: std::collections::HashMap<String, Arc<Vec<RegisteredTool>>>,
-}
-
-/// One agent's share of a segment.
-#[derive(Debug, Clone, Default)]
-pub struct AgentShare {
-    pub agent: String,
-    pub usage: Usage,
-    pub tool_calls: u32,
-    pub duration: Duration,
-    /// The agent's text.
-    pub reply: String,
 }
 
 /// An event for the timeline, with the time it happened.
@@ -256,13 +166,6 @@ impl Run<'_> {
             escalated: self.escalated,
         }
     }
-}
-
-/// What the user decided about a pending approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Approved,
-    Rejected,
 }
 
 impl Graph {
@@ -576,7 +479,11 @@ impl Graph {
             .iter()
             .filter_map(|name| self.toolbox.get(name).cloned())
             .collect();
-        tools.extend(imported::usable(&self.db, &config.imported_tools, &self.http).await?);
+        tools.extend(
+            self.store
+                .usable_imported(&config.imported_tools, &self.http)
+                .await?,
+        );
         let tools = Arc::new(tools);
         run.toolsets.insert(agent.to_owned(), tools.clone());
         Ok(tools)
@@ -797,22 +704,7 @@ impl Graph {
         let name = tool.spec().name.as_str();
         let mut delays = retry_delays();
         loop {
-            // A connection only for a tool that works in the database: none is held while a
-            // tool calls out.
-            let outcome = if tool.tool.needs_database() {
-                let mut db = self.db.acquire().await?;
-                let context = ToolContext {
-                    db: Some(&mut *db),
-                    idempotency_key: key,
-                };
-                tool.tool.call(args, context).await
-            } else {
-                let context = ToolContext {
-                    db: None,
-                    idempotency_key: key,
-                };
-                tool.tool.call(args, context).await
-            };
+            let outcome = self.store.run_tool(tool.tool.as_ref(), args, key).await?;
             match outcome {
                 Ok(result) => {
                     self.metrics
@@ -863,78 +755,39 @@ impl Graph {
         let name = tool.spec().name.clone();
         let mut delays = retry_delays();
         loop {
-            let mut tx = self.db.begin().await?;
-            let claimed = sqlx::query(
-                "INSERT INTO tool_executions (interrupt_id, thread_id, tool, args, ok, result)
-                 VALUES ($1, $2, $3, $4, false, 'null') ON CONFLICT (interrupt_id) DO NOTHING",
-            )
-            .bind(pending.id)
-            .bind(run.turn.thread_id)
-            .bind(&name)
-            .bind(storable_json(&pending.params).as_ref())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !claimed {
-                tx.rollback().await?;
-                let (ok, result): (bool, Value) = sqlx::query_as(
-                    "SELECT ok, result FROM tool_executions WHERE interrupt_id = $1",
+            let ran = self
+                .store
+                .run_approved_in_db(
+                    pending.id,
+                    run.turn.thread_id,
+                    tool.tool.as_ref(),
+                    &pending.params,
                 )
-                .bind(pending.id)
-                .fetch_one(&self.db)
                 .await?;
-                run.events
-                    .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
-                return Ok((ok, result));
-            }
-            let mut effect = sqlx::Connection::begin(&mut *tx).await?;
-            let key = pending.id.to_string();
-            let context = ToolContext {
-                db: Some(&mut *effect),
-                idempotency_key: &key,
-            };
-            let outcome = tool.tool.call(&pending.params, context).await;
-            let (ok, result) = match outcome {
-                Ok(result) => {
-                    effect.commit().await?;
-                    (true, result)
+            let (ok, result) = match ran {
+                ApprovedRun::AlreadyRan { ok, result } => {
+                    run.events
+                        .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
+                    return Ok((ok, result));
                 }
-                Err(ToolError::Refused(reason)) => {
-                    effect.rollback().await?;
-                    (false, json!({"error": reason}))
-                }
-                Err(ToolError::Unavailable(reason)) => {
-                    drop(effect);
-                    tx.rollback().await?;
-                    match delays.next() {
-                        Some(delay) => {
-                            tracing::warn!(tool = %name, %reason, "An approved tool failed; retrying.");
-                            tokio::time::sleep(delay).await;
-                            continue;
-                        }
-                        None => {
-                            self.metrics
-                                .tool_calls
-                                .with_label_values(&[name.as_str(), "failed"])
-                                .inc();
-                            return Err(Stop::Turn(TurnError::Turn(format!(
-                                "the tool {name} is unavailable: {reason}"
-                            ))));
-                        }
+                ApprovedRun::Ran { ok, result } => (ok, result),
+                ApprovedRun::Unavailable(reason) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(tool = %name, %reason, "An approved tool failed; retrying.");
+                        tokio::time::sleep(delay).await;
+                        continue;
                     }
-                }
+                    None => {
+                        self.metrics
+                            .tool_calls
+                            .with_label_values(&[name.as_str(), "failed"])
+                            .inc();
+                        return Err(Stop::Turn(TurnError::Turn(format!(
+                            "the tool {name} is unavailable: {reason}"
+                        ))));
+                    }
+                },
             };
-            sqlx::query(
-                "UPDATE tool_executions SET ok = $2, result = $3, finished_at = now()
-                  WHERE interrupt_id = $1",
-            )
-            .bind(pending.id)
-            .bind(ok)
-            .bind(storable_json(&result).as_ref())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
             self.metrics
                 .tool_calls
                 .with_label_values(&[name.as_str(), if ok { "ok" } else { "refused" }])
@@ -966,31 +819,14 @@ impl Graph {
         let key = pending.id.to_string();
         let mut delays = retry_delays();
         loop {
-            let claimed = sqlx::query(
-                "INSERT INTO tool_executions (interrupt_id, thread_id, tool, args, ok, result)
-                 VALUES ($1, $2, $3, $4, false, 'null') ON CONFLICT (interrupt_id) DO NOTHING",
-            )
-            .bind(pending.id)
-            .bind(run.turn.thread_id)
-            .bind(&name)
-            .bind(storable_json(&pending.params).as_ref())
-            .execute(&self.db)
-            .await?
-            .rows_affected()
-                == 1;
-            if !claimed {
-                let (ok, result, finished): (bool, Value, bool) = sqlx::query_as(
-                    "SELECT ok, result, finished_at IS NOT NULL FROM tool_executions
-                      WHERE interrupt_id = $1",
-                )
-                .bind(pending.id)
-                .fetch_one(&self.db)
+            let claim = self
+                .store
+                .claim_remote(pending.id, run.turn.thread_id, &name, &pending.params)
                 .await?;
-                if finished {
-                    run.events
-                        .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
-                    return Ok((ok, result));
-                }
+            if let RemoteClaim::Finished { ok, result } = claim {
+                run.events
+                    .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
+                return Ok((ok, result));
             }
             let context = ToolContext {
                 db: None,
@@ -1016,27 +852,7 @@ impl Graph {
                     }
                 },
             };
-            // The first outcome recorded stands (a worker that lost the thread's lease may
-            // still be finishing the same call).
-            let recorded: Option<(bool, Value)> = sqlx::query_as(
-                "UPDATE tool_executions SET ok = $2, result = $3, finished_at = now()
-                  WHERE interrupt_id = $1 AND finished_at IS NULL
-                 RETURNING ok, result",
-            )
-            .bind(pending.id)
-            .bind(ok)
-            .bind(storable_json(&result).as_ref())
-            .fetch_optional(&self.db)
-            .await?;
-            let (ok, result) = match recorded {
-                Some(recorded) => recorded,
-                None => {
-                    sqlx::query_as("SELECT ok, result FROM tool_executions WHERE interrupt_id = $1")
-                        .bind(pending.id)
-                        .fetch_one(&self.db)
-                        .await?
-                }
-            };
+            let (ok, result) = self.store.record_remote(pending.id, ok, &result).await?;
             self.metrics
                 .tool_calls
                 .with_label_values(&[name.as_str(), if ok { "ok" } else { "refused" }])
@@ -1068,30 +884,19 @@ impl Graph {
                 "the checkpoint does not encode: {error}"
             )))
         })?;
-        // An attempt at this message that raised one and then failed left it behind: it was
-        // never the thread's pending approval.
-        sqlx::query(
-            "UPDATE interrupts SET status = 'abandoned' WHERE thread_id = $1 AND in_seq = $2 AND status = 'pending'",
-        )
-        .bind(run.turn.thread_id)
-        .bind(i64::try_from(run.turn.in_seq).unwrap_or(i64::MAX))
-        .execute(&self.db)
-        .await?;
-        sqlx::query(
-            "INSERT INTO interrupts (id, thread_id, turn_id, in_seq, agent, action, params, checkpoint, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(id)
-        .bind(run.turn.thread_id)
-        .bind(run.turn.turn_id)
-        .bind(i64::try_from(run.turn.in_seq).unwrap_or(i64::MAX))
-        .bind(&agent.name)
-        .bind(&call.name)
-        .bind(storable_json(&args).as_ref())
-        .bind(storable_json(&checkpoint).as_ref())
-        .bind(expires_at)
-        .execute(&self.db)
-        .await?;
+        self.store
+            .raise_interrupt(&NewInterrupt {
+                id,
+                thread_id: run.turn.thread_id,
+                turn_id: run.turn.turn_id,
+                in_seq: run.turn.in_seq,
+                agent: &agent.name,
+                action: &call.name,
+                params: &args,
+                checkpoint: &checkpoint,
+                expires_at,
+            })
+            .await?;
         self.metrics.interrupts.with_label_values(&["raised"]).inc();
         run.event(json!({"type": "interrupt", "interrupt_id": id, "agent": agent.name, "action": call.name,
                                "params": args, "expires_at": expires_at}));

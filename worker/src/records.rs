@@ -1,0 +1,212 @@
+//! Plain records of a turn's life, shared by the turn, the agent graph and the store: where a
+//! thread stands under its lease, how a turn or segment ended, a paused turn's checkpoint and
+//! approval, and the rows a commit writes. No behaviour beyond small conversions; no I/O.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shared::ids::ThreadId;
+use shared::protocol::{HandoffState, Usage};
+use uuid::Uuid;
+
+use crate::llm::{ChatMessage, ToolCall};
+
+/// This worker's hold on a thread. Only the holder of the current epoch can commit a turn.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub thread_id: ThreadId,
+    pub epoch: i64,
+    /// Stream sequence of the last client message whose turn committed.
+    pub last_in_seq: u64,
+    /// The last reply frame `seq` committed for the thread.
+    pub last_seq: u64,
+    /// The thread's status is `expired`.
+    pub expired: bool,
+    /// The thread's last activity (its last committed turn, or its creation).
+    pub last_active_at: chrono::DateTime<chrono::Utc>,
+    /// The approval the thread's last turn is waiting for.
+    pub pending_interrupt: Option<Uuid>,
+    /// Who answers the thread's customer messages (SPEC §7).
+    pub handoff: HandoffState,
+}
+
+#[derive(Debug, Clone)]
+pub struct TurnRecord {
+    pub in_seq: u64,
+    pub turn_id: Uuid,
+    pub message_id: String,
+    pub kind: &'static str,
+    pub content: Option<String>,
+    pub reply: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The thread's status after this turn.
+    pub status: ThreadStatus,
+    /// `completed`, `interrupted`, `clarification`, `session_expired`.
+    pub outcome: &'static str,
+    /// The approval the thread waits for after this turn.
+    pub pending_interrupt: Option<Uuid>,
+    pub agents: Vec<String>,
+    /// The turn's timeline events (JSON array).
+    pub events: serde_json::Value,
+    /// Each agent's share of the turn, in order.
+    pub shares: Vec<AgentShare>,
+    /// A tool handed the conversation to a human.
+    pub escalated: bool,
+}
+
+/// Where a conversation stands after a turn (its lifecycle; see the migration
+/// `20261124000004`). `open` is a new thread's; `failed` is set by a dead letter; `escalated` is
+/// kept once a turn handed the conversation to a human, unless it waits for an approval or expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadStatus {
+    /// The last turn was answered.
+    Resolved,
+    /// The last turn waits for an approval.
+    AwaitingApproval,
+    /// The session expired.
+    Expired,
+}
+
+impl ThreadStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolved => "resolved",
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// A message given up on, with what its last attempt published.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub in_seq: u64,
+    pub kind: &'static str,
+    pub message_id: String,
+    pub turn_id: Uuid,
+    pub attempts: u32,
+    pub reason: String,
+    pub content: Option<String>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Whether the commit hands the lease back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCommit {
+    KeepLease,
+    ReleaseLease,
+}
+
+/// Outcome of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Yes,
+    /// Another worker took the lease (a newer epoch): nothing was written.
+    Fenced,
+}
+
+/// Where a turn continues from: written with an `interrupt`, read back by its answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The user's message that started the turn.
+    pub user_message: String,
+    /// Earlier turns of the thread, as the agents see them.
+    pub history: Vec<ChatMessage>,
+    /// Agents still to run, the current one first.
+    pub agents: Vec<String>,
+    /// The current agent's conversation (empty: it has not started).
+    pub messages: Vec<ChatMessage>,
+    /// Calls of the current agent's last answer not run yet; the first is the one waiting for
+    /// approval.
+    pub pending_calls: Vec<ToolCall>,
+    /// Model calls the current agent has made.
+    pub steps: u32,
+    /// Usage of the turn before this point.
+    pub usage: Usage,
+    /// Agents that ran so far, in order.
+    pub agents_run: Vec<String>,
+}
+
+/// How a segment of a turn ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `message_complete` was sent.
+    Completed,
+    /// `clarification` then `message_complete` were sent.
+    Clarification,
+    /// `interrupt` was sent: the turn is paused on this approval.
+    Interrupted(Uuid),
+    /// The turn was stopped by a cancel; `message_complete` with `cancelled: true` was sent.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Clarification => "clarification",
+            Self::Interrupted(_) => "interrupted",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a segment did, for the turn's record.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub outcome: Outcome,
+    /// The agents' text.
+    pub reply: String,
+    /// Usage of this segment's model calls (the turn's total is on `message_complete`).
+    pub usage: Usage,
+    pub agents: Vec<String>,
+    /// Classification, tool calls and results, interrupts, decisions, resets: the timeline.
+    pub events: Vec<Value>,
+    /// Each agent's share of this segment.
+    pub shares: Vec<AgentShare>,
+    /// The conversation was handed to a human.
+    pub escalated: bool,
+}
+
+/// The approval a turn waits for, as stored.
+#[derive(Debug, Clone)]
+pub struct PendingInterrupt {
+    pub id: Uuid,
+    pub turn_id: Uuid,
+    pub agent: String,
+    pub action: String,
+    pub params: Value,
+    pub checkpoint: Checkpoint,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// `pending`, or what decided it.
+    pub status: String,
+    /// Stream sequence of the message that decided it.
+    pub decided_in_seq: Option<u64>,
+}
+
+/// One agent's share of a segment.
+#[derive(Debug, Clone, Default)]
+pub struct AgentShare {
+    pub agent: String,
+    pub usage: Usage,
+    pub tool_calls: u32,
+    pub duration: Duration,
+    /// The agent's text.
+    pub reply: String,
+}
+
+/// What the user decided about a pending approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approved,
+    Rejected,
+}
