@@ -17,7 +17,7 @@ use shared::protocol::{FrameBody, Usage};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::agents::{Agent, AgentsConfig};
+use crate::agents::{Agent, AgentsConfig, FrameSink};
 use crate::error::TurnError;
 use crate::llm::{
     AgentCard, ChatEvent, ChatMessage, ChatRequest, Classification, ClassifyRequest, Completion,
@@ -25,7 +25,6 @@ use crate::llm::{
 };
 use crate::metrics::{WorkerMetrics, UNKNOWN_TOOL};
 use crate::observe;
-use crate::publish::FramePublisher;
 use crate::records::{AgentShare, Checkpoint, Decision, Ended, Outcome, PendingInterrupt};
 use crate::store::{ApprovedRun, NewInterrupt, RemoteClaim, Store};
 use crate::tools::http::HttpSettings;
@@ -172,7 +171,7 @@ impl Graph {
     /// Runs the turn of a user message: classify, then the agents.
     pub async fn run_message(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         turn: TurnInfo<'_>,
         content: &str,
         history: Vec<ChatMessage>,
@@ -188,7 +187,7 @@ impl Graph {
     /// Continues a paused turn with the user's decision on its approval.
     pub async fn resume(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         turn: TurnInfo<'_>,
         pending: &PendingInterrupt,
         decision: Decision,
@@ -206,7 +205,7 @@ impl Graph {
     /// output reached the client.
     async fn with_resets(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         turn: TurnInfo<'_>,
         start: Checkpoint,
         decision: Option<(&PendingInterrupt, Decision)>,
@@ -280,7 +279,7 @@ impl Graph {
 
     async fn start_message(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
     ) -> Result<Outcome, Stop> {
         let cancel = run.turn.cancel;
@@ -391,7 +390,7 @@ impl Graph {
     /// Applies the user's decision on the call that waited for it, then goes on with the turn.
     async fn continue_after(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         pending: &PendingInterrupt,
         decision: Decision,
@@ -454,7 +453,7 @@ impl Graph {
 
     async fn after_call(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
     ) -> Result<Outcome, Stop> {
         run.state.pending_calls.remove(0);
@@ -513,7 +512,7 @@ impl Graph {
     /// Runs the agents still to run, from wherever the current one stands.
     async fn run_agents(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
     ) -> Result<Outcome, Stop> {
         while let Some(name) = run.state.agents.first().cloned() {
@@ -559,7 +558,7 @@ impl Graph {
     /// One agent's loop. `Some(interrupt)` when it paused for an approval.
     async fn run_agent(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
     ) -> Result<Option<Uuid>, Stop> {
@@ -602,7 +601,7 @@ impl Graph {
     /// and hands the result (or the error) back to the model.
     async fn run_call(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
         call: &ToolCall,
@@ -664,7 +663,7 @@ impl Graph {
     #[allow(clippy::too_many_arguments)]
     async fn report_failed_call(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
         call: &ToolCall,
@@ -865,7 +864,7 @@ impl Graph {
     /// `interrupt` frame tells the client.
     async fn raise_interrupt(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
         call: &ToolCall,
@@ -914,7 +913,7 @@ impl Graph {
     /// while none of its output went out.
     async fn step(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
     ) -> Result<(String, Completion), Stop> {
@@ -1020,7 +1019,7 @@ impl Graph {
     #[allow(clippy::too_many_arguments)]
     async fn stream_step(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         model: &str,
         agent: &Agent,
         run: &Run<'_>,
@@ -1151,7 +1150,7 @@ fn pieces_of(text: &str) -> u64 {
 /// A tool handed the conversation to a human: every socket of the thread learns that it now
 /// waits for one (SPEC §7), once per segment. (The agents run only in the `ai` state.)
 async fn announce_escalation(
-    out: &mut FramePublisher,
+    out: &mut impl FrameSink,
     run: &Run<'_>,
     escalated: bool,
 ) -> Result<(), TurnError> {
