@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::TurnError;
-use crate::turn::{panic_message, DeliveryOutcome, TurnRunner};
+use crate::drain::{panic_message, DeliveryOutcome};
+use crate::turn::TurnRunner;
 
 /// How long one pull request waits for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod cancels;
 pub mod consumer;
 pub mod demo_seed;
+pub mod drain;
 pub mod error;
 pub mod handoff;
 pub mod llm;
