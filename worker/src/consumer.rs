@@ -12,8 +12,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::TurnError;
 use crate::drain::{panic_message, DeliveryOutcome};
+use crate::error::TurnError;
 use crate::turn::TurnRunner;
 
 /// How long one pull request waits for messages.

@@ -16,9 +16,9 @@ use shared::protocol::{FrameBody, HandoffState, OperatorRef, Usage};
 
 use crate::error::TurnError;
 use crate::publish::{self, FramePublisher};
-use crate::records::{AfterCommit, Ended, Lease, Outcome};
+use crate::records::{Advanced, AfterCommit, Commit, Ended, Lease, Outcome};
 use crate::store::storable_json;
-use crate::turn::{Advanced, TurnRunner};
+use crate::turn::TurnRunner;
 
 /// Whether the message is a handoff message rather than a customer turn.
 pub(crate) fn is_control(kind: &InboundKind) -> bool {
@@ -204,13 +204,11 @@ impl TurnRunner {
             .turns
             .with_label_values(&[control.outcome])
             .inc();
-        Ok(Advanced {
-            last_seq: last_seq.max(lease.last_seq),
-            subject_seq,
-            pending_interrupt: lease.pending_interrupt,
-            expired: lease.expired,
+        let commit = Commit::Handoff {
+            last_seq,
             handoff: control.next,
-        })
+        };
+        Ok(Advanced::after(lease, commit, subject_seq))
     }
 
     /// Advances the thread past the message, applies its handoff state and records it on the

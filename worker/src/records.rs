@@ -210,3 +210,163 @@ pub enum Decision {
     Approved,
     Rejected,
 }
+
+/// What a commit wrote for the message at hand, for [`Advanced::after`].
+#[derive(Debug, Clone, Copy)]
+pub enum Commit<'a> {
+    /// The thread moved past the message and nothing else changed (it did not decode, or a
+    /// cancel found nothing to withdraw).
+    Skipped,
+    /// A turn's row.
+    Turn(&'a TurnRecord),
+    /// A dead letter; the thread then waits for `pending_interrupt`.
+    DeadLetter {
+        letter: &'a DeadLetter,
+        pending_interrupt: Option<Uuid>,
+    },
+    /// A handoff message: the thread's last frame is `last_seq` and its state `handoff`.
+    Handoff {
+        last_seq: u64,
+        handoff: HandoffState,
+    },
+}
+
+/// Where a committed message left the thread: the lease follows it for the next message of
+/// the same drain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advanced {
+    /// The thread's last `seq`.
+    pub last_seq: u64,
+    /// Stream sequence of the reply subject's last bundle.
+    pub subject_seq: Option<u64>,
+    /// The approval the thread now waits for.
+    pub pending_interrupt: Option<Uuid>,
+    /// The session expired with this turn.
+    pub expired: bool,
+    /// The thread's handoff state after this turn.
+    pub handoff: HandoffState,
+}
+
+impl Advanced {
+    /// Where `commit` left the thread held by `lease`, whose reply subject's last bundle is now
+    /// at `subject_seq`.
+    pub fn after(lease: &Lease, commit: Commit<'_>, subject_seq: Option<u64>) -> Self {
+        let unchanged = Self {
+            last_seq: lease.last_seq,
+            subject_seq,
+            pending_interrupt: lease.pending_interrupt,
+            expired: lease.expired,
+            handoff: lease.handoff,
+        };
+        match commit {
+            Commit::Skipped => unchanged,
+            Commit::Turn(turn) => Self {
+                last_seq: turn.last_seq,
+                pending_interrupt: turn.pending_interrupt,
+                expired: turn.status == ThreadStatus::Expired,
+                // A tool that escalated asked for a human, as `request_human` does.
+                handoff: if turn.escalated && lease.handoff == HandoffState::Ai {
+                    HandoffState::Waiting
+                } else {
+                    lease.handoff
+                },
+                ..unchanged
+            },
+            Commit::DeadLetter {
+                letter,
+                pending_interrupt,
+            } => Self {
+                last_seq: letter.last_seq,
+                pending_interrupt,
+                expired: false,
+                ..unchanged
+            },
+            Commit::Handoff { last_seq, handoff } => Self {
+                last_seq: last_seq.max(lease.last_seq),
+                handoff,
+                ..unchanged
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease() -> Lease {
+        Lease {
+            thread_id: ThreadId::parse("t").unwrap(),
+            epoch: 1,
+            last_in_seq: 4,
+            last_seq: 10,
+            expired: false,
+            last_active_at: chrono::Utc::now(),
+            pending_interrupt: Some(Uuid::nil()),
+            handoff: HandoffState::Ai,
+        }
+    }
+
+    fn turn(status: ThreadStatus, escalated: bool) -> TurnRecord {
+        TurnRecord {
+            in_seq: 5,
+            turn_id: Uuid::nil(),
+            message_id: "m".into(),
+            kind: "message",
+            content: None,
+            reply: String::new(),
+            first_seq: 11,
+            last_seq: 14,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+            received_at: chrono::Utc::now(),
+            started_at: chrono::Utc::now(),
+            status,
+            outcome: "completed",
+            pending_interrupt: None,
+            agents: Vec::new(),
+            events: Value::Array(Vec::new()),
+            shares: Vec::new(),
+            escalated,
+        }
+    }
+
+    #[test]
+    fn a_skipped_message_leaves_the_thread_as_the_lease_says() {
+        let lease = lease();
+        let advanced = Advanced::after(&lease, Commit::Skipped, Some(7));
+        assert_eq!(advanced.last_seq, 10);
+        assert_eq!(advanced.subject_seq, Some(7));
+        assert_eq!(advanced.pending_interrupt, Some(Uuid::nil()));
+        assert_eq!(advanced.handoff, HandoffState::Ai);
+    }
+
+    #[test]
+    fn a_turn_moves_the_thread_and_an_escalation_asks_for_a_human() {
+        let lease = lease();
+        let resolved = turn(ThreadStatus::Resolved, false);
+        let advanced = Advanced::after(&lease, Commit::Turn(&resolved), None);
+        assert_eq!((advanced.last_seq, advanced.pending_interrupt), (14, None));
+        assert!(!advanced.expired);
+        assert_eq!(advanced.handoff, HandoffState::Ai);
+        let escalated = turn(ThreadStatus::Resolved, true);
+        let advanced = Advanced::after(&lease, Commit::Turn(&escalated), None);
+        assert_eq!(advanced.handoff, HandoffState::Waiting);
+        let expired = turn(ThreadStatus::Expired, false);
+        assert!(Advanced::after(&lease, Commit::Turn(&expired), None).expired);
+    }
+
+    #[test]
+    fn a_handoff_never_moves_last_seq_back() {
+        let lease = lease();
+        let commit = Commit::Handoff {
+            last_seq: 3,
+            handoff: HandoffState::Human,
+        };
+        let advanced = Advanced::after(&lease, commit, None);
+        assert_eq!(advanced.last_seq, 10);
+        assert_eq!(advanced.handoff, HandoffState::Human);
+        assert_eq!(advanced.pending_interrupt, Some(Uuid::nil()));
+    }
+}

@@ -11,5 +11,4 @@ mod plan;
 mod recover;
 mod run;
 
-pub(crate) use run::Advanced;
 pub use run::TurnRunner;

@@ -7,10 +7,12 @@ use shared::ids::TurnId;
 use shared::protocol::bus::InboundMessage;
 use shared::protocol::{ErrorCode, FrameBody, Usage};
 
-use super::run::{error_body, Advanced};
+use super::run::error_body;
 use crate::error::TurnError;
 use crate::publish;
-use crate::records::{AfterCommit, Committed, DeadLetter, Lease, ThreadStatus, TurnRecord};
+use crate::records::{
+    Advanced, AfterCommit, Commit, Committed, DeadLetter, Lease, ThreadStatus, TurnRecord,
+};
 use crate::turn::TurnRunner;
 
 impl TurnRunner {
@@ -79,13 +81,11 @@ impl TurnRunner {
                     .with_label_values(&["dead_lettered"])
                     .inc();
                 tracing::warn!(thread_id = %lease.thread_id, in_seq, attempts, reason, "Message dead-lettered.");
-                Ok(Advanced {
-                    last_seq: out.last_seq(),
-                    subject_seq: out.subject_seq(),
+                let commit = Commit::DeadLetter {
+                    letter: &letter,
                     pending_interrupt: pending_after,
-                    expired: false,
-                    handoff: lease.handoff,
-                })
+                };
+                Ok(Advanced::after(lease, commit, out.subject_seq()))
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
@@ -118,102 +118,105 @@ impl TurnRunner {
             message.kind.as_str(),
             message.kind.content().map(str::to_owned),
         );
-        let mut after_turn = (pending_after, false);
-        let committed = if end.code.as_deref() == Some(ErrorCode::ProcessingFailed.as_str()) {
-            let (attempts, reason) = self
-                .store
-                .failures(&lease.thread_id, in_seq)
-                .await?
-                .unwrap_or((self.max_attempts, "failed attempts".to_owned()));
-            let letter = DeadLetter {
-                in_seq,
-                kind,
-                message_id: message.message_id.to_string(),
-                turn_id: turn_id.as_uuid(),
-                attempts,
-                reason,
-                content,
-                received_at: message.received_at,
-                first_seq,
-                last_seq: end.seq,
-            };
-            self.store
-                .dead_letter(lease, &letter, after, pending_after)
-                .await?
-        } else {
-            // `message_complete` says the whole turn's usage; this row holds its segment's.
-            let total = end.usage.unwrap_or_default();
-            let usage = Usage {
-                prompt_tokens: total
-                    .prompt_tokens
-                    .saturating_sub(usage_before.prompt_tokens),
-                completion_tokens: total
-                    .completion_tokens
-                    .saturating_sub(usage_before.completion_tokens),
-                cost_usd: (total.cost_usd - usage_before.cost_usd).max(0.0),
-            };
-            let raised = end
-                .interrupt_id
-                .as_deref()
-                .filter(|_| end.kind == "interrupt")
-                .and_then(|id| uuid::Uuid::parse_str(id).ok());
-            let pending_interrupt = raised.or(pending_after);
-            let status = if end.code.as_deref() == Some(ErrorCode::SessionExpired.as_str()) {
-                ThreadStatus::Expired
-            } else if pending_interrupt.is_some() {
-                ThreadStatus::AwaitingApproval
+        let (committed, advanced) =
+            if end.code.as_deref() == Some(ErrorCode::ProcessingFailed.as_str()) {
+                let (attempts, reason) = self
+                    .store
+                    .failures(&lease.thread_id, in_seq)
+                    .await?
+                    .unwrap_or((self.max_attempts, "failed attempts".to_owned()));
+                let letter = DeadLetter {
+                    in_seq,
+                    kind,
+                    message_id: message.message_id.to_string(),
+                    turn_id: turn_id.as_uuid(),
+                    attempts,
+                    reason,
+                    content,
+                    received_at: message.received_at,
+                    first_seq,
+                    last_seq: end.seq,
+                };
+                let commit = Commit::DeadLetter {
+                    letter: &letter,
+                    pending_interrupt: pending_after,
+                };
+                (
+                    self.store
+                        .dead_letter(lease, &letter, after, pending_after)
+                        .await?,
+                    Advanced::after(lease, commit, tail.stream_seq),
+                )
             } else {
-                ThreadStatus::Resolved
-            };
-            let outcome = if raised.is_some() {
-                "interrupted"
-            } else if end.cancelled {
-                "cancelled"
-            } else if status == ThreadStatus::Expired {
-                "session_expired"
-            } else if published.clarification {
-                "clarification"
-            } else {
-                "completed"
-            };
-            let record = TurnRecord {
-                in_seq,
-                turn_id: turn_id.as_uuid(),
-                message_id: message.message_id.to_string(),
-                kind,
-                content,
-                reply: published.reply,
-                first_seq,
-                last_seq: end.seq,
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                cost_usd: usage.cost_usd,
-                received_at: message.received_at,
-                started_at,
-                status,
-                outcome,
-                pending_interrupt,
-                agents: published.agents,
-                events: serde_json::json!([{"type": "recovered", "at": chrono::Utc::now(),
+                // `message_complete` says the whole turn's usage; this row holds its segment's.
+                let total = end.usage.unwrap_or_default();
+                let usage = Usage {
+                    prompt_tokens: total
+                        .prompt_tokens
+                        .saturating_sub(usage_before.prompt_tokens),
+                    completion_tokens: total
+                        .completion_tokens
+                        .saturating_sub(usage_before.completion_tokens),
+                    cost_usd: (total.cost_usd - usage_before.cost_usd).max(0.0),
+                };
+                let raised = end
+                    .interrupt_id
+                    .as_deref()
+                    .filter(|_| end.kind == "interrupt")
+                    .and_then(|id| uuid::Uuid::parse_str(id).ok());
+                let pending_interrupt = raised.or(pending_after);
+                let status = if end.code.as_deref() == Some(ErrorCode::SessionExpired.as_str()) {
+                    ThreadStatus::Expired
+                } else if pending_interrupt.is_some() {
+                    ThreadStatus::AwaitingApproval
+                } else {
+                    ThreadStatus::Resolved
+                };
+                let outcome = if raised.is_some() {
+                    "interrupted"
+                } else if end.cancelled {
+                    "cancelled"
+                } else if status == ThreadStatus::Expired {
+                    "session_expired"
+                } else if published.clarification {
+                    "clarification"
+                } else {
+                    "completed"
+                };
+                let record = TurnRecord {
+                    in_seq,
+                    turn_id: turn_id.as_uuid(),
+                    message_id: message.message_id.to_string(),
+                    kind,
+                    content,
+                    reply: published.reply,
+                    first_seq,
+                    last_seq: end.seq,
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    cost_usd: usage.cost_usd,
+                    received_at: message.received_at,
+                    started_at,
+                    status,
+                    outcome,
+                    pending_interrupt,
+                    agents: published.agents,
+                    events: serde_json::json!([{"type": "recovered", "at": chrono::Utc::now(),
                     "note": "committed from the frames an earlier attempt published"}]),
-                // What each agent spent is not in the frames: the turn's totals are.
-                shares: Vec::new(),
-                escalated: false,
+                    // What each agent spent is not in the frames: the turn's totals are.
+                    shares: Vec::new(),
+                    escalated: false,
+                };
+                (
+                    self.store.commit(lease, &record, after).await?,
+                    Advanced::after(lease, Commit::Turn(&record), tail.stream_seq),
+                )
             };
-            after_turn = (record.pending_interrupt, status == ThreadStatus::Expired);
-            self.store.commit(lease, &record, after).await?
-        };
         match committed {
             Committed::Yes => {
                 tracing::info!(thread_id = %lease.thread_id, turn_id = %turn_id, in_seq, outcome = "recovered", "Turn committed.");
                 self.metrics.turns.with_label_values(&["recovered"]).inc();
-                Ok(Advanced {
-                    last_seq: end.seq,
-                    subject_seq: tail.stream_seq,
-                    pending_interrupt: after_turn.0,
-                    expired: after_turn.1,
-                    handoff: lease.handoff,
-                })
+                Ok(advanced)
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }

@@ -19,7 +19,8 @@ use crate::error::TurnError;
 use crate::metrics::WorkerMetrics;
 use crate::publish::{self, FramePublisher};
 use crate::records::{
-    AfterCommit, Committed, Decision, Ended, Lease, Outcome, ThreadStatus, TurnRecord,
+    Advanced, AfterCommit, Commit, Committed, Decision, Ended, Lease, Outcome, ThreadStatus,
+    TurnRecord,
 };
 use crate::store::Store;
 
@@ -85,13 +86,7 @@ impl TurnRunner {
             Err(error) => {
                 tracing::error!(%error, in_seq, "Skipping a stored message that does not decode.");
                 return match self.store.skip(lease, in_seq, after).await? {
-                    Committed::Yes => Ok(Advanced {
-                        last_seq: lease.last_seq,
-                        subject_seq: tail.stream_seq,
-                        pending_interrupt: lease.pending_interrupt,
-                        expired: lease.expired,
-                        handoff: lease.handoff,
-                    }),
+                    Committed::Yes => Ok(Advanced::after(lease, Commit::Skipped, tail.stream_seq)),
                     Committed::Fenced => Err(TurnError::LeaseLost),
                 };
             }
@@ -322,17 +317,11 @@ impl TurnRunner {
                 self.metrics
                     .turn_seconds
                     .observe(started.elapsed().as_secs_f64());
-                Ok(Advanced {
-                    last_seq: out.last_seq(),
-                    subject_seq: out.subject_seq(),
-                    pending_interrupt: record.pending_interrupt,
-                    expired: record.status == ThreadStatus::Expired,
-                    handoff: if record.escalated && lease.handoff == HandoffState::Ai {
-                        HandoffState::Waiting
-                    } else {
-                        lease.handoff
-                    },
-                })
+                Ok(Advanced::after(
+                    lease,
+                    Commit::Turn(&record),
+                    out.subject_seq(),
+                ))
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
@@ -362,13 +351,7 @@ impl TurnRunner {
         };
         let Some(pending) = paused else {
             return match self.store.skip(lease, in_seq, after).await? {
-                Committed::Yes => Ok(Advanced {
-                    last_seq: lease.last_seq,
-                    subject_seq: tail.stream_seq,
-                    pending_interrupt: lease.pending_interrupt,
-                    expired: lease.expired,
-                    handoff: lease.handoff,
-                }),
+                Committed::Yes => Ok(Advanced::after(lease, Commit::Skipped, tail.stream_seq)),
                 Committed::Fenced => Err(TurnError::LeaseLost),
             };
         };
@@ -425,13 +408,7 @@ impl TurnRunner {
             Committed::Yes => {
                 self.metrics.turns.with_label_values(&["cancelled"]).inc();
                 tracing::info!(thread_id = %lease.thread_id, turn_id = %turn_id, in_seq, "A paused turn was cancelled.");
-                Ok(Advanced {
-                    last_seq,
-                    subject_seq,
-                    pending_interrupt: None,
-                    expired: false,
-                    handoff: lease.handoff,
-                })
+                Ok(Advanced::after(lease, Commit::Turn(&record), subject_seq))
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
@@ -524,13 +501,11 @@ impl TurnRunner {
             Committed::Yes => {
                 self.metrics.turns.with_label_values(&["cancelled"]).inc();
                 tracing::info!(thread_id = %lease.thread_id, turn_id = %turn_id, in_seq, "A turn was cancelled before it ran.");
-                Ok(Advanced {
-                    last_seq: out.last_seq(),
-                    subject_seq: out.subject_seq(),
-                    pending_interrupt: None,
-                    expired: false,
-                    handoff: lease.handoff,
-                })
+                Ok(Advanced::after(
+                    lease,
+                    Commit::Turn(&record),
+                    out.subject_seq(),
+                ))
             }
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
@@ -559,18 +534,4 @@ pub(super) fn error_body(code: ErrorCode, message: &str) -> FrameBody {
         message: message.into(),
         retryable: code.retryable(),
     }
-}
-
-/// Where a committed turn left the thread.
-pub(crate) struct Advanced {
-    /// The thread's last `seq`.
-    pub(crate) last_seq: u64,
-    /// Stream sequence of the reply subject's last bundle.
-    pub(crate) subject_seq: Option<u64>,
-    /// The approval the thread now waits for.
-    pub(crate) pending_interrupt: Option<uuid::Uuid>,
-    /// The session expired with this turn.
-    pub(crate) expired: bool,
-    /// The thread's handoff state after this turn.
-    pub(crate) handoff: HandoffState,
 }
