@@ -16,8 +16,9 @@ use shared::protocol::{FrameBody, HandoffState, OperatorRef, Usage};
 
 use crate::error::TurnError;
 use crate::publish::{self, FramePublisher};
-use crate::records::{Advanced, AfterCommit, Commit, Ended, Lease, Outcome};
-use crate::store::storable_json;
+use crate::records::{
+    Advanced, AfterCommit, Commit, Committed, Ended, HandoffRecord, Lease, Outcome,
+};
 use crate::turn::TurnRunner;
 
 /// Whether the message is a handoff message rather than a customer turn.
@@ -190,12 +191,22 @@ impl TurnRunner {
                 (last, last, tail.stream_seq)
             }
         };
-        let committed = self
-            .commit_control(
-                lease, &message, in_seq, &control, first_seq, last_seq, after, started_at,
-            )
-            .await?;
-        if !committed {
+        let record = HandoffRecord {
+            in_seq,
+            turn_id: message.turn_id.as_uuid(),
+            message_id: message.message_id.to_string(),
+            kind: message.kind.as_str(),
+            content: message.kind.content().map(str::to_owned),
+            first_seq,
+            last_seq,
+            received_at: message.received_at,
+            started_at,
+            next: control.next,
+            resolved: control.resolved,
+            outcome: control.outcome,
+            event: control.event,
+        };
+        if self.store.commit_handoff(lease, &record, after).await? == Committed::Fenced {
             return Err(TurnError::LeaseLost);
         }
         tracing::info!(thread_id = %lease.thread_id, turn_id = %message.turn_id, in_seq,
@@ -204,90 +215,10 @@ impl TurnRunner {
             .turns
             .with_label_values(&[control.outcome])
             .inc();
-        let commit = Commit::Handoff {
-            last_seq,
-            handoff: control.next,
-        };
-        Ok(Advanced::after(lease, commit, subject_seq))
-    }
-
-    /// Advances the thread past the message, applies its handoff state and records it on the
-    /// timeline, in one statement, only if this lease is still the current one.
-    #[allow(clippy::too_many_arguments)]
-    async fn commit_control(
-        &self,
-        lease: &Lease,
-        message: &InboundMessage,
-        in_seq: u64,
-        control: &Control,
-        first_seq: u64,
-        last_seq: u64,
-        after: AfterCommit,
-        started_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, TurnError> {
-        let events = serde_json::Value::Array(vec![control.event.clone()]);
-        let content = message
-            .kind
-            .content()
-            .map(|text| text.replace('\0', "\u{FFFD}"));
-        let committed: i64 = sqlx::query_scalar(
-            "WITH advanced AS (
-                UPDATE threads
-                   SET last_in_seq = $3,
-                       last_seq = GREATEST(last_seq, $4),
-                       lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
-                       lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END,
-                       last_active_at = CASE WHEN status = 'expired' THEN last_active_at ELSE now() END,
-                       handoff_state = $6,
-                       waiting_since = CASE WHEN $6 = 'ai' THEN NULL
-                                            WHEN handoff_state = 'ai' THEN $8
-                                            ELSE COALESCE(waiting_since, $8) END,
-                       first_waiting_at = CASE WHEN $6 <> 'ai' THEN COALESCE(first_waiting_at, $8)
-                                               ELSE first_waiting_at END,
-                       first_human_at = CASE WHEN $6 = 'human' THEN COALESCE(first_human_at, $8)
-                                             ELSE first_human_at END,
-                       time_to_human_ms = CASE
-                           WHEN $6 = 'human' AND handoff_state = 'waiting' AND time_to_human_ms IS NULL
-                                AND waiting_since IS NOT NULL
-                           THEN GREATEST(0, (extract(epoch FROM ($8 - waiting_since)) * 1000)::bigint)
-                           ELSE time_to_human_ms END,
-                       escalated_at = CASE WHEN $6 <> 'ai' THEN COALESCE(escalated_at, $8)
-                                           ELSE escalated_at END,
-                       status = CASE WHEN status = 'expired' THEN status
-                                     WHEN $9 THEN 'resolved'
-                                     WHEN $6 <> 'ai' AND status NOT IN ('expired', 'awaiting_approval')
-                                     THEN 'escalated'
-                                     ELSE status END
-                 WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
-             RETURNING id
-             ),
-             turn AS (
-                INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
-                                   first_seq, last_seq, received_at, started_at, outcome, events)
-                SELECT id, $3, $10, $11, $12, $13, '', $14, $4, $8, $15, $16, $17 FROM advanced
-             RETURNING 1
-             )
-             SELECT count(*) FROM turn",
-        )
-        .bind(lease.thread_id.as_str())
-        .bind(lease.epoch)
-        .bind(i64::try_from(in_seq).unwrap_or(i64::MAX))
-        .bind(i64::try_from(last_seq).unwrap_or(i64::MAX))
-        .bind(after == AfterCommit::ReleaseLease)
-        .bind(control.next.as_str())
-        .bind(self.store.worker_id())
-        .bind(message.received_at)
-        .bind(control.resolved)
-        .bind(message.turn_id.as_uuid())
-        .bind(message.message_id.as_str())
-        .bind(message.kind.as_str())
-        .bind(content)
-        .bind(i64::try_from(first_seq).unwrap_or(i64::MAX))
-        .bind(started_at)
-        .bind(control.outcome)
-        .bind(storable_json(&events).as_ref())
-        .fetch_one(self.store.pool())
-        .await?;
-        Ok(committed == 1)
+        Ok(Advanced::after(
+            lease,
+            Commit::Handoff(&record),
+            subject_seq,
+        ))
     }
 }

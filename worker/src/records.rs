@@ -84,6 +84,28 @@ impl ThreadStatus {
     }
 }
 
+/// A handoff message (SPEC §7), written once with the thread's new position and handoff state.
+#[derive(Debug, Clone)]
+pub struct HandoffRecord {
+    pub in_seq: u64,
+    pub turn_id: Uuid,
+    pub message_id: String,
+    pub kind: &'static str,
+    pub content: Option<String>,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The handoff state after it.
+    pub next: HandoffState,
+    /// The conversation is resolved.
+    pub resolved: bool,
+    /// `turns.outcome` of its row.
+    pub outcome: &'static str,
+    /// Its timeline event.
+    pub event: Value,
+}
+
 /// A message given up on, with what its last attempt published.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -224,11 +246,8 @@ pub enum Commit<'a> {
         letter: &'a DeadLetter,
         pending_interrupt: Option<Uuid>,
     },
-    /// A handoff message: the thread's last frame is `last_seq` and its state `handoff`.
-    Handoff {
-        last_seq: u64,
-        handoff: HandoffState,
-    },
+    /// A handoff message's row.
+    Handoff(&'a HandoffRecord),
 }
 
 /// Where a committed message left the thread: the lease follows it for the next message of
@@ -281,9 +300,9 @@ impl Advanced {
                 expired: false,
                 ..unchanged
             },
-            Commit::Handoff { last_seq, handoff } => Self {
-                last_seq: last_seq.max(lease.last_seq),
-                handoff,
+            Commit::Handoff(handoff) => Self {
+                last_seq: handoff.last_seq.max(lease.last_seq),
+                handoff: handoff.next,
                 ..unchanged
             },
         }
@@ -360,10 +379,22 @@ mod tests {
     #[test]
     fn a_handoff_never_moves_last_seq_back() {
         let lease = lease();
-        let commit = Commit::Handoff {
+        let handoff = HandoffRecord {
+            in_seq: 5,
+            turn_id: Uuid::nil(),
+            message_id: "m".into(),
+            kind: "operator_join",
+            content: None,
+            first_seq: 3,
             last_seq: 3,
-            handoff: HandoffState::Human,
+            received_at: chrono::Utc::now(),
+            started_at: chrono::Utc::now(),
+            next: HandoffState::Human,
+            resolved: false,
+            outcome: "handoff",
+            event: Value::Null,
         };
+        let commit = Commit::Handoff(&handoff);
         let advanced = Advanced::after(&lease, commit, None);
         assert_eq!(advanced.last_seq, 10);
         assert_eq!(advanced.handoff, HandoffState::Human);

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{storable, storable_json, to_i64, Store};
 use crate::llm::ChatMessage;
-use crate::records::{AfterCommit, Committed, DeadLetter, Lease, TurnRecord};
+use crate::records::{AfterCommit, Committed, DeadLetter, HandoffRecord, Lease, TurnRecord};
 
 /// [`Store::history`]: `$1` the thread, `$2` how many exchanges. Public for the test that checks
 /// its plans on a database with history (`tests/e2e/hot_path.rs`).
@@ -303,5 +303,79 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(Committed::Yes)
+    }
+
+    /// Advances the thread past a handoff message, applies its handoff state and records it on
+    /// the timeline, in one statement, only if this lease is still the current one.
+    pub async fn commit_handoff(
+        &self,
+        lease: &Lease,
+        handoff: &HandoffRecord,
+        after: AfterCommit,
+    ) -> Result<Committed, sqlx::Error> {
+        let events = serde_json::Value::Array(vec![handoff.event.clone()]);
+        let committed: i64 = sqlx::query_scalar(
+            "WITH advanced AS (
+                UPDATE threads
+                   SET last_in_seq = $3,
+                       last_seq = GREATEST(last_seq, $4),
+                       lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
+                       lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END,
+                       last_active_at = CASE WHEN status = 'expired' THEN last_active_at ELSE now() END,
+                       handoff_state = $6,
+                       waiting_since = CASE WHEN $6 = 'ai' THEN NULL
+                                            WHEN handoff_state = 'ai' THEN $8
+                                            ELSE COALESCE(waiting_since, $8) END,
+                       first_waiting_at = CASE WHEN $6 <> 'ai' THEN COALESCE(first_waiting_at, $8)
+                                               ELSE first_waiting_at END,
+                       first_human_at = CASE WHEN $6 = 'human' THEN COALESCE(first_human_at, $8)
+                                             ELSE first_human_at END,
+                       time_to_human_ms = CASE
+                           WHEN $6 = 'human' AND handoff_state = 'waiting' AND time_to_human_ms IS NULL
+                                AND waiting_since IS NOT NULL
+                           THEN GREATEST(0, (extract(epoch FROM ($8 - waiting_since)) * 1000)::bigint)
+                           ELSE time_to_human_ms END,
+                       escalated_at = CASE WHEN $6 <> 'ai' THEN COALESCE(escalated_at, $8)
+                                           ELSE escalated_at END,
+                       status = CASE WHEN status = 'expired' THEN status
+                                     WHEN $9 THEN 'resolved'
+                                     WHEN $6 <> 'ai' AND status NOT IN ('expired', 'awaiting_approval')
+                                     THEN 'escalated'
+                                     ELSE status END
+                 WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
+             RETURNING id
+             ),
+             turn AS (
+                INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
+                                   first_seq, last_seq, received_at, started_at, outcome, events)
+                SELECT id, $3, $10, $11, $12, $13, '', $14, $4, $8, $15, $16, $17 FROM advanced
+             RETURNING 1
+             )
+             SELECT count(*) FROM turn",
+        )
+        .bind(lease.thread_id.as_str())
+        .bind(lease.epoch)
+        .bind(to_i64(handoff.in_seq))
+        .bind(to_i64(handoff.last_seq))
+        .bind(after == AfterCommit::ReleaseLease)
+        .bind(handoff.next.as_str())
+        .bind(self.worker_id)
+        .bind(handoff.received_at)
+        .bind(handoff.resolved)
+        .bind(handoff.turn_id)
+        .bind(&handoff.message_id)
+        .bind(handoff.kind)
+        .bind(handoff.content.as_deref().map(storable))
+        .bind(to_i64(handoff.first_seq))
+        .bind(handoff.started_at)
+        .bind(handoff.outcome)
+        .bind(storable_json(&events).as_ref())
+        .fetch_one(&self.db)
+        .await?;
+        Ok(if committed == 1 {
+            Committed::Yes
+        } else {
+            Committed::Fenced
+        })
     }
 }
