@@ -1194,3 +1194,122 @@ fn pause(error: &LlmError, backoff: Duration) -> Duration {
         .retry_after()
         .map_or(backoff, |after| after.min(MAX_RETRY_AFTER))
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::llm::ScriptedModel;
+    use crate::tools::http::HostAllowList;
+
+    /// The frames a segment sent, in order: a sink with no NATS behind it.
+    #[derive(Default)]
+    struct Recorded {
+        frames: Vec<FrameBody>,
+    }
+
+    impl FrameSink for Recorded {
+        async fn send(&mut self, body: FrameBody) -> Result<(), TurnError> {
+            self.frames.push(body);
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> Result<(), TurnError> {
+            Ok(())
+        }
+    }
+
+    /// The demo agents on the scripted model. The store's pool never connects: a turn that
+    /// calls no tool and raises no approval does not touch the database.
+    fn graph() -> Graph {
+        let toolbox = Toolbox::demo().unwrap();
+        let config = AgentsConfig::load(None, &toolbox).unwrap();
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let minute = Duration::from_secs(60);
+        Graph {
+            config: Arc::new(config),
+            toolbox: Arc::new(toolbox),
+            model: Arc::new(ScriptedModel {
+                reply_tokens: 5,
+                token_delay: Duration::ZERO,
+                fail_on: None,
+                panic_on: None,
+            }),
+            store: Store::new(db.clone(), db, Uuid::nil(), minute, minute, minute),
+            interrupt_ttl: minute,
+            metrics: WorkerMetrics::new().unwrap(),
+            http: Arc::new(HttpSettings {
+                timeout: minute,
+                max_response_bytes: 1024,
+                allow: HostAllowList::parse(""),
+            }),
+        }
+    }
+
+    fn turn(cancel: &CancellationToken) -> TurnInfo<'_> {
+        TurnInfo {
+            thread_id: "t",
+            turn_id: Uuid::nil(),
+            in_seq: 1,
+            cancel,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_streams_its_reply_then_completes_without_nats() {
+        let cancel = CancellationToken::new();
+        let mut out = Recorded::default();
+        let ended = graph()
+            .run_message(&mut out, turn(&cancel), "Hello there", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(ended.outcome, Outcome::Completed);
+        let tokens: String = out
+            .frames
+            .iter()
+            .filter_map(|frame| match frame {
+                FrameBody::Token { content, .. } => Some(content.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(!tokens.is_empty());
+        assert_eq!(tokens, ended.reply);
+        assert!(
+            matches!(
+                out.frames.last(),
+                Some(FrameBody::MessageComplete {
+                    cancelled: false,
+                    ..
+                })
+            ),
+            "{:?}",
+            out.frames
+        );
+    }
+
+    #[tokio::test]
+    async fn a_turn_cancelled_before_it_runs_only_completes_cancelled() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let mut out = Recorded::default();
+        let ended = graph()
+            .run_message(&mut out, turn(&cancel), "Hello there", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(ended.outcome, Outcome::Cancelled);
+        assert!(
+            matches!(
+                out.frames.as_slice(),
+                [FrameBody::MessageComplete {
+                    cancelled: true,
+                    ..
+                }]
+            ),
+            "{:?}",
+            out.frames
+        );
+    }
+}
