@@ -13,6 +13,7 @@
 use serde_json::json;
 use shared::protocol::bus::{InboundKind, InboundMessage, OperatorId};
 use shared::protocol::{FrameBody, HandoffState, OperatorRef, Usage};
+use shared::turns::{TurnKind, TurnOutcome};
 
 use crate::error::TurnError;
 use crate::publish::{self, FramePublisher};
@@ -65,7 +66,7 @@ struct Control {
     /// The thread is resolved.
     resolved: bool,
     /// `turns.outcome` of its row.
-    outcome: &'static str,
+    outcome: TurnOutcome,
     /// Its timeline event.
     event: serde_json::Value,
 }
@@ -102,7 +103,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
                 next,
                 frame: (next != current).then(|| handoff_frame(next, None, false)),
                 resolved: false,
-                outcome: "handoff",
+                outcome: TurnOutcome::Handoff,
                 event: json!({"type": "request_human", "by": "customer", "from": current.as_str(),
                               "to": next.as_str(), "at": chrono::Utc::now()}),
             }
@@ -111,7 +112,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             next: HandoffState::Human,
             frame: Some(handoff_frame(HandoffState::Human, Some(operator), false)),
             resolved: false,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: operator_event("operator_join", operator, current, HandoffState::Human),
         },
         InboundKind::OperatorLeave { operator } => Control {
@@ -119,7 +120,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             frame: (current != HandoffState::Ai)
                 .then(|| handoff_frame(HandoffState::Ai, None, false)),
             resolved: false,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: operator_event("operator_leave", operator, current, HandoffState::Ai),
         },
         InboundKind::OperatorResolve { operator } => Control {
@@ -127,7 +128,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             // Always sent: the customer's page offers the CSAT prompt on it.
             frame: Some(handoff_frame(HandoffState::Ai, None, true)),
             resolved: true,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: operator_event("operator_resolve", operator, current, HandoffState::Ai),
         },
         InboundKind::HumanMessage { operator, content } => Control {
@@ -140,7 +141,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
                 content: content.as_str().to_owned(),
             }),
             resolved: false,
-            outcome: "delivered",
+            outcome: TurnOutcome::Delivered,
             event: json!({"type": "human_message", "operator_id": operator.id,
                           "operator_name": operator.name, "message_id": message.message_id,
                           "at": chrono::Utc::now()}),
@@ -152,7 +153,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             next: current,
             frame: None,
             resolved: false,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: json!({"type": "ignored", "at": chrono::Utc::now()}),
         },
     }
@@ -195,7 +196,7 @@ impl TurnRunner {
             in_seq,
             turn_id: message.turn_id.as_uuid(),
             message_id: message.message_id.to_string(),
-            kind: message.kind.as_str(),
+            kind: TurnKind::from(&message.kind),
             content: message.kind.content().map(str::to_owned),
             first_seq,
             last_seq,
@@ -213,7 +214,7 @@ impl TurnRunner {
             kind = message.kind.as_str(), state = control.next.as_str(), "Handoff message committed.");
         self.metrics
             .turns
-            .with_label_values(&[control.outcome])
+            .with_label_values(&[control.outcome.as_str()])
             .inc();
         Ok(Advanced::after(
             lease,

@@ -75,7 +75,7 @@ pub fn log_turn(thread: &ThreadId, record: &TurnRecord, elapsed: Duration) {
         thread_id = %thread,
         turn_id = %record.turn_id,
         in_seq = record.in_seq,
-        outcome = record.outcome,
+        outcome = record.outcome.as_str(),
         duration_ms = elapsed.as_millis() as u64,
         prompt_tokens = record.prompt_tokens,
         completion_tokens = record.completion_tokens,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::ids::ThreadId;
 use shared::protocol::{HandoffState, Usage};
+use shared::turns::{InterruptStatus, TurnKind, TurnOutcome};
 use uuid::Uuid;
 
 use crate::llm::{ChatMessage, ToolCall};
@@ -36,7 +37,7 @@ pub struct TurnRecord {
     pub in_seq: u64,
     pub turn_id: Uuid,
     pub message_id: String,
-    pub kind: &'static str,
+    pub kind: TurnKind,
     pub content: Option<String>,
     pub reply: String,
     pub first_seq: u64,
@@ -48,8 +49,8 @@ pub struct TurnRecord {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The thread's status after this turn.
     pub status: ThreadStatus,
-    /// `completed`, `interrupted`, `clarification`, `session_expired`.
-    pub outcome: &'static str,
+    /// How the turn ended.
+    pub outcome: TurnOutcome,
     /// The approval the thread waits for after this turn.
     pub pending_interrupt: Option<Uuid>,
     pub agents: Vec<String>,
@@ -90,7 +91,7 @@ pub struct HandoffRecord {
     pub in_seq: u64,
     pub turn_id: Uuid,
     pub message_id: String,
-    pub kind: &'static str,
+    pub kind: TurnKind,
     pub content: Option<String>,
     pub first_seq: u64,
     pub last_seq: u64,
@@ -101,7 +102,7 @@ pub struct HandoffRecord {
     /// The conversation is resolved.
     pub resolved: bool,
     /// `turns.outcome` of its row.
-    pub outcome: &'static str,
+    pub outcome: TurnOutcome,
     /// Its timeline event.
     pub event: Value,
 }
@@ -110,7 +111,7 @@ pub struct HandoffRecord {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub in_seq: u64,
-    pub kind: &'static str,
+    pub kind: TurnKind,
     pub message_id: String,
     pub turn_id: Uuid,
     pub attempts: u32,
@@ -172,12 +173,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(&self) -> &'static str {
+    /// The turn's stored outcome.
+    pub fn turn_outcome(&self) -> TurnOutcome {
         match self {
-            Self::Completed => "completed",
-            Self::Clarification => "clarification",
-            Self::Interrupted(_) => "interrupted",
-            Self::Cancelled => "cancelled",
+            Self::Completed => TurnOutcome::Completed,
+            Self::Clarification => TurnOutcome::Clarification,
+            Self::Interrupted(_) => TurnOutcome::Interrupted,
+            Self::Cancelled => TurnOutcome::Cancelled,
         }
     }
 }
@@ -210,7 +212,7 @@ pub struct PendingInterrupt {
     pub checkpoint: Checkpoint,
     pub expires_at: chrono::DateTime<chrono::Utc>,
     /// `pending`, or what decided it.
-    pub status: String,
+    pub status: InterruptStatus,
     /// Stream sequence of the message that decided it.
     pub decided_in_seq: Option<u64>,
 }
@@ -331,7 +333,7 @@ mod tests {
             in_seq: 5,
             turn_id: Uuid::nil(),
             message_id: "m".into(),
-            kind: "message",
+            kind: TurnKind::Message,
             content: None,
             reply: String::new(),
             first_seq: 11,
@@ -342,7 +344,7 @@ mod tests {
             received_at: chrono::Utc::now(),
             started_at: chrono::Utc::now(),
             status,
-            outcome: "completed",
+            outcome: TurnOutcome::Completed,
             pending_interrupt: None,
             agents: Vec::new(),
             events: Value::Array(Vec::new()),
@@ -383,7 +385,7 @@ mod tests {
             in_seq: 5,
             turn_id: Uuid::nil(),
             message_id: "m".into(),
-            kind: "operator_join",
+            kind: TurnKind::OperatorJoin,
             content: None,
             first_seq: 3,
             last_seq: 3,
@@ -391,7 +393,7 @@ mod tests {
             started_at: chrono::Utc::now(),
             next: HandoffState::Human,
             resolved: false,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: Value::Null,
         };
         let commit = Commit::Handoff(&handoff);

@@ -1,6 +1,7 @@
 //! Approvals (`interrupts`): raised with the paused turn's checkpoint, loaded by the answer,
 //! decided once.
 
+use shared::turns::InterruptStatus;
 use uuid::Uuid;
 
 use super::{storable_json, to_i64, to_u64, Store};
@@ -30,7 +31,7 @@ impl Store {
             serde_json::Value,
             serde_json::Value,
             chrono::DateTime<chrono::Utc>,
-            String,
+            InterruptStatus,
             Option<i64>,
         );
         let row: Option<Row> = sqlx::query_as(
@@ -68,7 +69,7 @@ impl Store {
     pub async fn decide_interrupt(
         &self,
         id: Uuid,
-        status: &str,
+        status: InterruptStatus,
         in_seq: u64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(

@@ -20,7 +20,7 @@ impl Store {
             bool,
             chrono::DateTime<chrono::Utc>,
             Option<Uuid>,
-            String,
+            HandoffState,
         );
         let row: Option<Row> = sqlx::query_as(
             "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
@@ -57,7 +57,7 @@ impl Store {
                     expired,
                     last_active_at,
                     pending_interrupt,
-                    handoff: HandoffState::from_db(&handoff),
+                    handoff,
                 }
             },
         ))

@@ -3,6 +3,7 @@
 //! the agents see.
 
 use shared::ids::ThreadId;
+use shared::turns::TurnKind;
 use uuid::Uuid;
 
 use super::{storable, storable_json, to_i64, Store};
@@ -154,7 +155,7 @@ impl Store {
         thread_id: &ThreadId,
         turns: i64,
     ) -> Result<Vec<ChatMessage>, sqlx::Error> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(HISTORY_SQL)
+        let rows: Vec<(TurnKind, String, String)> = sqlx::query_as(HISTORY_SQL)
             .bind(thread_id.as_str())
             .bind(turns)
             .fetch_all(&self.db)
@@ -163,7 +164,7 @@ impl Store {
         for (kind, content, reply) in rows.into_iter().rev() {
             // An operator's message is the support side speaking: the agents see it as an
             // earlier reply of theirs, marked as the operator's (SPEC §7: after `leave`).
-            if kind == "human_message" {
+            if kind == TurnKind::HumanMessage {
                 history.push(ChatMessage::Assistant {
                     content: format!("[human operator] {content}"),
                     tool_calls: Vec::new(),
@@ -358,7 +359,7 @@ impl Store {
         .bind(to_i64(handoff.in_seq))
         .bind(to_i64(handoff.last_seq))
         .bind(after == AfterCommit::ReleaseLease)
-        .bind(handoff.next.as_str())
+        .bind(handoff.next)
         .bind(self.worker_id)
         .bind(handoff.received_at)
         .bind(handoff.resolved)

@@ -5,6 +5,7 @@
 use shared::ids::TurnId;
 use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::Usage;
+use shared::turns::InterruptStatus;
 
 use crate::error::TurnError;
 use crate::records::{Decision, Lease, PendingInterrupt};
@@ -63,7 +64,9 @@ impl TurnRunner {
                 };
                 // Decided already (by a message given up on, say): only that message, retried,
                 // may go on with it.
-                if pending.status != "pending" && pending.decided_in_seq != Some(in_seq) {
+                if pending.status != InterruptStatus::Pending
+                    && pending.decided_in_seq != Some(in_seq)
+                {
                     return Ok(Plan::NoPendingInterrupt);
                 }
                 if message.received_at > pending.expires_at {

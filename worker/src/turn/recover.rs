@@ -6,6 +6,7 @@ use async_nats::jetstream::message::StreamMessage;
 use shared::ids::TurnId;
 use shared::protocol::bus::InboundMessage;
 use shared::protocol::{ErrorCode, FrameBody, Usage};
+use shared::turns::{TurnKind, TurnOutcome};
 
 use super::run::error_body;
 use crate::error::TurnError;
@@ -60,7 +61,7 @@ impl TurnRunner {
         out.flush().await?;
         let letter = DeadLetter {
             in_seq,
-            kind: message.kind.as_str(),
+            kind: TurnKind::from(&message.kind),
             message_id: message.message_id.to_string(),
             turn_id: turn_id.as_uuid(),
             attempts,
@@ -115,7 +116,7 @@ impl TurnRunner {
             publish::published_turn(&self.replies, &subject, turn_id, lease.last_seq).await?;
         let first_seq = published.first_seq.unwrap_or(end.seq);
         let (kind, content) = (
-            message.kind.as_str(),
+            TurnKind::from(&message.kind),
             message.kind.content().map(str::to_owned),
         );
         let (committed, advanced) =
@@ -173,15 +174,15 @@ impl TurnRunner {
                     ThreadStatus::Resolved
                 };
                 let outcome = if raised.is_some() {
-                    "interrupted"
+                    TurnOutcome::Interrupted
                 } else if end.cancelled {
-                    "cancelled"
+                    TurnOutcome::Cancelled
                 } else if status == ThreadStatus::Expired {
-                    "session_expired"
+                    TurnOutcome::SessionExpired
                 } else if published.clarification {
-                    "clarification"
+                    TurnOutcome::Clarification
                 } else {
-                    "completed"
+                    TurnOutcome::Completed
                 };
                 let record = TurnRecord {
                     in_seq,

@@ -11,6 +11,7 @@ use shared::ids::TurnId;
 use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::{ErrorCode, FrameBody, HandoffState, Usage};
 use shared::subjects::Subjects;
+use shared::turns::{InterruptStatus, TurnKind, TurnOutcome};
 
 use super::plan::Plan;
 use super::recover::Recovered;
@@ -185,7 +186,7 @@ impl TurnRunner {
             }
             Plan::LateAnswer(pending) => {
                 self.store
-                    .decide_interrupt(pending.id, "expired", in_seq)
+                    .decide_interrupt(pending.id, InterruptStatus::Expired, in_seq)
                     .await?;
                 self.metrics
                     .interrupts
@@ -211,14 +212,17 @@ impl TurnRunner {
                 ])
             }
             Plan::Resume(pending, decision) => {
-                let label = match decision {
-                    Decision::Approved => "approved",
-                    Decision::Rejected => "rejected",
+                let status = match decision {
+                    Decision::Approved => InterruptStatus::Approved,
+                    Decision::Rejected => InterruptStatus::Rejected,
                 };
                 self.store
-                    .decide_interrupt(pending.id, label, in_seq)
+                    .decide_interrupt(pending.id, status, in_seq)
                     .await?;
-                self.metrics.interrupts.with_label_values(&[label]).inc();
+                self.metrics
+                    .interrupts
+                    .with_label_values(&[status.as_str()])
+                    .inc();
                 self.graph
                     .resume(&mut out, info, &pending, decision)
                     .await?
@@ -230,7 +234,7 @@ impl TurnRunner {
                 if let Some(pending) = supersedes {
                     // A new message while an approval waits withdraws it: nothing of it runs.
                     self.store
-                        .decide_interrupt(pending, "superseded", in_seq)
+                        .decide_interrupt(pending, InterruptStatus::Superseded, in_seq)
                         .await?;
                     self.metrics
                         .interrupts
@@ -269,7 +273,7 @@ impl TurnRunner {
         out.flush().await?;
 
         let (kind, content) = (
-            message.kind.as_str(),
+            TurnKind::from(&message.kind),
             message.kind.content().map(str::to_owned),
         );
         let pending_interrupt = match ended.outcome {
@@ -277,8 +281,8 @@ impl TurnRunner {
             _ => pending_after,
         };
         let outcome = match ended.outcome {
-            Outcome::Completed if expired => "session_expired",
-            ref outcome => outcome.as_str(),
+            Outcome::Completed if expired => TurnOutcome::SessionExpired,
+            ref outcome => outcome.turn_outcome(),
         };
 
         let status = if expired {
@@ -313,7 +317,10 @@ impl TurnRunner {
         match self.store.commit(lease, &record, after).await? {
             Committed::Yes => {
                 crate::observe::log_turn(&lease.thread_id, &record, started.elapsed());
-                self.metrics.turns.with_label_values(&[outcome]).inc();
+                self.metrics
+                    .turns
+                    .with_label_values(&[outcome.as_str()])
+                    .inc();
                 self.metrics
                     .turn_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -356,7 +363,7 @@ impl TurnRunner {
             };
         };
         self.store
-            .decide_interrupt(pending.id, "cancelled", in_seq)
+            .decide_interrupt(pending.id, InterruptStatus::Cancelled, in_seq)
             .await?;
         self.metrics
             .interrupts
@@ -385,7 +392,7 @@ impl TurnRunner {
             in_seq,
             turn_id: turn_id.as_uuid(),
             message_id: message.message_id.to_string(),
-            kind: "cancel",
+            kind: TurnKind::Cancel,
             content: None,
             reply: String::new(),
             first_seq,
@@ -396,7 +403,7 @@ impl TurnRunner {
             received_at: message.received_at,
             started_at,
             status: ThreadStatus::Resolved,
-            outcome: "cancelled",
+            outcome: TurnOutcome::Cancelled,
             pending_interrupt: None,
             agents: Vec::new(),
             events: serde_json::json!([{"type": "cancelled", "interrupt_id": pending.id,
@@ -439,12 +446,12 @@ impl TurnRunner {
                 ..
             } => {
                 self.store
-                    .decide_interrupt(*pending, "superseded", in_seq)
+                    .decide_interrupt(*pending, InterruptStatus::Superseded, in_seq)
                     .await?;
             }
             Plan::Resume(pending, _) => {
                 self.store
-                    .decide_interrupt(pending.id, "cancelled", in_seq)
+                    .decide_interrupt(pending.id, InterruptStatus::Cancelled, in_seq)
                     .await?;
                 self.metrics
                     .interrupts
@@ -471,7 +478,7 @@ impl TurnRunner {
         .await?;
         out.flush().await?;
         let (kind, content) = (
-            message.kind.as_str(),
+            TurnKind::from(&message.kind),
             message.kind.content().map(str::to_owned),
         );
         let record = TurnRecord {
@@ -489,7 +496,7 @@ impl TurnRunner {
             received_at: message.received_at,
             started_at,
             status: ThreadStatus::Resolved,
-            outcome: "cancelled",
+            outcome: TurnOutcome::Cancelled,
             pending_interrupt: None,
             agents: published.agents,
             events: serde_json::json!([{"type": "cancelled", "at": chrono::Utc::now(),
