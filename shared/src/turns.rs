@@ -192,6 +192,46 @@ text_vocabulary! {
     }
 }
 
+/// Names an approval (`interrupts.id`, `threads.pending_interrupt`, `tool_executions.interrupt_id`).
+/// A UUID in storage; on the wire (`interrupt`, `interrupt_response`) its hyphenated text.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct InterruptId(uuid::Uuid);
+
+impl InterruptId {
+    /// A new, random id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    pub fn as_uuid(self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl From<uuid::Uuid> for InterruptId {
+    fn from(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl FromStr for InterruptId {
+    type Err = uuid::Error;
+
+    fn from_str(text: &str) -> Result<Self, uuid::Error> {
+        uuid::Uuid::parse_str(text).map(Self)
+    }
+}
+
+impl fmt::Display for InterruptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// `threads.handoff_state` (its CHECK allows exactly these three).
 impl FromStr for HandoffState {
     type Err = UnknownValue;
@@ -237,6 +277,15 @@ mod tests {
             assert_eq!(state.as_str().parse::<HandoffState>().unwrap(), state);
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
         }
+    }
+
+    #[test]
+    fn an_interrupt_id_is_its_uuid_text_on_the_wire() {
+        let id = InterruptId::generate();
+        assert_eq!(id.to_string(), id.as_uuid().to_string());
+        assert_eq!(id.to_string().parse::<InterruptId>().unwrap(), id);
+        assert_eq!(serde_json::to_value(id).unwrap(), id.to_string().as_str());
+        assert!("not-a-uuid".parse::<InterruptId>().is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::ids::ThreadId;
 use shared::protocol::{HandoffState, Usage};
-use shared::turns::{InterruptStatus, TurnKind, TurnOutcome};
+use shared::turns::{InterruptId, InterruptStatus, TurnKind, TurnOutcome};
 use uuid::Uuid;
 
 use crate::llm::{ChatMessage, ToolCall};
@@ -27,7 +27,7 @@ pub struct Lease {
     /// The thread's last activity (its last committed turn, or its creation).
     pub last_active_at: chrono::DateTime<chrono::Utc>,
     /// The approval the thread's last turn is waiting for.
-    pub pending_interrupt: Option<Uuid>,
+    pub pending_interrupt: Option<InterruptId>,
     /// Who answers the thread's customer messages (SPEC §7).
     pub handoff: HandoffState,
 }
@@ -52,7 +52,7 @@ pub struct TurnRecord {
     /// How the turn ended.
     pub outcome: TurnOutcome,
     /// The approval the thread waits for after this turn.
-    pub pending_interrupt: Option<Uuid>,
+    pub pending_interrupt: Option<InterruptId>,
     pub agents: Vec<String>,
     /// The turn's timeline events (JSON array).
     pub events: serde_json::Value,
@@ -167,7 +167,7 @@ pub enum Outcome {
     /// `clarification` then `message_complete` were sent.
     Clarification,
     /// `interrupt` was sent: the turn is paused on this approval.
-    Interrupted(Uuid),
+    Interrupted(InterruptId),
     /// The turn was stopped by a cancel; `message_complete` with `cancelled: true` was sent.
     Cancelled,
 }
@@ -204,7 +204,7 @@ pub struct Ended {
 /// The approval a turn waits for, as stored.
 #[derive(Debug, Clone)]
 pub struct PendingInterrupt {
-    pub id: Uuid,
+    pub id: InterruptId,
     pub turn_id: Uuid,
     pub agent: String,
     pub action: String,
@@ -246,7 +246,7 @@ pub enum Commit<'a> {
     /// A dead letter; the thread then waits for `pending_interrupt`.
     DeadLetter {
         letter: &'a DeadLetter,
-        pending_interrupt: Option<Uuid>,
+        pending_interrupt: Option<InterruptId>,
     },
     /// A handoff message's row.
     Handoff(&'a HandoffRecord),
@@ -261,7 +261,7 @@ pub struct Advanced {
     /// Stream sequence of the reply subject's last bundle.
     pub subject_seq: Option<u64>,
     /// The approval the thread now waits for.
-    pub pending_interrupt: Option<Uuid>,
+    pub pending_interrupt: Option<InterruptId>,
     /// The session expired with this turn.
     pub expired: bool,
     /// The thread's handoff state after this turn.
@@ -323,7 +323,7 @@ mod tests {
             last_seq: 10,
             expired: false,
             last_active_at: chrono::Utc::now(),
-            pending_interrupt: Some(Uuid::nil()),
+            pending_interrupt: Some(InterruptId::from(Uuid::nil())),
             handoff: HandoffState::Ai,
         }
     }
@@ -359,7 +359,10 @@ mod tests {
         let advanced = Advanced::after(&lease, Commit::Skipped, Some(7));
         assert_eq!(advanced.last_seq, 10);
         assert_eq!(advanced.subject_seq, Some(7));
-        assert_eq!(advanced.pending_interrupt, Some(Uuid::nil()));
+        assert_eq!(
+            advanced.pending_interrupt,
+            Some(InterruptId::from(Uuid::nil()))
+        );
         assert_eq!(advanced.handoff, HandoffState::Ai);
     }
 
@@ -400,6 +403,9 @@ mod tests {
         let advanced = Advanced::after(&lease, commit, None);
         assert_eq!(advanced.last_seq, 10);
         assert_eq!(advanced.handoff, HandoffState::Human);
-        assert_eq!(advanced.pending_interrupt, Some(Uuid::nil()));
+        assert_eq!(
+            advanced.pending_interrupt,
+            Some(InterruptId::from(Uuid::nil()))
+        );
     }
 }

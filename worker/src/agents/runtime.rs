@@ -14,6 +14,7 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use shared::protocol::{FrameBody, Usage};
+use shared::turns::InterruptId;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -561,7 +562,7 @@ impl Graph {
         out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
-    ) -> Result<Option<Uuid>, Stop> {
+    ) -> Result<Option<InterruptId>, Stop> {
         loop {
             while let Some(call) = run.state.pending_calls.first().cloned() {
                 check(run.turn.cancel)?;
@@ -605,7 +606,7 @@ impl Graph {
         run: &mut Run<'_>,
         agent: &Agent,
         call: &ToolCall,
-    ) -> Result<Option<Uuid>, Stop> {
+    ) -> Result<Option<InterruptId>, Stop> {
         let raw_args = serde_json::from_str::<Value>(&call.arguments)
             .ok()
             .filter(Value::is_object)
@@ -869,8 +870,8 @@ impl Graph {
         agent: &Agent,
         call: &ToolCall,
         args: Value,
-    ) -> Result<Uuid, Stop> {
-        let id = Uuid::new_v4();
+    ) -> Result<InterruptId, Stop> {
+        let id = InterruptId::generate();
         let now = chrono::Utc::now();
         let expires_at = chrono::Duration::from_std(self.interrupt_ttl)
             .ok()

@@ -1,7 +1,7 @@
 //! Approvals (`interrupts`): raised with the paused turn's checkpoint, loaded by the answer,
 //! decided once.
 
-use shared::turns::InterruptStatus;
+use shared::turns::{InterruptId, InterruptStatus};
 use uuid::Uuid;
 
 use super::{storable_json, to_i64, to_u64, Store};
@@ -12,7 +12,7 @@ impl Store {
     /// When an approval was raised (stored, just before its `interrupt` frame went out).
     pub async fn interrupt_raised_at(
         &self,
-        id: Uuid,
+        id: InterruptId,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, TurnError> {
         Ok(
             sqlx::query_scalar("SELECT created_at FROM interrupts WHERE id = $1")
@@ -23,7 +23,10 @@ impl Store {
     }
 
     /// The approval `id`, with its checkpoint.
-    pub async fn load_interrupt(&self, id: Uuid) -> Result<Option<PendingInterrupt>, TurnError> {
+    pub async fn load_interrupt(
+        &self,
+        id: InterruptId,
+    ) -> Result<Option<PendingInterrupt>, TurnError> {
         type Row = (
             Uuid,
             String,
@@ -68,7 +71,7 @@ impl Store {
     /// the message at `in_seq`. Idempotent for that message; a decision by another one stands.
     pub async fn decide_interrupt(
         &self,
-        id: Uuid,
+        id: InterruptId,
         status: InterruptStatus,
         in_seq: u64,
     ) -> Result<(), sqlx::Error> {
@@ -86,7 +89,7 @@ impl Store {
 
     /// Marks an approved approval `cancelled` if its tool never ran (its turn was cancelled
     /// between the answer and the call).
-    pub async fn withdraw_unexecuted(&self, id: Uuid) -> Result<(), sqlx::Error> {
+    pub async fn withdraw_unexecuted(&self, id: InterruptId) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE interrupts SET status = 'cancelled'
               WHERE id = $1 AND status = 'approved'
@@ -132,7 +135,7 @@ impl Store {
 /// An approval about to be raised.
 #[derive(Debug)]
 pub struct NewInterrupt<'a> {
-    pub id: Uuid,
+    pub id: InterruptId,
     pub thread_id: &'a str,
     pub turn_id: Uuid,
     pub in_seq: u64,

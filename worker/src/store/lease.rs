@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shared::ids::ThreadId;
 use shared::protocol::HandoffState;
-use uuid::Uuid;
+use shared::turns::InterruptId;
 
 use super::{to_u64, Store};
 use crate::records::Lease;
@@ -19,7 +19,7 @@ impl Store {
             i64,
             bool,
             chrono::DateTime<chrono::Utc>,
-            Option<Uuid>,
+            Option<InterruptId>,
             HandoffState,
         );
         let row: Option<Row> = sqlx::query_as(

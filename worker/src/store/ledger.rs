@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use uuid::Uuid;
+use shared::turns::InterruptId;
 
 use super::{storable_json, Store};
 use crate::tools::http::HttpSettings;
@@ -66,7 +66,7 @@ impl Store {
     /// tool's own writes are rolled back); an unavailable backend leaves nothing behind.
     pub async fn run_approved_in_db(
         &self,
-        interrupt: Uuid,
+        interrupt: InterruptId,
         thread_id: &str,
         tool: &dyn Tool,
         args: &Value,
@@ -128,7 +128,7 @@ impl Store {
     /// short statement (no connection is held across the call).
     pub async fn claim_remote(
         &self,
-        interrupt: Uuid,
+        interrupt: InterruptId,
         thread_id: &str,
         tool: &str,
         args: &Value,
@@ -164,7 +164,7 @@ impl Store {
     /// outcome returned is the one on the row.
     pub async fn record_remote(
         &self,
-        interrupt: Uuid,
+        interrupt: InterruptId,
         ok: bool,
         result: &Value,
     ) -> Result<(bool, Value), sqlx::Error> {

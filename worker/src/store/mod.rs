@@ -162,7 +162,7 @@ mod tests {
             handoff: HandoffState::Ai,
         };
         assert!(store.session_expired(&lease, now), "idle 12 min > 10 min");
-        lease.pending_interrupt = Some(Uuid::nil());
+        lease.pending_interrupt = Some(shared::turns::InterruptId::from(Uuid::nil()));
         assert!(!store.session_expired(&lease, now), "12 min < 10 + 5 min");
         lease.last_active_at = now - chrono::Duration::minutes(16);
         assert!(store.session_expired(&lease, now));

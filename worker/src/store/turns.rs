@@ -3,7 +3,7 @@
 //! the agents see.
 
 use shared::ids::ThreadId;
-use shared::turns::TurnKind;
+use shared::turns::{InterruptId, TurnKind};
 use uuid::Uuid;
 
 use super::{storable, storable_json, to_i64, Store};
@@ -235,7 +235,7 @@ impl Store {
         lease: &Lease,
         letter: &DeadLetter,
         after: AfterCommit,
-        pending_interrupt: Option<Uuid>,
+        pending_interrupt: Option<InterruptId>,
     ) -> Result<Committed, sqlx::Error> {
         let release = after == AfterCommit::ReleaseLease;
         let mut tx = self.db.begin().await?;

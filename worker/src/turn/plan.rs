@@ -5,7 +5,7 @@
 use shared::ids::TurnId;
 use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::Usage;
-use shared::turns::InterruptStatus;
+use shared::turns::{InterruptId, InterruptStatus};
 
 use crate::error::TurnError;
 use crate::records::{Decision, Lease, PendingInterrupt};
@@ -89,7 +89,7 @@ pub(super) enum Plan {
     Message {
         content: shared::protocol::frames::UserText,
         /// The approval this message withdraws.
-        supersedes: Option<uuid::Uuid>,
+        supersedes: Option<InterruptId>,
     },
     NoPendingInterrupt,
     /// An answer after the approval expired.
@@ -120,7 +120,7 @@ impl Plan {
     }
 
     /// The approval the thread waits for after this turn, unless the turn raises a new one.
-    pub(super) fn pending_after(&self, lease: &Lease) -> Option<uuid::Uuid> {
+    pub(super) fn pending_after(&self, lease: &Lease) -> Option<InterruptId> {
         match self {
             Self::SessionExpired | Self::NoPendingInterrupt => lease.pending_interrupt,
             Self::Message { .. } | Self::LateAnswer(_) | Self::Resume(..) => None,

@@ -6,7 +6,7 @@ use async_nats::jetstream::message::StreamMessage;
 use shared::ids::TurnId;
 use shared::protocol::bus::InboundMessage;
 use shared::protocol::{ErrorCode, FrameBody, Usage};
-use shared::turns::{TurnKind, TurnOutcome};
+use shared::turns::{InterruptId, TurnKind, TurnOutcome};
 
 use super::run::error_body;
 use crate::error::TurnError;
@@ -164,7 +164,7 @@ impl TurnRunner {
                     .interrupt_id
                     .as_deref()
                     .filter(|_| end.kind == "interrupt")
-                    .and_then(|id| uuid::Uuid::parse_str(id).ok());
+                    .and_then(|id| id.parse::<InterruptId>().ok());
                 let pending_interrupt = raised.or(pending_after);
                 let status = if end.code.as_deref() == Some(ErrorCode::SessionExpired.as_str()) {
                     ThreadStatus::Expired
@@ -229,7 +229,7 @@ pub(super) struct Recovered {
     /// The turn the published frames belong to.
     pub(super) turn_id: TurnId,
     /// The approval the thread waits for after it, unless its frames raised a new one.
-    pub(super) pending_after: Option<uuid::Uuid>,
+    pub(super) pending_after: Option<InterruptId>,
     /// Usage of the turn before this segment.
     pub(super) usage_before: Usage,
 }
