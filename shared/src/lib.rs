@@ -18,3 +18,4 @@ pub mod retained;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
+pub mod turns;

@@ -283,7 +283,7 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Every statement the worker runs for a turn (`worker/src/store.rs`, the agents' runtime), and
+/// Every statement the worker runs for a turn (`worker/src/store/`), and
 /// the edge's thread page. The history is the worker's own text; the others are copies.
 fn statements(thread: &str) -> Vec<Statement> {
     let thread = literal(thread);

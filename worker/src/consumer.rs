@@ -12,8 +12,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::drain::{panic_message, DeliveryOutcome};
 use crate::error::TurnError;
-use crate::turn::{panic_message, DeliveryOutcome, TurnRunner};
+use crate::turn::TurnRunner;
 
 /// How long one pull request waits for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);

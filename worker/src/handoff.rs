@@ -13,12 +13,14 @@
 use serde_json::json;
 use shared::protocol::bus::{InboundKind, InboundMessage, OperatorId};
 use shared::protocol::{FrameBody, HandoffState, OperatorRef, Usage};
+use shared::turns::{TurnKind, TurnOutcome};
 
-use crate::agents::{Ended, Outcome};
 use crate::error::TurnError;
 use crate::publish::{self, FramePublisher};
-use crate::store::{storable_json, AfterCommit, Lease};
-use crate::turn::{Advanced, TurnRunner};
+use crate::records::{
+    Advanced, AfterCommit, Commit, Committed, Ended, HandoffRecord, Lease, Outcome,
+};
+use crate::turn::TurnRunner;
 
 /// Whether the message is a handoff message rather than a customer turn.
 pub(crate) fn is_control(kind: &InboundKind) -> bool {
@@ -64,7 +66,7 @@ struct Control {
     /// The thread is resolved.
     resolved: bool,
     /// `turns.outcome` of its row.
-    outcome: &'static str,
+    outcome: TurnOutcome,
     /// Its timeline event.
     event: serde_json::Value,
 }
@@ -101,7 +103,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
                 next,
                 frame: (next != current).then(|| handoff_frame(next, None, false)),
                 resolved: false,
-                outcome: "handoff",
+                outcome: TurnOutcome::Handoff,
                 event: json!({"type": "request_human", "by": "customer", "from": current.as_str(),
                               "to": next.as_str(), "at": chrono::Utc::now()}),
             }
@@ -110,7 +112,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             next: HandoffState::Human,
             frame: Some(handoff_frame(HandoffState::Human, Some(operator), false)),
             resolved: false,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: operator_event("operator_join", operator, current, HandoffState::Human),
         },
         InboundKind::OperatorLeave { operator } => Control {
@@ -118,7 +120,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             frame: (current != HandoffState::Ai)
                 .then(|| handoff_frame(HandoffState::Ai, None, false)),
             resolved: false,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: operator_event("operator_leave", operator, current, HandoffState::Ai),
         },
         InboundKind::OperatorResolve { operator } => Control {
@@ -126,7 +128,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             // Always sent: the customer's page offers the CSAT prompt on it.
             frame: Some(handoff_frame(HandoffState::Ai, None, true)),
             resolved: true,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: operator_event("operator_resolve", operator, current, HandoffState::Ai),
         },
         InboundKind::HumanMessage { operator, content } => Control {
@@ -139,7 +141,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
                 content: content.as_str().to_owned(),
             }),
             resolved: false,
-            outcome: "delivered",
+            outcome: TurnOutcome::Delivered,
             event: json!({"type": "human_message", "operator_id": operator.id,
                           "operator_name": operator.name, "message_id": message.message_id,
                           "at": chrono::Utc::now()}),
@@ -151,7 +153,7 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             next: current,
             frame: None,
             resolved: false,
-            outcome: "handoff",
+            outcome: TurnOutcome::Handoff,
             event: json!({"type": "ignored", "at": chrono::Utc::now()}),
         },
     }
@@ -190,106 +192,34 @@ impl TurnRunner {
                 (last, last, tail.stream_seq)
             }
         };
-        let committed = self
-            .commit_control(
-                lease, &message, in_seq, &control, first_seq, last_seq, after, started_at,
-            )
-            .await?;
-        if !committed {
+        let record = HandoffRecord {
+            in_seq,
+            turn_id: message.turn_id.as_uuid(),
+            message_id: message.message_id.to_string(),
+            kind: TurnKind::from(&message.kind),
+            content: message.kind.content().map(str::to_owned),
+            first_seq,
+            last_seq,
+            received_at: message.received_at,
+            started_at,
+            next: control.next,
+            resolved: control.resolved,
+            outcome: control.outcome,
+            event: control.event,
+        };
+        if self.store.commit_handoff(lease, &record, after).await? == Committed::Fenced {
             return Err(TurnError::LeaseLost);
         }
         tracing::info!(thread_id = %lease.thread_id, turn_id = %message.turn_id, in_seq,
             kind = message.kind.as_str(), state = control.next.as_str(), "Handoff message committed.");
         self.metrics
             .turns
-            .with_label_values(&[control.outcome])
+            .with_label_values(&[control.outcome.as_str()])
             .inc();
-        Ok(Advanced {
-            last_seq: last_seq.max(lease.last_seq),
+        Ok(Advanced::after(
+            lease,
+            Commit::Handoff(&record),
             subject_seq,
-            pending_interrupt: lease.pending_interrupt,
-            expired: lease.expired,
-            handoff: control.next,
-        })
-    }
-
-    /// Advances the thread past the message, applies its handoff state and records it on the
-    /// timeline, in one statement, only if this lease is still the current one.
-    #[allow(clippy::too_many_arguments)]
-    async fn commit_control(
-        &self,
-        lease: &Lease,
-        message: &InboundMessage,
-        in_seq: u64,
-        control: &Control,
-        first_seq: u64,
-        last_seq: u64,
-        after: AfterCommit,
-        started_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, TurnError> {
-        let events = serde_json::Value::Array(vec![control.event.clone()]);
-        let content = message
-            .kind
-            .content()
-            .map(|text| text.replace('\0', "\u{FFFD}"));
-        let committed: i64 = sqlx::query_scalar(
-            "WITH advanced AS (
-                UPDATE threads
-                   SET last_in_seq = $3,
-                       last_seq = GREATEST(last_seq, $4),
-                       lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
-                       lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END,
-                       last_active_at = CASE WHEN status = 'expired' THEN last_active_at ELSE now() END,
-                       handoff_state = $6,
-                       waiting_since = CASE WHEN $6 = 'ai' THEN NULL
-                                            WHEN handoff_state = 'ai' THEN $8
-                                            ELSE COALESCE(waiting_since, $8) END,
-                       first_waiting_at = CASE WHEN $6 <> 'ai' THEN COALESCE(first_waiting_at, $8)
-                                               ELSE first_waiting_at END,
-                       first_human_at = CASE WHEN $6 = 'human' THEN COALESCE(first_human_at, $8)
-                                             ELSE first_human_at END,
-                       time_to_human_ms = CASE
-                           WHEN $6 = 'human' AND handoff_state = 'waiting' AND time_to_human_ms IS NULL
-                                AND waiting_since IS NOT NULL
-                           THEN GREATEST(0, (extract(epoch FROM ($8 - waiting_since)) * 1000)::bigint)
-                           ELSE time_to_human_ms END,
-                       escalated_at = CASE WHEN $6 <> 'ai' THEN COALESCE(escalated_at, $8)
-                                           ELSE escalated_at END,
-                       status = CASE WHEN status = 'expired' THEN status
-                                     WHEN $9 THEN 'resolved'
-                                     WHEN $6 <> 'ai' AND status NOT IN ('expired', 'awaiting_approval')
-                                     THEN 'escalated'
-                                     ELSE status END
-                 WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
-             RETURNING id
-             ),
-             turn AS (
-                INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
-                                   first_seq, last_seq, received_at, started_at, outcome, events)
-                SELECT id, $3, $10, $11, $12, $13, '', $14, $4, $8, $15, $16, $17 FROM advanced
-             RETURNING 1
-             )
-             SELECT count(*) FROM turn",
-        )
-        .bind(lease.thread_id.as_str())
-        .bind(lease.epoch)
-        .bind(i64::try_from(in_seq).unwrap_or(i64::MAX))
-        .bind(i64::try_from(last_seq).unwrap_or(i64::MAX))
-        .bind(after == AfterCommit::ReleaseLease)
-        .bind(control.next.as_str())
-        .bind(self.store.worker_id())
-        .bind(message.received_at)
-        .bind(control.resolved)
-        .bind(message.turn_id.as_uuid())
-        .bind(message.message_id.as_str())
-        .bind(message.kind.as_str())
-        .bind(content)
-        .bind(i64::try_from(first_seq).unwrap_or(i64::MAX))
-        .bind(started_at)
-        .bind(control.outcome)
-        .bind(storable_json(&events).as_ref())
-        .fetch_one(self.store.pool())
-        .await?;
-        Ok(committed == 1)
+        ))
     }
 }

@@ -12,7 +12,7 @@ use tracing::field::Empty;
 use tracing::Span;
 
 use crate::llm::TokenUsage;
-use crate::store::TurnRecord;
+use crate::records::TurnRecord;
 
 /// The span of one stored message's turn: a child of the edge's span for that message when the
 /// message carries a trace context.
@@ -75,7 +75,7 @@ pub fn log_turn(thread: &ThreadId, record: &TurnRecord, elapsed: Duration) {
         thread_id = %thread,
         turn_id = %record.turn_id,
         in_seq = record.in_seq,
-        outcome = record.outcome,
+        outcome = record.outcome.as_str(),
         duration_ms = elapsed.as_millis() as u64,
         prompt_tokens = record.prompt_tokens,
         completion_tokens = record.completion_tokens,

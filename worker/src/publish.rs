@@ -12,6 +12,7 @@ use shared::protocol::bus::bundle;
 use shared::protocol::{FrameBody, ThreadFrame, Usage};
 use shared::retained::BundleReader;
 
+use crate::agents::FrameSink;
 use crate::error::TurnError;
 use crate::metrics::WorkerMetrics;
 
@@ -255,5 +256,15 @@ impl FramePublisher {
     /// Stream sequence of the subject's last bundle, for the thread's next turn.
     pub fn subject_seq(&self) -> Option<u64> {
         self.subject_seq
+    }
+}
+
+impl FrameSink for FramePublisher {
+    async fn send(&mut self, body: FrameBody) -> Result<(), TurnError> {
+        FramePublisher::send(self, body).await
+    }
+
+    async fn flush(&mut self) -> Result<(), TurnError> {
+        FramePublisher::flush(self).await
     }
 }

@@ -85,7 +85,7 @@ impl Worker {
             Duration::from_secs(settings.worker.interrupt_ttl_secs),
         );
         let metrics = WorkerMetrics::new()?;
-        let graph = build_graph(&settings.worker, store.pool().clone(), metrics.clone())?;
+        let graph = build_graph(&settings.worker, store.clone(), metrics.clone())?;
         let metrics_listener = TcpListener::bind(settings.worker.metrics_addr)
             .await
             .with_context(|| {
@@ -263,7 +263,7 @@ async fn ready(
 /// stops start-up here, with a message naming the file, the agent and the field.
 fn build_graph(
     settings: &shared::config::WorkerSettings,
-    db: sqlx::PgPool,
+    store: Store,
     metrics: WorkerMetrics,
 ) -> anyhow::Result<Graph> {
     let toolbox = crate::tools::Toolbox::demo()?;
@@ -313,7 +313,7 @@ fn build_graph(
         config: Arc::new(config),
         toolbox: Arc::new(toolbox),
         model,
-        db,
+        store,
         interrupt_ttl: Duration::from_secs(settings.interrupt_ttl_secs),
         metrics,
         http: Arc::new(crate::tools::http::HttpSettings {

@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use shared::ids::ThreadId;
+use shared::protocol::HandoffState;
+use shared::turns::TurnKind;
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::error::ApiError;
@@ -57,7 +59,7 @@ pub(super) struct Conversation {
     /// The conversation waits for an approval that has not expired.
     pending_approval: bool,
     /// `ai`, `waiting` or `human` (docs/handoff.md).
-    handoff_state: String,
+    handoff_state: HandoffState,
 }
 
 /// The query string of the list, all optional; each is checked in [`Filters::parse`].
@@ -317,7 +319,7 @@ struct TurnRow {
     in_seq: i64,
     turn_id: uuid::Uuid,
     message_id: String,
-    kind: String,
+    kind: TurnKind,
     content: Option<String>,
     reply: String,
     outcome: String,
@@ -470,15 +472,12 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
     };
     let mut events = Vec::with_capacity(recorded.len() + 2);
     // Handoff messages (SPEC §7): their own events, each with the operator's id (if by one).
-    if matches!(
-        turn.kind.as_str(),
-        "request_human" | "operator_join" | "operator_leave" | "operator_resolve" | "human_message"
-    ) {
+    if turn.kind.is_handoff() {
         for event in recorded {
             if let Value::Object(mut event) = event {
                 event.insert("turn_id".into(), json!(turn.turn_id));
                 event.insert("in_seq".into(), json!(turn.in_seq));
-                if turn.kind == "human_message" {
+                if turn.kind == TurnKind::HumanMessage {
                     event.insert("content".into(), json!(turn.content));
                 }
                 events.push(Value::Object(event));
@@ -486,7 +485,7 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
         }
         return events;
     }
-    if turn.kind == "interrupt_response" {
+    if turn.kind == TurnKind::InterruptResponse {
         let decision = recorded
             .iter()
             .find(|event| event["type"] == "decision")
@@ -500,7 +499,7 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
             "decision": decision,
             "at": turn.received_at,
         }));
-    } else if turn.kind == "cancel" {
+    } else if turn.kind == TurnKind::Cancel {
         // A stored `cancel` that ended a turn paused on an approval (SPEC §8).
         events.push(json!({
             "type": "cancel_request",
@@ -660,14 +659,14 @@ mod tests {
         );
     }
 
-    fn turn(in_seq: i64, kind: &str, events: Value) -> TurnRow {
+    fn turn(in_seq: i64, kind: TurnKind, events: Value) -> TurnRow {
         let at = DateTime::from_timestamp_micros(1_795_000_000_000_000).unwrap();
         TurnRow {
             in_seq,
             turn_id: uuid::Uuid::nil(),
             message_id: format!("m{in_seq}"),
-            kind: kind.into(),
-            content: (kind == "message").then(|| "hi".into()),
+            kind,
+            content: (kind == TurnKind::Message).then(|| "hi".into()),
             reply: "hello".into(),
             outcome: "completed".into(),
             agents: vec!["general".into()],
@@ -686,15 +685,15 @@ mod tests {
         let turns = vec![
             turn(
                 3,
-                "message",
+                TurnKind::Message,
                 json!([{"type": "tool_call", "tool": "search_faq"}]),
             ),
             turn(
                 5,
-                "interrupt_response",
+                TurnKind::InterruptResponse,
                 json!([{"type": "decision", "decision": "approved"}]),
             ),
-            turn(9, "message", json!([])),
+            turn(9, TurnKind::Message, json!([])),
         ];
         let at = DateTime::from_timestamp_micros(1_795_000_100_000_000).unwrap();
         let letters = vec![DeadLetterRow {

@@ -12,6 +12,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use shared::ids::ThreadId;
 use shared::protocol::Usage;
+use shared::turns::TurnKind;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -93,7 +94,7 @@ type ThreadRow = (
 );
 
 type TurnRow = (
-    String,
+    TurnKind,
     String,
     uuid::Uuid,
     Option<String>,
@@ -225,7 +226,7 @@ pub(super) async fn messages(
             completion_tokens: u64::try_from(completion).unwrap_or_default(),
             cost_usd: cost,
         };
-        if kind == "human_message" {
+        if kind == TurnKind::HumanMessage {
             messages.push(Entry::Operator {
                 message_id,
                 turn_id,
@@ -235,7 +236,7 @@ pub(super) async fn messages(
             });
             continue;
         }
-        if kind != "message" {
+        if kind != TurnKind::Message {
             // An answer to an approval continues its turn: its reply belongs to that turn's.
             continue_turn(
                 &mut messages,

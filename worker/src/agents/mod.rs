@@ -2,7 +2,9 @@
 //! runs the chosen agents with their tools, and pauses for human approval.
 
 pub mod config;
+pub mod frames;
 pub mod runtime;
 
 pub use config::{Agent, AgentsConfig};
-pub use runtime::{Checkpoint, Decision, Ended, Graph, Outcome, PendingInterrupt, TurnInfo};
+pub use frames::FrameSink;
+pub use runtime::{Graph, TurnInfo};

@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures_util::{FutureExt as _, StreamExt as _};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shared::protocol::{FrameBody, Usage};
-use sqlx::PgPool;
+use shared::turns::InterruptId;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::agents::{Agent, AgentsConfig};
+use crate::agents::{Agent, AgentsConfig, FrameSink};
 use crate::error::TurnError;
 use crate::llm::{
     AgentCard, ChatEvent, ChatMessage, ChatRequest, Classification, ClassifyRequest, Completion,
@@ -27,10 +26,10 @@ use crate::llm::{
 };
 use crate::metrics::{WorkerMetrics, UNKNOWN_TOOL};
 use crate::observe;
-use crate::publish::FramePublisher;
-use crate::store::storable_json;
+use crate::records::{AgentShare, Checkpoint, Decision, Ended, Outcome, PendingInterrupt};
+use crate::store::{ApprovedRun, NewInterrupt, RemoteClaim, Store};
 use crate::tools::http::HttpSettings;
-use crate::tools::{imported, RegisteredTool, ToolContext, ToolError, Toolbox};
+use crate::tools::{RegisteredTool, ToolContext, ToolError, Toolbox};
 
 /// Times a segment is restarted after a model failure that followed some of its output.
 const MAX_RESETS: u32 = 2;
@@ -48,69 +47,6 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Where a turn continues from: written with an `interrupt`, read back by its answer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// The user's message that started the turn.
-    pub user_message: String,
-    /// Earlier turns of the thread, as the agents see them.
-    pub history: Vec<ChatMessage>,
-    /// Agents still to run, the current one first.
-    pub agents: Vec<String>,
-    /// The current agent's conversation (empty: it has not started).
-    pub messages: Vec<ChatMessage>,
-    /// Calls of the current agent's last answer not run yet; the first is the one waiting for
-    /// approval.
-    pub pending_calls: Vec<ToolCall>,
-    /// Model calls the current agent has made.
-    pub steps: u32,
-    /// Usage of the turn before this point.
-    pub usage: Usage,
-    /// Agents that ran so far, in order.
-    pub agents_run: Vec<String>,
-}
-
-/// How a segment of a turn ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// `message_complete` was sent.
-    Completed,
-    /// `clarification` then `message_complete` were sent.
-    Clarification,
-    /// `interrupt` was sent: the turn is paused on this approval.
-    Interrupted(Uuid),
-    /// The turn was stopped by a cancel; `message_complete` with `cancelled: true` was sent.
-    Cancelled,
-}
-
-impl Outcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Clarification => "clarification",
-            Self::Interrupted(_) => "interrupted",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// What a segment did, for the turn's record.
-#[derive(Debug, Clone)]
-pub struct Ended {
-    pub outcome: Outcome,
-    /// The agents' text.
-    pub reply: String,
-    /// Usage of this segment's model calls (the turn's total is on `message_complete`).
-    pub usage: Usage,
-    pub agents: Vec<String>,
-    /// Classification, tool calls and results, interrupts, decisions, resets: the timeline.
-    pub events: Vec<Value>,
-    /// Each agent's share of this segment.
-    pub shares: Vec<AgentShare>,
-    /// The conversation was handed to a human.
-    pub escalated: bool,
-}
-
 /// The turn a segment belongs to.
 #[derive(Debug, Clone, Copy)]
 pub struct TurnInfo<'a> {
@@ -122,29 +58,14 @@ pub struct TurnInfo<'a> {
     pub cancel: &'a tokio_util::sync::CancellationToken,
 }
 
-/// The approval a turn waits for, as stored.
-#[derive(Debug, Clone)]
-pub struct PendingInterrupt {
-    pub id: Uuid,
-    pub turn_id: Uuid,
-    pub agent: String,
-    pub action: String,
-    pub params: Value,
-    pub checkpoint: Checkpoint,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-    /// `pending`, or what decided it.
-    pub status: String,
-    /// Stream sequence of the message that decided it.
-    pub decided_in_seq: Option<u64>,
-}
-
 /// Everything the agent graph needs.
 #[derive(Clone)]
 pub struct Graph {
     pub config: Arc<AgentsConfig>,
     pub toolbox: Arc<Toolbox>,
     pub model: Arc<dyn Model>,
-    pub db: PgPool,
+    /// Where approvals, the approval ledger and tools' connections are: the graph asks it.
+    pub store: Store,
     pub interrupt_ttl: Duration,
     pub metrics: WorkerMetrics,
     /// How imported tools call out.
@@ -188,17 +109,6 @@ struct Run<'a> {
     escalated: bool,
     /// Each agent's tools, read once per segment.
     toolsets: std::collections::HashMap<String, Arc<Vec<RegisteredTool>>>,
-}
-
-/// One agent's share of a segment.
-#[derive(Debug, Clone, Default)]
-pub struct AgentShare {
-    pub agent: String,
-    pub usage: Usage,
-    pub tool_calls: u32,
-    pub duration: Duration,
-    /// The agent's text.
-    pub reply: String,
 }
 
 /// An event for the timeline, with the time it happened.
@@ -258,18 +168,11 @@ impl Run<'_> {
     }
 }
 
-/// What the user decided about a pending approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Approved,
-    Rejected,
-}
-
 impl Graph {
     /// Runs the turn of a user message: classify, then the agents.
     pub async fn run_message(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         turn: TurnInfo<'_>,
         content: &str,
         history: Vec<ChatMessage>,
@@ -285,7 +188,7 @@ impl Graph {
     /// Continues a paused turn with the user's decision on its approval.
     pub async fn resume(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         turn: TurnInfo<'_>,
         pending: &PendingInterrupt,
         decision: Decision,
@@ -303,7 +206,7 @@ impl Graph {
     /// output reached the client.
     async fn with_resets(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         turn: TurnInfo<'_>,
         start: Checkpoint,
         decision: Option<(&PendingInterrupt, Decision)>,
@@ -377,7 +280,7 @@ impl Graph {
 
     async fn start_message(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
     ) -> Result<Outcome, Stop> {
         let cancel = run.turn.cancel;
@@ -488,7 +391,7 @@ impl Graph {
     /// Applies the user's decision on the call that waited for it, then goes on with the turn.
     async fn continue_after(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         pending: &PendingInterrupt,
         decision: Decision,
@@ -551,7 +454,7 @@ impl Graph {
 
     async fn after_call(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
     ) -> Result<Outcome, Stop> {
         run.state.pending_calls.remove(0);
@@ -576,7 +479,11 @@ impl Graph {
             .iter()
             .filter_map(|name| self.toolbox.get(name).cloned())
             .collect();
-        tools.extend(imported::usable(&self.db, &config.imported_tools, &self.http).await?);
+        tools.extend(
+            self.store
+                .usable_imported(&config.imported_tools, &self.http)
+                .await?,
+        );
         let tools = Arc::new(tools);
         run.toolsets.insert(agent.to_owned(), tools.clone());
         Ok(tools)
@@ -606,7 +513,7 @@ impl Graph {
     /// Runs the agents still to run, from wherever the current one stands.
     async fn run_agents(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
     ) -> Result<Outcome, Stop> {
         while let Some(name) = run.state.agents.first().cloned() {
@@ -652,10 +559,10 @@ impl Graph {
     /// One agent's loop. `Some(interrupt)` when it paused for an approval.
     async fn run_agent(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
-    ) -> Result<Option<Uuid>, Stop> {
+    ) -> Result<Option<InterruptId>, Stop> {
         loop {
             while let Some(call) = run.state.pending_calls.first().cloned() {
                 check(run.turn.cancel)?;
@@ -695,11 +602,11 @@ impl Graph {
     /// and hands the result (or the error) back to the model.
     async fn run_call(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
         call: &ToolCall,
-    ) -> Result<Option<Uuid>, Stop> {
+    ) -> Result<Option<InterruptId>, Stop> {
         let raw_args = serde_json::from_str::<Value>(&call.arguments)
             .ok()
             .filter(Value::is_object)
@@ -757,7 +664,7 @@ impl Graph {
     #[allow(clippy::too_many_arguments)]
     async fn report_failed_call(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
         call: &ToolCall,
@@ -797,22 +704,7 @@ impl Graph {
         let name = tool.spec().name.as_str();
         let mut delays = retry_delays();
         loop {
-            // A connection only for a tool that works in the database: none is held while a
-            // tool calls out.
-            let outcome = if tool.tool.needs_database() {
-                let mut db = self.db.acquire().await?;
-                let context = ToolContext {
-                    db: Some(&mut *db),
-                    idempotency_key: key,
-                };
-                tool.tool.call(args, context).await
-            } else {
-                let context = ToolContext {
-                    db: None,
-                    idempotency_key: key,
-                };
-                tool.tool.call(args, context).await
-            };
+            let outcome = self.store.run_tool(tool.tool.as_ref(), args, key).await?;
             match outcome {
                 Ok(result) => {
                     self.metrics
@@ -863,78 +755,39 @@ impl Graph {
         let name = tool.spec().name.clone();
         let mut delays = retry_delays();
         loop {
-            let mut tx = self.db.begin().await?;
-            let claimed = sqlx::query(
-                "INSERT INTO tool_executions (interrupt_id, thread_id, tool, args, ok, result)
-                 VALUES ($1, $2, $3, $4, false, 'null') ON CONFLICT (interrupt_id) DO NOTHING",
-            )
-            .bind(pending.id)
-            .bind(run.turn.thread_id)
-            .bind(&name)
-            .bind(storable_json(&pending.params).as_ref())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !claimed {
-                tx.rollback().await?;
-                let (ok, result): (bool, Value) = sqlx::query_as(
-                    "SELECT ok, result FROM tool_executions WHERE interrupt_id = $1",
+            let ran = self
+                .store
+                .run_approved_in_db(
+                    pending.id,
+                    run.turn.thread_id,
+                    tool.tool.as_ref(),
+                    &pending.params,
                 )
-                .bind(pending.id)
-                .fetch_one(&self.db)
                 .await?;
-                run.events
-                    .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
-                return Ok((ok, result));
-            }
-            let mut effect = sqlx::Connection::begin(&mut *tx).await?;
-            let key = pending.id.to_string();
-            let context = ToolContext {
-                db: Some(&mut *effect),
-                idempotency_key: &key,
-            };
-            let outcome = tool.tool.call(&pending.params, context).await;
-            let (ok, result) = match outcome {
-                Ok(result) => {
-                    effect.commit().await?;
-                    (true, result)
+            let (ok, result) = match ran {
+                ApprovedRun::AlreadyRan { ok, result } => {
+                    run.events
+                        .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
+                    return Ok((ok, result));
                 }
-                Err(ToolError::Refused(reason)) => {
-                    effect.rollback().await?;
-                    (false, json!({"error": reason}))
-                }
-                Err(ToolError::Unavailable(reason)) => {
-                    drop(effect);
-                    tx.rollback().await?;
-                    match delays.next() {
-                        Some(delay) => {
-                            tracing::warn!(tool = %name, %reason, "An approved tool failed; retrying.");
-                            tokio::time::sleep(delay).await;
-                            continue;
-                        }
-                        None => {
-                            self.metrics
-                                .tool_calls
-                                .with_label_values(&[name.as_str(), "failed"])
-                                .inc();
-                            return Err(Stop::Turn(TurnError::Turn(format!(
-                                "the tool {name} is unavailable: {reason}"
-                            ))));
-                        }
+                ApprovedRun::Ran { ok, result } => (ok, result),
+                ApprovedRun::Unavailable(reason) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(tool = %name, %reason, "An approved tool failed; retrying.");
+                        tokio::time::sleep(delay).await;
+                        continue;
                     }
-                }
+                    None => {
+                        self.metrics
+                            .tool_calls
+                            .with_label_values(&[name.as_str(), "failed"])
+                            .inc();
+                        return Err(Stop::Turn(TurnError::Turn(format!(
+                            "the tool {name} is unavailable: {reason}"
+                        ))));
+                    }
+                },
             };
-            sqlx::query(
-                "UPDATE tool_executions SET ok = $2, result = $3, finished_at = now()
-                  WHERE interrupt_id = $1",
-            )
-            .bind(pending.id)
-            .bind(ok)
-            .bind(storable_json(&result).as_ref())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
             self.metrics
                 .tool_calls
                 .with_label_values(&[name.as_str(), if ok { "ok" } else { "refused" }])
@@ -966,31 +819,14 @@ impl Graph {
         let key = pending.id.to_string();
         let mut delays = retry_delays();
         loop {
-            let claimed = sqlx::query(
-                "INSERT INTO tool_executions (interrupt_id, thread_id, tool, args, ok, result)
-                 VALUES ($1, $2, $3, $4, false, 'null') ON CONFLICT (interrupt_id) DO NOTHING",
-            )
-            .bind(pending.id)
-            .bind(run.turn.thread_id)
-            .bind(&name)
-            .bind(storable_json(&pending.params).as_ref())
-            .execute(&self.db)
-            .await?
-            .rows_affected()
-                == 1;
-            if !claimed {
-                let (ok, result, finished): (bool, Value, bool) = sqlx::query_as(
-                    "SELECT ok, result, finished_at IS NOT NULL FROM tool_executions
-                      WHERE interrupt_id = $1",
-                )
-                .bind(pending.id)
-                .fetch_one(&self.db)
+            let claim = self
+                .store
+                .claim_remote(pending.id, run.turn.thread_id, &name, &pending.params)
                 .await?;
-                if finished {
-                    run.events
-                        .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
-                    return Ok((ok, result));
-                }
+            if let RemoteClaim::Finished { ok, result } = claim {
+                run.events
+                    .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
+                return Ok((ok, result));
             }
             let context = ToolContext {
                 db: None,
@@ -1016,27 +852,7 @@ impl Graph {
                     }
                 },
             };
-            // The first outcome recorded stands (a worker that lost the thread's lease may
-            // still be finishing the same call).
-            let recorded: Option<(bool, Value)> = sqlx::query_as(
-                "UPDATE tool_executions SET ok = $2, result = $3, finished_at = now()
-                  WHERE interrupt_id = $1 AND finished_at IS NULL
-                 RETURNING ok, result",
-            )
-            .bind(pending.id)
-            .bind(ok)
-            .bind(storable_json(&result).as_ref())
-            .fetch_optional(&self.db)
-            .await?;
-            let (ok, result) = match recorded {
-                Some(recorded) => recorded,
-                None => {
-                    sqlx::query_as("SELECT ok, result FROM tool_executions WHERE interrupt_id = $1")
-                        .bind(pending.id)
-                        .fetch_one(&self.db)
-                        .await?
-                }
-            };
+            let (ok, result) = self.store.record_remote(pending.id, ok, &result).await?;
             self.metrics
                 .tool_calls
                 .with_label_values(&[name.as_str(), if ok { "ok" } else { "refused" }])
@@ -1049,13 +865,13 @@ impl Graph {
     /// `interrupt` frame tells the client.
     async fn raise_interrupt(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
         call: &ToolCall,
         args: Value,
-    ) -> Result<Uuid, Stop> {
-        let id = Uuid::new_v4();
+    ) -> Result<InterruptId, Stop> {
+        let id = InterruptId::generate();
         let now = chrono::Utc::now();
         let expires_at = chrono::Duration::from_std(self.interrupt_ttl)
             .ok()
@@ -1068,30 +884,19 @@ impl Graph {
                 "the checkpoint does not encode: {error}"
             )))
         })?;
-        // An attempt at this message that raised one and then failed left it behind: it was
-        // never the thread's pending approval.
-        sqlx::query(
-            "UPDATE interrupts SET status = 'abandoned' WHERE thread_id = $1 AND in_seq = $2 AND status = 'pending'",
-        )
-        .bind(run.turn.thread_id)
-        .bind(i64::try_from(run.turn.in_seq).unwrap_or(i64::MAX))
-        .execute(&self.db)
-        .await?;
-        sqlx::query(
-            "INSERT INTO interrupts (id, thread_id, turn_id, in_seq, agent, action, params, checkpoint, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(id)
-        .bind(run.turn.thread_id)
-        .bind(run.turn.turn_id)
-        .bind(i64::try_from(run.turn.in_seq).unwrap_or(i64::MAX))
-        .bind(&agent.name)
-        .bind(&call.name)
-        .bind(storable_json(&args).as_ref())
-        .bind(storable_json(&checkpoint).as_ref())
-        .bind(expires_at)
-        .execute(&self.db)
-        .await?;
+        self.store
+            .raise_interrupt(&NewInterrupt {
+                id,
+                thread_id: run.turn.thread_id,
+                turn_id: run.turn.turn_id,
+                in_seq: run.turn.in_seq,
+                agent: &agent.name,
+                action: &call.name,
+                params: &args,
+                checkpoint: &checkpoint,
+                expires_at,
+            })
+            .await?;
         self.metrics.interrupts.with_label_values(&["raised"]).inc();
         run.event(json!({"type": "interrupt", "interrupt_id": id, "agent": agent.name, "action": call.name,
                                "params": args, "expires_at": expires_at}));
@@ -1109,7 +914,7 @@ impl Graph {
     /// while none of its output went out.
     async fn step(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         run: &mut Run<'_>,
         agent: &Agent,
     ) -> Result<(String, Completion), Stop> {
@@ -1215,7 +1020,7 @@ impl Graph {
     #[allow(clippy::too_many_arguments)]
     async fn stream_step(
         &self,
-        out: &mut FramePublisher,
+        out: &mut impl FrameSink,
         model: &str,
         agent: &Agent,
         run: &Run<'_>,
@@ -1346,7 +1151,7 @@ fn pieces_of(text: &str) -> u64 {
 /// A tool handed the conversation to a human: every socket of the thread learns that it now
 /// waits for one (SPEC §7), once per segment. (The agents run only in the `ai` state.)
 async fn announce_escalation(
-    out: &mut FramePublisher,
+    out: &mut impl FrameSink,
     run: &Run<'_>,
     escalated: bool,
 ) -> Result<(), TurnError> {
@@ -1389,4 +1194,123 @@ fn pause(error: &LlmError, backoff: Duration) -> Duration {
     error
         .retry_after()
         .map_or(backoff, |after| after.min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::llm::ScriptedModel;
+    use crate::tools::http::HostAllowList;
+
+    /// The frames a segment sent, in order: a sink with no NATS behind it.
+    #[derive(Default)]
+    struct Recorded {
+        frames: Vec<FrameBody>,
+    }
+
+    impl FrameSink for Recorded {
+        async fn send(&mut self, body: FrameBody) -> Result<(), TurnError> {
+            self.frames.push(body);
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> Result<(), TurnError> {
+            Ok(())
+        }
+    }
+
+    /// The demo agents on the scripted model. The store's pool never connects: a turn that
+    /// calls no tool and raises no approval does not touch the database.
+    fn graph() -> Graph {
+        let toolbox = Toolbox::demo().unwrap();
+        let config = AgentsConfig::load(None, &toolbox).unwrap();
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let minute = Duration::from_secs(60);
+        Graph {
+            config: Arc::new(config),
+            toolbox: Arc::new(toolbox),
+            model: Arc::new(ScriptedModel {
+                reply_tokens: 5,
+                token_delay: Duration::ZERO,
+                fail_on: None,
+                panic_on: None,
+            }),
+            store: Store::new(db.clone(), db, Uuid::nil(), minute, minute, minute),
+            interrupt_ttl: minute,
+            metrics: WorkerMetrics::new().unwrap(),
+            http: Arc::new(HttpSettings {
+                timeout: minute,
+                max_response_bytes: 1024,
+                allow: HostAllowList::parse(""),
+            }),
+        }
+    }
+
+    fn turn(cancel: &CancellationToken) -> TurnInfo<'_> {
+        TurnInfo {
+            thread_id: "t",
+            turn_id: Uuid::nil(),
+            in_seq: 1,
+            cancel,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_streams_its_reply_then_completes_without_nats() {
+        let cancel = CancellationToken::new();
+        let mut out = Recorded::default();
+        let ended = graph()
+            .run_message(&mut out, turn(&cancel), "Hello there", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(ended.outcome, Outcome::Completed);
+        let tokens: String = out
+            .frames
+            .iter()
+            .filter_map(|frame| match frame {
+                FrameBody::Token { content, .. } => Some(content.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(!tokens.is_empty());
+        assert_eq!(tokens, ended.reply);
+        assert!(
+            matches!(
+                out.frames.last(),
+                Some(FrameBody::MessageComplete {
+                    cancelled: false,
+                    ..
+                })
+            ),
+            "{:?}",
+            out.frames
+        );
+    }
+
+    #[tokio::test]
+    async fn a_turn_cancelled_before_it_runs_only_completes_cancelled() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let mut out = Recorded::default();
+        let ended = graph()
+            .run_message(&mut out, turn(&cancel), "Hello there", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(ended.outcome, Outcome::Cancelled);
+        assert!(
+            matches!(
+                out.frames.as_slice(),
+                [FrameBody::MessageComplete {
+                    cancelled: true,
+                    ..
+                }]
+            ),
+            "{:?}",
+            out.frames
+        );
+    }
 }

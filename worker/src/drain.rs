@@ -1,0 +1,253 @@
+//! A delivery's life: it is only a prompt to look at its thread. The worker takes the thread's
+//! lease (fenced by an epoch, renewed while it works), then drains the thread: reads its
+//! unprocessed messages straight from the stream (JetStream direct get), oldest first, up to the
+//! delivered one, and runs and commits each as a turn with its stream sequence. So turns run in
+//! accepted order however many workers pull. A turn that fails is counted; one that keeps
+//! failing (or panics, or is refused for good) is dead-lettered and the thread moves on.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use async_nats::jetstream::{message::StreamMessage, stream};
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use futures_util::FutureExt as _;
+use shared::ids::ThreadId;
+
+use crate::error::TurnError;
+use crate::publish;
+use crate::records::{AfterCommit, Lease};
+use crate::turn::TurnRunner;
+
+/// What became of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Its turn (and any earlier ones of the thread) committed.
+    Processed,
+    /// Already committed earlier: acknowledged without effect.
+    Duplicate,
+    /// Another worker holds the thread's lease; it will be offered again.
+    Busy,
+    /// The conversation was erased: dropped, nothing re-created.
+    Erased,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processed => "processed",
+            Self::Duplicate => "duplicate",
+            Self::Busy => "busy",
+            Self::Erased => "erased",
+        }
+    }
+}
+
+impl TurnRunner {
+    /// Handles the delivery of the message stored at `delivered_seq` on `thread`'s subject.
+    #[tracing::instrument(name = "delivery", skip(self), fields(thread_id = %thread))]
+    pub async fn handle_delivery(
+        &self,
+        thread: &ThreadId,
+        delivered_seq: u64,
+    ) -> Result<DeliveryOutcome, TurnError> {
+        let mut lease = match self.acquire_soon(thread).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Ok(DeliveryOutcome::Busy),
+            Err(TurnError::Erased) => return Ok(DeliveryOutcome::Erased),
+            Err(error) => return Err(error),
+        };
+        if lease.last_in_seq >= delivered_seq {
+            self.store.release(&lease).await?;
+            return Ok(DeliveryOutcome::Duplicate);
+        }
+        let (thread_id, epoch) = (lease.thread_id.clone(), lease.epoch);
+        let drained = tokio::select! {
+            // A finished drain wins over a renewal that raced with its final commit.
+            biased;
+            drained = self.drain(&mut lease, delivered_seq) => drained,
+            lost = self.keep_lease(&thread_id, epoch) => Err(lost),
+            () = self.abandon.cancelled() => Err(TurnError::Abandoned),
+        };
+        if drained.is_err() {
+            if let Err(error) = self.store.release(&lease).await {
+                tracing::warn!(%error, "Cannot release a lease after a failed turn; it will expire.");
+            }
+        }
+        match drained {
+            Err(TurnError::Erased) => Ok(DeliveryOutcome::Erased),
+            // A turn whose thread was erased under it finds its lease gone.
+            Err(TurnError::LeaseLost) if self.store.is_erased(thread).await? => {
+                Ok(DeliveryOutcome::Erased)
+            }
+            drained => drained,
+        }
+    }
+
+    /// Takes the thread's lease, retrying briefly while another turn holds it: a client that got
+    /// `message_complete` often sends its next message while that turn is still committing, and
+    /// the lease is free a moment later. `None` if it stays taken (a long turn elsewhere).
+    async fn acquire_soon(&self, thread: &ThreadId) -> Result<Option<Lease>, TurnError> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(32))
+            .with_max_times(7)
+            .with_jitter()
+            .build();
+        let mut first = true;
+        loop {
+            if let Some(lease) = self.store.acquire(thread).await? {
+                return Ok(Some(lease));
+            }
+            // An erased conversation is never re-created: its leftover deliveries are dropped.
+            if std::mem::take(&mut first) && self.store.is_erased(thread).await? {
+                return Err(TurnError::Erased);
+            }
+            match delays.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Renews the lease every third of its TTL while the turns run. Returns once the lease is
+    /// lost to a newer epoch (this worker stalled past the TTL), or when renewals have failed for
+    /// so long that the lease may have run out.
+    async fn keep_lease(&self, thread_id: &ThreadId, epoch: i64) -> TurnError {
+        let ttl = self.store.lease_ttl();
+        let every = ttl / 3;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            ticks.tick().await;
+            match self.store.renew(thread_id, epoch).await {
+                Ok(true) => renewed = tokio::time::Instant::now(),
+                Ok(false) => return TurnError::LeaseLost,
+                Err(error) if renewed.elapsed() >= ttl - every => {
+                    return TurnError::Database(error)
+                }
+                Err(error) => tracing::warn!(%error, "Cannot renew a lease; trying again."),
+            }
+        }
+    }
+
+    /// Runs the thread's unprocessed messages in stream order, through `up_to`.
+    async fn drain(&self, lease: &mut Lease, up_to: u64) -> Result<DeliveryOutcome, TurnError> {
+        let subject = self.subjects.inbound(&lease.thread_id);
+        // Only the first turn under a new lease can follow frames of an attempt that did not
+        // commit; after that this worker published the thread's last frame itself. Both reads go
+        // out together.
+        let replies = self.subjects.replies(&lease.thread_id);
+        let (first, tail) = tokio::join!(
+            self.next_message(&subject, lease.last_in_seq),
+            publish::tail(&self.replies, &replies)
+        );
+        let mut next = first?;
+        let mut tail = tail?;
+        loop {
+            let Some(message) = next else {
+                // The rest has aged out of the stream: nothing is left to run.
+                self.store.release(lease).await?;
+                return Ok(DeliveryOutcome::Processed);
+            };
+            let in_seq = message.sequence;
+            let after = if in_seq >= up_to {
+                AfterCommit::ReleaseLease
+            } else {
+                AfterCommit::KeepLease
+            };
+            // A panic inside the turn (a bug) is a failed attempt like any other: caught here, it
+            // is counted, and the message is dead-lettered in the end instead of redelivered for
+            // ever with its thread wedged.
+            let turn = self.run_turn(lease, message.clone(), &tail, after);
+            let span = crate::observe::turn_span(&lease.thread_id, &message);
+            let ran = AssertUnwindSafe(tracing::Instrument::instrument(turn, span))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let reason = format!("the turn panicked: {}", panic_message(&panic));
+                    tracing::error!(thread_id = %lease.thread_id, in_seq, %reason, "A turn panicked; counting a failed attempt.");
+                    Err(TurnError::Turn(reason))
+                });
+            let advanced = match ran {
+                Ok(position) => position,
+                Err(TurnError::Turn(reason)) => {
+                    let attempts = self
+                        .store
+                        .record_failure(&lease.thread_id, in_seq, &reason)
+                        .await?;
+                    if attempts < self.max_attempts {
+                        return Err(TurnError::AttemptFailed { attempts, reason });
+                    }
+                    self.dead_letter(lease, message, attempts, &reason, after)
+                        .await?
+                }
+                // Every attempt would be refused the same way: given up on at once.
+                Err(TurnError::Rejected(reason)) => {
+                    let attempts = self
+                        .store
+                        .record_failure(&lease.thread_id, in_seq, &reason)
+                        .await?;
+                    self.dead_letter(lease, message, attempts, &reason, after)
+                        .await?
+                }
+                Err(error) => return Err(error),
+            };
+            // The lease follows what the commit wrote, for the next message of this drain.
+            lease.last_in_seq = in_seq;
+            lease.last_seq = advanced.last_seq;
+            lease.pending_interrupt = advanced.pending_interrupt;
+            lease.handoff = advanced.handoff;
+            if advanced.expired {
+                lease.expired = true;
+            } else {
+                lease.last_active_at = chrono::Utc::now();
+            }
+            // This worker published the subject's last bundle itself.
+            tail = publish::Tail {
+                stream_seq: advanced.subject_seq,
+                frame: None,
+            };
+            if in_seq >= up_to {
+                return Ok(DeliveryOutcome::Processed);
+            }
+            next = self.next_message(&subject, lease.last_in_seq).await?;
+        }
+    }
+
+    /// The thread's first stored message after `after_seq`, if any.
+    async fn next_message(
+        &self,
+        subject: &str,
+        after_seq: u64,
+    ) -> Result<Option<StreamMessage>, TurnError> {
+        // From the stream leader: a replica that lags would answer "nothing" for a message that
+        // exists, and the thread would skip it.
+        let next = self
+            .inbound
+            .raw_message_builder()
+            .sequence(after_seq + 1)
+            .next_by_subject(subject)
+            .send()
+            .await;
+        match next {
+            Ok(message) => Ok(Some(message)),
+            Err(error) if matches!(error.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
+            Err(error) => Err(TurnError::nats(error)),
+        }
+    }
+}
+
+/// The message a panic was raised with, cut to a bound.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    match text.char_indices().nth(500) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}

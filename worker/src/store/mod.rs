@@ -1,0 +1,176 @@
+//! PostgreSQL, for the turn: the one place the worker's per-turn SQL lives. The agent graph and
+//! the turn ask the store; neither holds a pool nor writes a statement.
+//!
+//! - [`lease`]: the per-thread lease fenced by an epoch (acquire, renew, release), erasure and
+//!   session expiry;
+//! - [`turns`]: committing a turn (and a skipped, dead-lettered or handoff message), failed
+//!   attempts, the history the agents see;
+//! - [`interrupts`]: approvals: raised with their checkpoint, loaded, decided;
+//! - [`ledger`]: what agents' tools touch: the approval ledger that runs an approved call at
+//!   most once, a tool's connection, the imported tools in use.
+
+mod interrupts;
+mod lease;
+mod ledger;
+mod turns;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use interrupts::NewInterrupt;
+pub use ledger::{ApprovedRun, RemoteClaim};
+pub use turns::HISTORY_SQL;
+
+/// Text as PostgreSQL can store it: a NUL character (which a client may send) becomes U+FFFD.
+pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// JSON as PostgreSQL's `jsonb` can store it: no NUL character in any string (`\u0000`).
+pub(crate) fn storable_json(value: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    fn has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(text) => text.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(fields) => fields
+                .iter()
+                .any(|(key, value)| key.contains('\0') || has_nul(value)),
+            _ => false,
+        }
+    }
+    fn clean(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) if text.contains('\0') => {
+                *text = text.replace('\0', "\u{FFFD}");
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(fields) => {
+                *fields = std::mem::take(fields)
+                    .into_iter()
+                    .map(|(key, mut value)| {
+                        clean(&mut value);
+                        (key.replace('\0', "\u{FFFD}"), value)
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    if has_nul(value) {
+        let mut value = value.clone();
+        clean(&mut value);
+        std::borrow::Cow::Owned(value)
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: PgPool,
+    /// Renewals of leases: a pool of their own, so that turns using every connection of `db`
+    /// cannot make a lease run out.
+    leases: PgPool,
+    worker_id: Uuid,
+    lease_ttl: Duration,
+    session_ttl: Duration,
+    interrupt_ttl: Duration,
+}
+
+impl Store {
+    pub fn new(
+        db: PgPool,
+        leases: PgPool,
+        worker_id: Uuid,
+        lease_ttl: Duration,
+        session_ttl: Duration,
+        interrupt_ttl: Duration,
+    ) -> Self {
+        Self {
+            db,
+            leases,
+            worker_id,
+            lease_ttl,
+            session_ttl,
+            interrupt_ttl,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.db
+    }
+
+    /// This worker's id, the owner of the leases it takes.
+    pub fn worker_id(&self) -> Uuid {
+        self.worker_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::ids::ThreadId;
+    use shared::protocol::HandoffState;
+
+    use super::*;
+    use crate::records::Lease;
+
+    #[test]
+    fn json_with_nul_is_cleaned_and_other_json_is_borrowed() {
+        let clean = serde_json::json!({"a": ["x", {"b": 1}]});
+        assert!(matches!(
+            storable_json(&clean),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let dirty = serde_json::json!({"a": ["x\u{0}y"], "k\u{0}": {"c": "\u{0}"}});
+        let stored = storable_json(&dirty);
+        assert_eq!(
+            *stored,
+            serde_json::json!({"a": ["x\u{FFFD}y"], "k\u{FFFD}": {"c": "\u{FFFD}"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pending_approval_extends_the_session() {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let minute = Duration::from_secs(60);
+        let store = Store::new(db.clone(), db, Uuid::nil(), minute, 10 * minute, 5 * minute);
+        let now = chrono::Utc::now();
+        let mut lease = Lease {
+            thread_id: ThreadId::parse("t").unwrap(),
+            epoch: 1,
+            last_in_seq: 1,
+            last_seq: 1,
+            expired: false,
+            last_active_at: now - chrono::Duration::minutes(12),
+            pending_interrupt: None,
+            handoff: HandoffState::Ai,
+        };
+        assert!(store.session_expired(&lease, now), "idle 12 min > 10 min");
+        lease.pending_interrupt = Some(shared::turns::InterruptId::from(Uuid::nil()));
+        assert!(!store.session_expired(&lease, now), "12 min < 10 + 5 min");
+        lease.last_active_at = now - chrono::Duration::minutes(16);
+        assert!(store.session_expired(&lease, now));
+        lease.last_active_at = now;
+        lease.expired = true;
+        assert!(
+            store.session_expired(&lease, now),
+            "an expired thread stays expired"
+        );
+    }
+}
