@@ -18,6 +18,8 @@
 
 mod session;
 pub mod slots;
+#[cfg(test)]
+mod tests;
 pub mod upstream;
 
 use std::time::Duration;
