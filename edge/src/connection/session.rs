@@ -118,14 +118,15 @@ struct Connection<U: Upstream> {
     watching: HashMap<ThreadId, Watch>,
 }
 
-/// An operator token a thread is watched with, and when it was last found valid.
+/// An operator token a thread is watched with, and when it was last found valid (tokio's clock,
+/// so tests can advance it).
 struct Watch {
     token: String,
-    checked: Instant,
+    checked: tokio::time::Instant,
 }
 
 /// How long an operator token that watches a thread is trusted before it is looked up again.
-const WATCH_RECHECK: Duration = Duration::from_millis(500);
+pub(super) const WATCH_RECHECK: Duration = Duration::from_millis(500);
 
 /// One thread this socket relays.
 struct Attachment {
@@ -327,7 +328,7 @@ impl<U: Upstream> Connection<U> {
                 frame.thread_id().clone(),
                 Watch {
                     token,
-                    checked: Instant::now(),
+                    checked: tokio::time::Instant::now(),
                 },
             );
         } else {
@@ -773,7 +774,7 @@ impl<U: Upstream> Connection<U> {
         match self.upstream.operator_token_valid(&watch.token).await {
             Ok(true) | Err(_) => {
                 if let Some(watch) = self.watching.get_mut(thread) {
-                    watch.checked = Instant::now();
+                    watch.checked = tokio::time::Instant::now();
                 }
                 Ok(true)
             }

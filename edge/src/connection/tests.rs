@@ -50,6 +50,10 @@ struct FakeState {
     on_store: Vec<(ThreadId, Bundle)>,
     /// Whether `store` fails (JetStream unavailable).
     store_fails: bool,
+    /// Operator tokens, and whether each is still valid.
+    operator_tokens: HashMap<String, bool>,
+    /// How many times an operator token was looked up.
+    operator_lookups: usize,
 }
 
 /// NATS and PostgreSQL in memory.
@@ -176,15 +180,19 @@ impl Upstream for FakeUpstream {
 
     async fn announce_cancel(&self, _notice: &CancelNotice) {}
 
-    async fn authorize_watch(&self, frame: &ClientFrame, _token: &str) -> Result<(), FrameError> {
-        Err(
-            FrameError::new(ErrorCode::Unauthorized, "no operators here")
-                .on_thread(frame.thread_id()),
-        )
+    async fn authorize_watch(&self, frame: &ClientFrame, token: &str) -> Result<(), FrameError> {
+        let valid = self.operator_token_valid(token).await.unwrap_or(false);
+        if valid && matches!(frame, ClientFrame::Resume { .. }) {
+            return Ok(());
+        }
+        Err(FrameError::new(ErrorCode::Unauthorized, "not an operator")
+            .on_thread(frame.thread_id()))
     }
 
-    async fn operator_token_valid(&self, _token: &str) -> Result<bool, sqlx::Error> {
-        Ok(false)
+    async fn operator_token_valid(&self, token: &str) -> Result<bool, sqlx::Error> {
+        let mut state = self.state();
+        state.operator_lookups += 1;
+        Ok(state.operator_tokens.get(token).copied().unwrap_or(false))
     }
 
     async fn feedback(
@@ -256,6 +264,7 @@ impl Sink<Message> for FakeSocket {
 struct Setup {
     limits: SocketLimits,
     messages_per_thread: u32,
+    resumes_per_thread: u32,
 }
 
 impl Default for Setup {
@@ -267,6 +276,7 @@ impl Default for Setup {
                 resume_max_frames: 1000,
             },
             messages_per_thread: 0,
+            resumes_per_thread: 0,
         }
     }
 }
@@ -280,7 +290,8 @@ struct Harness {
     to_edge: mpsc::UnboundedSender<Result<Message, axum::Error>>,
     from_edge: mpsc::UnboundedReceiver<Message>,
     served: tokio::task::JoinHandle<()>,
-    _reconnected: tokio::sync::watch::Sender<u64>,
+    /// Bumped when the edge's NATS connection comes back.
+    reconnected: tokio::sync::watch::Sender<u64>,
 }
 
 impl Harness {
@@ -299,7 +310,7 @@ impl Harness {
             message_limit: Arc::new(MessageBudget::new(setup.messages_per_thread, window)),
             answer_limit: Arc::new(MessageBudget::new(0, window)),
             addr_message_limit: Arc::new(MessageBudget::new(0, window)),
-            resume_limit: Arc::new(KeyedLimit::new(0, window)),
+            resume_limit: Arc::new(KeyedLimit::new(setup.resumes_per_thread, window)),
             limits: setup.limits,
             metrics: metrics.clone(),
             reconnects,
@@ -321,7 +332,7 @@ impl Harness {
             to_edge,
             from_edge,
             served,
-            _reconnected: reconnected,
+            reconnected,
         }
     }
 
@@ -344,10 +355,14 @@ impl Harness {
     }
 
     fn send_resume(&self, thread: &ThreadId, after_seq: u64) {
+        self.send_resume_with(thread, &self.tokens.sign(thread), after_seq);
+    }
+
+    fn send_resume_with(&self, thread: &ThreadId, token: &str, after_seq: u64) {
         let frame = serde_json::json!({
             "type": "resume",
             "thread_id": thread,
-            "token": self.tokens.sign(thread),
+            "token": token,
             "after_seq": after_seq,
         });
         self.send_text(frame.to_string());
@@ -700,4 +715,86 @@ async fn shutdown_closes_the_socket_with_going_away() {
         .subscribers(&thread)
         .iter()
         .all(|live| live.is_closed()));
+}
+
+#[tokio::test]
+async fn resumes_past_the_thread_budget_are_rate_limited() {
+    let upstream = FakeUpstream::default();
+    let thread = ThreadId::generate();
+    upstream.retain(&thread, frames(1, 1));
+    let setup = Setup {
+        resumes_per_thread: 1,
+        ..Setup::default()
+    };
+    let mut client = Harness::start_with(setup, upstream);
+    client.send_resume(&thread, 0);
+    assert_eq!(client.next_seq().await, 1);
+    client.send_resume(&thread, 0);
+    assert_eq!(client.next_error().await, ErrorCode::RateLimited);
+    client.nothing_pending().await;
+}
+
+#[tokio::test]
+async fn after_a_nats_reconnect_each_thread_catches_up_from_its_last_frame() {
+    let upstream = FakeUpstream::default();
+    let [seen, unseen] = [(); 2].map(|()| ThreadId::generate());
+    let mut client = Harness::start_with(Setup::default(), upstream.clone());
+    client.send_message(&seen, "Hi");
+    client.next_accepted(&seen).await;
+    upstream.publish(&seen, frames(1, 2));
+    assert_eq!(client.next_seqs(2).await, vec![1, 2]);
+    client.send_message(&unseen, "Hi");
+    client.next_accepted(&unseen).await;
+    // While the edge was away from NATS, both threads went on; no live bundle reached it.
+    upstream.retain(&seen, frames(3, 4));
+    upstream.retain(&unseen, frames(1, 1));
+    client.reconnected.send_modify(|count| *count += 1);
+    // `seen` continues from 2; `unseen` has no known position (its client resumes itself).
+    assert_eq!(client.next_seqs(2).await, vec![3, 4]);
+    client.nothing_pending().await;
+    upstream.publish(&seen, frames(5, 5));
+    assert_eq!(client.next_seq().await, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_operator_token_stops_the_relay_of_the_thread_it_watched() {
+    let upstream = FakeUpstream::default();
+    let thread = ThreadId::generate();
+    let token = format!("{}watcher", shared::auth::OPERATOR_TOKEN_PREFIX);
+    upstream.state().operator_tokens.insert(token.clone(), true);
+    let mut client = Harness::start_with(Setup::default(), upstream.clone());
+
+    // An operator token may watch (resume), not write.
+    let message = serde_json::json!({
+        "type": "message", "thread_id": thread, "token": token, "content": "Hi",
+    });
+    client.send_text(message.to_string());
+    assert_eq!(client.next_error().await, ErrorCode::Unauthorized);
+    client.send_resume_with(&thread, &token, 0);
+    client.nothing_pending().await;
+    upstream.publish(&thread, frames(1, 1));
+    assert_eq!(client.next_seq().await, 1);
+    let lookups = upstream.state().operator_lookups;
+
+    upstream
+        .state()
+        .operator_tokens
+        .insert(token.clone(), false);
+    // Within the recheck interval the token is trusted without a lookup.
+    upstream.publish(&thread, frames(2, 2));
+    assert_eq!(client.next_seq().await, 2);
+    assert_eq!(upstream.state().operator_lookups, lookups);
+    tokio::time::advance(super::session::WATCH_RECHECK).await;
+    upstream.publish(&thread, frames(3, 3));
+    match client.next_own().await {
+        ServerFrame::Error {
+            code, thread_id, ..
+        } => {
+            assert_eq!(code, ErrorCode::Unauthorized);
+            assert_eq!(thread_id, Some(thread.clone()));
+        }
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+    upstream.publish(&thread, frames(4, 4));
+    client.nothing_pending().await;
 }
