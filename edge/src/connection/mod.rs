@@ -15,6 +15,10 @@
 //! nothing, not even a pong, since its previous ping; a client sending more than
 //! [`MAX_CLIENT_PINGS_PER_SEC`] pings a second is closed (1008). Live frames that skip a `seq` (the
 //! NATS client drops messages of a slow consumer) are re-read from `<PREFIX>_OUT` at once.
+//!
+//! `session.rs` holds this state machine, generic over the socket ([`ClientSocket`]: axum's
+//! `WebSocket`, or channels in unit tests) and over [`upstream::Upstream`], the NATS and
+//! PostgreSQL calls a socket makes; [`run`] plugs in the real socket and [`AppState`].
 
 mod session;
 pub mod slots;

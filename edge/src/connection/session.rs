@@ -46,6 +46,7 @@ impl<T> ClientSocket for T where
 /// and the edge-wide signals.
 #[derive(Clone)]
 pub struct SocketContext {
+    /// Verifies thread tokens.
     pub tokens: Arc<ThreadTokens>,
     /// See [`AppState::message_limit`].
     pub message_limit: Arc<MessageBudget<ThreadId>>,
@@ -55,6 +56,7 @@ pub struct SocketContext {
     pub addr_message_limit: Arc<MessageBudget<IpAddr>>,
     /// See [`AppState::resume_limit`].
     pub resume_limit: Arc<KeyedLimit<ThreadId>>,
+    /// Pings, attachment and replay bounds.
     pub limits: SocketLimits,
     pub metrics: EdgeMetrics,
     /// See [`AppState::reconnects`].

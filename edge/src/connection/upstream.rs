@@ -1,5 +1,5 @@
 //! What a socket asks of NATS and PostgreSQL, behind one trait: the socket's logic
-//! ([`super::session`]) is unit-tested against an in-memory [`Upstream`], and the edge runs it
+//! (`connection/session.rs`) is unit-tested against an in-memory [`Upstream`], and the edge runs it
 //! against [`AppState`].
 
 use std::future::Future;
