@@ -729,6 +729,106 @@ async fn feedback_is_validated_stored_and_counted_exactly() {
     assert_eq!(figures["thumbs_up_rate_by_agent"], json!([]));
 }
 
+/// The thread's history (`GET /api/threads/{id}/messages`) once it has committed `seq`: a change
+/// is committed just after its frame is sent.
+async fn history_at(app: &TestApp, thread: &Thread, seq: u64) -> Value {
+    let url = format!(
+        "{}/api/threads/{}/messages",
+        app.http_url(0),
+        thread.thread_id
+    );
+    e2e::eventually("the history to catch up", || async {
+        let history = app.get_json(&url, &thread.token).await;
+        (history["last_seq"].as_u64() >= Some(seq)).then_some(history)
+    })
+    .await
+}
+
+fn seq_of(frames: &[Value]) -> u64 {
+    frames.last().and_then(|f| f["seq"].as_u64()).expect("seq")
+}
+
+#[tokio::test]
+async fn the_history_tells_a_reloaded_page_the_handoff_state() {
+    let app = TestApp::spawn(options()).await;
+    let (_, alice) = create_operator(&app, "Alice").await;
+    let thread = app.create_thread().await;
+    let mut customer = Customer::new(app.connect(0).await);
+
+    customer.send(&thread.message("Hello there")).await;
+    let seq = seq_of(&customer.until("message_complete").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "ai", "operator": null, "resolved": false}),
+        "{history}"
+    );
+
+    customer.send(&thread.request_human()).await;
+    let seq = seq_of(&customer.until("handoff").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "waiting", "operator": null, "resolved": false}),
+        "{history}"
+    );
+
+    let (status, body) = act(&app, 0, &alice, &thread, "join", None).await;
+    assert_eq!(status, 200, "{body}");
+    customer.until("handoff").await;
+    let (status, body) = act(
+        &app,
+        0,
+        &alice,
+        &thread,
+        "messages",
+        Some(json!({"content": "Hi, I am Alice.", "message_id": "op-1"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let seq = seq_of(&customer.until("human_message").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "human", "operator": {"name": "Alice"}, "resolved": false}),
+        "{history}"
+    );
+    let messages = history["messages"].as_array().unwrap();
+    let operator = messages
+        .iter()
+        .find(|entry| entry["role"] == "operator")
+        .unwrap_or_else(|| panic!("no operator entry: {history}"));
+    assert_eq!(operator["operator"], json!({"name": "Alice"}), "{operator}");
+    assert_eq!(operator["content"], "Hi, I am Alice.");
+    assert_eq!(operator["message_id"], "op-1");
+
+    // Resolved: back with the AI, and the page may ask for a CSAT score.
+    let (status, body) = act(&app, 0, &alice, &thread, "resolve", None).await;
+    assert_eq!(status, 200, "{body}");
+    let seq = seq_of(&customer.until("handoff").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "ai", "operator": null, "resolved": true}),
+        "{history}"
+    );
+    // A customer message after it does not take the prompt away (nor does the live page).
+    customer.send(&thread.message("Thanks!")).await;
+    let seq = seq_of(&customer.until("message_complete").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(history["handoff"]["resolved"], true, "{history}");
+    // Asking for a person again: a new wait, not resolved any more.
+    customer.send(&thread.request_human()).await;
+    let seq = seq_of(&customer.until("handoff").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "waiting", "operator": null, "resolved": false}),
+        "{history}"
+    );
+    customer.assert_contiguous();
+}
+
 #[tokio::test]
 async fn operator_actions_are_rate_limited_per_operator() {
     let app = TestApp::spawn(options().with("OPERATOR_ACTIONS_PER_MINUTE", "3")).await;
