@@ -28,6 +28,9 @@ pub enum ApiError {
     TooManySockets,
     #[error("the edge holds as many sockets as it may")]
     EdgeFull,
+    /// Too many operator actions; `Retry-After` says when the next one fits.
+    #[error("too many operator actions")]
+    OperatorRateLimited { retry_after: std::time::Duration },
 }
 
 impl ApiError {
@@ -73,6 +76,14 @@ impl ApiError {
                 "unavailable",
                 "This server holds as many sockets as it may; connect again shortly.".into(),
             ),
+            Self::OperatorRateLimited { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "Too many actions from this operator; try again in {} s.",
+                    retry_secs(*retry_after)
+                ),
+            ),
             Self::PayloadTooLarge(message) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -89,6 +100,20 @@ impl IntoResponse for ApiError {
             tracing::error!(error = format!("{error:#}"), "Request failed.");
         }
         let body = serde_json::json!({"error": {"code": code, "message": message}});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::OperatorRateLimited { retry_after } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_secs(*retry_after)),
+            );
+        }
+        response
     }
+}
+
+/// Whole seconds to wait, rounded up (`Retry-After` has no fractions), at least 1.
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
 }

@@ -73,14 +73,15 @@ impl OriginPolicy {
     }
 
     /// CORS for `/api/*`: preflights from allowed origins are answered with what the web app
-    /// sends (bearer tokens, JSON); other origins get no CORS header, so browsers refuse.
+    /// sends (bearer tokens, JSON, and `DELETE` for the customer's erasure of their own
+    /// conversation); other origins get no CORS header, so browsers refuse.
     pub fn cors_layer(&self) -> CorsLayer {
         let policy = self.clone();
         CorsLayer::new()
             .allow_origin(AllowOrigin::predicate(move |origin, parts| {
                 policy.allows_origin(origin, &parts.headers, &parts.uri)
             }))
-            .allow_methods([Method::GET, Method::POST, Method::PATCH])
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
             .allow_headers([
                 axum::http::header::AUTHORIZATION,
                 axum::http::header::CONTENT_TYPE,

@@ -40,6 +40,17 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
         }
     }
 
+    /// Counts one event for `key`; when it is over the limit, how long until one more would fit.
+    pub fn check_wait(&self, key: &K) -> Result<(), Duration> {
+        use governor::clock::{Clock as _, DefaultClock};
+        match &self.limiter {
+            Some(limiter) => limiter
+                .check_key(key)
+                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
+            None => Ok(()),
+        }
+    }
+
     /// Forgets keys whose limit is fully replenished: they would behave exactly like new keys.
     pub fn evict_idle(&self) {
         if let Some(limiter) = &self.limiter {
@@ -70,6 +81,22 @@ mod tests {
         }
         assert_eq!(limit.check(&"a"), Decision::Limited);
         assert_eq!(limit.check(&"b"), Decision::Allowed, "keys are independent");
+    }
+
+    #[test]
+    fn says_how_long_to_wait() {
+        let limit = KeyedLimit::new(2, Duration::from_secs(60));
+        assert_eq!(limit.check_wait(&"a"), Ok(()));
+        assert_eq!(limit.check_wait(&"a"), Ok(()));
+        let wait = limit.check_wait(&"a").expect_err("over the limit");
+        assert!(
+            wait > Duration::from_secs(20) && wait <= Duration::from_secs(30),
+            "one event comes back every 30 s: {wait:?}"
+        );
+        assert_eq!(
+            KeyedLimit::new(0, Duration::from_secs(60)).check_wait(&"a"),
+            Ok(())
+        );
     }
 
     #[test]

@@ -92,6 +92,10 @@ impl Edge {
                 limits.resumes_per_minute,
                 Duration::from_secs(60),
             )),
+            operator_limit: Arc::new(KeyedLimit::new(
+                limits.operator_actions_per_minute,
+                Duration::from_secs(60),
+            )),
             trusted_proxies: Arc::new(limits.trusted_proxies.clone()),
             socket_slots: SocketSlots::new(limits.ws_max_sockets, limits.ws_max_sockets_per_addr),
             socket_limits: SocketLimits::from_settings(limits),
@@ -243,5 +247,6 @@ async fn evict_idle_limits(state: AppState) {
         state.answer_limit.evict_idle();
         state.addr_message_limit.evict_idle();
         state.resume_limit.evict_idle();
+        state.operator_limit.evict_idle();
     }
 }

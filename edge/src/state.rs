@@ -37,6 +37,8 @@ pub struct AppState {
     pub addr_message_limit: Arc<MessageBudget<IpAddr>>,
     /// `resume` frames per thread (this process only).
     pub resume_limit: Arc<KeyedLimit<ThreadId>>,
+    /// Operator actions (`POST /api/operator/*`) per operator (this process only).
+    pub operator_limit: Arc<KeyedLimit<uuid::Uuid>>,
     /// `TRUSTED_PROXIES`: read only through [`crate::client_addr`].
     pub trusted_proxies: Arc<shared::config::CidrList>,
     /// Open sockets, in all and per client address.

@@ -402,6 +402,15 @@ pub struct EdgeLimits {
     /// again from its `last_seq`.
     #[arg(long = "resume-max-frames", env = "RESUME_MAX_FRAMES", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub resume_max_frames: u64,
+    /// Actions per operator per minute on this edge (a burst of this many, refilled over the
+    /// minute): messages, join, leave and resolve (`POST /api/operator/*`); past it `429` with
+    /// `Retry-After`. 0 = unlimited.
+    #[arg(
+        long = "operator-actions-per-minute",
+        env = "OPERATOR_ACTIONS_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub operator_actions_per_minute: u32,
 }
 
 /// Comma-separated CIDRs (`10.0.0.0/8, 2001:db8::/32`); a bare address is a /32 or /128.

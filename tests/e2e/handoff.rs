@@ -728,3 +728,191 @@ async fn feedback_is_validated_stored_and_counted_exactly() {
     assert_eq!(figures["thumbs_up_rate"], 0.0);
     assert_eq!(figures["thumbs_up_rate_by_agent"], json!([]));
 }
+
+/// The thread's history (`GET /api/threads/{id}/messages`) once it has committed `seq`: a change
+/// is committed just after its frame is sent.
+async fn history_at(app: &TestApp, thread: &Thread, seq: u64) -> Value {
+    let url = format!(
+        "{}/api/threads/{}/messages",
+        app.http_url(0),
+        thread.thread_id
+    );
+    e2e::eventually("the history to catch up", || async {
+        let history = app.get_json(&url, &thread.token).await;
+        (history["last_seq"].as_u64() >= Some(seq)).then_some(history)
+    })
+    .await
+}
+
+fn seq_of(frames: &[Value]) -> u64 {
+    frames.last().and_then(|f| f["seq"].as_u64()).expect("seq")
+}
+
+#[tokio::test]
+async fn the_history_tells_a_reloaded_page_the_handoff_state() {
+    let app = TestApp::spawn(options()).await;
+    let (_, alice) = create_operator(&app, "Alice").await;
+    let thread = app.create_thread().await;
+    let mut customer = Customer::new(app.connect(0).await);
+
+    customer.send(&thread.message("Hello there")).await;
+    let seq = seq_of(&customer.until("message_complete").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "ai", "operator": null, "resolved": false}),
+        "{history}"
+    );
+
+    customer.send(&thread.request_human()).await;
+    let seq = seq_of(&customer.until("handoff").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "waiting", "operator": null, "resolved": false}),
+        "{history}"
+    );
+
+    let (status, body) = act(&app, 0, &alice, &thread, "join", None).await;
+    assert_eq!(status, 200, "{body}");
+    customer.until("handoff").await;
+    let (status, body) = act(
+        &app,
+        0,
+        &alice,
+        &thread,
+        "messages",
+        Some(json!({"content": "Hi, I am Alice.", "message_id": "op-1"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let seq = seq_of(&customer.until("human_message").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "human", "operator": {"name": "Alice"}, "resolved": false}),
+        "{history}"
+    );
+    let messages = history["messages"].as_array().unwrap();
+    let operator = messages
+        .iter()
+        .find(|entry| entry["role"] == "operator")
+        .unwrap_or_else(|| panic!("no operator entry: {history}"));
+    assert_eq!(operator["operator"], json!({"name": "Alice"}), "{operator}");
+    assert_eq!(operator["content"], "Hi, I am Alice.");
+    assert_eq!(operator["message_id"], "op-1");
+
+    // Resolved: back with the AI, and the page may ask for a CSAT score.
+    let (status, body) = act(&app, 0, &alice, &thread, "resolve", None).await;
+    assert_eq!(status, 200, "{body}");
+    let seq = seq_of(&customer.until("handoff").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "ai", "operator": null, "resolved": true}),
+        "{history}"
+    );
+    // A customer message after it does not take the prompt away (nor does the live page).
+    customer.send(&thread.message("Thanks!")).await;
+    let seq = seq_of(&customer.until("message_complete").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(history["handoff"]["resolved"], true, "{history}");
+    // Asking for a person again: a new wait, not resolved any more.
+    customer.send(&thread.request_human()).await;
+    let seq = seq_of(&customer.until("handoff").await);
+    let history = history_at(&app, &thread, seq).await;
+    assert_eq!(
+        history["handoff"],
+        json!({"state": "waiting", "operator": null, "resolved": false}),
+        "{history}"
+    );
+    customer.assert_contiguous();
+}
+
+#[tokio::test]
+async fn operator_actions_are_rate_limited_per_operator() {
+    let app = TestApp::spawn(options().with("OPERATOR_ACTIONS_PER_MINUTE", "3")).await;
+    let (_, alice) = create_operator(&app, "Alice").await;
+    let (_, bob) = create_operator(&app, "Bob").await;
+    let thread = app.create_thread().await;
+    let mut customer = Customer::new(app.connect(0).await);
+    customer.send(&thread.request_human()).await;
+    customer.until("handoff").await;
+
+    // Three actions: a join and two messages.
+    let (status, body) = act(&app, 0, &alice, &thread, "join", None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in 1..=2 {
+        let message = json!({"content": format!("Message {n}"), "message_id": format!("op-{n}")});
+        let (status, body) = act(&app, 0, &alice, &thread, "messages", Some(message)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // The fourth is refused with a JSON error and `Retry-After`, and is not delivered.
+    let url = format!(
+        "{}/api/operator/conversations/{}/messages",
+        app.http_url(0),
+        thread.thread_id
+    );
+    let response = app
+        .http
+        .post(&url)
+        .bearer_auth(&alice)
+        .json(&json!({"content": "Message 3", "message_id": "op-3"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=20).contains(&retry_after),
+        "one action comes back every 20 s: {retry_after}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("operator"),
+        "{body}"
+    );
+    // Leave and resolve are actions too.
+    for action in ["leave", "resolve"] {
+        let (status, body) = act(&app, 0, &alice, &thread, action, None).await;
+        assert_eq!(status, 429, "{action}: {body}");
+    }
+    // Reading is not an action, and the budget is Alice's alone: Bob's join is answered (409:
+    // Alice holds the conversation), not rate limited.
+    assert_eq!(inbox(&app, 0, &alice).await.len(), 1);
+    let (status, body) = act(&app, 0, &bob, &thread, "join", None).await;
+    assert_eq!(status, 409, "{body}");
+
+    // Only the two accepted messages reached the customer.
+    let mut delivered = Vec::new();
+    while delivered.len() < 2 {
+        let frames = customer.until("human_message").await;
+        delivered.push(frames.last().unwrap()["content"].clone());
+    }
+    assert_eq!(delivered, ["Message 1", "Message 2"]);
+    // A customer message published after the refusals: once its turn is committed, a refused
+    // action would have been too (one thread's messages are applied in order).
+    customer.send(&thread.message("Still there?")).await;
+    customer.until("message_complete").await;
+    app.wait_for_turns(&thread.thread_id, 5).await;
+    let db = app.db().await;
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM turns WHERE thread_id = $1 AND kind = 'human_message' ORDER BY in_seq",
+    )
+    .bind(&thread.thread_id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(stored, ["op-1", "op-2"]);
+}

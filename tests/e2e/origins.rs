@@ -163,3 +163,81 @@ async fn cors_answers_allowed_origins_only() {
     let own = create_thread_from(&app, 0, &own_origin(&app, 0)).await;
     assert_eq!(own.status(), StatusCode::CREATED);
 }
+
+/// A preflight of `DELETE /api/threads/{id}` (the customer erasing their conversation, with the
+/// thread's token) from `origin`.
+async fn preflight_delete(
+    app: &TestApp,
+    edge: usize,
+    origin: &str,
+    thread: &str,
+) -> reqwest::Response {
+    app.http
+        .request(
+            Method::OPTIONS,
+            format!("{}/api/threads/{thread}", app.http_url(edge)),
+        )
+        .header(ORIGIN, origin)
+        .header(ACCESS_CONTROL_REQUEST_METHOD, "DELETE")
+        .header(ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_widget_on_a_listed_origin_may_erase_its_conversation() {
+    let app = two_edges().await;
+    let thread = app.create_thread_on(1).await;
+
+    let allowed = preflight_delete(&app, 1, SHOP, &thread.thread_id).await;
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(header(&allowed, &ACCESS_CONTROL_ALLOW_ORIGIN), SHOP);
+    let methods = header(&allowed, &ACCESS_CONTROL_ALLOW_METHODS).to_ascii_uppercase();
+    assert!(methods.contains("DELETE"), "DELETE not allowed: {methods}");
+    let headers = header(&allowed, &ACCESS_CONTROL_ALLOW_HEADERS).to_ascii_lowercase();
+    assert!(headers.contains("authorization"), "{headers}");
+
+    for (edge, origin) in [(1, EVIL), (0, SHOP)] {
+        let refused = preflight_delete(&app, edge, origin, &thread.thread_id).await;
+        assert!(
+            refused.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none(),
+            "edge {edge} must not allow {origin}: {:?}",
+            refused.headers()
+        );
+        // Sent anyway, the erasure is refused and the conversation stays.
+        let response = app
+            .http
+            .delete(format!(
+                "{}/api/threads/{}",
+                app.http_url(edge),
+                thread.thread_id
+            ))
+            .header(ORIGIN, origin)
+            .bearer_auth(&thread.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "edge {edge}, {origin}"
+        );
+    }
+
+    // The browser's actual request after the preflight: the conversation is erased.
+    let erased = app
+        .http
+        .delete(format!(
+            "{}/api/threads/{}",
+            app.http_url(1),
+            thread.thread_id
+        ))
+        .header(ORIGIN, SHOP)
+        .bearer_auth(&thread.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&erased, &ACCESS_CONTROL_ALLOW_ORIGIN), SHOP);
+}

@@ -96,6 +96,25 @@ async function historyReply() {
   });
 }
 
+// The thread's history as the customer page's reload would read it.
+async function historyOf() {
+  return page.evaluate(async () => {
+    const { threadId, token } = window.__chat.thread();
+    const response = await fetch(`/api/threads/${threadId}/messages`, { headers: { Authorization: `Bearer ${token}` } });
+    return response.json();
+  });
+}
+
+// Reloads the customer page once the history has committed what `ready(history)` checks (a frame is
+// sent just before its change is committed): what the page shows then comes from the history, not
+// from frames replayed after it.
+async function reloadWhenHistory(what, ready) {
+  const history = await settle(historyOf, ready);
+  assert(ready(history), `the history never showed ${what}: ${JSON.stringify(history)}`);
+  await page.reload();
+  await page.waitForFunction(() => window.__chat?.connections() >= 1 && document.querySelector('[data-testid="offline-banner"]') === null);
+}
+
 function pageText() {
   return page.evaluate(() => window.__chat.state().items.filter((i) => i.kind === 'text').map((i) => i.content).join('\n'));
 }
@@ -382,12 +401,26 @@ await scenario('a customer asks for a person; an operator takes over live, resol
     assert((await human.textContent()).includes(name), `the reply names the operator: ${await human.textContent()}`);
     // The operator's own view got it as a frame too.
     await console_.getByTestId('human-message').filter({ hasText: words }).waitFor();
+
+    // A reload of the customer page keeps who answers and the operator's name on the message.
+    await reloadWhenHistory('the operator message', (h) => h.messages?.some((m) => m.role === 'operator' && m.content === words));
+    await page.getByTestId('handoff-status').filter({ hasText: `${name} joined` }).waitFor();
+    const restored = page.getByTestId('human-message').filter({ hasText: words });
+    await restored.waitFor();
+    assert((await restored.textContent()).includes(name), `after a reload the reply names the operator: ${await restored.textContent()}`);
+    assert(await page.getByTestId('talk-to-person').isDisabled(), 'a person is already here: no "Talk to a person"');
     assert(await console_.evaluate(() => window.__sameDocument === true), 'the console was not reloaded');
     await console_.screenshot({ path: join(SHOTS, 'console-conversation.png'), fullPage: true });
 
     await console_.getByRole('button', { name: 'Resolve' }).click();
     const csat = page.getByTestId('csat');
     await csat.waitFor();
+    // Reloaded after the resolve: the CSAT prompt is still offered, and nobody "joined" any more.
+    await reloadWhenHistory('the resolve', (h) => h.handoff?.resolved === true);
+    await csat.getByRole('button', { name: '4 out of 5' }).waitFor();
+    assert((await page.getByTestId('handoff-status').count()) === 0, 'no status line after the resolve');
+    const again = page.getByTestId('human-message').filter({ hasText: words });
+    assert((await again.textContent()).includes(name), `the operator's name stays after the resolve: ${await again.textContent()}`);
     await page.screenshot({ path: join(SHOTS, 'chat-handoff.png'), fullPage: true });
     await csat.getByRole('button', { name: '4 out of 5' }).click();
     await csat.getByText('Thank you for your feedback (4/5).').waitFor();

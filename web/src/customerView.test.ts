@@ -106,6 +106,44 @@ describe('customer view', () => {
       { kind: 'reply', key: 'h1', turnId: 't1', content: 'Hello!', rateable: true },
     ]);
   });
+
+  it('a reloaded page restores the handoff state, operator names and the CSAT prompt', () => {
+    const base = {
+      thread_id: 'th',
+      status: 'escalated',
+      last_seq: 9,
+      messages: [
+        { role: 'user' as const, message_id: 'm1', turn_id: 't1', content: 'a person please', at: '' },
+        { role: 'operator' as const, message_id: 'op-1', turn_id: 't2', content: 'Hi, I am Alice.', operator: { name: 'Alice' }, last_seq: 9, at: '' },
+      ],
+      pending_approval: null,
+    };
+    const human = fromHistory({ ...base, handoff: { state: 'human', operator: { name: 'Alice' }, resolved: false } });
+    expect(human.handoff).toBe('human');
+    expect(human.operator).toBe('Alice');
+    expect(handoffStatus(human)).toBe('Alice joined');
+    expect(human.resolved).toBe(false);
+    expect(customerEntries(human)).toContainEqual({ kind: 'person', key: 'h1', name: 'Alice', content: 'Hi, I am Alice.' });
+
+    const waiting = fromHistory({ ...base, messages: base.messages.slice(0, 1), handoff: { state: 'waiting', operator: null, resolved: false } });
+    expect(handoffStatus(waiting)).toBe('Waiting for a person…');
+
+    const resolved = fromHistory({ ...base, status: 'resolved', handoff: { state: 'ai', operator: null, resolved: true } });
+    expect(resolved.resolved).toBe(true);
+    expect(handoffStatus(resolved)).toBeNull();
+    // The names stay on the messages after the operator left.
+    expect(customerEntries(resolved)).toContainEqual({ kind: 'person', key: 'h1', name: 'Alice', content: 'Hi, I am Alice.' });
+
+    // An older edge (no `handoff`, no names): as before, the next `handoff` frame tells.
+    const legacy = fromHistory({ ...base, messages: [{ ...base.messages[1], operator: undefined }] });
+    expect(legacy.handoff).toBeUndefined();
+    expect(handoffStatus(legacy)).toBeNull();
+    expect(customerEntries(legacy)[0]).toMatchObject({ kind: 'person', name: 'Support' });
+    // A live frame after the restore still applies on top (seq after `last_seq`).
+    const next = applyFrame(human, { type: 'handoff', thread_id: 'th', turn_id: 't3', seq: 10, state: 'ai', operator: null, resolved: true } as Frame);
+    expect(next.resolved).toBe(true);
+    expect(handoffStatus(next)).toBeNull();
+  });
 });
 
 describe('operator console logic', () => {

@@ -1,7 +1,7 @@
 // The chat protocol's client state: server frames → view model, pure and testable.
 // De-duplicates by `seq`, honours `turn_reset`, restores from the history API.
 // The frames' types are generated from the Rust protocol types (docs/protocol.md).
-import type { ClientFrame, HandoffState, ServerFrame, ThreadFrame, Usage } from './generated/protocol';
+import type { ClientFrame, HandoffState, OperatorRef, ServerFrame, ThreadFrame, Usage } from './generated/protocol';
 
 export type { ClientFrame, ErrorCode, HandoffState, ServerFrame, ThreadFrame, Usage } from './generated/protocol';
 
@@ -247,6 +247,8 @@ export interface HistoryEntry {
   message_id?: string;
   turn_id: string;
   content: string | null;
+  /** On operator entries: who wrote it (absent from older edges). */
+  operator?: OperatorRef | null;
   outcome?: string;
   last_seq?: number;
   usage?: Usage;
@@ -265,6 +267,8 @@ export interface History {
     params: unknown;
     expires_at: string;
   } | null;
+  /** The fields of the thread's last `handoff` frame (absent from older edges: `ai`). */
+  handoff?: { state: HandoffState; operator: OperatorRef | null; resolved: boolean };
 }
 
 /** The state a restored page starts from; then it resumes after `last_seq`. */
@@ -274,7 +278,13 @@ export function fromHistory(history: History): ChatState {
     if (entry.role === 'user') {
       items.push({ kind: 'user', key: `h${index}`, content: entry.content ?? '', messageId: entry.message_id });
     } else if (entry.role === 'operator') {
-      items.push({ kind: 'human', key: `h${index}`, turnId: entry.turn_id, operator: 'Support', content: entry.content ?? '' });
+      items.push({
+        kind: 'human',
+        key: `h${index}`,
+        turnId: entry.turn_id,
+        operator: entry.operator?.name ?? 'Support',
+        content: entry.content ?? '',
+      });
     } else {
       if (entry.content) {
         items.push({ kind: 'text', key: `h${index}`, turnId: entry.turn_id, agent: 'assistant', content: entry.content, seq: entry.last_seq ?? 0 });
@@ -302,7 +312,17 @@ export function fromHistory(history: History): ChatState {
       seq: history.last_seq,
     });
   }
-  return { lastSeq: history.last_seq, items, busy: false };
+  const restored: ChatState = { lastSeq: history.last_seq, items, busy: false };
+  const handoff = history.handoff;
+  if (handoff) {
+    // What the last `handoff` frame set (applyFrame), without its notice: the page's status line
+    // and CSAT prompt come back after a reload.
+    const state: HandoffState = handoff.state === 'waiting' || handoff.state === 'human' ? handoff.state : 'ai';
+    restored.handoff = state;
+    restored.resolved = !!handoff.resolved;
+    restored.operator = state === 'human' ? (handoff.operator?.name ?? null) : null;
+  }
+  return restored;
 }
 
 /** The text the assistant said in a turn, as the history API reports it. */

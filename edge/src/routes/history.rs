@@ -3,6 +3,9 @@
 //! Paginated from the newest turn back: `?limit=` turns per page (default [`DEFAULT_LIMIT`], at
 //! most [`MAX_LIMIT`]), in chronological order; `next_cursor` (opaque) is passed back as
 //! `?before=` for the turns before the page, and is `null` on the oldest page.
+//!
+//! `handoff` says what the last `handoff` frame of the listed history said (SPEC §7), so that a
+//! reloaded page shows who answers and the CSAT prompt without waiting for the next one.
 
 use anyhow::Context as _;
 use axum::extract::{Path, Query, State};
@@ -11,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use shared::ids::ThreadId;
-use shared::protocol::Usage;
+use shared::protocol::{HandoffState, OperatorRef, Usage};
 use shared::turns::TurnKind;
 
 use crate::error::ApiError;
@@ -43,6 +46,8 @@ pub(super) enum Entry {
         message_id: String,
         turn_id: uuid::Uuid,
         content: Option<String>,
+        /// The operator's name as the customer saw it (`null` only for rows older than it).
+        operator: Option<OperatorRef>,
         last_seq: i64,
         at: chrono::DateTime<chrono::Utc>,
     },
@@ -56,6 +61,17 @@ pub(super) struct PendingApproval {
     action: String,
     params: serde_json::Value,
     expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The thread's handoff state as of `last_seq`: the fields of its last `handoff` frame.
+#[derive(Debug, Serialize)]
+pub(super) struct Handoff {
+    state: HandoffState,
+    /// Who joined, while `human`.
+    operator: Option<OperatorRef>,
+    /// An operator resolved the conversation and nobody asked for a human since: the page may
+    /// ask for a CSAT score.
+    resolved: bool,
 }
 
 /// Turns per page when the client names no `limit`.
@@ -81,11 +97,16 @@ pub(super) struct History {
     next_cursor: Option<String>,
     /// Set while the thread's last turn waits for an approval.
     pending_approval: Option<PendingApproval>,
+    /// Who answers the customer now (SPEC §7), whatever the page.
+    handoff: Handoff,
 }
 
 type ThreadRow = (
     String,
     i64,
+    HandoffState,
+    Option<String>,
+    bool,
     Option<uuid::Uuid>,
     Option<uuid::Uuid>,
     Option<String>,
@@ -106,6 +127,7 @@ type TurnRow = (
     f64,
     chrono::DateTime<chrono::Utc>,
     chrono::DateTime<chrono::Utc>,
+    Option<String>,
 );
 
 pub(super) async fn messages(
@@ -154,8 +176,19 @@ pub(super) async fn messages(
         .await
         .context("Failed to start a read")
         .map_err(ApiError::Unavailable)?;
+    // The handoff state is committed with `last_seq` by the thread's worker; the name of the
+    // operator who joined and whether the last change was a resolve come from the handoff turns
+    // (their events name the operator as the frames did), so all of it matches `last_seq`.
     let thread: Option<ThreadRow> = sqlx::query_as(
-        "SELECT t.status, t.last_seq, i.id, i.turn_id, i.action, i.params, i.expires_at
+        "SELECT t.status, t.last_seq, t.handoff_state,
+                (SELECT events->0->>'operator_name' FROM turns
+                  WHERE thread_id = t.id AND kind = 'operator_join'
+                  ORDER BY in_seq DESC LIMIT 1),
+                COALESCE((SELECT kind = 'operator_resolve' FROM turns
+                           WHERE thread_id = t.id
+                             AND kind IN ('request_human', 'operator_join', 'operator_resolve')
+                           ORDER BY in_seq DESC LIMIT 1), false),
+                i.id, i.turn_id, i.action, i.params, i.expires_at
            FROM threads t LEFT JOIN interrupts i ON i.id = t.pending_interrupt
           WHERE t.id = $1",
     )
@@ -164,8 +197,28 @@ pub(super) async fn messages(
     .await
     .context("Failed to read the thread")
     .map_err(ApiError::Unavailable)?;
-    let Some((status, last_seq, interrupt_id, turn_id, action, params, expires_at)) = thread else {
+    let Some((
+        status,
+        last_seq,
+        handoff_state,
+        joined_name,
+        resolved,
+        interrupt_id,
+        turn_id,
+        action,
+        params,
+        expires_at,
+    )) = thread
+    else {
         return Err(ApiError::NotFound);
+    };
+    let handoff = Handoff {
+        state: handoff_state,
+        operator: joined_name
+            .filter(|_| handoff_state == HandoffState::Human)
+            .map(|name| OperatorRef { name }),
+        // A resolve hands the conversation back to the AI; a later wait or join ends it.
+        resolved: resolved && handoff_state == HandoffState::Ai,
     };
     // The page's messages (one more, to know whether older ones exist), newest first; then their
     // rows and the rows of the approvals' answers that continue their turns, in order.
@@ -190,7 +243,8 @@ pub(super) async fn messages(
     let next_cursor = has_older.then(|| oldest.to_string());
     let rows: Vec<TurnRow> = sqlx::query_as(
         "SELECT kind, message_id, turn_id, content, reply, outcome, last_seq, prompt_tokens,
-                completion_tokens, cost_usd, received_at, completed_at
+                completion_tokens, cost_usd, received_at, completed_at,
+                CASE WHEN kind = 'human_message' THEN events->0->>'operator_name' END
            FROM turns WHERE thread_id = $1 AND in_seq >= $2 AND in_seq < $3 ORDER BY in_seq",
     )
     .bind(thread_id.as_str())
@@ -220,6 +274,7 @@ pub(super) async fn messages(
             cost,
             received,
             completed,
+            operator_name,
         ) = row;
         let usage = Usage {
             prompt_tokens: u64::try_from(prompt).unwrap_or_default(),
@@ -231,6 +286,7 @@ pub(super) async fn messages(
                 message_id,
                 turn_id,
                 content,
+                operator: operator_name.map(|name| OperatorRef { name }),
                 last_seq: turn_last_seq,
                 at: received,
             });
@@ -283,6 +339,7 @@ pub(super) async fn messages(
         messages,
         next_cursor,
         pending_approval,
+        handoff,
     }))
 }
 

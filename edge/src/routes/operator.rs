@@ -265,7 +265,8 @@ pub(super) async fn revoke(
 // ---- Operator API ----
 
 /// Lets a request through only with a valid, unrevoked operator token (the admin token is not
-/// one); the handler gets the [`Operator`].
+/// one), and an action (`POST`) only within `OPERATOR_ACTIONS_PER_MINUTE` of that operator's
+/// (`429` with `Retry-After` past it); the handler gets the [`Operator`].
 pub(super) async fn require_operator(
     State(state): State<AppState>,
     mut request: Request,
@@ -282,6 +283,13 @@ pub(super) async fn require_operator(
         .context("Failed to check an operator token")
         .map_err(ApiError::Unavailable)?
         .ok_or(ApiError::Unauthorized)?;
+    // Actions (messages, join, leave, resolve) are bounded per operator; reading is not.
+    if request.method() == axum::http::Method::POST {
+        if let Err(retry_after) = state.operator_limit.check_wait(&operator.id) {
+            tracing::info!(operator_id = %operator.id, "Operator rate limited.");
+            return Err(ApiError::OperatorRateLimited { retry_after });
+        }
+    }
     request.extensions_mut().insert(operator);
     Ok(next.run(request).await)
 }
