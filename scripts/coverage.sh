@@ -9,7 +9,8 @@
 #   --e2e        only the end-to-end tests (crate `e2e`)
 #   --html       also write an HTML report to artifacts/coverage/html/
 #   --no-clean   keep the instrumented build of the workspace's crates (by default they are
-#                rebuilt, so that no executable built from older sources blends into the report)
+#                rebuilt, so that no stale test executable blends into the report; cargo rebuilds
+#                what changed in place, so this is safe while no crate gains or loses a test target)
 #   FILTER       a cargo test name filter, passed to every test binary: `handoff`, `openapi::`,
 #                `turn` ... measures what those tests reach, e.g. `--e2e handoff` or `--unit openapi`
 #
@@ -20,7 +21,8 @@
 # How: `cargo llvm-cov show-env` gives the instrumenting rustc wrapper; with a target dir of its own
 # (target/llvm-cov-target), `cargo build --bins` and `cargo test` both build there, so the test
 # harness (tests/src/lib.rs, `binary()`: the folder above the test executable's deps/) starts the
-# instrumented edge and worker. Each process writes its own profile (%p: its pid) in LLVM's
+# instrumented edge and worker. Each process writes its own profile (%p: its pid; %m: merged,
+# not overwritten, should a later process of the same binary get the same pid) in LLVM's
 # continuous mode (%c, with -runtime-counter-relocation): counters live in the mapped file, so a
 # process that a test SIGKILLs (every stack is killed when its test ends) keeps what it ran.
 # `cargo llvm-cov report` then merges them all.
@@ -34,7 +36,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 log() { printf '[coverage] %s\n' "$*" >&2; }
-usage() { sed -n '4,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 run_unit=1
 run_e2e=1
@@ -78,13 +80,13 @@ target="$CARGO_LLVM_COV_TARGET_DIR"
 # Continuous mode: a killed process's counters are already in its file (see the header). The flag
 # matters only where the wrapper instruments; elsewhere LLVM ignores it.
 export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-Cllvm-args=-runtime-counter-relocation"
-export LLVM_PROFILE_FILE="$target/smart-support-%p-%c.profraw"
+export LLVM_PROFILE_FILE="$target/smart-support-%p-%m%c.profraw"
 # Keep the processes' logs quiet: the harness reads them, nobody else does.
 unset TEST_LOG
 
 # Profiles of an earlier run would blend in, and so would test executables built from older
 # sources (the report reads every executable in the target dir): the workspace's crates are
-# rebuilt, as `cargo llvm-cov` itself does, unless --no-clean (sources unchanged since last run).
+# rebuilt, as `cargo llvm-cov` itself does, unless --no-clean.
 [ "$clean" -eq 0 ] || cargo llvm-cov clean --workspace
 [ ! -d "$target" ] || find "$target" -maxdepth 1 -name '*.profraw' -delete
 
