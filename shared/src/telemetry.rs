@@ -304,6 +304,19 @@ mod tests {
     }
 
     #[test]
+    fn extractors_see_every_nats_header() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("traceparent", "00-1-2-01");
+        headers.insert("Nats-Msg-Id", "m1");
+        let extractor = NatsHeadersRef(&headers);
+        let mut keys = extractor.keys();
+        keys.sort_unstable();
+        assert_eq!(keys, ["Nats-Msg-Id", "traceparent"]);
+        assert_eq!(extractor.get("traceparent"), Some("00-1-2-01"));
+        assert_eq!(extractor.get("tracestate"), None);
+    }
+
+    #[test]
     fn the_trace_context_crosses_nats_headers() {
         let provider = SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()

@@ -1002,6 +1002,96 @@ paths:
     }
 
     #[test]
+    fn server_urls_take_their_variables_defaults_and_must_be_http() {
+        let document = |servers: &str| {
+            format!(
+                "openapi: 3.0.0
+info: {{title: t, version: '1'}}
+servers: {servers}
+paths:
+  /items: {{get: {{operationId: listItems, responses: {{'200': {{description: ok}}}}}}}}
+"
+            )
+        };
+        let base = |servers: &str| parse(&document(servers)).unwrap().tools[0].base_url.clone();
+        assert_eq!(
+            base("[{url: 'https://{region}.shop.example/{v}/', variables: {region: {default: eu}, v: {default: v2}}}]"),
+            "https://eu.shop.example/v2"
+        );
+        assert_eq!(base("[]"), "/");
+        assert_eq!(base("[{url: /}]"), "/");
+        for (servers, expected) in [
+            (
+                "[{url: 'https://{region}.shop.example'}]",
+                "servers[0].url: server variable \"region\" has no default in variables",
+            ),
+            (
+                "[{url: 'https://{region.shop.example'}]",
+                "servers[0].url: a \"{\" is not closed",
+            ),
+            (
+                "[{url: 'ftp://files.example'}]",
+                "\"ftp://files.example\" is not an http(s) URL",
+            ),
+            (
+                "[{url: 'http://[::1'}]",
+                "\"http://[::1\" is not a valid URL",
+            ),
+        ] {
+            let error = error_of(&document(servers));
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
+    }
+
+    #[test]
+    fn parameters_described_by_content_and_odd_header_names() {
+        let document = |parameters: &str| {
+            format!(
+                "openapi: 3.0.0
+info: {{title: t, version: '1'}}
+paths:
+  /items:
+    get:
+      operationId: listItems
+      parameters: {parameters}
+      responses: {{'200': {{description: ok}}}}
+"
+            )
+        };
+        let listed = parse(&document(
+            "[{name: filter, in: query, content: {application/json: {schema: {type: object}}}},
+              {name: raw, in: query, content: {text/plain: {}}},
+              {name: Accept, in: header, schema: {type: string}},
+              {name: X-Trace, in: header, schema: {type: string}}]",
+        ))
+        .unwrap();
+        let list = tool(&listed, "listItems");
+        let properties = &list.parameters["properties"];
+        assert_eq!(properties["filter"]["type"], "object");
+        assert_eq!(properties["raw"], json!({}));
+        // Accept is described by the responses, and "SHALL be ignored" as a parameter.
+        let names: Vec<&str> = list
+            .request
+            .arguments
+            .iter()
+            .map(|argument| argument.name.as_str())
+            .collect();
+        assert_eq!(names, ["filter", "raw", "X-Trace"]);
+        let error = error_of(&document(
+            "[{name: 'Bad Header', in: header, schema: {type: string}}]",
+        ));
+        assert_eq!(
+            error,
+            "paths./items.get.parameters[0].name: \"Bad Header\" is not a valid header name"
+        );
+        let error = error_of(&document("[{name: '', in: query}]"));
+        assert!(
+            error.contains("parameters[0].name: may not be empty"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_demo_shop_example_imports() {
         let text = include_str!("../../../examples/demo-shop-openapi.yaml");
         let document = parse(text).unwrap();

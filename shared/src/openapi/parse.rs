@@ -478,6 +478,8 @@ fn typed<T: serde::de::DeserializeOwned>(value: &Value, at: &Loc) -> Result<(), 
 mod tests {
     use serde::de::DeserializeSeed as _;
 
+    use serde_json::json;
+
     use super::*;
     use crate::openapi::testing::{error_of, parse, tool, PETSTORE};
 
@@ -491,6 +493,46 @@ mod tests {
         };
         let from_json = parse_document(json_text.as_bytes(), &options).unwrap();
         assert_eq!(from_json, parse(PETSTORE).unwrap());
+    }
+
+    #[test]
+    fn yaml_scalars_of_every_kind_decode_as_json_values() {
+        let text = "count: 3\nbelow: -3\nhuge: 18446744073709551615\nratio: 1.5\nodd: .nan\n\
+                    flag: true\nnothing: ~\nname: 'x'\n";
+        let stop = AtomicBool::new(false);
+        let value = decode(text.as_bytes(), DocumentFormat::Yaml, &stop).unwrap();
+        assert_eq!(
+            value,
+            json!({"count": 3, "below": -3, "huge": 18_446_744_073_709_551_615_u64, "ratio": 1.5,
+                   "odd": null, "flag": true, "nothing": null, "name": "x"})
+        );
+    }
+
+    #[test]
+    fn bodies_that_are_not_documents_are_refused() {
+        let error = |raw: &[u8]| {
+            let options = ImportOptions {
+                format: DocumentFormat::Detect,
+                base_url: None,
+            };
+            match parse_document(raw, &options) {
+                Ok(document) => panic!("expected an error, got {document:?}"),
+                Err(error) => error.to_string(),
+            }
+        };
+        assert_eq!(
+            error(b"openapi: 3.0.3\n\xff"),
+            "document: not UTF-8 text (invalid byte at offset 15)"
+        );
+        assert_eq!(
+            error("\u{feff} \n\t".as_bytes()),
+            "document: the body is empty"
+        );
+        let large = format!("# {}\n", "x".repeat(MAX_DOCUMENT_BYTES));
+        assert_eq!(
+            error(large.as_bytes()),
+            format!("document: larger than {MAX_DOCUMENT_BYTES} bytes")
+        );
     }
 
     /// A YAML document whose aliases nest `levels` deep, each level naming the one below ten

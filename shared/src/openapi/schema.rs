@@ -376,9 +376,195 @@ fn merge_siblings(resolved: Value, siblings: Map<String, Value>) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
     use serde_json::{json, Map, Value};
 
+    use super::{make_nullable, Schemas};
+    use crate::openapi::document::{Loc, Version};
     use crate::openapi::testing::{error_of, parse, tool};
+
+    /// A document of `version` whose one operation (`send`) takes `schema` as its JSON body, with
+    /// `schemas` as its components.
+    fn document(version: &str, schema: Value, schemas: Value) -> String {
+        json!({
+            "openapi": version, "info": {"title": "Shapes", "version": "1"},
+            "paths": {"/send": {"post": {
+                "operationId": "send",
+                "requestBody": {"content": {"application/json": {"schema": schema}}},
+                "responses": {"200": {"description": "ok"}}}}},
+            "components": {"schemas": schemas}
+        })
+        .to_string()
+    }
+
+    /// The body argument's schema as the importer resolves it.
+    fn body(version: &str, schema: Value, schemas: Value) -> Value {
+        let document = parse(&document(version, schema, schemas)).unwrap();
+        tool(&document, "send").parameters["properties"]["body"].clone()
+    }
+
+    #[test]
+    fn every_branch_of_a_combinator_is_resolved() {
+        let schemas = json!({
+            "Id": {"type": "string", "x-internal": true},
+            "Count": {"type": "integer", "minimum": 0}
+        });
+        let schema = json!({"type": "object", "properties": {
+            "all": {"allOf": [{"$ref": "#/components/schemas/Id"}, {"maxLength": 8}]},
+            "any": {"anyOf": [{"$ref": "#/components/schemas/Count"}, {"type": "null"}]},
+            "one": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"$ref": "#/components/schemas/Count"}]},
+            "tuple": {"prefixItems": [{"$ref": "#/components/schemas/Count"}]},
+            "not": {"not": {"$ref": "#/components/schemas/Count"}}
+        }});
+        let body = body("3.1.0", schema, schemas);
+        let properties = &body["properties"];
+        let id = json!({"type": "string"});
+        let count = json!({"type": "integer", "minimum": 0});
+        assert_eq!(properties["all"], json!({"allOf": [id, {"maxLength": 8}]}));
+        assert_eq!(
+            properties["any"],
+            json!({"anyOf": [count, {"type": "null"}]})
+        );
+        assert_eq!(properties["one"], json!({"oneOf": [id, count]}));
+        assert_eq!(properties["tuple"], json!({"prefixItems": [count]}));
+        assert_eq!(properties["not"], json!({"not": count}));
+    }
+
+    #[test]
+    fn a_3_1_ref_with_siblings_keeps_both_the_target_and_the_siblings() {
+        let schemas = json!({"Name": {"type": "string", "maxLength": 64}});
+        let name = || json!({"type": "string", "maxLength": 64});
+        // New constraints and annotations join the target.
+        let merged = body(
+            "3.1.0",
+            json!({"$ref": "#/components/schemas/Name", "minLength": 1, "description": "who"}),
+            schemas.clone(),
+        );
+        assert_eq!(
+            merged,
+            json!({"type": "string", "maxLength": 64, "minLength": 1, "description": "who"})
+        );
+        // A constraint the target has too: both apply, through allOf; annotations stay outside.
+        let both = body(
+            "3.1.0",
+            json!({"$ref": "#/components/schemas/Name", "maxLength": 5, "title": "Short"}),
+            schemas.clone(),
+        );
+        assert_eq!(
+            both,
+            json!({"title": "Short", "allOf": [name(), {"maxLength": 5}]})
+        );
+        // 3.0 ignores whatever stands beside a $ref.
+        let ignored = body(
+            "3.0.3",
+            json!({"$ref": "#/components/schemas/Name", "maxLength": 5}),
+            schemas,
+        );
+        assert_eq!(ignored, name());
+    }
+
+    #[test]
+    fn nullable_adds_null_to_the_type_and_the_enum_once() {
+        let schema = json!({"type": "object", "properties": {
+            "choice": {"type": "string", "enum": ["a", "b"], "nullable": true},
+            "known": {"type": "string", "enum": ["a", null], "nullable": true},
+            "untyped": {"nullable": true, "description": "anything"}
+        }});
+        let body = body("3.0.3", schema, json!({}));
+        let properties = &body["properties"];
+        assert_eq!(
+            properties["choice"],
+            json!({"type": ["string", "null"], "enum": ["a", "b", null]})
+        );
+        assert_eq!(
+            properties["known"],
+            json!({"type": ["string", "null"], "enum": ["a", null]})
+        );
+        assert_eq!(properties["untyped"], json!({"description": "anything"}));
+    }
+
+    #[test]
+    fn nullable_joins_a_list_of_types_once() {
+        // Lists of types are 3.1's; the 3.0 parser refuses them before resolution.
+        let nullable = |schema: Value| {
+            let Value::Object(mut map) = schema else {
+                unreachable!("a mapping")
+            };
+            make_nullable(&mut map);
+            Value::Object(map)
+        };
+        assert_eq!(
+            nullable(json!({"type": ["string", "integer"]})),
+            json!({"type": ["string", "integer", "null"]})
+        );
+        assert_eq!(
+            nullable(json!({"type": ["string", "null"]})),
+            json!({"type": ["string", "null"]})
+        );
+    }
+
+    #[test]
+    fn tuple_items_resolve_each_position() {
+        // Draft 4's array form of `items`; the document parsers refuse it, the resolver keeps it.
+        let root = json!({"components": {"schemas": {"Id": {"type": "string"}}}});
+        let schema = json!({"type": "array", "items": [{"$ref": "#/components/schemas/Id"}, {"type": "integer"}]});
+        let stop = AtomicBool::new(false);
+        let resolved = Schemas::new(&root, Version::V31, &stop)
+            .resolve(&schema, &Loc::root())
+            .unwrap();
+        assert_eq!(
+            resolved,
+            json!({"type": "array", "items": [{"type": "string"}, {"type": "integer"}]})
+        );
+    }
+
+    #[test]
+    fn references_into_arrays_and_data_keywords_of_every_kind_are_kept() {
+        let schemas =
+            json!({"Choice": {"oneOf": [{"type": "string"}, {"type": "integer", "default": 3}]}});
+        let data = json!({"nested": [1, null, true, "x", {"deep": false}]});
+        let schema = json!({"type": "object", "properties": {
+            "second": {"$ref": "#/components/schemas/Choice/oneOf/1"},
+            "data": {"type": "object", "default": data, "const": null, "deprecated": true}
+        }});
+        let body = body("3.1.0", schema, schemas);
+        assert_eq!(
+            body["properties"]["second"],
+            json!({"type": "integer", "default": 3})
+        );
+        assert_eq!(
+            body["properties"]["data"],
+            json!({"type": "object", "default": data, "const": null, "deprecated": true})
+        );
+    }
+
+    #[test]
+    fn malformed_schemas_are_refused_where_they_are() {
+        let properties = |property: Value| json!({"type": "object", "properties": {"p": property}});
+        let cases = [
+            (
+                properties(json!({"$ref": "#components/schemas/P"})),
+                "#components/schemas/P is not a JSON pointer into this document",
+            ),
+            (
+                properties(json!("text")),
+                "a schema must be a mapping, found a string",
+            ),
+            (
+                properties(json!({"$ref": ["#/components/schemas/P"]})),
+                ".$ref: expected a string, found a sequence",
+            ),
+            (
+                properties(json!({"anyOf": {"type": "string"}})),
+                ".anyOf: expected a sequence, found a mapping",
+            ),
+        ];
+        for (schema, expected) in cases {
+            let error = error_of(&document("3.1.0", schema, json!({"P": {"type": "string"}})));
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
+    }
 
     #[test]
     fn refs_resolve_and_cycles_stop() {
