@@ -916,3 +916,97 @@ async fn operator_actions_are_rate_limited_per_operator() {
     .unwrap();
     assert_eq!(stored, ["op-1", "op-2"]);
 }
+
+/// Model calls the worker made so far, of every kind and result.
+fn model_calls(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("worker_model_calls_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn asking_for_a_human_withdraws_a_pending_approval() {
+    let app = TestApp::spawn(options()).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    ws.send(&thread.message("Cancel order 1003")).await;
+    let frames = ws.frames_until_type("interrupt").await;
+    let interrupt = frames.last().unwrap().clone();
+    assert_eq!(interrupt["action"], "cancel_order", "{frames:?}");
+    app.wait_for_turns(&thread.thread_id, 1).await;
+    let calls = model_calls(&app.worker_metrics(0).await);
+
+    // A human is asked for: the paused turn ends as a cancelled one, then the state changes.
+    ws.send(&thread.request_human()).await;
+    ws.expect_type("accepted").await;
+    let frames = ws.frames_until_type("handoff").await;
+    assert_eq!(
+        types(&frames),
+        ["message_complete", "handoff"],
+        "{frames:?}"
+    );
+    assert_eq!(frames[0]["turn_id"], interrupt["turn_id"]);
+    assert_eq!(frames[0]["cancelled"], true, "{frames:?}");
+    assert_eq!(frames[1]["state"], "waiting");
+    assert_eq!(seqs(&frames)[1], seqs(&frames)[0] + 1);
+
+    // Approved afterwards: there is nothing to approve any more, and nothing runs.
+    ws.send(&thread.answer(true, interrupt["interrupt_id"].as_str()))
+        .await;
+    ws.expect_type("accepted").await;
+    let frames = ws.frames_until_type("message_complete").await;
+    assert_eq!(types(&frames), ["error", "message_complete"], "{frames:?}");
+    assert_eq!(frames[0]["code"], "no_pending_interrupt");
+    app.wait_for_turns(&thread.thread_id, 3).await;
+    let db = app.db().await;
+    let status: String = sqlx::query_scalar("SELECT status FROM demo_orders WHERE id = 1003")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(status, "processing", "the withdrawn tool never ran");
+    let ledger: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tool_executions WHERE thread_id = $1")
+            .bind(&thread.thread_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(ledger, 0);
+    let decided: String = sqlx::query_scalar("SELECT status FROM interrupts WHERE id = $1::uuid")
+        .bind(interrupt["interrupt_id"].as_str().unwrap())
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(decided, "cancelled");
+    let (pending, state): (Option<uuid::Uuid>, String) =
+        sqlx::query_as("SELECT pending_interrupt, handoff_state FROM threads WHERE id = $1")
+            .bind(&thread.thread_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((pending, state.as_str()), (None, "waiting"));
+    assert_eq!(
+        model_calls(&app.worker_metrics(0).await),
+        calls,
+        "no model call"
+    );
+    let timeline = app
+        .get_json(
+            &format!(
+                "{}/api/admin/conversations/{}/timeline",
+                app.http_url(0),
+                thread.thread_id
+            ),
+            ADMIN,
+        )
+        .await;
+    assert!(
+        timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["type"] == "cancelled" && event["decision"] == "withdrawn"),
+        "{timeline}"
+    );
+}

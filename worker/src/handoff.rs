@@ -3,17 +3,20 @@
 //! run as turns of their own, under the thread's lease and in stream order with the customer's
 //! messages, so they get `seq`, exactly-once and resume like every other frame.
 //!
-//! Such a turn publishes at most one frame (`handoff` or `human_message`). An attempt that
-//! published it and died before committing is recognised by the thread's last stored frame (its
-//! `turn_id` is the message's) and committed without publishing it again: delivered once.
+//! Such a turn publishes at most one frame (`handoff` or `human_message`), preceded, when the
+//! state moves to `waiting` or `human` while an approval is pending, by the `message_complete`
+//! that ends the withdrawn paused turn (one bundle). An attempt that published them and died
+//! before committing is recognised by the thread's last stored frame (its `turn_id` is the
+//! message's, or the paused turn's end) and committed without publishing again: delivered once.
 //!
 //! Who may do what is checked by the edge when it accepts the message (the operator's token, the
 //! assignment of the conversation); the worker applies the messages in order.
 
 use serde_json::json;
+use shared::ids::TurnId;
 use shared::protocol::bus::{InboundKind, InboundMessage, OperatorId};
 use shared::protocol::{FrameBody, HandoffState, OperatorRef, Usage};
-use shared::turns::{TurnKind, TurnOutcome};
+use shared::turns::{InterruptStatus, TurnKind, TurnOutcome};
 
 use crate::error::TurnError;
 use crate::publish::{self, FramePublisher};
@@ -171,25 +174,70 @@ impl TurnRunner {
         started_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Advanced, TurnError> {
         let control = control(lease.handoff, &message);
+        // While a human is asked for or in charge the AI does not answer (SPEC §7): the approval
+        // the thread waits for is withdrawn as a `cancel` withdraws it, and its turn ends.
+        let withdrawn = lease
+            .pending_interrupt
+            .filter(|_| control.next != HandoffState::Ai);
+        let paused = match withdrawn {
+            Some(id) => self.store.load_interrupt(id).await?.filter(|pending| {
+                // One decided by another message (given up on) has nothing left to end.
+                pending.status == InterruptStatus::Pending || pending.decided_in_seq == Some(in_seq)
+            }),
+            None => None,
+        };
+        let mut events = Vec::with_capacity(2);
+        if let Some(pending) = &paused {
+            self.store
+                .decide_interrupt(pending.id, InterruptStatus::Cancelled, in_seq)
+                .await?;
+            self.metrics
+                .interrupts
+                .with_label_values(&["cancelled"])
+                .inc();
+            events.push(json!({"type": "cancelled", "interrupt_id": pending.id,
+                               "decision": "withdrawn", "by": message.kind.as_str(),
+                               "at": chrono::Utc::now()}));
+        }
+        events.push(control.event);
+        let paused_turn = paused.as_ref().map(|pending| TurnId::from(pending.turn_id));
         let earlier = tail
             .frame
             .as_ref()
             .filter(|frame| frame.seq > lease.last_seq);
-        let (first_seq, last_seq, subject_seq) = match (earlier, control.frame.clone()) {
-            // An earlier attempt published this message's frame: it is not sent twice.
-            (Some(end), _) if end.turn_id == message.turn_id => (end.seq, end.seq, tail.stream_seq),
-            (earlier, Some(frame)) => {
+        let (first_seq, last_seq, subject_seq) = match earlier {
+            // An earlier attempt published this message's frames (one bundle, whose last frame
+            // is its own, or the paused turn's end when it has none): not sent twice.
+            Some(end)
+                if end.turn_id == message.turn_id
+                    || (Some(end.turn_id) == paused_turn && end.ends_turn()) =>
+            {
+                (end.seq, end.seq, tail.stream_seq)
+            }
+            earlier if control.frame.is_none() && paused.is_none() => {
+                let last = earlier.map_or(lease.last_seq, |end| end.seq);
+                (last, last, tail.stream_seq)
+            }
+            earlier => {
                 let mut out = self.publisher(lease, message.turn_id, tail);
                 if earlier.is_some() {
                     out.send(FrameBody::TurnReset).await?;
                 }
-                out.send(frame).await?;
+                if let Some(pending) = &paused {
+                    // The paused turn ends as a cancelled one does.
+                    out.set_turn(TurnId::from(pending.turn_id));
+                    out.send(FrameBody::MessageComplete {
+                        usage: pending.checkpoint.usage,
+                        cancelled: true,
+                    })
+                    .await?;
+                    out.set_turn(message.turn_id);
+                }
+                if let Some(frame) = control.frame.clone() {
+                    out.send(frame).await?;
+                }
                 out.flush().await?;
                 (out.last_seq(), out.last_seq(), out.subject_seq())
-            }
-            (earlier, None) => {
-                let last = earlier.map_or(lease.last_seq, |end| end.seq);
-                (last, last, tail.stream_seq)
             }
         };
         let record = HandoffRecord {
@@ -205,7 +253,8 @@ impl TurnRunner {
             next: control.next,
             resolved: control.resolved,
             outcome: control.outcome,
-            event: control.event,
+            events,
+            withdrawn,
         };
         if self.store.commit_handoff(lease, &record, after).await? == Committed::Fenced {
             return Err(TurnError::LeaseLost);

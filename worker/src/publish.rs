@@ -243,6 +243,12 @@ impl FramePublisher {
         Ok(())
     }
 
+    /// Frames sent from now on belong to `turn_id` (a handoff message ends the paused turn it
+    /// withdraws, then sends its own frame, in one bundle).
+    pub fn set_turn(&mut self, turn_id: TurnId) {
+        self.turn_id = turn_id;
+    }
+
     /// The first `seq` of this turn.
     pub fn first_seq(&self) -> u64 {
         self.first_seq

@@ -103,8 +103,11 @@ pub struct HandoffRecord {
     pub resolved: bool,
     /// `turns.outcome` of its row.
     pub outcome: TurnOutcome,
-    /// Its timeline event.
-    pub event: Value,
+    /// Its timeline events.
+    pub events: Vec<Value>,
+    /// The approval it withdrew (a human was asked for or joined while it was pending): the
+    /// thread no longer waits for it.
+    pub withdrawn: Option<InterruptId>,
 }
 
 /// A message given up on, with what its last attempt published.
@@ -305,6 +308,9 @@ impl Advanced {
             Commit::Handoff(handoff) => Self {
                 last_seq: handoff.last_seq.max(lease.last_seq),
                 handoff: handoff.next,
+                pending_interrupt: lease
+                    .pending_interrupt
+                    .filter(|&id| handoff.withdrawn != Some(id)),
                 ..unchanged
             },
         }
@@ -397,7 +403,8 @@ mod tests {
             next: HandoffState::Human,
             resolved: false,
             outcome: TurnOutcome::Handoff,
-            event: Value::Null,
+            events: Vec::new(),
+            withdrawn: None,
         };
         let commit = Commit::Handoff(&handoff);
         let advanced = Advanced::after(&lease, commit, None);
@@ -407,5 +414,12 @@ mod tests {
             advanced.pending_interrupt,
             Some(InterruptId::from(Uuid::nil()))
         );
+        // One that withdrew the pending approval leaves nothing pending.
+        let withdrew = HandoffRecord {
+            withdrawn: Some(InterruptId::from(Uuid::nil())),
+            ..handoff
+        };
+        let advanced = Advanced::after(&lease, Commit::Handoff(&withdrew), None);
+        assert_eq!(advanced.pending_interrupt, None);
     }
 }

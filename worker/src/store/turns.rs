@@ -314,7 +314,7 @@ impl Store {
         handoff: &HandoffRecord,
         after: AfterCommit,
     ) -> Result<Committed, sqlx::Error> {
-        let events = serde_json::Value::Array(vec![handoff.event.clone()]);
+        let events = serde_json::Value::Array(handoff.events.clone());
         let committed: i64 = sqlx::query_scalar(
             "WITH advanced AS (
                 UPDATE threads
@@ -324,6 +324,9 @@ impl Store {
                        lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END,
                        last_active_at = CASE WHEN status = 'expired' THEN last_active_at ELSE now() END,
                        handoff_state = $6,
+                       -- An approval withdrawn because a human was asked for or joined.
+                       pending_interrupt = CASE WHEN pending_interrupt = $18 THEN NULL
+                                                ELSE pending_interrupt END,
                        waiting_since = CASE WHEN $6 = 'ai' THEN NULL
                                             WHEN handoff_state = 'ai' THEN $8
                                             ELSE COALESCE(waiting_since, $8) END,
@@ -340,7 +343,8 @@ impl Store {
                                            ELSE escalated_at END,
                        status = CASE WHEN status = 'expired' THEN status
                                      WHEN $9 THEN 'resolved'
-                                     WHEN $6 <> 'ai' AND status NOT IN ('expired', 'awaiting_approval')
+                                     WHEN $6 <> 'ai' AND (status NOT IN ('expired', 'awaiting_approval')
+                                                          OR pending_interrupt = $18)
                                      THEN 'escalated'
                                      ELSE status END
                  WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
@@ -371,6 +375,7 @@ impl Store {
         .bind(handoff.started_at)
         .bind(handoff.outcome)
         .bind(storable_json(&events).as_ref())
+        .bind(handoff.withdrawn)
         .fetch_one(&self.db)
         .await?;
         Ok(if committed == 1 {
