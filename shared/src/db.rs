@@ -104,6 +104,7 @@ async fn applied_versions(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
     if !migrations_table_exists(pool).await? {
         return Ok(Vec::new());
     }
+    // Runtime SQL: `_sqlx_migrations` is sqlx's own table, not part of the schema in migrations/.
     sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
         .fetch_all(pool)
         .await
@@ -111,7 +112,7 @@ async fn applied_versions(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
 }
 
 async fn migrations_table_exists(pool: &PgPool) -> anyhow::Result<bool> {
-    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+    sqlx::query_scalar!(r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "exists!""#)
         .fetch_one(pool)
         .await
         .context("Failed to read the applied migrations")
@@ -123,6 +124,7 @@ async fn migrations_table_exists(pool: &PgPool) -> anyhow::Result<bool> {
 async fn migrator_for(pool: &PgPool) -> anyhow::Result<Migrator> {
     let mut migrations: Vec<Migration> = MIGRATOR.iter().cloned().collect();
     if migrations_table_exists(pool).await? {
+        // Runtime SQL: `_sqlx_migrations` is sqlx's own table, not part of the schema in migrations/.
         let applied: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT checksum FROM _sqlx_migrations WHERE version = $1")
                 .bind(AGENTS_MIGRATION)

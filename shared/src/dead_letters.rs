@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// One dead letter, as operators see it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DeadLetterRow {
     pub id: Uuid,
     pub thread_id: String,
@@ -23,28 +23,33 @@ pub struct DeadLetterRow {
     pub replay_seq: Option<i64>,
 }
 
-const COLUMNS: &str = "id, thread_id, in_seq, message_id, turn_id, attempts, reason, history, \
-                       created_at, replayed_at, replay_seq";
-
 /// Dead letters, newest first; `include_replayed` also lists those already re-driven.
 pub async fn list(
     db: &PgPool,
     include_replayed: bool,
     limit: i64,
 ) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE $1 OR replayed_at IS NULL
-         ORDER BY created_at DESC, id DESC LIMIT $2"
-    ))
-    .bind(include_replayed)
-    .bind(limit)
+    sqlx::query_as!(
+        DeadLetterRow,
+        "SELECT id, thread_id, in_seq, message_id, turn_id, attempts, reason, history,
+                created_at, replayed_at, replay_seq
+           FROM dead_letters WHERE $1 OR replayed_at IS NULL
+          ORDER BY created_at DESC, id DESC LIMIT $2",
+        include_replayed,
+        limit,
+    )
     .fetch_all(db)
     .await
 }
 
 pub async fn get(db: &PgPool, id: Uuid) -> Result<Option<DeadLetterRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as!(
+        DeadLetterRow,
+        "SELECT id, thread_id, in_seq, message_id, turn_id, attempts, reason, history,
+                created_at, replayed_at, replay_seq
+           FROM dead_letters WHERE id = $1",
+        id,
+    )
+    .fetch_optional(db)
+    .await
 }

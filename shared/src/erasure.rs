@@ -57,22 +57,23 @@ pub struct Places {
 
 /// Whether the thread exists (has a row) or was erased already.
 pub async fn known(db: &PgPool, thread: &ThreadId) -> Result<(bool, bool), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM threads WHERE id = $1),
-                EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1)",
+    let known = sqlx::query!(
+        r#"SELECT EXISTS (SELECT 1 FROM threads WHERE id = $1) AS "exists!",
+                  EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1) AS "erased!""#,
+        thread.as_str(),
     )
-    .bind(thread.as_str())
     .fetch_one(db)
-    .await
+    .await?;
+    Ok((known.exists, known.erased))
 }
 
 /// Erases the conversation everywhere. Returns whether it had a row in PostgreSQL.
 pub async fn erase(places: &Places, thread: &ThreadId, actor: Actor) -> Result<bool, ErasureError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO erasures (thread_id, actor) VALUES ($1, $2) ON CONFLICT (thread_id) DO NOTHING",
+        thread.as_str(),
+        actor.as_str(),
     )
-    .bind(thread.as_str())
-    .bind(actor.as_str())
     .execute(&places.db)
     .await?;
     announce(places, thread).await;
@@ -113,12 +114,13 @@ async fn announce(places: &Places, thread: &ThreadId) {
 /// with `ON DELETE CASCADE`), and so can never be written again for it.
 async fn delete_rows(db: &PgPool, thread: &ThreadId) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM tool_executions WHERE thread_id = $1")
-        .bind(thread.as_str())
-        .execute(&mut *tx)
-        .await?;
-    let deleted = sqlx::query("DELETE FROM threads WHERE id = $1")
-        .bind(thread.as_str())
+    sqlx::query!(
+        "DELETE FROM tool_executions WHERE thread_id = $1",
+        thread.as_str()
+    )
+    .execute(&mut *tx)
+    .await?;
+    let deleted = sqlx::query!("DELETE FROM threads WHERE id = $1", thread.as_str())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -172,18 +174,18 @@ impl ErasedSet {
         db: &PgPool,
         since: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
-        let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT thread_id, erased_at FROM erasures
               WHERE $1::timestamptz IS NULL OR erased_at >= $1
               ORDER BY erased_at DESC LIMIT $2",
+            since,
+            LOAD_AT_START,
         )
-        .bind(since)
-        .bind(LOAD_AT_START)
         .fetch_all(db)
         .await?;
-        let latest = rows.iter().map(|(_, at)| *at).max().or(since);
+        let latest = rows.iter().map(|row| row.erased_at).max().or(since);
         if let Ok(mut ids) = self.ids.write() {
-            ids.extend(rows.into_iter().map(|(id, _)| id));
+            ids.extend(rows.into_iter().map(|row| row.thread_id));
         }
         Ok(latest)
     }

@@ -45,7 +45,7 @@ impl Dependencies {
     }
 
     async fn check_database(&self) -> Result<(), String> {
-        let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.db);
+        let query = sqlx::query_scalar!("SELECT 1").fetch_one(&self.db);
         match tokio::time::timeout(CHECK_TIMEOUT, query).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(format!("error: {error}")),

@@ -186,7 +186,7 @@ impl Replayer<'_> {
                 .await
             }
             Selection::DeadLetters => {
-                let letters: Vec<(String, i64)> = sqlx::query_as(
+                let letters = sqlx::query!(
                     "SELECT thread_id, in_seq FROM dead_letters WHERE replayed_at IS NULL
                      ORDER BY in_seq",
                 )
@@ -194,7 +194,7 @@ impl Replayer<'_> {
                 .await
                 .context("Failed to read the dead letters")?;
                 let mut messages = Vec::with_capacity(letters.len());
-                for (_, in_seq) in letters {
+                for in_seq in letters.into_iter().map(|letter| letter.in_seq) {
                     let seq = u64::try_from(in_seq).unwrap_or_default();
                     match self.inbound.direct_get(seq).await {
                         Ok(message) => messages.push(Stored {
@@ -276,17 +276,19 @@ impl Replayer<'_> {
         let message: InboundMessage = serde_json::from_slice(&stored.payload)
             .with_context(|| format!("message {} does not decode", stored.seq))?;
         let in_seq = i64::try_from(stored.seq).unwrap_or(i64::MAX);
-        let (dead, done, last_in): (bool, bool, i64) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM dead_letters
-                             WHERE thread_id = $1 AND in_seq = $2 AND replayed_at IS NULL),
-                    EXISTS (SELECT 1 FROM turns WHERE thread_id = $1 AND in_seq = $2),
-                    COALESCE((SELECT last_in_seq FROM threads WHERE id = $1), 0)",
+        let found = sqlx::query!(
+            r#"SELECT EXISTS (SELECT 1 FROM dead_letters
+                               WHERE thread_id = $1 AND in_seq = $2 AND replayed_at IS NULL)
+                          AS "dead!",
+                      EXISTS (SELECT 1 FROM turns WHERE thread_id = $1 AND in_seq = $2) AS "done!",
+                      COALESCE((SELECT last_in_seq FROM threads WHERE id = $1), 0) AS "last_in!""#,
+            thread_id.as_str(),
+            in_seq,
         )
-        .bind(thread_id.as_str())
-        .bind(in_seq)
         .fetch_one(self.db)
         .await
         .context("Failed to look up a message's state")?;
+        let (dead, done, last_in) = (found.dead, found.done, found.last_in);
         let state = if dead {
             MessageState::DeadLetter
         } else if done || in_seq <= last_in {
@@ -334,13 +336,13 @@ impl Replayer<'_> {
             .await
             .context("JetStream did not store the re-driven message")?;
         if state == MessageState::DeadLetter {
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE dead_letters SET replayed_at = now(), replay_seq = $3
                   WHERE thread_id = $1 AND in_seq = $2",
+                thread_id.as_str(),
+                in_seq,
+                i64::try_from(ack.sequence).unwrap_or(i64::MAX),
             )
-            .bind(thread_id.as_str())
-            .bind(in_seq)
-            .bind(i64::try_from(ack.sequence).unwrap_or(i64::MAX))
             .execute(self.db)
             .await
             .context("Failed to mark the dead letter replayed")?;

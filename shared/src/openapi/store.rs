@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -11,7 +12,7 @@ use super::classify::ImportedDocument;
 use super::tool::{Access, ImportedTool, RequestMapping};
 
 /// An imported tool as stored and reviewed: the JSON object of the admin API (SPEC §4).
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolRecord {
     pub id: Uuid,
     pub name: String,
@@ -22,9 +23,7 @@ pub struct ToolRecord {
     /// The JSON Schema of the arguments.
     pub parameters: Value,
     /// Where each argument goes in the HTTP request.
-    #[sqlx(json)]
     pub request: RequestMapping,
-    #[sqlx(try_from = "String")]
     pub access: Access,
     pub requires_approval: bool,
     pub enabled: bool,
@@ -63,9 +62,6 @@ pub struct ToolReview {
     pub enabled: Option<bool>,
 }
 
-const COLUMNS: &str = "id, name, method, path, base_url, description, parameters, request, \
-    access, requires_approval, enabled, reviewed, source, created_at, updated_at, reviewed_at";
-
 /// Stores a parsed document's tools, in one transaction, and returns them as stored.
 ///
 /// A tool whose name exists already is updated (method, path, base URL, description, schema,
@@ -80,52 +76,64 @@ pub async fn save_imported(
     db: &PgPool,
     document: &ImportedDocument,
 ) -> Result<Vec<ToolRecord>, sqlx::Error> {
-    // The call the review was about is the call the document now describes.
-    let same_call = "(t.method, t.path, t.base_url, t.parameters, t.request) = \
-        (EXCLUDED.method, EXCLUDED.path, EXCLUDED.base_url, EXCLUDED.parameters, EXCLUDED.request)";
-    let upsert = format!(
-        "INSERT INTO imported_tools AS t (id, name, method, path, base_url, description, \
-             parameters, request, access, requires_approval, source) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (name) DO UPDATE SET \
-             access = CASE \
-                 WHEN NOT t.reviewed THEN EXCLUDED.access \
-                 WHEN {same_call} THEN t.access \
-                 WHEN 'write' IN (t.access, EXCLUDED.access) THEN 'write' \
-                 ELSE 'read' END, \
-             requires_approval = CASE \
-                 WHEN NOT t.reviewed THEN EXCLUDED.requires_approval \
-                 WHEN {same_call} THEN t.requires_approval \
-                 ELSE t.requires_approval OR EXCLUDED.requires_approval END, \
-             reviewed = t.reviewed AND {same_call}, \
-             reviewed_at = CASE WHEN {same_call} THEN t.reviewed_at END, \
-             method = EXCLUDED.method, \
-             path = EXCLUDED.path, \
-             base_url = EXCLUDED.base_url, \
-             description = EXCLUDED.description, \
-             parameters = EXCLUDED.parameters, \
-             request = EXCLUDED.request, \
-             source = EXCLUDED.source, \
-             updated_at = now() \
-         RETURNING {COLUMNS}"
-    );
     let mut tx = db.begin().await?;
     let mut stored = Vec::with_capacity(document.tools.len());
     for tool in &document.tools {
-        let record: ToolRecord = sqlx::query_as(&upsert)
-            .bind(Uuid::now_v7())
-            .bind(&tool.name)
-            .bind(&tool.method)
-            .bind(&tool.path)
-            .bind(&tool.base_url)
-            .bind(&tool.description)
-            .bind(&tool.parameters)
-            .bind(sqlx::types::Json(&tool.request))
-            .bind(tool.access.as_str())
-            .bind(tool.requires_approval)
-            .bind(&document.source)
-            .fetch_one(&mut *tx)
-            .await?;
+        // The row comparison, written four times, asks whether the call the review was about is
+        // the call the document now describes.
+        let record = sqlx::query_as!(
+            ToolRecord,
+            r#"INSERT INTO imported_tools AS t (id, name, method, path, base_url, description,
+                   parameters, request, access, requires_approval, source)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               ON CONFLICT (name) DO UPDATE SET
+                   access = CASE
+                       WHEN NOT t.reviewed THEN EXCLUDED.access
+                       WHEN (t.method, t.path, t.base_url, t.parameters, t.request)
+                          = (EXCLUDED.method, EXCLUDED.path, EXCLUDED.base_url,
+                             EXCLUDED.parameters, EXCLUDED.request) THEN t.access
+                       WHEN 'write' IN (t.access, EXCLUDED.access) THEN 'write'
+                       ELSE 'read' END,
+                   requires_approval = CASE
+                       WHEN NOT t.reviewed THEN EXCLUDED.requires_approval
+                       WHEN (t.method, t.path, t.base_url, t.parameters, t.request)
+                          = (EXCLUDED.method, EXCLUDED.path, EXCLUDED.base_url,
+                             EXCLUDED.parameters, EXCLUDED.request) THEN t.requires_approval
+                       ELSE t.requires_approval OR EXCLUDED.requires_approval END,
+                   reviewed = t.reviewed
+                       AND (t.method, t.path, t.base_url, t.parameters, t.request)
+                         = (EXCLUDED.method, EXCLUDED.path, EXCLUDED.base_url,
+                            EXCLUDED.parameters, EXCLUDED.request),
+                   reviewed_at = CASE
+                       WHEN (t.method, t.path, t.base_url, t.parameters, t.request)
+                          = (EXCLUDED.method, EXCLUDED.path, EXCLUDED.base_url,
+                             EXCLUDED.parameters, EXCLUDED.request) THEN t.reviewed_at END,
+                   method = EXCLUDED.method,
+                   path = EXCLUDED.path,
+                   base_url = EXCLUDED.base_url,
+                   description = EXCLUDED.description,
+                   parameters = EXCLUDED.parameters,
+                   request = EXCLUDED.request,
+                   source = EXCLUDED.source,
+                   updated_at = now()
+               RETURNING id, name, method, path, base_url, description, parameters,
+                  request AS "request: Json<RequestMapping>", access AS "access: Access",
+                  requires_approval, enabled, reviewed, source, created_at, updated_at,
+                  reviewed_at"#,
+            Uuid::now_v7(),
+            tool.name,
+            tool.method,
+            tool.path,
+            tool.base_url,
+            tool.description,
+            tool.parameters,
+            Json(&tool.request) as _,
+            tool.access.as_str(),
+            tool.requires_approval,
+            document.source,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         stored.push(record);
     }
     tx.commit().await?;
@@ -134,9 +142,14 @@ pub async fn save_imported(
 
 /// Every imported tool, by name.
 pub async fn list(db: &PgPool) -> Result<Vec<ToolRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM imported_tools ORDER BY name"
-    ))
+    sqlx::query_as!(
+        ToolRecord,
+        r#"SELECT id, name, method, path, base_url, description, parameters,
+                  request AS "request: Json<RequestMapping>", access AS "access: Access",
+                  requires_approval, enabled, reviewed, source, created_at, updated_at,
+                  reviewed_at
+             FROM imported_tools ORDER BY name"#
+    )
     .fetch_all(db)
     .await
 }
@@ -147,28 +160,37 @@ pub async fn review(
     id: Uuid,
     review: &ToolReview,
 ) -> Result<Option<ToolRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE imported_tools SET \
-             access = COALESCE($2, access), \
-             requires_approval = COALESCE($3, requires_approval), \
-             enabled = COALESCE($4, enabled), \
-             reviewed = true, reviewed_at = now(), updated_at = now() \
-         WHERE id = $1 \
-         RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(review.access.map(Access::as_str))
-    .bind(review.requires_approval)
-    .bind(review.enabled)
+    sqlx::query_as!(
+        ToolRecord,
+        r#"UPDATE imported_tools SET
+               access = COALESCE($2, access),
+               requires_approval = COALESCE($3, requires_approval),
+               enabled = COALESCE($4, enabled),
+               reviewed = true, reviewed_at = now(), updated_at = now()
+            WHERE id = $1
+           RETURNING id, name, method, path, base_url, description, parameters,
+                  request AS "request: Json<RequestMapping>", access AS "access: Access",
+                  requires_approval, enabled, reviewed, source, created_at, updated_at,
+                  reviewed_at"#,
+        id,
+        review.access.map(Access::as_str),
+        review.requires_approval,
+        review.enabled,
+    )
     .fetch_optional(db)
     .await
 }
 
 /// The tools agents may use: reviewed and enabled, by name.
 pub async fn load_usable(db: &PgPool) -> Result<Vec<ImportedTool>, sqlx::Error> {
-    let records: Vec<ToolRecord> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM imported_tools WHERE reviewed AND enabled ORDER BY name"
-    ))
+    let records = sqlx::query_as!(
+        ToolRecord,
+        r#"SELECT id, name, method, path, base_url, description, parameters,
+                  request AS "request: Json<RequestMapping>", access AS "access: Access",
+                  requires_approval, enabled, reviewed, source, created_at, updated_at,
+                  reviewed_at
+             FROM imported_tools WHERE reviewed AND enabled ORDER BY name"#
+    )
     .fetch_all(db)
     .await?;
     Ok(records.into_iter().map(ToolRecord::into_tool).collect())

@@ -37,6 +37,27 @@ impl TryFrom<String> for Access {
     }
 }
 
+/// `imported_tools.access` is `TEXT`: decoded through [`TryFrom<String>`], so a stored text that
+/// is neither `read` nor `write` is a decode error.
+impl sqlx::Type<sqlx::Postgres> for Access {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Access {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Self::try_from(<String as sqlx::Decode<
+            'r,
+            sqlx::Postgres,
+        >>::decode(value)?)?)
+    }
+}
+
 /// A stored `access` that is neither `read` nor `write`.
 #[derive(Debug, thiserror::Error)]
 #[error("unknown access {0:?}")]
@@ -84,6 +105,15 @@ pub struct RequestMapping {
     pub arguments: Vec<ArgumentMapping>,
     /// The `Content-Type` of the JSON body, when the operation takes one.
     pub body_content_type: Option<String>,
+}
+
+/// `imported_tools.request` is this mapping as JSON (`query_as!` reads it as [`Json`]).
+///
+/// [`Json`]: sqlx::types::Json
+impl From<sqlx::types::Json<RequestMapping>> for RequestMapping {
+    fn from(json: sqlx::types::Json<RequestMapping>) -> Self {
+        json.0
+    }
 }
 
 /// One importable tool: an OpenAPI operation the worker can offer to a model and call.
