@@ -180,76 +180,80 @@ fn ratio(part: i64, whole: i64) -> f64 {
 
 async fn human_figures(db: &PgPool, from: DateTime<Utc>) -> Result<HumanFigures, sqlx::Error> {
     let mut tx = analytics_transaction(db).await?;
-    let (engaged, ai_resolved, handed, handoffs, p50, p95): (i64, i64, i64, i64, Option<i64>, Option<i64>) =
-        sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE messages > 0 OR first_waiting_at IS NOT NULL
-                                      OR first_human_at IS NOT NULL),
-                    count(*) FILTER (WHERE status = 'resolved' AND first_human_at IS NULL
-                                       AND (messages > 0 OR first_waiting_at IS NOT NULL)),
-                    count(*) FILTER (WHERE first_waiting_at IS NOT NULL OR first_human_at IS NOT NULL),
-                    count(time_to_human_ms),
-                    percentile_disc(0.5) WITHIN GROUP (ORDER BY time_to_human_ms),
-                    percentile_disc(0.95) WITHIN GROUP (ORDER BY time_to_human_ms)
-               FROM threads WHERE created_at >= $1",
-        )
-        .bind(from)
-        .fetch_one(&mut *tx)
-        .await?;
-    let (ai_sum, ai_count, human_sum, human_count): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(f.score) FILTER (WHERE t.first_human_at IS NULL), 0)::bigint,
-                count(*) FILTER (WHERE t.first_human_at IS NULL),
-                coalesce(sum(f.score) FILTER (WHERE t.first_human_at IS NOT NULL), 0)::bigint,
-                count(*) FILTER (WHERE t.first_human_at IS NOT NULL)
-           FROM feedback f JOIN threads t ON t.id = f.thread_id
-          WHERE f.kind = 'csat' AND f.created_at >= $1",
+    let threads = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE messages > 0 OR first_waiting_at IS NOT NULL
+                                    OR first_human_at IS NOT NULL) AS "engaged!",
+                  count(*) FILTER (WHERE status = 'resolved' AND first_human_at IS NULL
+                                     AND (messages > 0 OR first_waiting_at IS NOT NULL))
+                      AS "ai_resolved!",
+                  count(*) FILTER (WHERE first_waiting_at IS NOT NULL OR first_human_at IS NOT NULL)
+                      AS "handed!",
+                  count(time_to_human_ms) AS "handoffs!",
+                  percentile_disc(0.5) WITHIN GROUP (ORDER BY time_to_human_ms) AS "p50?",
+                  percentile_disc(0.95) WITHIN GROUP (ORDER BY time_to_human_ms) AS "p95?"
+             FROM threads WHERE created_at >= $1"#,
+        from,
     )
-    .bind(from)
     .fetch_one(&mut *tx)
     .await?;
-    let (up, rated): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE rating = 'up'), count(*)
-           FROM feedback WHERE kind = 'turn' AND created_at >= $1",
+    let csat = sqlx::query!(
+        r#"SELECT coalesce(sum(f.score) FILTER (WHERE t.first_human_at IS NULL), 0)::bigint
+                      AS "ai_sum!",
+                  count(*) FILTER (WHERE t.first_human_at IS NULL) AS "ai_count!",
+                  coalesce(sum(f.score) FILTER (WHERE t.first_human_at IS NOT NULL), 0)::bigint
+                      AS "human_sum!",
+                  count(*) FILTER (WHERE t.first_human_at IS NOT NULL) AS "human_count!"
+             FROM feedback f JOIN threads t ON t.id = f.thread_id
+            WHERE f.kind = 'csat' AND f.created_at >= $1"#,
+        from,
     )
-    .bind(from)
     .fetch_one(&mut *tx)
     .await?;
-    let agents: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT a, count(*) FILTER (WHERE rating = 'up'), count(*)
-           FROM feedback, unnest(agents) AS a
-          WHERE kind = 'turn' AND created_at >= $1
-          GROUP BY a ORDER BY a",
+    let thumbs = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE rating = 'up') AS "up!", count(*) AS "rated!"
+             FROM feedback WHERE kind = 'turn' AND created_at >= $1"#,
+        from,
     )
-    .bind(from)
+    .fetch_one(&mut *tx)
+    .await?;
+    let agents = sqlx::query!(
+        r#"SELECT a AS "agent!", count(*) FILTER (WHERE rating = 'up') AS "up!",
+                  count(*) AS "ratings!"
+             FROM feedback, unnest(agents) AS a
+            WHERE kind = 'turn' AND created_at >= $1
+            GROUP BY a ORDER BY a"#,
+        from,
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(HumanFigures {
-        ai_resolution_rate: ratio(ai_resolved, engaged),
-        handoff_rate: ratio(handed, engaged),
+        ai_resolution_rate: ratio(threads.ai_resolved, threads.engaged),
+        handoff_rate: ratio(threads.handed, threads.engaged),
         time_to_human_ms: TimeToHuman {
-            handoffs,
-            p50: p50.unwrap_or_default() as f64,
-            p95: p95.unwrap_or_default() as f64,
+            handoffs: threads.handoffs,
+            p50: threads.p50.unwrap_or_default() as f64,
+            p95: threads.p95.unwrap_or_default() as f64,
         },
         csat: Csat {
-            ai: ratio(ai_sum, ai_count),
-            human: ratio(human_sum, human_count),
-            ai_responses: ai_count,
-            human_responses: human_count,
+            ai: ratio(csat.ai_sum, csat.ai_count),
+            human: ratio(csat.human_sum, csat.human_count),
+            ai_responses: csat.ai_count,
+            human_responses: csat.human_count,
         },
-        thumbs_up_rate: ratio(up, rated),
+        thumbs_up_rate: ratio(thumbs.up, thumbs.rated),
         by_agent: agents
             .into_iter()
-            .map(|(agent, up, ratings)| AgentThumbs {
-                agent,
-                thumbs_up_rate: ratio(up, ratings),
-                ratings,
+            .map(|row| AgentThumbs {
+                agent: row.agent,
+                thumbs_up_rate: ratio(row.up, row.ratings),
+                ratings: row.ratings,
             })
             .collect(),
     })
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 struct Approvals {
     approved: i64,
     rejected: i64,
@@ -401,30 +405,29 @@ async fn analytics_transaction(
     db: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
-    sqlx::query("SET LOCAL work_mem = '64MB'")
+    sqlx::query!("SET LOCAL jit = off")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SET LOCAL random_page_cost = 1.1")
+    sqlx::query!("SET LOCAL work_mem = '64MB'")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
+    sqlx::query!("SET LOCAL random_page_cost = 1.1")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query!("SET LOCAL max_parallel_workers_per_gather = 0")
         .execute(&mut *tx)
         .await?;
     Ok(tx)
 }
 
-/// The buckets of `$1` (their starts, oldest first), numbered from 1: each one's range is
-/// `[start, next start)`, and the last one's is open-ended, so a row stamped after `to`
-/// (committed meanwhile) counts in it. Each bucket is then aggregated over its own index range,
-/// which costs less than grouping every row by its bucket.
-const BUCKETS: &str = "WITH buckets AS (
-    SELECT i, start, coalesce(($1::timestamptz[])[i + 1], 'infinity') AS finish
-      FROM unnest($1::timestamptz[]) WITH ORDINALITY AS b(start, i)
-)";
+// The three queries per bucket below open with the same `buckets` (written out in each: the
+// macros take a literal): the buckets of `$1` (their starts, oldest first), numbered from 1. Each
+// one's range is `[start, next start)`, and the last one's is open-ended, so a row stamped after
+// `to` (committed meanwhile) counts in it. Each bucket is then aggregated over its own index
+// range, which costs less than grouping every row by its bucket.
 
 /// Conversations created per bucket, with the counts behind the rates.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct ConversationCounts {
     conversations: i64,
     with_messages: i64,
@@ -437,18 +440,22 @@ async fn conversation_counts(
     starts: &[DateTime<Utc>],
 ) -> Result<Vec<ConversationCounts>, sqlx::Error> {
     let mut tx = analytics_transaction(db).await?;
-    let rows = sqlx::query_as(&format!(
-        "{BUCKETS}
-         SELECT c.* FROM buckets b, LATERAL (
-             SELECT count(*) AS conversations,
-                    count(*) FILTER (WHERE messages > 0) AS with_messages,
-                    count(*) FILTER (WHERE messages > 0 AND status = 'resolved') AS resolved,
-                    count(*) FILTER (WHERE messages > 0 AND escalated_at IS NOT NULL)
-                        AS escalated
-               FROM threads WHERE created_at >= b.start AND created_at < b.finish) c
-          ORDER BY b.i"
-    ))
-    .bind(starts)
+    let rows = sqlx::query_as!(
+        ConversationCounts,
+        r#"WITH buckets AS (
+               SELECT i, start, coalesce(($1::timestamptz[])[i + 1], 'infinity') AS finish
+                 FROM unnest($1::timestamptz[]) WITH ORDINALITY AS b(start, i)
+           )
+           SELECT c.* FROM buckets b, LATERAL (
+               SELECT count(*) AS "conversations!",
+                      count(*) FILTER (WHERE messages > 0) AS "with_messages!",
+                      count(*) FILTER (WHERE messages > 0 AND status = 'resolved') AS "resolved!",
+                      count(*) FILTER (WHERE messages > 0 AND escalated_at IS NOT NULL)
+                          AS "escalated!"
+                 FROM threads WHERE created_at >= b.start AND created_at < b.finish) c
+            ORDER BY b.i"#,
+        starts,
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -456,7 +463,7 @@ async fn conversation_counts(
 }
 
 /// User messages received per bucket.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct MessageCounts {
     messages: i64,
 }
@@ -466,14 +473,18 @@ async fn message_counts(
     starts: &[DateTime<Utc>],
 ) -> Result<Vec<MessageCounts>, sqlx::Error> {
     let mut tx = analytics_transaction(db).await?;
-    let rows = sqlx::query_as(&format!(
-        "{BUCKETS}
-         SELECT m.* FROM buckets b, LATERAL (
-             SELECT count(*) AS messages FROM turns
-              WHERE kind = 'message' AND received_at >= b.start AND received_at < b.finish) m
-          ORDER BY b.i"
-    ))
-    .bind(starts)
+    let rows = sqlx::query_as!(
+        MessageCounts,
+        r#"WITH buckets AS (
+               SELECT i, start, coalesce(($1::timestamptz[])[i + 1], 'infinity') AS finish
+                 FROM unnest($1::timestamptz[]) WITH ORDINALITY AS b(start, i)
+           )
+           SELECT m.* FROM buckets b, LATERAL (
+               SELECT count(*) AS "messages!" FROM turns
+                WHERE kind = 'message' AND received_at >= b.start AND received_at < b.finish) m
+            ORDER BY b.i"#,
+        starts,
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -482,7 +493,7 @@ async fn message_counts(
 
 /// Usage of the turn rows completed per bucket, and how many of them are timed (not
 /// dead-lettered).
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct UsageSums {
     timed: i64,
     cancelled: i64,
@@ -493,18 +504,22 @@ struct UsageSums {
 
 async fn usage_sums(db: &PgPool, starts: &[DateTime<Utc>]) -> Result<Vec<UsageSums>, sqlx::Error> {
     let mut tx = analytics_transaction(db).await?;
-    let rows = sqlx::query_as(&format!(
-        "{BUCKETS}
-         SELECT u.* FROM buckets b, LATERAL (
-             SELECT count(*) FILTER (WHERE outcome <> 'dead_lettered') AS timed,
-                    count(*) FILTER (WHERE outcome = 'cancelled') AS cancelled,
-                    coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
-                    coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
-                    coalesce(sum(cost_usd), 0) AS cost_usd
-               FROM turns WHERE completed_at >= b.start AND completed_at < b.finish) u
-          ORDER BY b.i"
-    ))
-    .bind(starts)
+    let rows = sqlx::query_as!(
+        UsageSums,
+        r#"WITH buckets AS (
+               SELECT i, start, coalesce(($1::timestamptz[])[i + 1], 'infinity') AS finish
+                 FROM unnest($1::timestamptz[]) WITH ORDINALITY AS b(start, i)
+           )
+           SELECT u.* FROM buckets b, LATERAL (
+               SELECT count(*) FILTER (WHERE outcome <> 'dead_lettered') AS "timed!",
+                      count(*) FILTER (WHERE outcome = 'cancelled') AS "cancelled!",
+                      coalesce(sum(prompt_tokens), 0)::bigint AS "prompt_tokens!",
+                      coalesce(sum(completion_tokens), 0)::bigint AS "completion_tokens!",
+                      coalesce(sum(cost_usd), 0) AS "cost_usd!"
+                 FROM turns WHERE completed_at >= b.start AND completed_at < b.finish) u
+            ORDER BY b.i"#,
+        starts,
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -554,6 +569,7 @@ async fn latency(db: &PgPool, from: DateTime<Utc>, timed: i64) -> Result<Latency
         pick(0.99, 4)
     );
     let mut tx = analytics_transaction(db).await?;
+    // Runtime SQL: each percentile walks its index in the direction its rank decides.
     let (p50, p95, p99): (f64, f64, f64) = sqlx::query_as(&sql)
         .bind(from)
         .bind(rank_walk(0.5, timed).1)
@@ -578,24 +594,25 @@ async fn approvals(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Approvals, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'approved') AS approved,
-                count(*) FILTER (WHERE status = 'rejected') AS rejected,
-                count(*) FILTER (WHERE status = 'expired'
-                                    OR (status = 'pending' AND expires_at <= $2)) AS expired,
-                count(*) FILTER (WHERE status = 'superseded') AS superseded,
-                count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-                count(*) FILTER (WHERE status = 'pending' AND expires_at > $2) AS pending
-           FROM interrupts WHERE created_at >= $1",
+    sqlx::query_as!(
+        Approvals,
+        r#"SELECT count(*) FILTER (WHERE status = 'approved') AS "approved!",
+                  count(*) FILTER (WHERE status = 'rejected') AS "rejected!",
+                  count(*) FILTER (WHERE status = 'expired'
+                                      OR (status = 'pending' AND expires_at <= $2)) AS "expired!",
+                  count(*) FILTER (WHERE status = 'superseded') AS "superseded!",
+                  count(*) FILTER (WHERE status = 'cancelled') AS "cancelled!",
+                  count(*) FILTER (WHERE status = 'pending' AND expires_at > $2) AS "pending!"
+             FROM interrupts WHERE created_at >= $1"#,
+        from,
+        to,
     )
-    .bind(from)
-    .bind(to)
     .fetch_one(db)
     .await
 }
 
 /// One agent's sums, before its percentile is read.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct AgentSums {
     agent: String,
     rows: i64,
@@ -613,42 +630,58 @@ struct AgentSums {
 /// is then read, per agent, by walking `turn_agents_duration_idx` to its rank.
 async fn agents(db: &PgPool, from: DateTime<Utc>) -> Result<Vec<AgentFigures>, sqlx::Error> {
     let mut tx = analytics_transaction(db).await?;
-    let sums: Vec<AgentSums> = sqlx::query_as(
-        "WITH shares AS (
-             SELECT agent, count(*) AS rows,
-                    sum(prompt_tokens)::bigint AS prompt_tokens,
-                    sum(completion_tokens)::bigint AS completion_tokens,
-                    sum(cost_usd) AS cost_usd, sum(tool_calls)::bigint AS tool_calls,
-                    avg(duration_ms::float8) AS avg_duration_ms
-               FROM turn_agents WHERE completed_at >= $1 GROUP BY agent
-         ), continued AS (
-             SELECT agent, count(*) AS rows FROM interrupts
-              WHERE status IN ('approved', 'rejected') AND decided_at >= $1
-              GROUP BY agent
-         )
-         SELECT s.agent, s.rows, greatest(s.rows - coalesce(c.rows, 0), 0) AS turns,
-                s.prompt_tokens, s.completion_tokens, s.cost_usd, s.tool_calls,
-                round(s.avg_duration_ms::numeric, 1)::float8 AS avg_duration_ms
-           FROM shares s LEFT JOIN continued c USING (agent)
-          ORDER BY s.agent",
+    let sums = sqlx::query_as!(
+        AgentSums,
+        r#"WITH shares AS (
+               SELECT agent, count(*) AS rows,
+                      sum(prompt_tokens)::bigint AS prompt_tokens,
+                      sum(completion_tokens)::bigint AS completion_tokens,
+                      sum(cost_usd) AS cost_usd, sum(tool_calls)::bigint AS tool_calls,
+                      avg(duration_ms::float8) AS avg_duration_ms
+                 FROM turn_agents WHERE completed_at >= $1 GROUP BY agent
+           ), continued AS (
+               SELECT agent, count(*) AS rows FROM interrupts
+                WHERE status IN ('approved', 'rejected') AND decided_at >= $1
+                GROUP BY agent
+           )
+           SELECT s.agent AS "agent!", s.rows AS "rows!",
+                  greatest(s.rows - coalesce(c.rows, 0), 0) AS "turns!",
+                  s.prompt_tokens AS "prompt_tokens!", s.completion_tokens AS "completion_tokens!",
+                  s.cost_usd AS "cost_usd!", s.tool_calls AS "tool_calls!",
+                  round(s.avg_duration_ms::numeric, 1)::float8 AS "avg_duration_ms!"
+             FROM shares s LEFT JOIN continued c USING (agent)
+            ORDER BY s.agent"#,
+        from,
     )
-    .bind(from)
     .fetch_all(&mut *tx)
     .await?;
     let mut figures = Vec::with_capacity(sums.len());
     for agent in sums {
         let (ascending, skip) = rank_walk(0.95, agent.rows);
-        let direction = if ascending { "ASC" } else { "DESC" };
-        let p95: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT duration_ms FROM turn_agents WHERE agent = $1 AND completed_at >= $2
-              ORDER BY duration_ms {direction} OFFSET $3 LIMIT 1"
-        ))
-        .bind(&agent.agent)
-        .bind(from)
-        .bind(skip)
-        .persistent(false)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // One statement per direction: the rank is walked from the nearer end of the index.
+        let p95 = if ascending {
+            sqlx::query_scalar!(
+                "SELECT duration_ms FROM turn_agents WHERE agent = $1 AND completed_at >= $2
+                  ORDER BY duration_ms ASC OFFSET $3 LIMIT 1",
+                agent.agent,
+                from,
+                skip,
+            )
+            .persistent(false)
+            .fetch_optional(&mut *tx)
+            .await?
+        } else {
+            sqlx::query_scalar!(
+                "SELECT duration_ms FROM turn_agents WHERE agent = $1 AND completed_at >= $2
+                  ORDER BY duration_ms DESC OFFSET $3 LIMIT 1",
+                agent.agent,
+                from,
+                skip,
+            )
+            .persistent(false)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
         figures.push(AgentFigures {
             agent: agent.agent,
             turns: agent.turns,

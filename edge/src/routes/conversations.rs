@@ -245,6 +245,7 @@ pub(super) async fn list(
 }
 
 async fn list_page(db: &sqlx::PgPool, filters: &Filters) -> Result<ConversationPage, sqlx::Error> {
+    // Runtime SQL: the filters present decide the statement (QueryBuilder).
     let mut sql: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!(
         "SELECT {CONVERSATION_COLUMNS}
            FROM threads t LEFT JOIN interrupts i ON i.id = t.pending_interrupt
@@ -379,33 +380,42 @@ async fn read_timeline(
     id: &ThreadId,
 ) -> Result<Option<TimelineRows>, sqlx::Error> {
     let mut snapshot = db.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *snapshot)
         .await?;
-    let conversation: Option<Conversation> = sqlx::query_as(&format!(
-        "SELECT {CONVERSATION_COLUMNS}
-           FROM threads t LEFT JOIN interrupts i ON i.id = t.pending_interrupt
-          WHERE t.id = $1"
-    ))
-    .bind(id.as_str())
+    // CONVERSATION_COLUMNS, written out (the macro needs a literal).
+    let conversation = sqlx::query_as!(
+        Conversation,
+        r#"SELECT t.id, t.status, t.title, t.agents, t.messages, t.prompt_tokens,
+                  t.completion_tokens, t.cost_usd, t.created_at, t.last_active_at,
+                  coalesce(i.status = 'pending' AND i.expires_at > now(), false)
+                      AS "pending_approval!",
+                  t.handoff_state AS "handoff_state: HandoffState"
+             FROM threads t LEFT JOIN interrupts i ON i.id = t.pending_interrupt
+            WHERE t.id = $1"#,
+        id.as_str(),
+    )
     .fetch_optional(&mut *snapshot)
     .await?;
     let Some(conversation) = conversation else {
         return Ok(None);
     };
-    let turns: Vec<TurnRow> = sqlx::query_as(
-        "SELECT in_seq, turn_id, message_id, kind, content, reply, outcome, agents, events,
-                prompt_tokens, completion_tokens, cost_usd, received_at, started_at, completed_at
-           FROM turns WHERE thread_id = $1 ORDER BY in_seq",
+    let turns = sqlx::query_as!(
+        TurnRow,
+        r#"SELECT in_seq, turn_id, message_id, kind AS "kind: TurnKind", content, reply, outcome,
+                  agents, events, prompt_tokens, completion_tokens, cost_usd, received_at,
+                  started_at, completed_at
+             FROM turns WHERE thread_id = $1 ORDER BY in_seq"#,
+        id.as_str(),
     )
-    .bind(id.as_str())
     .fetch_all(&mut *snapshot)
     .await?;
-    let letters: Vec<DeadLetterRow> = sqlx::query_as(
+    let letters = sqlx::query_as!(
+        DeadLetterRow,
         "SELECT in_seq, turn_id, message_id, attempts, reason, created_at, replayed_at, replay_seq
            FROM dead_letters WHERE thread_id = $1 ORDER BY in_seq",
+        id.as_str(),
     )
-    .bind(id.as_str())
     .fetch_all(&mut *snapshot)
     .await?;
     snapshot.commit().await?;

@@ -101,35 +101,6 @@ pub(super) struct History {
     handoff: Handoff,
 }
 
-type ThreadRow = (
-    String,
-    i64,
-    HandoffState,
-    Option<String>,
-    bool,
-    Option<uuid::Uuid>,
-    Option<uuid::Uuid>,
-    Option<String>,
-    Option<serde_json::Value>,
-    Option<chrono::DateTime<chrono::Utc>>,
-);
-
-type TurnRow = (
-    TurnKind,
-    String,
-    uuid::Uuid,
-    Option<String>,
-    String,
-    String,
-    i64,
-    i64,
-    i64,
-    f64,
-    chrono::DateTime<chrono::Utc>,
-    chrono::DateTime<chrono::Utc>,
-    Option<String>,
-);
-
 pub(super) async fn messages(
     State(state): State<AppState>,
     Path(thread_id): Path<String>,
@@ -171,7 +142,7 @@ pub(super) async fn messages(
         .await
         .context("Failed to start a read")
         .map_err(ApiError::Unavailable)?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *snapshot)
         .await
         .context("Failed to start a read")
@@ -179,57 +150,48 @@ pub(super) async fn messages(
     // The handoff state is committed with `last_seq` by the thread's worker; the name of the
     // operator who joined and whether the last change was a resolve come from the handoff turns
     // (their events name the operator as the frames did), so all of it matches `last_seq`.
-    let thread: Option<ThreadRow> = sqlx::query_as(
-        "SELECT t.status, t.last_seq, t.handoff_state,
-                (SELECT events->0->>'operator_name' FROM turns
-                  WHERE thread_id = t.id AND kind = 'operator_join'
-                  ORDER BY in_seq DESC LIMIT 1),
-                COALESCE((SELECT kind = 'operator_resolve' FROM turns
-                           WHERE thread_id = t.id
-                             AND kind IN ('request_human', 'operator_join', 'operator_resolve')
-                           ORDER BY in_seq DESC LIMIT 1), false),
-                i.id, i.turn_id, i.action, i.params, i.expires_at
-           FROM threads t LEFT JOIN interrupts i ON i.id = t.pending_interrupt
-          WHERE t.id = $1",
+    let thread = sqlx::query!(
+        r#"SELECT t.status, t.last_seq, t.handoff_state AS "handoff_state: HandoffState",
+                  (SELECT events->0->>'operator_name' FROM turns
+                    WHERE thread_id = t.id AND kind = 'operator_join'
+                    ORDER BY in_seq DESC LIMIT 1) AS joined_name,
+                  COALESCE((SELECT kind = 'operator_resolve' FROM turns
+                             WHERE thread_id = t.id
+                               AND kind IN ('request_human', 'operator_join', 'operator_resolve')
+                             ORDER BY in_seq DESC LIMIT 1), false) AS "resolved!",
+                  i.id AS "interrupt_id?", i.turn_id AS "turn_id?", i.action AS "action?",
+                  i.params AS "params?", i.expires_at AS "expires_at?"
+             FROM threads t LEFT JOIN interrupts i ON i.id = t.pending_interrupt
+            WHERE t.id = $1"#,
+        thread_id.as_str(),
     )
-    .bind(thread_id.as_str())
     .fetch_optional(&mut *snapshot)
     .await
     .context("Failed to read the thread")
     .map_err(ApiError::Unavailable)?;
-    let Some((
-        status,
-        last_seq,
-        handoff_state,
-        joined_name,
-        resolved,
-        interrupt_id,
-        turn_id,
-        action,
-        params,
-        expires_at,
-    )) = thread
-    else {
+    let Some(thread) = thread else {
         return Err(ApiError::NotFound);
     };
+    let handoff_state = thread.handoff_state;
     let handoff = Handoff {
         state: handoff_state,
-        operator: joined_name
+        operator: thread
+            .joined_name
             .filter(|_| handoff_state == HandoffState::Human)
             .map(|name| OperatorRef { name }),
         // A resolve hands the conversation back to the AI; a later wait or join ends it.
-        resolved: resolved && handoff_state == HandoffState::Ai,
+        resolved: thread.resolved && handoff_state == HandoffState::Ai,
     };
     // The page's messages (one more, to know whether older ones exist), newest first; then their
     // rows and the rows of the approvals' answers that continue their turns, in order.
-    let page_starts: Vec<i64> = sqlx::query_scalar(
+    let page_starts: Vec<i64> = sqlx::query_scalar!(
         "SELECT in_seq FROM turns
           WHERE thread_id = $1 AND kind = 'message' AND in_seq < $2
           ORDER BY in_seq DESC LIMIT $3",
+        thread_id.as_str(),
+        before,
+        i64::from(limit) + 1,
     )
-    .bind(thread_id.as_str())
-    .bind(before)
-    .bind(i64::from(limit) + 1)
     .fetch_all(&mut *snapshot)
     .await
     .context("Failed to read the thread's turns")
@@ -241,15 +203,16 @@ pub(super) async fn messages(
         .copied()
         .unwrap_or(before);
     let next_cursor = has_older.then(|| oldest.to_string());
-    let rows: Vec<TurnRow> = sqlx::query_as(
-        "SELECT kind, message_id, turn_id, content, reply, outcome, last_seq, prompt_tokens,
-                completion_tokens, cost_usd, received_at, completed_at,
-                CASE WHEN kind = 'human_message' THEN events->0->>'operator_name' END
-           FROM turns WHERE thread_id = $1 AND in_seq >= $2 AND in_seq < $3 ORDER BY in_seq",
+    let rows = sqlx::query!(
+        r#"SELECT kind AS "kind: TurnKind", message_id, turn_id, content, reply, outcome,
+                  last_seq, prompt_tokens, completion_tokens, cost_usd, received_at, completed_at,
+                  CASE WHEN kind = 'human_message' THEN events->0->>'operator_name' END
+                      AS operator_name
+             FROM turns WHERE thread_id = $1 AND in_seq >= $2 AND in_seq < $3 ORDER BY in_seq"#,
+        thread_id.as_str(),
+        oldest,
+        before,
     )
-    .bind(thread_id.as_str())
-    .bind(oldest)
-    .bind(before)
     .fetch_all(&mut *snapshot)
     .await
     .context("Failed to read the thread's turns")
@@ -261,66 +224,57 @@ pub(super) async fn messages(
         .map_err(ApiError::Unavailable)?;
     let mut messages = Vec::with_capacity(rows.len() * 2);
     for row in rows {
-        let (
-            kind,
-            message_id,
-            turn_id,
-            content,
-            reply,
-            outcome,
-            turn_last_seq,
-            prompt,
-            completion,
-            cost,
-            received,
-            completed,
-            operator_name,
-        ) = row;
         let usage = Usage {
-            prompt_tokens: u64::try_from(prompt).unwrap_or_default(),
-            completion_tokens: u64::try_from(completion).unwrap_or_default(),
-            cost_usd: cost,
+            prompt_tokens: u64::try_from(row.prompt_tokens).unwrap_or_default(),
+            completion_tokens: u64::try_from(row.completion_tokens).unwrap_or_default(),
+            cost_usd: row.cost_usd,
         };
-        if kind == TurnKind::HumanMessage {
+        if row.kind == TurnKind::HumanMessage {
             messages.push(Entry::Operator {
-                message_id,
-                turn_id,
-                content,
-                operator: operator_name.map(|name| OperatorRef { name }),
-                last_seq: turn_last_seq,
-                at: received,
+                message_id: row.message_id,
+                turn_id: row.turn_id,
+                content: row.content,
+                operator: row.operator_name.map(|name| OperatorRef { name }),
+                last_seq: row.last_seq,
+                at: row.received_at,
             });
             continue;
         }
-        if kind != TurnKind::Message {
+        if row.kind != TurnKind::Message {
             // An answer to an approval continues its turn: its reply belongs to that turn's.
             continue_turn(
                 &mut messages,
-                turn_id,
-                &reply,
-                &outcome,
-                turn_last_seq,
+                row.turn_id,
+                &row.reply,
+                &row.outcome,
+                row.last_seq,
                 usage,
-                completed,
+                row.completed_at,
             );
             continue;
         }
         messages.push(Entry::User {
-            message_id,
-            turn_id,
-            content,
-            at: received,
+            message_id: row.message_id,
+            turn_id: row.turn_id,
+            content: row.content,
+            at: row.received_at,
         });
         messages.push(Entry::Assistant {
-            turn_id,
-            content: reply,
-            outcome,
-            last_seq: turn_last_seq,
+            turn_id: row.turn_id,
+            content: row.reply,
+            outcome: row.outcome,
+            last_seq: row.last_seq,
             usage,
-            at: completed,
+            at: row.completed_at,
         });
     }
-    let pending_approval = match (interrupt_id, turn_id, action, params, expires_at) {
+    let pending_approval = match (
+        thread.interrupt_id,
+        thread.turn_id,
+        thread.action,
+        thread.params,
+        thread.expires_at,
+    ) {
         (Some(interrupt_id), Some(turn_id), Some(action), Some(params), Some(expires_at)) => {
             Some(PendingApproval {
                 interrupt_id,
@@ -334,8 +288,8 @@ pub(super) async fn messages(
     };
     Ok(Json(History {
         thread_id,
-        status,
-        last_seq,
+        status: thread.status,
+        last_seq: thread.last_seq,
         messages,
         next_cursor,
         pending_approval,

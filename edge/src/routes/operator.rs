@@ -58,13 +58,13 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Option<Operat
         return Ok(None);
     }
     let hash = state.tokens.operator_token_hash(token);
-    let row: Option<(Uuid, String)> = sqlx::query_as(
+    sqlx::query_as!(
+        Operator,
         "SELECT id, name FROM operators WHERE token_hash = $1 AND revoked_at IS NULL",
+        hash,
     )
-    .bind(hash)
     .fetch_optional(&state.db)
-    .await?;
-    Ok(row.map(|(id, name)| Operator { id, name }))
+    .await
 }
 
 /// A client frame that carried an operator token instead of the thread's: only `resume` (watching
@@ -120,14 +120,15 @@ pub async fn feedback(
     let stored = match target {
         FeedbackTarget::Turn { turn_id, up } => {
             // The agents of every segment of the turn (an approval continues the same turn).
-            let agents: Option<Vec<String>> = sqlx::query_scalar(
-                "SELECT array(SELECT DISTINCT a FROM turns t, unnest(t.agents) AS a
-                               WHERE t.thread_id = $1 AND t.turn_id = $2 ORDER BY a)
-                  WHERE EXISTS (SELECT 1 FROM turns WHERE thread_id = $1 AND turn_id = $2
-                                   AND kind IN ('message', 'interrupt_response'))",
+            let agents: Option<Vec<String>> = sqlx::query_scalar!(
+                r#"SELECT array(SELECT DISTINCT a FROM turns t, unnest(t.agents) AS a
+                                 WHERE t.thread_id = $1 AND t.turn_id = $2 ORDER BY a)
+                              AS "agents!"
+                    WHERE EXISTS (SELECT 1 FROM turns WHERE thread_id = $1 AND turn_id = $2
+                                     AND kind IN ('message', 'interrupt_response'))"#,
+                thread.as_str(),
+                turn_id.as_uuid(),
             )
-            .bind(thread.as_str())
-            .bind(turn_id.as_uuid())
             .fetch_optional(&state.db)
             .await
             .map_err(unavailable)?;
@@ -138,31 +139,31 @@ pub async fn feedback(
                 )
                 .on_thread(thread));
             };
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO feedback (thread_id, kind, turn_id, rating, comment, agents)
                  VALUES ($1, 'turn', $2, $3, $4, $5)
                  ON CONFLICT (thread_id, turn_id) WHERE kind = 'turn'
                  DO UPDATE SET rating = EXCLUDED.rating, comment = EXCLUDED.comment,
                                agents = EXCLUDED.agents, created_at = now()",
+                thread.as_str(),
+                turn_id.as_uuid(),
+                if up { "up" } else { "down" },
+                comment,
+                &agents,
             )
-            .bind(thread.as_str())
-            .bind(turn_id.as_uuid())
-            .bind(if up { "up" } else { "down" })
-            .bind(comment)
-            .bind(agents)
             .execute(&state.db)
             .await
         }
         FeedbackTarget::Csat { score } => {
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO feedback (thread_id, kind, score, comment)
                  SELECT id, 'csat', $2, $3 FROM threads WHERE id = $1
                  ON CONFLICT (thread_id) WHERE kind = 'csat'
                  DO UPDATE SET score = EXCLUDED.score, comment = EXCLUDED.comment, created_at = now()",
+                thread.as_str(),
+                i16::from(score),
+                comment,
             )
-            .bind(thread.as_str())
-            .bind(i16::from(score))
-            .bind(comment)
             .execute(&state.db)
             .await
         }
@@ -199,12 +200,12 @@ pub(super) async fn create(
     }
     let id = Uuid::now_v7();
     let token = shared::auth::ThreadTokens::new_operator_token();
-    let created_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+    let created_at = sqlx::query_scalar!(
         "INSERT INTO operators (id, name, token_hash) VALUES ($1, $2, $3) RETURNING created_at",
+        id,
+        name,
+        state.tokens.operator_token_hash(&token),
     )
-    .bind(id)
-    .bind(&name)
-    .bind(state.tokens.operator_token_hash(&token))
     .fetch_one(&state.db)
     .await
     .context("Failed to create an operator")
@@ -218,13 +219,7 @@ pub(super) async fn create(
 
 /// `GET /api/admin/operators`: every operator, without tokens, revoked ones included (marked).
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    type Row = (
-        Uuid,
-        String,
-        chrono::DateTime<chrono::Utc>,
-        Option<chrono::DateTime<chrono::Utc>>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT id, name, created_at, revoked_at FROM operators ORDER BY created_at, id LIMIT 1000",
     )
     .fetch_all(&state.db)
@@ -233,9 +228,9 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
     .map_err(ApiError::Unavailable)?;
     let operators: Vec<Value> = rows
         .into_iter()
-        .map(|(id, name, created_at, revoked_at)| {
-            json!({"id": id, "name": name, "created_at": created_at,
-                   "revoked": revoked_at.is_some(), "revoked_at": revoked_at})
+        .map(|row| {
+            json!({"id": row.id, "name": row.name, "created_at": row.created_at,
+                   "revoked": row.revoked_at.is_some(), "revoked_at": row.revoked_at})
         })
         .collect();
     Ok(Json(json!({ "operators": operators })))
@@ -248,13 +243,14 @@ pub(super) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let done =
-        sqlx::query("UPDATE operators SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1")
-            .bind(id)
-            .execute(&state.db)
-            .await
-            .context("Failed to revoke an operator")
-            .map_err(ApiError::Unavailable)?;
+    let done = sqlx::query!(
+        "UPDATE operators SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1",
+        id,
+    )
+    .execute(&state.db)
+    .await
+    .context("Failed to revoke an operator")
+    .map_err(ApiError::Unavailable)?;
     if done.rows_affected() == 0 {
         return Err(ApiError::NotFound);
     }
@@ -302,28 +298,18 @@ pub(super) async fn me(Extension(operator): Extension<Operator>) -> Json<Value> 
 /// `GET /api/operator/inbox`: conversations in `waiting` or `human` state, waiting ones first
 /// (oldest wait first), then the ones with an operator.
 pub(super) async fn inbox(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    type Row = (
-        String,
-        String,
-        Option<chrono::DateTime<chrono::Utc>>,
-        Option<Uuid>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        chrono::DateTime<chrono::Utc>,
-        String,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT t.id, t.handoff_state, t.waiting_since, t.operator_id, o.name, t.title,
-                (SELECT content FROM turns
-                  WHERE thread_id = t.id AND kind IN ('message', 'human_message')
-                    AND content IS NOT NULL
-                  ORDER BY in_seq DESC LIMIT 1),
-                t.last_active_at, t.status
-           FROM threads t LEFT JOIN operators o ON o.id = t.operator_id
-          WHERE t.handoff_state <> 'ai'
-          ORDER BY (t.handoff_state = 'waiting') DESC, t.waiting_since ASC NULLS LAST, t.id
-          LIMIT 500",
+    let rows = sqlx::query!(
+        r#"SELECT t.id, t.handoff_state, t.waiting_since, t.operator_id, o.name AS "operator?",
+                  t.title,
+                  (SELECT content FROM turns
+                    WHERE thread_id = t.id AND kind IN ('message', 'human_message')
+                      AND content IS NOT NULL
+                    ORDER BY in_seq DESC LIMIT 1) AS last_message,
+                  t.last_active_at, t.status
+             FROM threads t LEFT JOIN operators o ON o.id = t.operator_id
+            WHERE t.handoff_state <> 'ai'
+            ORDER BY (t.handoff_state = 'waiting') DESC, t.waiting_since ASC NULLS LAST, t.id
+            LIMIT 500"#,
     )
     .fetch_all(&state.db)
     .await
@@ -332,24 +318,24 @@ pub(super) async fn inbox(State(state): State<AppState>) -> Result<Json<Value>, 
     let now = chrono::Utc::now();
     let conversations: Vec<Value> = rows
         .into_iter()
-        .map(
-            |(id, handoff, waiting_since, operator_id, operator, title, last, active, status)| {
-                let waiting_ms = waiting_since
-                    .filter(|_| handoff == "waiting")
-                    .map(|since| (now - since).num_milliseconds().max(0));
-                json!({
-                    "thread_id": id,
-                    "state": handoff,
-                    "status": status,
-                    "waiting_since": waiting_since,
-                    "waiting_ms": waiting_ms,
-                    "operator": operator.map(|name| json!({"id": operator_id, "name": name})),
-                    "title": title,
-                    "last_message": last,
-                    "last_active_at": active,
-                })
-            },
-        )
+        .map(|row| {
+            let waiting_ms = row
+                .waiting_since
+                .filter(|_| row.handoff_state == "waiting")
+                .map(|since| (now - since).num_milliseconds().max(0));
+            let operator_id = row.operator_id;
+            json!({
+                "thread_id": row.id,
+                "state": row.handoff_state,
+                "status": row.status,
+                "waiting_since": row.waiting_since,
+                "waiting_ms": waiting_ms,
+                "operator": row.operator.map(|name| json!({"id": operator_id, "name": name})),
+                "title": row.title,
+                "last_message": row.last_message,
+                "last_active_at": row.last_active_at,
+            })
+        })
         .collect();
     Ok(Json(json!({ "conversations": conversations })))
 }
@@ -360,16 +346,17 @@ fn thread_of(raw: &str) -> Result<ThreadId, ApiError> {
 
 /// The operator holding the thread: `Err(NotFound)` for an unknown thread.
 async fn holder(state: &AppState, thread: &ThreadId) -> Result<Option<(Uuid, String)>, ApiError> {
-    let row: Option<(Option<Uuid>, Option<String>)> = sqlx::query_as(
-        "SELECT t.operator_id, o.name FROM threads t LEFT JOIN operators o ON o.id = t.operator_id
-          WHERE t.id = $1",
+    let row = sqlx::query!(
+        r#"SELECT t.operator_id, o.name AS "name?"
+             FROM threads t LEFT JOIN operators o ON o.id = t.operator_id
+            WHERE t.id = $1"#,
+        thread.as_str(),
     )
-    .bind(thread.as_str())
     .fetch_optional(&state.db)
     .await
     .context("Failed to read a conversation")
     .map_err(ApiError::Unavailable)?;
-    match row {
+    match row.map(|row| (row.operator_id, row.name)) {
         None => Err(ApiError::NotFound),
         Some((Some(id), name)) => Ok(Some((id, name.unwrap_or_default()))),
         Some((None, _)) => Ok(None),
@@ -390,14 +377,14 @@ pub(super) async fn join(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let thread = thread_of(&id)?;
-    let claimed: Option<Option<Uuid>> = sqlx::query_scalar(
-        "UPDATE threads t SET operator_id = $2
-           FROM (SELECT id, operator_id AS before FROM threads WHERE id = $1 FOR UPDATE) b
-          WHERE t.id = b.id AND (t.operator_id IS NULL OR t.operator_id = $2)
-         RETURNING b.before",
+    let claimed: Option<Option<Uuid>> = sqlx::query_scalar!(
+        r#"UPDATE threads t SET operator_id = $2
+             FROM (SELECT id, operator_id AS before FROM threads WHERE id = $1 FOR UPDATE) b
+            WHERE t.id = b.id AND (t.operator_id IS NULL OR t.operator_id = $2)
+           RETURNING b.before AS "before?""#,
+        thread.as_str(),
+        operator.id,
     )
-    .bind(thread.as_str())
-    .bind(operator.id)
     .fetch_optional(&state.db)
     .await
     .context("Failed to assign a conversation")
@@ -414,11 +401,11 @@ pub(super) async fn join(
         };
         if let Err(error) = publish(&state, &thread, None, kind).await {
             // Not stored: the conversation is not taken.
-            let _ = sqlx::query(
+            let _ = sqlx::query!(
                 "UPDATE threads SET operator_id = NULL WHERE id = $1 AND operator_id = $2",
+                thread.as_str(),
+                operator.id,
             )
-            .bind(thread.as_str())
-            .bind(operator.id)
             .execute(&state.db)
             .await;
             return Err(error);
@@ -478,15 +465,15 @@ async fn release(
     operator: &Operator,
     unheld_ok: bool,
 ) -> Result<bool, ApiError> {
-    let held: Option<bool> = sqlx::query_scalar(
-        "UPDATE threads t SET operator_id = NULL
-           FROM (SELECT id, operator_id AS before FROM threads WHERE id = $1 FOR UPDATE) b
-          WHERE t.id = b.id AND (t.operator_id = $2 OR ($3 AND t.operator_id IS NULL))
-         RETURNING b.before IS NOT NULL",
+    let held: Option<bool> = sqlx::query_scalar!(
+        r#"UPDATE threads t SET operator_id = NULL
+             FROM (SELECT id, operator_id AS before FROM threads WHERE id = $1 FOR UPDATE) b
+            WHERE t.id = b.id AND (t.operator_id = $2 OR ($3 AND t.operator_id IS NULL))
+           RETURNING b.before IS NOT NULL AS "held!""#,
+        thread.as_str(),
+        operator.id,
+        unheld_ok,
     )
-    .bind(thread.as_str())
-    .bind(operator.id)
-    .bind(unheld_ok)
     .fetch_optional(&state.db)
     .await
     .context("Failed to release a conversation")
@@ -502,12 +489,13 @@ async fn release(
 
 /// Gives the operator the thread back after a publish that did not store.
 async fn reclaim(state: &AppState, thread: &ThreadId, operator: &Operator) {
-    let _ =
-        sqlx::query("UPDATE threads SET operator_id = $2 WHERE id = $1 AND operator_id IS NULL")
-            .bind(thread.as_str())
-            .bind(operator.id)
-            .execute(&state.db)
-            .await;
+    let _ = sqlx::query!(
+        "UPDATE threads SET operator_id = $2 WHERE id = $1 AND operator_id IS NULL",
+        thread.as_str(),
+        operator.id,
+    )
+    .execute(&state.db)
+    .await;
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,8 +31,7 @@ pub(super) async fn create_thread(
         return Err(ApiError::RateLimited);
     }
     let thread_id = ThreadId::generate();
-    sqlx::query("INSERT INTO threads (id) VALUES ($1)")
-        .bind(thread_id.as_str())
+    sqlx::query!("INSERT INTO threads (id) VALUES ($1)", thread_id.as_str())
         .execute(&state.db)
         .await
         .context("Failed to insert the new thread")
