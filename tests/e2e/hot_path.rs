@@ -284,7 +284,8 @@ fn literal(text: &str) -> String {
 }
 
 /// Every statement the worker runs for a turn (`worker/src/store/`), and
-/// the edge's thread page. The history is the worker's own text; the others are copies.
+/// the edge's thread page. The history and the `worker/queries/` files are the worker's own text;
+/// the lease's and the edge's are copies.
 fn statements(thread: &str) -> Vec<Statement> {
     let thread = literal(thread);
     let owner = literal("00000000-0000-0000-0000-00000000beef");
@@ -312,14 +313,37 @@ fn statements(thread: &str) -> Vec<Statement> {
         ),
         s(
             "commit",
-            COMMIT_SQL,
+            query("commit"),
             &[
-                &thread, "7", "1000000", "1000021", "'resolved'", "true", &owner,
-                "'00000000-0000-0000-0000-0000000000cc'", "'m-explain'", "'message'",
-                "'Where is my order 1001?'", "'It has shipped.'", "1000001", "150", "25",
-                "0.0001", "now()", "now()", "NULL", "'completed'", "ARRAY['orders']",
-                "'[]'::jsonb", "false", "ARRAY['orders']", "ARRAY[150]::int8[]",
-                "ARRAY[25]::int8[]", "ARRAY[0.0001]::float8[]", "ARRAY[1]", "ARRAY[40]::int8[]",
+                &thread,
+                "7",
+                "1000000",
+                "1000021",
+                "'resolved'",
+                "true",
+                &owner,
+                "'00000000-0000-0000-0000-0000000000cc'",
+                "'m-explain'",
+                "'message'",
+                "'Where is my order 1001?'",
+                "'It has shipped.'",
+                "1000001",
+                "150",
+                "25",
+                "0.0001",
+                "now()",
+                "now()",
+                "NULL",
+                "'completed'",
+                "ARRAY['orders']",
+                "'[]'::jsonb",
+                "false",
+                "ARRAY['orders']",
+                "ARRAY[150]::int8[]",
+                "ARRAY[25]::int8[]",
+                "ARRAY[0.0001]::float8[]",
+                "ARRAY[1]",
+                "ARRAY[40]::int8[]",
             ],
         ),
         s(
@@ -336,56 +360,32 @@ fn statements(thread: &str) -> Vec<Statement> {
         ),
         s(
             "skip",
-            "UPDATE threads SET last_in_seq = $3,
-                    lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
-                    lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END
-              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $4 AND last_in_seq < $3",
+            query("skip"),
             &[&thread, "7", "1000000", &owner, "true"],
         ),
         s(
             "record_failure",
-            "INSERT INTO turn_attempts (thread_id, in_seq, attempts, history)
-             VALUES ($1, $2, 1, jsonb_build_array(jsonb_build_object('at', now(), 'error', $3::text)))
-             ON CONFLICT (thread_id, in_seq) DO UPDATE
-                SET attempts = turn_attempts.attempts + 1,
-                    history = turn_attempts.history
-                              || jsonb_build_object('at', now(), 'error', $3::text)
-             RETURNING attempts",
+            query("record_failure"),
             &[&thread, "1000000", "'boom'"],
         ),
-        s(
-            "failures",
-            "SELECT attempts, history -> -1 ->> 'error' FROM turn_attempts
-              WHERE thread_id = $1 AND in_seq = $2",
-            &[&thread, "1000000"],
-        ),
+        s("failures", query("failures"), &[&thread, "1000000"]),
         s(
             "interrupt_raised_at",
-            "SELECT created_at FROM interrupts WHERE id = $1",
+            query("interrupt_raised_at"),
             &[&interrupt],
         ),
-        s(
-            "load_interrupt",
-            "SELECT turn_id, agent, action, params, checkpoint, expires_at, status, decided_in_seq
-               FROM interrupts WHERE id = $1",
-            &[&interrupt],
-        ),
+        s("load_interrupt", query("load_interrupt"), &[&interrupt]),
         s(
             "decide_interrupt",
-            "UPDATE interrupts SET status = $2, decided_at = COALESCE(decided_at, now()), decided_in_seq = $3
-              WHERE id = $1 AND (status = 'pending' OR decided_in_seq = $3)",
+            query("decide_interrupt"),
             &[&interrupt, "'approved'", "1000000"],
         ),
         s(
             "abandon_interrupts",
-            "UPDATE interrupts SET status = 'abandoned' WHERE thread_id = $1 AND in_seq = $2 AND status = 'pending'",
+            query("abandon_interrupts"),
             &[&thread, "1000000"],
         ),
-        s(
-            "tool_execution",
-            "SELECT ok, result, finished_at IS NOT NULL FROM tool_executions WHERE interrupt_id = $1",
-            &[&interrupt],
-        ),
+        s("tool_execution", query("tool_execution"), &[&interrupt]),
         s(
             "edge_thread_page_thread",
             "SELECT t.status, t.last_seq, i.id, i.turn_id, i.action, i.params, i.expires_at
@@ -410,47 +410,21 @@ fn statements(thread: &str) -> Vec<Statement> {
     ]
 }
 
-/// `Store::commit` (a copy: its text is long and other changes touch it).
-const COMMIT_SQL: &str = "WITH advanced AS (
-    UPDATE threads
-       SET last_in_seq = $3,
-           last_seq = GREATEST(last_seq, $4),
-           status = CASE WHEN $5 = 'resolved' AND (escalated_at IS NOT NULL OR $23)
-                         THEN 'escalated' ELSE $5 END,
-           last_active_at = CASE WHEN $5 <> 'expired' THEN now() ELSE last_active_at END,
-           lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
-           lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END,
-           pending_interrupt = $19,
-           title = COALESCE(title, left($11, 200)),
-           agents = agents || ARRAY(SELECT a FROM unnest($21::text[]) WITH ORDINALITY AS n(a, i)
-                                     WHERE a <> ALL(threads.agents) ORDER BY i),
-           messages = messages + CASE WHEN $10 = 'message' THEN 1 ELSE 0 END,
-           prompt_tokens = prompt_tokens + $14,
-           completion_tokens = completion_tokens + $15,
-           cost_usd = cost_usd + $16,
-           escalated_at = CASE WHEN $23 THEN COALESCE(escalated_at, now()) ELSE escalated_at END
-     WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
- RETURNING id
- ),
- turn AS (
-    INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
-                       first_seq, last_seq, prompt_tokens, completion_tokens, cost_usd,
-                       received_at, started_at, outcome, agents, events)
-    SELECT id, $3, $8, $9, $10, $11, $12, $13, $4, $14, $15, $16, $17, $18, $20, $21, $22
-      FROM advanced
- RETURNING thread_id, in_seq
- ),
- shares AS (
-    INSERT INTO turn_agents (thread_id, in_seq, position, agent, prompt_tokens,
-                             completion_tokens, cost_usd, tool_calls, duration_ms)
-    SELECT turn.thread_id, turn.in_seq, s.position, s.agent, s.prompt, s.completion,
-           s.cost, s.tools, s.ms
-      FROM turn,
-           unnest($24::text[], $25::bigint[], $26::bigint[], $27::float8[], $28::int[],
-                  $29::bigint[])
-           WITH ORDINALITY AS s(agent, prompt, completion, cost, tools, ms, position)
- )
- SELECT count(*) FROM turn";
+/// A per-turn statement of the worker, as it runs it (`sqlx::query_file!`).
+fn query(name: &str) -> &'static str {
+    match name {
+        "commit" => include_str!("../../worker/queries/commit.sql"),
+        "skip" => include_str!("../../worker/queries/skip.sql"),
+        "record_failure" => include_str!("../../worker/queries/record_failure.sql"),
+        "failures" => include_str!("../../worker/queries/failures.sql"),
+        "interrupt_raised_at" => include_str!("../../worker/queries/interrupt_raised_at.sql"),
+        "load_interrupt" => include_str!("../../worker/queries/load_interrupt.sql"),
+        "decide_interrupt" => include_str!("../../worker/queries/decide_interrupt.sql"),
+        "abandon_interrupts" => include_str!("../../worker/queries/abandon_interrupts.sql"),
+        "tool_execution" => include_str!("../../worker/queries/tool_execution.sql"),
+        other => panic!("no worker/queries/{other}.sql"),
+    }
+}
 
 /// Types of the commit's parameters, as the worker binds them.
 const COMMIT_TYPES: &str = "text, int8, int8, int8, text, bool, uuid, uuid, text, text, text, \

@@ -17,8 +17,7 @@ pub async fn seed(db: &PgPool) -> anyhow::Result<()> {
         .begin()
         .await
         .context("Failed to load the demo shop's data")?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(SEED_LOCK)
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", SEED_LOCK)
         .execute(&mut *tx)
         .await
         .context("Failed to load the demo shop's data")?;
@@ -34,7 +33,7 @@ pub async fn seed(db: &PgPool) -> anyhow::Result<()> {
 
 /// Whether the demo shop's tables exist.
 pub async fn is_seeded(db: &PgPool) -> anyhow::Result<bool> {
-    sqlx::query_scalar("SELECT to_regclass('demo_orders') IS NOT NULL")
+    sqlx::query_scalar!(r#"SELECT to_regclass('demo_orders') IS NOT NULL AS "seeded!""#)
         .fetch_one(db)
         .await
         .context("Failed to look for the demo shop's data")

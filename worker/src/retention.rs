@@ -67,23 +67,25 @@ pub fn spawn(
 /// `window`, unless another worker is sweeping. Returns how many it erased.
 pub async fn sweep(places: &Places, window: Duration, batch: i64) -> anyhow::Result<u64> {
     let mut lock = places.db.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(SWEEP_LOCK)
-        .fetch_one(&mut *lock)
-        .await?;
+    let locked = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#,
+        SWEEP_LOCK
+    )
+    .fetch_one(&mut *lock)
+    .await?;
     if !locked {
         return Ok(0);
     }
     let mut erased = 0;
     for _ in 0..MAX_BATCHES {
-        let ids: Vec<String> = sqlx::query_scalar(
+        let ids = sqlx::query_scalar!(
             "SELECT id FROM threads
               WHERE last_active_at < now() - make_interval(secs => $1)
                 AND (lease_owner IS NULL OR lease_expires_at < now())
               ORDER BY last_active_at LIMIT $2",
+            window.as_secs_f64(),
+            batch,
         )
-        .bind(window.as_secs_f64())
-        .bind(batch)
         .fetch_all(&places.db)
         .await?;
         let found = ids.len();

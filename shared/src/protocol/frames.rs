@@ -394,15 +394,6 @@ impl HandoffState {
             Self::Human => "human",
         }
     }
-
-    /// The state stored in `threads.handoff_state`; anything unknown reads as `ai`.
-    pub fn from_db(raw: &str) -> Self {
-        match raw {
-            "waiting" => Self::Waiting,
-            "human" => Self::Human,
-            _ => Self::Ai,
-        }
-    }
 }
 
 /// An operator as customers see them: their name.

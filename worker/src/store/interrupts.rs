@@ -15,8 +15,7 @@ impl Store {
         id: InterruptId,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, TurnError> {
         Ok(
-            sqlx::query_scalar("SELECT created_at FROM interrupts WHERE id = $1")
-                .bind(id)
+            sqlx::query_file_scalar!("queries/interrupt_raised_at.sql", id.as_uuid())
                 .fetch_optional(&self.db)
                 .await?,
         )
@@ -27,43 +26,27 @@ impl Store {
         &self,
         id: InterruptId,
     ) -> Result<Option<PendingInterrupt>, TurnError> {
-        type Row = (
-            Uuid,
-            String,
-            String,
-            serde_json::Value,
-            serde_json::Value,
-            chrono::DateTime<chrono::Utc>,
-            InterruptStatus,
-            Option<i64>,
-        );
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT turn_id, agent, action, params, checkpoint, expires_at, status, decided_in_seq
-               FROM interrupts WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.db)
-        .await?;
-        let Some((turn_id, agent, action, params, checkpoint, expires_at, status, decided_in_seq)) =
-            row
+        let Some(row) = sqlx::query_file!("queries/load_interrupt.sql", id.as_uuid())
+            .fetch_optional(&self.db)
+            .await?
         else {
             return Ok(None);
         };
-        let checkpoint = serde_json::from_value(checkpoint).map_err(|error| {
+        let checkpoint = serde_json::from_value(row.checkpoint).map_err(|error| {
             TurnError::Turn(format!(
                 "the checkpoint of approval {id} does not decode: {error}"
             ))
         })?;
         Ok(Some(PendingInterrupt {
             id,
-            turn_id,
-            agent,
-            action,
-            params,
+            turn_id: row.turn_id,
+            agent: row.agent,
+            action: row.action,
+            params: row.params,
             checkpoint,
-            expires_at,
-            status,
-            decided_in_seq: decided_in_seq.map(to_u64),
+            expires_at: row.expires_at,
+            status: row.status,
+            decided_in_seq: row.decided_in_seq.map(to_u64),
         }))
     }
 
@@ -75,13 +58,12 @@ impl Store {
         status: InterruptStatus,
         in_seq: u64,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE interrupts SET status = $2, decided_at = COALESCE(decided_at, now()), decided_in_seq = $3
-              WHERE id = $1 AND (status = 'pending' OR decided_in_seq = $3)",
+        sqlx::query_file!(
+            "queries/decide_interrupt.sql",
+            id.as_uuid(),
+            status.as_str(),
+            to_i64(in_seq),
         )
-        .bind(id)
-        .bind(status)
-        .bind(to_i64(in_seq))
         .execute(&self.db)
         .await?;
         Ok(())
@@ -90,12 +72,12 @@ impl Store {
     /// Marks an approved approval `cancelled` if its tool never ran (its turn was cancelled
     /// between the answer and the call).
     pub async fn withdraw_unexecuted(&self, id: InterruptId) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE interrupts SET status = 'cancelled'
               WHERE id = $1 AND status = 'approved'
                 AND NOT EXISTS (SELECT 1 FROM tool_executions WHERE interrupt_id = $1)",
+            id.as_uuid(),
         )
-        .bind(id)
         .execute(&self.db)
         .await?;
         Ok(())
@@ -106,26 +88,26 @@ impl Store {
     /// `abandoned` first: it was never the thread's pending approval.
     pub async fn raise_interrupt(&self, interrupt: &NewInterrupt<'_>) -> Result<(), sqlx::Error> {
         let in_seq = to_i64(interrupt.in_seq);
-        sqlx::query(
-            "UPDATE interrupts SET status = 'abandoned' WHERE thread_id = $1 AND in_seq = $2 AND status = 'pending'",
+        sqlx::query_file!(
+            "queries/abandon_interrupts.sql",
+            interrupt.thread_id,
+            in_seq,
         )
-        .bind(interrupt.thread_id)
-        .bind(in_seq)
         .execute(&self.db)
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO interrupts (id, thread_id, turn_id, in_seq, agent, action, params, checkpoint, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            interrupt.id.as_uuid(),
+            interrupt.thread_id,
+            interrupt.turn_id,
+            in_seq,
+            interrupt.agent,
+            interrupt.action,
+            &*storable_json(interrupt.params),
+            &*storable_json(interrupt.checkpoint),
+            interrupt.expires_at,
         )
-        .bind(interrupt.id)
-        .bind(interrupt.thread_id)
-        .bind(interrupt.turn_id)
-        .bind(in_seq)
-        .bind(interrupt.agent)
-        .bind(interrupt.action)
-        .bind(storable_json(interrupt.params).as_ref())
-        .bind(storable_json(interrupt.checkpoint).as_ref())
-        .bind(interrupt.expires_at)
         .execute(&self.db)
         .await?;
         Ok(())

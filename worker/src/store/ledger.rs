@@ -31,10 +31,6 @@ pub enum RemoteClaim {
     Finished { ok: bool, result: Value },
 }
 
-const CLAIM_SQL: &str =
-    "INSERT INTO tool_executions (interrupt_id, thread_id, tool, args, ok, result)
-     VALUES ($1, $2, $3, $4, false, 'null') ON CONFLICT (interrupt_id) DO NOTHING";
-
 impl Store {
     /// Runs a tool call that needs no approval, with a connection only for a tool that works in
     /// the database: none is held while a tool calls out. The outer error is the pool's.
@@ -72,22 +68,20 @@ impl Store {
         args: &Value,
     ) -> Result<ApprovedRun, sqlx::Error> {
         let mut tx = self.db.begin().await?;
-        let claimed = sqlx::query(CLAIM_SQL)
-            .bind(interrupt)
-            .bind(thread_id)
-            .bind(&tool.spec().name)
-            .bind(storable_json(args).as_ref())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+        let claimed = sqlx::query_file!(
+            "queries/claim_tool_execution.sql",
+            interrupt.as_uuid(),
+            thread_id,
+            tool.spec().name,
+            &*storable_json(args),
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
             == 1;
         if !claimed {
             tx.rollback().await?;
-            let (ok, result): (bool, Value) =
-                sqlx::query_as("SELECT ok, result FROM tool_executions WHERE interrupt_id = $1")
-                    .bind(interrupt)
-                    .fetch_one(&self.db)
-                    .await?;
+            let (ok, result) = self.tool_execution(interrupt).await?;
             return Ok(ApprovedRun::AlreadyRan { ok, result });
         }
         let mut effect = sqlx::Connection::begin(&mut *tx).await?;
@@ -111,13 +105,13 @@ impl Store {
                 return Ok(ApprovedRun::Unavailable(reason));
             }
         };
-        sqlx::query(
+        sqlx::query!(
             "UPDATE tool_executions SET ok = $2, result = $3, finished_at = now()
               WHERE interrupt_id = $1",
+            interrupt.as_uuid(),
+            ok,
+            &*storable_json(&result),
         )
-        .bind(interrupt)
-        .bind(ok)
-        .bind(storable_json(&result).as_ref())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -133,27 +127,28 @@ impl Store {
         tool: &str,
         args: &Value,
     ) -> Result<RemoteClaim, sqlx::Error> {
-        let claimed = sqlx::query(CLAIM_SQL)
-            .bind(interrupt)
-            .bind(thread_id)
-            .bind(tool)
-            .bind(storable_json(args).as_ref())
-            .execute(&self.db)
-            .await?
-            .rows_affected()
+        let claimed = sqlx::query_file!(
+            "queries/claim_tool_execution.sql",
+            interrupt.as_uuid(),
+            thread_id,
+            tool,
+            &*storable_json(args),
+        )
+        .execute(&self.db)
+        .await?
+        .rows_affected()
             == 1;
         if claimed {
             return Ok(RemoteClaim::ToSend);
         }
-        let (ok, result, finished): (bool, Value, bool) = sqlx::query_as(
-            "SELECT ok, result, finished_at IS NOT NULL FROM tool_executions
-              WHERE interrupt_id = $1",
-        )
-        .bind(interrupt)
-        .fetch_one(&self.db)
-        .await?;
-        Ok(if finished {
-            RemoteClaim::Finished { ok, result }
+        let row = sqlx::query_file!("queries/tool_execution.sql", interrupt.as_uuid())
+            .fetch_one(&self.db)
+            .await?;
+        Ok(if row.finished {
+            RemoteClaim::Finished {
+                ok: row.ok,
+                result: row.result,
+            }
         } else {
             RemoteClaim::ToSend
         })
@@ -168,25 +163,31 @@ impl Store {
         ok: bool,
         result: &Value,
     ) -> Result<(bool, Value), sqlx::Error> {
-        let recorded: Option<(bool, Value)> = sqlx::query_as(
+        let recorded = sqlx::query!(
             "UPDATE tool_executions SET ok = $2, result = $3, finished_at = now()
               WHERE interrupt_id = $1 AND finished_at IS NULL
              RETURNING ok, result",
+            interrupt.as_uuid(),
+            ok,
+            &*storable_json(result),
         )
-        .bind(interrupt)
-        .bind(ok)
-        .bind(storable_json(result).as_ref())
         .fetch_optional(&self.db)
         .await?;
         match recorded {
-            Some(recorded) => Ok(recorded),
-            None => {
-                sqlx::query_as("SELECT ok, result FROM tool_executions WHERE interrupt_id = $1")
-                    .bind(interrupt)
-                    .fetch_one(&self.db)
-                    .await
-            }
+            Some(recorded) => Ok((recorded.ok, recorded.result)),
+            None => self.tool_execution(interrupt).await,
         }
+    }
+
+    /// The outcome recorded on the ledger row of approval `interrupt`.
+    async fn tool_execution(&self, interrupt: InterruptId) -> Result<(bool, Value), sqlx::Error> {
+        let row = sqlx::query!(
+            "SELECT ok, result FROM tool_executions WHERE interrupt_id = $1",
+            interrupt.as_uuid(),
+        )
+        .fetch_one(&self.db)
+        .await?;
+        Ok((row.ok, row.result))
     }
 
     /// The imported tools among `names` that are reviewed and enabled now.

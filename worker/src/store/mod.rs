@@ -1,5 +1,7 @@
 //! PostgreSQL, for the turn: the one place the worker's per-turn SQL lives. The agent graph and
-//! the turn ask the store; neither holds a pool nor writes a statement.
+//! the turn ask the store; neither holds a pool nor writes a statement. The statements are
+//! checked against the schema when compiled (sqlx `query!`); those `tests/e2e/hot_path.rs`
+//! explains are files in `worker/queries/` (`query_file!`), which the test reads too.
 //!
 //! - [`lease`]: the per-thread lease fenced by an epoch (acquire, renew, release), erasure and
 //!   session expiry;

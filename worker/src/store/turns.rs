@@ -2,6 +2,9 @@
 //! fenced by the lease, a message skipped or dead-lettered, failed attempts, and the history
 //! the agents see.
 
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
 use shared::ids::ThreadId;
 use shared::turns::{InterruptId, TurnKind};
 use uuid::Uuid;
@@ -36,83 +39,39 @@ impl Store {
         turn: &TurnRecord,
         after: AfterCommit,
     ) -> Result<Committed, sqlx::Error> {
-        let release = after == AfterCommit::ReleaseLease;
-        let shares = &turn.shares;
-        let committed: i64 = sqlx::query_scalar(
-            "WITH advanced AS (
-                UPDATE threads
-                   SET last_in_seq = $3,
-                       last_seq = GREATEST(last_seq, $4),
-                       status = CASE WHEN $5 = 'resolved' AND (escalated_at IS NOT NULL OR $23)
-                                     THEN 'escalated' ELSE $5 END,
-                       last_active_at = CASE WHEN $5 <> 'expired' THEN now() ELSE last_active_at END,
-                       lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
-                       lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END,
-                       pending_interrupt = $19,
-                       title = COALESCE(title, left($11, 200)),
-                       agents = agents || ARRAY(SELECT a FROM unnest($21::text[]) WITH ORDINALITY AS n(a, i)
-                                                 WHERE a <> ALL(threads.agents) ORDER BY i),
-                       messages = messages + CASE WHEN $10 = 'message' THEN 1 ELSE 0 END,
-                       prompt_tokens = prompt_tokens + $14,
-                       completion_tokens = completion_tokens + $15,
-                       cost_usd = cost_usd + $16,
-                       escalated_at = CASE WHEN $23 THEN COALESCE(escalated_at, now()) ELSE escalated_at END,
-                       -- escalate_to_human asks for a human, as `request_human` does (SPEC §7).
-                       handoff_state = CASE WHEN $23 AND handoff_state = 'ai' THEN 'waiting' ELSE handoff_state END,
-                       waiting_since = CASE WHEN $23 AND handoff_state = 'ai' THEN now() ELSE waiting_since END,
-                       first_waiting_at = CASE WHEN $23 THEN COALESCE(first_waiting_at, now()) ELSE first_waiting_at END
-                 WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $7 AND last_in_seq < $3
-             RETURNING id
-             ),
-             turn AS (
-                INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
-                                   first_seq, last_seq, prompt_tokens, completion_tokens, cost_usd,
-                                   received_at, started_at, outcome, agents, events)
-                SELECT id, $3, $8, $9, $10, $11, $12, $13, $4, $14, $15, $16, $17, $18, $20, $21, $22
-                  FROM advanced
-             RETURNING thread_id, in_seq
-             ),
-             shares AS (
-                INSERT INTO turn_agents (thread_id, in_seq, position, agent, prompt_tokens,
-                                         completion_tokens, cost_usd, tool_calls, duration_ms)
-                SELECT turn.thread_id, turn.in_seq, s.position, s.agent, s.prompt, s.completion,
-                       s.cost, s.tools, s.ms
-                  FROM turn,
-                       unnest($24::text[], $25::bigint[], $26::bigint[], $27::float8[], $28::int[],
-                              $29::bigint[])
-                       WITH ORDINALITY AS s(agent, prompt, completion, cost, tools, ms, position)
-             )
-             SELECT count(*) FROM turn",
+        let row = CommitRow::new(lease, self.worker_id, turn, after);
+        let committed = sqlx::query_file_scalar!(
+            "queries/commit.sql",
+            row.thread_id,
+            row.epoch,
+            row.in_seq,
+            row.last_seq,
+            row.status,
+            row.release,
+            row.owner,
+            row.turn_id,
+            row.message_id,
+            row.kind,
+            row.content.as_deref(),
+            &*row.reply,
+            row.first_seq,
+            row.prompt_tokens,
+            row.completion_tokens,
+            row.cost_usd,
+            row.received_at,
+            row.started_at,
+            row.pending_interrupt,
+            row.outcome,
+            row.agents,
+            &*row.events,
+            row.escalated,
+            &row.share_agents,
+            &row.share_prompt_tokens,
+            &row.share_completion_tokens,
+            &row.share_cost_usd,
+            &row.share_tool_calls,
+            &row.share_duration_ms,
         )
-        .bind(lease.thread_id.as_str())
-        .bind(lease.epoch)
-        .bind(to_i64(turn.in_seq))
-        .bind(to_i64(turn.last_seq))
-        .bind(turn.status.as_str())
-        .bind(release)
-        .bind(self.worker_id)
-        .bind(turn.turn_id)
-        .bind(&turn.message_id)
-        .bind(turn.kind)
-        .bind(turn.content.as_deref().map(storable))
-        .bind(storable(&turn.reply))
-        .bind(to_i64(turn.first_seq))
-        .bind(to_i64(turn.prompt_tokens))
-        .bind(to_i64(turn.completion_tokens))
-        .bind(turn.cost_usd)
-        .bind(turn.received_at)
-        .bind(turn.started_at)
-        .bind(turn.pending_interrupt)
-        .bind(turn.outcome)
-        .bind(&turn.agents)
-        .bind(storable_json(&turn.events).as_ref())
-        .bind(turn.escalated)
-        .bind(shares.iter().map(|share| share.agent.clone()).collect::<Vec<_>>())
-        .bind(shares.iter().map(|share| to_i64(share.usage.prompt_tokens)).collect::<Vec<_>>())
-        .bind(shares.iter().map(|share| to_i64(share.usage.completion_tokens)).collect::<Vec<_>>())
-        .bind(shares.iter().map(|share| share.usage.cost_usd).collect::<Vec<_>>())
-        .bind(shares.iter().map(|share| i32::try_from(share.tool_calls).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-        .bind(shares.iter().map(|share| i64::try_from(share.duration.as_millis()).unwrap_or(i64::MAX)).collect::<Vec<_>>())
         .fetch_one(&self.db)
         .await?;
         Ok(if committed == 1 {
@@ -129,17 +88,14 @@ impl Store {
         in_seq: u64,
         after: AfterCommit,
     ) -> Result<Committed, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE threads SET last_in_seq = $3,
-                    lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
-                    lease_expires_at = CASE WHEN $5 THEN NULL ELSE lease_expires_at END
-              WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $4 AND last_in_seq < $3",
+        let done = sqlx::query_file!(
+            "queries/skip.sql",
+            lease.thread_id.as_str(),
+            lease.epoch,
+            to_i64(in_seq),
+            self.worker_id,
+            after == AfterCommit::ReleaseLease,
         )
-        .bind(lease.thread_id.as_str())
-        .bind(lease.epoch)
-        .bind(to_i64(in_seq))
-        .bind(self.worker_id)
-        .bind(after == AfterCommit::ReleaseLease)
         .execute(&self.db)
         .await?;
         Ok(if done.rows_affected() == 1 {
@@ -189,18 +145,12 @@ impl Store {
         in_seq: u64,
         reason: &str,
     ) -> Result<u32, sqlx::Error> {
-        let attempts: i32 = sqlx::query_scalar(
-            "INSERT INTO turn_attempts (thread_id, in_seq, attempts, history)
-             VALUES ($1, $2, 1, jsonb_build_array(jsonb_build_object('at', now(), 'error', $3::text)))
-             ON CONFLICT (thread_id, in_seq) DO UPDATE
-                SET attempts = turn_attempts.attempts + 1,
-                    history = turn_attempts.history
-                              || jsonb_build_object('at', now(), 'error', $3::text)
-             RETURNING attempts",
+        let attempts = sqlx::query_file_scalar!(
+            "queries/record_failure.sql",
+            thread_id.as_str(),
+            to_i64(in_seq),
+            &*storable(reason),
         )
-        .bind(thread_id.as_str())
-        .bind(to_i64(in_seq))
-        .bind(storable(reason))
         .fetch_one(&self.db)
         .await?;
         Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
@@ -212,18 +162,13 @@ impl Store {
         thread_id: &ThreadId,
         in_seq: u64,
     ) -> Result<Option<(u32, String)>, sqlx::Error> {
-        let row: Option<(i32, Option<String>)> = sqlx::query_as(
-            "SELECT attempts, history -> -1 ->> 'error' FROM turn_attempts
-              WHERE thread_id = $1 AND in_seq = $2",
-        )
-        .bind(thread_id.as_str())
-        .bind(to_i64(in_seq))
-        .fetch_optional(&self.db)
-        .await?;
-        Ok(row.map(|(attempts, error)| {
+        let row = sqlx::query_file!("queries/failures.sql", thread_id.as_str(), to_i64(in_seq))
+            .fetch_optional(&self.db)
+            .await?;
+        Ok(row.map(|row| {
             (
-                u32::try_from(attempts).unwrap_or_default(),
-                error.unwrap_or_default(),
+                u32::try_from(row.attempts).unwrap_or_default(),
+                row.error.unwrap_or_default(),
             )
         }))
     }
@@ -238,8 +183,9 @@ impl Store {
         pending_interrupt: Option<InterruptId>,
     ) -> Result<Committed, sqlx::Error> {
         let release = after == AfterCommit::ReleaseLease;
+        let content = letter.content.as_deref().map(storable);
         let mut tx = self.db.begin().await?;
-        let advanced = sqlx::query(
+        let advanced = sqlx::query!(
             "UPDATE threads
                 SET last_in_seq = $3,
                     last_seq = GREATEST(last_seq, $4),
@@ -251,57 +197,59 @@ impl Store {
                     title = COALESCE(title, left($8, 200)),
                     messages = messages + CASE WHEN $9 = 'message' THEN 1 ELSE 0 END
               WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $6 AND last_in_seq < $3",
+            lease.thread_id.as_str(),
+            lease.epoch,
+            to_i64(letter.in_seq),
+            to_i64(letter.last_seq),
+            release,
+            self.worker_id,
+            pending_interrupt.map(InterruptId::as_uuid),
+            content.as_deref(),
+            letter.kind.as_str(),
         )
-        .bind(lease.thread_id.as_str())
-        .bind(lease.epoch)
-        .bind(to_i64(letter.in_seq))
-        .bind(to_i64(letter.last_seq))
-        .bind(release)
-        .bind(self.worker_id)
-        .bind(pending_interrupt)
-        .bind(letter.content.as_deref().map(storable))
-        .bind(letter.kind)
         .execute(&mut *tx)
         .await?;
         if advanced.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(Committed::Fenced);
         }
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO dead_letters (id, thread_id, in_seq, message_id, turn_id, attempts, reason, history)
              SELECT $1, $2, $3, $4, $5, $6, $7, COALESCE(
                  (SELECT history FROM turn_attempts WHERE thread_id = $2 AND in_seq = $3), '[]')",
+            Uuid::now_v7(),
+            lease.thread_id.as_str(),
+            to_i64(letter.in_seq),
+            letter.message_id,
+            letter.turn_id,
+            i32::try_from(letter.attempts).unwrap_or(i32::MAX),
+            &*storable(&letter.reason),
         )
-        .bind(Uuid::now_v7())
-        .bind(lease.thread_id.as_str())
-        .bind(to_i64(letter.in_seq))
-        .bind(&letter.message_id)
-        .bind(letter.turn_id)
-        .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
-        .bind(storable(&letter.reason))
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, first_seq,
                                 last_seq, received_at, started_at, outcome)
              VALUES ($1, $2, $3, $4, $9, $5, $6, $7, $8, now(), 'dead_lettered')",
+            lease.thread_id.as_str(),
+            to_i64(letter.in_seq),
+            letter.turn_id,
+            letter.message_id,
+            content.as_deref(),
+            to_i64(letter.first_seq),
+            to_i64(letter.last_seq),
+            letter.received_at,
+            letter.kind.as_str(),
         )
-        .bind(lease.thread_id.as_str())
-        .bind(to_i64(letter.in_seq))
-        .bind(letter.turn_id)
-        .bind(&letter.message_id)
-        .bind(letter.content.as_deref().map(storable))
-        .bind(to_i64(letter.first_seq))
-        .bind(to_i64(letter.last_seq))
-        .bind(letter.received_at)
-        .bind(letter.kind)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM turn_attempts WHERE thread_id = $1 AND in_seq = $2")
-            .bind(lease.thread_id.as_str())
-            .bind(to_i64(letter.in_seq))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM turn_attempts WHERE thread_id = $1 AND in_seq = $2",
+            lease.thread_id.as_str(),
+            to_i64(letter.in_seq),
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Committed::Yes)
     }
@@ -315,8 +263,9 @@ impl Store {
         after: AfterCommit,
     ) -> Result<Committed, sqlx::Error> {
         let events = serde_json::Value::Array(handoff.events.clone());
-        let committed: i64 = sqlx::query_scalar(
-            "WITH advanced AS (
+        let content = handoff.content.as_deref().map(storable);
+        let committed = sqlx::query_scalar!(
+            r#"WITH advanced AS (
                 UPDATE threads
                    SET last_in_seq = $3,
                        last_seq = GREATEST(last_seq, $4),
@@ -356,26 +305,26 @@ impl Store {
                 SELECT id, $3, $10, $11, $12, $13, '', $14, $4, $8, $15, $16, $17 FROM advanced
              RETURNING 1
              )
-             SELECT count(*) FROM turn",
+             SELECT count(*) AS "committed!" FROM turn"#,
+            lease.thread_id.as_str(),
+            lease.epoch,
+            to_i64(handoff.in_seq),
+            to_i64(handoff.last_seq),
+            after == AfterCommit::ReleaseLease,
+            handoff.next.as_str(),
+            self.worker_id,
+            handoff.received_at,
+            handoff.resolved,
+            handoff.turn_id,
+            handoff.message_id,
+            handoff.kind.as_str(),
+            content.as_deref(),
+            to_i64(handoff.first_seq),
+            handoff.started_at,
+            handoff.outcome.as_str(),
+            &*storable_json(&events),
+            handoff.withdrawn.map(InterruptId::as_uuid),
         )
-        .bind(lease.thread_id.as_str())
-        .bind(lease.epoch)
-        .bind(to_i64(handoff.in_seq))
-        .bind(to_i64(handoff.last_seq))
-        .bind(after == AfterCommit::ReleaseLease)
-        .bind(handoff.next)
-        .bind(self.worker_id)
-        .bind(handoff.received_at)
-        .bind(handoff.resolved)
-        .bind(handoff.turn_id)
-        .bind(&handoff.message_id)
-        .bind(handoff.kind)
-        .bind(handoff.content.as_deref().map(storable))
-        .bind(to_i64(handoff.first_seq))
-        .bind(handoff.started_at)
-        .bind(handoff.outcome)
-        .bind(storable_json(&events).as_ref())
-        .bind(handoff.withdrawn)
         .fetch_one(&self.db)
         .await?;
         Ok(if committed == 1 {
@@ -383,5 +332,92 @@ impl Store {
         } else {
             Committed::Fenced
         })
+    }
+}
+
+/// The values `queries/commit.sql` is built from: one field a parameter, in their order, each of
+/// the type the statement's parameter has (the macro checks each against it).
+struct CommitRow<'a> {
+    thread_id: &'a str,
+    epoch: i64,
+    in_seq: i64,
+    last_seq: i64,
+    /// The thread's status after the turn.
+    status: &'static str,
+    /// The commit hands the lease back.
+    release: bool,
+    /// This worker: the lease's holder.
+    owner: Uuid,
+    turn_id: Uuid,
+    message_id: &'a str,
+    kind: &'static str,
+    content: Option<Cow<'a, str>>,
+    reply: Cow<'a, str>,
+    first_seq: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cost_usd: f64,
+    received_at: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    pending_interrupt: Option<Uuid>,
+    outcome: &'static str,
+    agents: &'a [String],
+    events: Cow<'a, serde_json::Value>,
+    escalated: bool,
+    /// Each agent's share of the turn, in order: its agent, usage, tool calls and duration.
+    share_agents: Vec<String>,
+    share_prompt_tokens: Vec<i64>,
+    share_completion_tokens: Vec<i64>,
+    share_cost_usd: Vec<f64>,
+    share_tool_calls: Vec<i32>,
+    share_duration_ms: Vec<i64>,
+}
+
+impl<'a> CommitRow<'a> {
+    fn new(lease: &'a Lease, owner: Uuid, turn: &'a TurnRecord, after: AfterCommit) -> Self {
+        let shares = &turn.shares;
+        Self {
+            thread_id: lease.thread_id.as_str(),
+            epoch: lease.epoch,
+            in_seq: to_i64(turn.in_seq),
+            last_seq: to_i64(turn.last_seq),
+            status: turn.status.as_str(),
+            release: after == AfterCommit::ReleaseLease,
+            owner,
+            turn_id: turn.turn_id,
+            message_id: &turn.message_id,
+            kind: turn.kind.as_str(),
+            content: turn.content.as_deref().map(storable),
+            reply: storable(&turn.reply),
+            first_seq: to_i64(turn.first_seq),
+            prompt_tokens: to_i64(turn.prompt_tokens),
+            completion_tokens: to_i64(turn.completion_tokens),
+            cost_usd: turn.cost_usd,
+            received_at: turn.received_at,
+            started_at: turn.started_at,
+            pending_interrupt: turn.pending_interrupt.map(InterruptId::as_uuid),
+            outcome: turn.outcome.as_str(),
+            agents: &turn.agents,
+            events: storable_json(&turn.events),
+            escalated: turn.escalated,
+            share_agents: shares.iter().map(|share| share.agent.clone()).collect(),
+            share_prompt_tokens: shares
+                .iter()
+                .map(|share| to_i64(share.usage.prompt_tokens))
+                .collect(),
+            share_completion_tokens: shares
+                .iter()
+                .map(|share| to_i64(share.usage.completion_tokens))
+                .collect(),
+            share_cost_usd: shares.iter().map(|share| share.usage.cost_usd).collect(),
+            share_tool_calls: shares
+                .iter()
+                .map(|share| i32::try_from(share.tool_calls).unwrap_or(i32::MAX))
+                .collect(),
+            share_duration_ms: shares
+                .iter()
+                .map(|share| i64::try_from(share.duration.as_millis()).unwrap_or(i64::MAX))
+                .collect(),
+        }
     }
 }

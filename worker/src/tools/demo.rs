@@ -160,23 +160,23 @@ fn no_such_order(id: i32) -> ToolError {
     ))
 }
 
-type OrderRow = (
-    i32,
-    String,
-    String,
-    f64,
-    chrono::NaiveDate,
-    Option<chrono::NaiveDate>,
-);
-
 async fn get_order_status(id: i32, db: &mut PgConnection) -> Result<Value, ToolError> {
-    let row: Option<OrderRow> = sqlx::query_as(
-        "SELECT id, status, items, total_usd::float8, placed_on, eta FROM demo_orders WHERE id = $1",
+    let row = sqlx::query!(
+        r#"SELECT id, status, items, total_usd::float8 AS "total!", placed_on, eta
+             FROM demo_orders WHERE id = $1"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(&mut *db)
-    .await?;
-    let (id, status, items, total, placed_on, eta) = row.ok_or_else(|| no_such_order(id))?;
+    .await?
+    .ok_or_else(|| no_such_order(id))?;
+    let (id, status, items, total, placed_on, eta) = (
+        row.id,
+        row.status,
+        row.items,
+        row.total,
+        row.placed_on,
+        row.eta,
+    );
     let summary = match (status.as_str(), eta) {
         ("delivered", Some(eta)) => format!("Order {id} ({items}) was delivered on {eta}."),
         ("shipped", Some(eta)) => {
@@ -195,11 +195,12 @@ async fn get_order_status(id: i32, db: &mut PgConnection) -> Result<Value, ToolE
 }
 
 async fn cancel_order(id: i32, reason: &str, db: &mut PgConnection) -> Result<Value, ToolError> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM demo_orders WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *db)
-            .await?;
+    let status = sqlx::query_scalar!(
+        "SELECT status FROM demo_orders WHERE id = $1 FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut *db)
+    .await?;
     match status.ok_or_else(|| no_such_order(id))?.as_str() {
         "processing" => {}
         "cancelled" => {
@@ -213,24 +214,29 @@ async fn cancel_order(id: i32, reason: &str, db: &mut PgConnection) -> Result<Va
         )))
         }
     }
-    sqlx::query("UPDATE demo_orders SET status = 'cancelled', cancel_reason = $2 WHERE id = $1")
-        .bind(id)
-        .bind(reason)
-        .execute(&mut *db)
-        .await?;
+    sqlx::query!(
+        "UPDATE demo_orders SET status = 'cancelled', cancel_reason = $2 WHERE id = $1",
+        id,
+        reason,
+    )
+    .execute(&mut *db)
+    .await?;
     Ok(json!({"order_id": id, "status": "cancelled",
               "summary": format!("Order {id} is now cancelled.")}))
 }
 
 async fn get_invoice(id: i32, db: &mut PgConnection) -> Result<Value, ToolError> {
-    let row: Option<(String, f64, String, chrono::NaiveDate, f64)> = sqlx::query_as(
-        "SELECT id, amount_usd::float8, status, issued_on, refunded_usd::float8
-           FROM demo_invoices WHERE order_id = $1",
+    let row = sqlx::query!(
+        r#"SELECT id, amount_usd::float8 AS "amount!", status, issued_on,
+                  refunded_usd::float8 AS "refunded!"
+             FROM demo_invoices WHERE order_id = $1"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(&mut *db)
-    .await?;
-    let (invoice, amount, status, issued_on, refunded) = row.ok_or_else(|| no_such_order(id))?;
+    .await?
+    .ok_or_else(|| no_such_order(id))?;
+    let (invoice, amount, status, issued_on, refunded) =
+        (row.id, row.amount, row.status, row.issued_on, row.refunded);
     let summary = if refunded > 0.0 {
         format!("Invoice {invoice} for order {id}: ${amount:.2}, issued {issued_on}, ${refunded:.2} refunded ({status}).")
     } else {
@@ -248,14 +254,15 @@ async fn request_refund(
     reason: &str,
     db: &mut PgConnection,
 ) -> Result<Value, ToolError> {
-    let row: Option<(f64, f64)> = sqlx::query_as(
-        "SELECT amount_usd::float8, refunded_usd::float8 FROM demo_invoices
-          WHERE order_id = $1 FOR UPDATE",
+    let row = sqlx::query!(
+        r#"SELECT amount_usd::float8 AS "invoiced!", refunded_usd::float8 AS "refunded!"
+             FROM demo_invoices WHERE order_id = $1 FOR UPDATE"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(&mut *db)
-    .await?;
-    let (invoiced, refunded) = row.ok_or_else(|| no_such_order(id))?;
+    .await?
+    .ok_or_else(|| no_such_order(id))?;
+    let (invoiced, refunded) = (row.invoiced, row.refunded);
     let left = ((invoiced - refunded) * 100.0).round() / 100.0;
     if left <= 0.0 {
         return Err(ToolError::Refused(format!(
@@ -268,20 +275,22 @@ async fn request_refund(
             "At most ${left:.2} of order {id} can still be refunded."
         )));
     }
-    sqlx::query("INSERT INTO demo_refunds (order_id, amount_usd, reason) VALUES ($1, $2::float8::numeric, $3)")
-        .bind(id)
-        .bind(amount)
-        .bind(reason)
-        .execute(&mut *db)
-        .await?;
-    sqlx::query(
+    sqlx::query!(
+        "INSERT INTO demo_refunds (order_id, amount_usd, reason) VALUES ($1, $2::float8::numeric, $3)",
+        id,
+        amount,
+        reason,
+    )
+    .execute(&mut *db)
+    .await?;
+    sqlx::query!(
         "UPDATE demo_invoices SET refunded_usd = refunded_usd + $2::float8::numeric,
                 status = CASE WHEN refunded_usd + $2::float8::numeric >= amount_usd
                               THEN 'refunded' ELSE 'partially_refunded' END
           WHERE order_id = $1",
+        id,
+        amount,
     )
-    .bind(id)
-    .bind(amount)
     .execute(&mut *db)
     .await?;
     Ok(json!({"order_id": id, "refunded_usd": amount,
@@ -289,10 +298,9 @@ async fn request_refund(
 }
 
 async fn search_faq(query: &str, db: &mut PgConnection) -> Result<Value, ToolError> {
-    let entries: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT question, answer, keywords FROM demo_faq ORDER BY id")
-            .fetch_all(&mut *db)
-            .await?;
+    let entries = sqlx::query!("SELECT question, answer, keywords FROM demo_faq ORDER BY id")
+        .fetch_all(&mut *db)
+        .await?;
     let words: Vec<String> = query
         .split(|c: char| !c.is_alphanumeric())
         .filter(|word| word.len() > 2)
@@ -300,8 +308,9 @@ async fn search_faq(query: &str, db: &mut PgConnection) -> Result<Value, ToolErr
         .collect();
     let best = entries
         .into_iter()
-        .map(|(question, answer, keywords)| {
-            let haystack = format!("{question} {keywords}").to_lowercase();
+        .map(|entry| {
+            let (question, answer) = (entry.question, entry.answer);
+            let haystack = format!("{question} {}", entry.keywords).to_lowercase();
             let score = words
                 .iter()
                 .filter(|word| haystack.contains(word.as_str()))
