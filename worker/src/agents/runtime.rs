@@ -1324,6 +1324,14 @@ mod tests {
             .collect();
         assert!(!tokens.is_empty());
         assert_eq!(tokens, ended.reply);
+        // The timeline: the classification, then the agent's reply, each with its time, in the
+        // JSON `turns.events` stores.
+        let stored = TimelineEvent::to_stored(&ended.events);
+        let kinds: Vec<_> = ended.events.iter().map(TimelineEvent::kind).collect();
+        assert_eq!(kinds, [Some("classification"), Some("agent_reply")], "{stored}");
+        assert!(stored[0]["result"]["intents"].is_array(), "{stored}");
+        assert_eq!(stored[1]["content"], ended.reply.as_str());
+        assert!(stored.as_array().unwrap().iter().all(|e| e["at"].is_string()));
         assert!(
             matches!(
                 out.frames.last(),
@@ -1358,5 +1366,10 @@ mod tests {
             "{:?}",
             out.frames
         );
+        // The timeline ends with `cancelled` (the classifier may have answered first).
+        let stored = TimelineEvent::to_stored(&ended.events);
+        let last = stored.as_array().and_then(|events| events.last());
+        assert_eq!(last.map(|event| &event["type"]), Some(&json!("cancelled")));
+        assert!(last.is_some_and(|event| event["at"].is_string()), "{stored}");
     }
 }
