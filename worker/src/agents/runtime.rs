@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
+use chrono::Utc;
 use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::{json, Value};
-use chrono::Utc;
 use shared::protocol::{FrameBody, Usage};
 use shared::timeline::{ApprovalDecision, TimelineEvent};
 use shared::turns::InterruptId;
@@ -1328,10 +1328,18 @@ mod tests {
         // JSON `turns.events` stores.
         let stored = TimelineEvent::to_stored(&ended.events);
         let kinds: Vec<_> = ended.events.iter().map(TimelineEvent::kind).collect();
-        assert_eq!(kinds, [Some("classification"), Some("agent_reply")], "{stored}");
+        assert_eq!(
+            kinds,
+            [Some("classification"), Some("agent_reply")],
+            "{stored}"
+        );
         assert!(stored[0]["result"]["intents"].is_array(), "{stored}");
         assert_eq!(stored[1]["content"], ended.reply.as_str());
-        assert!(stored.as_array().unwrap().iter().all(|e| e["at"].is_string()));
+        assert!(stored
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["at"].is_string()));
         assert!(
             matches!(
                 out.frames.last(),
@@ -1370,6 +1378,9 @@ mod tests {
         let stored = TimelineEvent::to_stored(&ended.events);
         let last = stored.as_array().and_then(|events| events.last());
         assert_eq!(last.map(|event| &event["type"]), Some(&json!("cancelled")));
-        assert!(last.is_some_and(|event| event["at"].is_string()), "{stored}");
+        assert!(
+            last.is_some_and(|event| event["at"].is_string()),
+            "{stored}"
+        );
     }
 }
