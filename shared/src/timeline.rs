@@ -262,59 +262,143 @@ mod tests {
     /// One sample of every kind, as the worker stores it today (and did before this type).
     fn samples() -> Vec<(&'static str, Value)> {
         vec![
-            ("classification", json!({"type": "classification", "at": AT,
+            (
+                "classification",
+                json!({"type": "classification", "at": AT,
                 "result": {"intents": [{"agent": "orders", "confidence": 0.9}],
-                           "ambiguous": false, "clarification": null}})),
-            ("classification_failed", json!({"type": "classification_failed",
-                "error": "the model failed", "agent": "general", "at": AT})),
-            ("clarification", json!({"type": "clarification", "message": "Which order?"})),
-            ("tool_call", json!({"type": "tool_call", "agent": "orders", "tool": "lookup_order",
-                "args": {"order_id": 1003}, "at": AT})),
-            ("tool_result", json!({"type": "tool_result", "agent": "orders",
-                "tool": "lookup_order", "ok": true, "result": {"status": "shipped"}, "at": AT})),
-            ("tool_already_ran", json!({"type": "tool_already_ran", "interrupt_id": ID})),
-            ("interrupt", json!({"type": "interrupt", "interrupt_id": ID, "agent": "billing",
+                           "ambiguous": false, "clarification": null}}),
+            ),
+            (
+                "classification_failed",
+                json!({"type": "classification_failed",
+                "error": "the model failed", "agent": "general", "at": AT}),
+            ),
+            (
+                "clarification",
+                json!({"type": "clarification", "message": "Which order?"}),
+            ),
+            (
+                "tool_call",
+                json!({"type": "tool_call", "agent": "orders", "tool": "lookup_order",
+                "args": {"order_id": 1003}, "at": AT}),
+            ),
+            (
+                "tool_result",
+                json!({"type": "tool_result", "agent": "orders",
+                "tool": "lookup_order", "ok": true, "result": {"status": "shipped"}, "at": AT}),
+            ),
+            (
+                "tool_already_ran",
+                json!({"type": "tool_already_ran", "interrupt_id": ID}),
+            ),
+            (
+                "interrupt",
+                json!({"type": "interrupt", "interrupt_id": ID, "agent": "billing",
                 "action": "issue_refund", "params": {"order_id": 1003, "amount": 5.5},
-                "expires_at": "2026-11-24T10:15:00Z", "at": AT})),
-            ("decision", json!({"type": "decision", "interrupt_id": ID, "decision": "approved",
-                "at": AT})),
-            ("decision", json!({"type": "decision", "interrupt_id": ID, "decision": "rejected",
-                "at": AT})),
-            ("decision", json!({"type": "decision", "interrupt_id": ID, "decision": "expired",
-                "at": AT})),
-            ("escalation", json!({"type": "escalation", "agent": "general",
-                "reason": "wants a person", "at": AT})),
-            ("step_limit", json!({"type": "step_limit", "agent": "orders"})),
-            ("model_empty", json!({"type": "model_empty", "agent": "orders",
-                "finish_reason": "length", "at": AT})),
-            ("model_retry", json!({"type": "model_retry", "agent": "orders",
-                "error": "the model server is unavailable: 503", "at": AT})),
-            ("turn_reset", json!({"type": "turn_reset", "error": "the stream broke"})),
-            ("agent_reply", json!({"type": "agent_reply", "agent": "orders",
+                "expires_at": "2026-11-24T10:15:00Z", "at": AT}),
+            ),
+            (
+                "decision",
+                json!({"type": "decision", "interrupt_id": ID, "decision": "approved",
+                "at": AT}),
+            ),
+            (
+                "decision",
+                json!({"type": "decision", "interrupt_id": ID, "decision": "rejected",
+                "at": AT}),
+            ),
+            (
+                "decision",
+                json!({"type": "decision", "interrupt_id": ID, "decision": "expired",
+                "at": AT}),
+            ),
+            (
+                "escalation",
+                json!({"type": "escalation", "agent": "general",
+                "reason": "wants a person", "at": AT}),
+            ),
+            (
+                "step_limit",
+                json!({"type": "step_limit", "agent": "orders"}),
+            ),
+            (
+                "model_empty",
+                json!({"type": "model_empty", "agent": "orders",
+                "finish_reason": "length", "at": AT}),
+            ),
+            (
+                "model_retry",
+                json!({"type": "model_retry", "agent": "orders",
+                "error": "the model server is unavailable: 503", "at": AT}),
+            ),
+            (
+                "turn_reset",
+                json!({"type": "turn_reset", "error": "the stream broke"}),
+            ),
+            (
+                "agent_reply",
+                json!({"type": "agent_reply", "agent": "orders",
                 "content": "It shipped.", "prompt_tokens": 120, "completion_tokens": 8,
-                "cost_usd": 0.000342, "tool_calls": 1, "duration_ms": 812, "at": AT})),
+                "cost_usd": 0.000342, "tool_calls": 1, "duration_ms": 812, "at": AT}),
+            ),
             ("cancelled", json!({"type": "cancelled", "at": AT})),
-            ("cancelled", json!({"type": "cancelled", "interrupt_id": ID,
-                "decision": "withdrawn", "at": AT})),
-            ("cancelled", json!({"type": "cancelled", "interrupt_id": ID,
-                "decision": "withdrawn", "by": "operator_join", "at": AT})),
-            ("cancelled", json!({"type": "cancelled", "at": AT,
-                "note": "cancelled before this attempt ran"})),
-            ("error", json!({"type": "error", "code": "session_expired", "at": AT})),
-            ("error", json!({"type": "error", "code": "no_pending_interrupt", "at": AT})),
-            ("recovered", json!({"type": "recovered", "at": AT,
-                "note": "committed from the frames an earlier attempt published"})),
-            ("held_for_human", json!({"type": "held_for_human", "state": "waiting", "at": AT})),
-            ("request_human", json!({"type": "request_human", "by": "customer", "from": "ai",
-                "to": "waiting", "at": AT})),
-            ("operator_join", json!({"type": "operator_join", "operator_id": OPERATOR,
-                "operator_name": "Ada", "from": "waiting", "to": "human", "at": AT})),
-            ("operator_leave", json!({"type": "operator_leave", "operator_id": OPERATOR,
-                "operator_name": "Ada", "from": "human", "to": "ai", "at": AT})),
-            ("operator_resolve", json!({"type": "operator_resolve", "operator_id": OPERATOR,
-                "operator_name": "Ada", "from": "human", "to": "ai", "at": AT})),
-            ("human_message", json!({"type": "human_message", "operator_id": OPERATOR,
-                "operator_name": "Ada", "message_id": "op-1", "at": AT})),
+            (
+                "cancelled",
+                json!({"type": "cancelled", "interrupt_id": ID,
+                "decision": "withdrawn", "at": AT}),
+            ),
+            (
+                "cancelled",
+                json!({"type": "cancelled", "interrupt_id": ID,
+                "decision": "withdrawn", "by": "operator_join", "at": AT}),
+            ),
+            (
+                "cancelled",
+                json!({"type": "cancelled", "at": AT,
+                "note": "cancelled before this attempt ran"}),
+            ),
+            (
+                "error",
+                json!({"type": "error", "code": "session_expired", "at": AT}),
+            ),
+            (
+                "error",
+                json!({"type": "error", "code": "no_pending_interrupt", "at": AT}),
+            ),
+            (
+                "recovered",
+                json!({"type": "recovered", "at": AT,
+                "note": "committed from the frames an earlier attempt published"}),
+            ),
+            (
+                "held_for_human",
+                json!({"type": "held_for_human", "state": "waiting", "at": AT}),
+            ),
+            (
+                "request_human",
+                json!({"type": "request_human", "by": "customer", "from": "ai",
+                "to": "waiting", "at": AT}),
+            ),
+            (
+                "operator_join",
+                json!({"type": "operator_join", "operator_id": OPERATOR,
+                "operator_name": "Ada", "from": "waiting", "to": "human", "at": AT}),
+            ),
+            (
+                "operator_leave",
+                json!({"type": "operator_leave", "operator_id": OPERATOR,
+                "operator_name": "Ada", "from": "human", "to": "ai", "at": AT}),
+            ),
+            (
+                "operator_resolve",
+                json!({"type": "operator_resolve", "operator_id": OPERATOR,
+                "operator_name": "Ada", "from": "human", "to": "ai", "at": AT}),
+            ),
+            (
+                "human_message",
+                json!({"type": "human_message", "operator_id": OPERATOR,
+                "operator_name": "Ada", "message_id": "op-1", "at": AT}),
+            ),
             ("ignored", json!({"type": "ignored", "at": AT})),
         ]
     }
@@ -364,7 +448,9 @@ mod tests {
             to: HandoffState::Human,
             at,
         });
-        let stored = samples().into_iter().find(|(kind, _)| *kind == "operator_join");
+        let stored = samples()
+            .into_iter()
+            .find(|(kind, _)| *kind == "operator_join");
         assert_eq!(Some(join.to_json()), stored.map(|(_, json)| json));
     }
 
