@@ -20,15 +20,22 @@ use crate::turns::InterruptId;
 
 /// One event of a turn's timeline, as stored in `turns.events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TimelineEvent {
     /// The supervisor routed the message: `result` is the classifier's answer
     /// (`{"intents": [{"agent", "confidence"}], "ambiguous", "clarification"}`).
-    Classification { result: Value, at: DateTime<Utc> },
+    Classification {
+        #[cfg_attr(test, ts(type = "unknown"))]
+        result: Value,
+        #[cfg_attr(test, ts(type = "string"))]
+        at: DateTime<Utc>,
+    },
     /// The classifier kept failing or named no agent: the turn went to the default `agent`.
     ClassificationFailed {
         error: String,
         agent: String,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// The message was ambiguous: the turn asked this question instead of answering.
@@ -37,7 +44,9 @@ pub enum TimelineEvent {
     ToolCall {
         agent: String,
         tool: String,
+        #[cfg_attr(test, ts(type = "Record<string, unknown>"))]
         args: Value,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// A tool call's result, as the model was given it.
@@ -45,30 +54,42 @@ pub enum TimelineEvent {
         agent: String,
         tool: String,
         ok: bool,
+        #[cfg_attr(test, ts(type = "unknown"))]
         result: Value,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// An approved call had run already (its ledger row held the outcome): not run again.
-    ToolAlreadyRan { interrupt_id: InterruptId },
+    ToolAlreadyRan {
+        #[cfg_attr(test, ts(type = "string"))]
+        interrupt_id: InterruptId,
+    },
     /// The turn paused on a call that needs the user's approval.
     Interrupt {
+        #[cfg_attr(test, ts(type = "string"))]
         interrupt_id: InterruptId,
         agent: String,
         action: String,
+        #[cfg_attr(test, ts(type = "Record<string, unknown>"))]
         params: Value,
+        #[cfg_attr(test, ts(type = "string"))]
         expires_at: DateTime<Utc>,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// The user's answer to an approval (`approved`, `rejected`), or `expired` when it came late.
     Decision {
+        #[cfg_attr(test, ts(type = "string"))]
         interrupt_id: InterruptId,
         decision: ApprovalDecision,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// A tool handed the conversation to a human.
     Escalation {
         agent: String,
         reason: String,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// An agent reached the step limit: the turn ended with an apology.
@@ -77,12 +98,14 @@ pub enum TimelineEvent {
     ModelEmpty {
         agent: String,
         finish_reason: String,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// A model call failed before any of its output went out (retried).
     ModelRetry {
         agent: String,
         error: String,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// A model call failed after its output went out: the segment restarted (`turn_reset`).
@@ -96,6 +119,7 @@ pub enum TimelineEvent {
         cost_usd: f64,
         tool_calls: u32,
         duration_ms: u64,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// The turn was cancelled. A running turn's has only `at`; a cancel (or a handoff message,
@@ -103,23 +127,37 @@ pub enum TimelineEvent {
     /// `decision: "withdrawn"`; a turn cancelled before it ran has a `note`.
     Cancelled {
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(type = "string", optional))]
         interrupt_id: Option<InterruptId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
         decision: Option<ApprovalDecision>,
         /// The handoff message that withdrew the approval (`request_human`, `operator_join`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
         by: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
         note: Option<String>,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// The turn ended with an error frame (`session_expired`, `no_pending_interrupt`).
-    Error { code: ErrorCode, at: DateTime<Utc> },
+    Error {
+        code: ErrorCode,
+        #[cfg_attr(test, ts(type = "string"))]
+        at: DateTime<Utc>,
+    },
     /// The turn was committed from the frames an earlier attempt had published.
-    Recovered { note: String, at: DateTime<Utc> },
+    Recovered {
+        note: String,
+        #[cfg_attr(test, ts(type = "string"))]
+        at: DateTime<Utc>,
+    },
     /// A customer message while a human is asked for or has joined (`state`): no model called.
     HeldForHuman {
         state: HandoffState,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// The customer asked for a human (`by: "customer"`).
@@ -127,6 +165,7 @@ pub enum TimelineEvent {
         by: String,
         from: HandoffState,
         to: HandoffState,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// An operator joined the conversation.
@@ -137,20 +176,27 @@ pub enum TimelineEvent {
     OperatorResolve(OperatorChange),
     /// An operator's message to the customer.
     HumanMessage {
+        #[cfg_attr(test, ts(type = "string"))]
         operator_id: uuid::Uuid,
         operator_name: String,
         message_id: MessageId,
+        #[cfg_attr(test, ts(type = "string"))]
         at: DateTime<Utc>,
     },
     /// A message that changes nothing (not a handoff message, where one was expected).
-    Ignored { at: DateTime<Utc> },
+    Ignored {
+        #[cfg_attr(test, ts(type = "string"))]
+        at: DateTime<Utc>,
+    },
     /// Anything else, kept as stored: a kind or a shape this version does not know.
     #[serde(untagged)]
+    #[cfg_attr(test, ts(skip))]
     Unknown(Value),
 }
 
 /// What became of an approval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalDecision {
     Approved,
@@ -174,11 +220,14 @@ impl ApprovalDecision {
 
 /// An operator's join, leave or resolve: who, and the handoff state before and after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct OperatorChange {
+    #[cfg_attr(test, ts(type = "string"))]
     pub operator_id: uuid::Uuid,
     pub operator_name: String,
     pub from: HandoffState,
     pub to: HandoffState,
+    #[cfg_attr(test, ts(type = "string"))]
     pub at: DateTime<Utc>,
 }
 
