@@ -654,13 +654,19 @@ async fn stored_timeline_events_read_back_typed_and_the_timeline_shows_them_as_s
     ws.frames_until(|frame| frame["type"] == "handoff").await;
     turn(&mut ws, &thread.message("Anyone there?")).await;
 
-    let rows: Vec<(i64, uuid::Uuid, Value)> = sqlx::query_as(
-        "SELECT in_seq, turn_id, events FROM turns WHERE thread_id = $1 ORDER BY in_seq",
-    )
-    .bind(&thread.thread_id)
-    .fetch_all(&app.db().await)
-    .await
-    .unwrap();
+    // A turn commits after its frames went out: wait for all eight rows.
+    let db = app.db().await;
+    let rows: Vec<(i64, uuid::Uuid, Value)> = eventually("the eight turns to commit", || async {
+        let rows: Vec<(i64, uuid::Uuid, Value)> = sqlx::query_as(
+            "SELECT in_seq, turn_id, events FROM turns WHERE thread_id = $1 ORDER BY in_seq",
+        )
+        .bind(&thread.thread_id)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        (rows.len() == 8).then_some(rows)
+    })
+    .await;
     let mut stored = Vec::new();
     let mut kinds = BTreeSet::new();
     for (in_seq, turn_id, events) in rows {
