@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The web app's protocol types, web/src/generated/protocol.ts, generated from the Rust protocol
-# types (shared/src/protocol/frames.rs, shared/src/ids.rs) by ts-rs, inside shared's unit tests
+# types (shared/src/protocol/frames.rs, shared/src/ids.rs) and the timeline's event type
+# (shared/src/timeline.rs) by ts-rs, inside shared's unit tests
 # (shared/src/protocol/typescript.rs): ts-rs is a dev-dependency, so normal builds never compile it.
 #
 #   scripts/gen-ts.sh           regenerate the file (commit it with the Rust change)

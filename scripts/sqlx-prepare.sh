@@ -12,7 +12,8 @@
 #
 # Creates a scratch database on the server of TEST_POSTGRES_URL (default
 # postgres://postgres@127.0.0.1:5432, no database name: as the end-to-end tests), applies
-# migrations/ with sqlx's migrator (as the edge and the worker do at start-up), runs
+# migrations/ with sqlx's migrator (as the edge and the worker do at start-up) and the demo shop's
+# tables (worker/src/demo_seed.sql, needs psql), runs
 # `cargo sqlx prepare --workspace` against it (a `cargo check --all-targets` of the workspace),
 # and drops the database, also on failure.
 #
@@ -47,4 +48,7 @@ trap drop EXIT
 
 log "scratch database $database, migrations/ applied"
 cargo sqlx database setup --no-dotenv --source migrations >/dev/null
+# The demo shop's tools (worker/src/tools/demo.rs) read tables that no migration creates: the
+# worker creates them with this script when DEMO_SEED is on.
+psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -f worker/src/demo_seed.sql >/dev/null
 cargo sqlx prepare --workspace "${check[@]}" -- --all-targets

@@ -18,4 +18,5 @@ pub mod retained;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
+pub mod timeline;
 pub mod turns;

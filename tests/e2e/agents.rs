@@ -629,3 +629,89 @@ async fn an_answer_without_an_id_cannot_approve_an_approval_raised_after_it() {
             .unwrap();
     assert_eq!(refunds, 0);
 }
+
+/// What the worker stores in `turns.events` reads back as `shared::timeline::TimelineEvent`
+/// variants (none falls back to `Unknown`), and the timeline shows each as stored, in order,
+/// with the turn's `turn_id` and `in_seq`.
+#[tokio::test]
+async fn stored_timeline_events_read_back_typed_and_the_timeline_shows_them_as_stored() {
+    use shared::timeline::TimelineEvent;
+    const ADMIN: &str = "timeline-admin-token";
+    let app = TestApp::spawn(StackOptions::default().with("ADMIN_TOKEN", ADMIN)).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+
+    turn(&mut ws, &thread.message("Where is my order 1002?")).await;
+    turn(&mut ws, &thread.message("help")).await;
+    let frames = turn(&mut ws, &thread.message("Cancel order 1003 and refund it")).await;
+    assert_eq!(frames.last().unwrap()["type"], "interrupt", "{frames:?}");
+    let frames = turn(&mut ws, &thread.answer(true, None)).await;
+    assert_eq!(frames.last().unwrap()["type"], "interrupt", "{frames:?}");
+    turn(&mut ws, &thread.answer(false, None)).await;
+    turn(&mut ws, &thread.answer(true, None)).await;
+    ws.send(&thread.request_human()).await;
+    ws.expect_type("accepted").await;
+    ws.frames_until(|frame| frame["type"] == "handoff").await;
+    turn(&mut ws, &thread.message("Anyone there?")).await;
+
+    // A turn commits after its frames went out: wait for all eight rows.
+    let db = app.db().await;
+    let rows: Vec<(i64, uuid::Uuid, Value)> = eventually("the eight turns to commit", || async {
+        let rows: Vec<(i64, uuid::Uuid, Value)> = sqlx::query_as(
+            "SELECT in_seq, turn_id, events FROM turns WHERE thread_id = $1 ORDER BY in_seq",
+        )
+        .bind(&thread.thread_id)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        (rows.len() == 8).then_some(rows)
+    })
+    .await;
+    let mut stored = Vec::new();
+    let mut kinds = BTreeSet::new();
+    for (in_seq, turn_id, events) in rows {
+        for raw in events.as_array().unwrap() {
+            let event = TimelineEvent::from_stored(raw.clone());
+            assert!(
+                !matches!(event, TimelineEvent::Unknown(_)),
+                "not a known shape: {raw}"
+            );
+            kinds.insert(event.kind().unwrap().to_owned());
+            let mut shown = raw.clone();
+            shown["turn_id"] = json!(turn_id);
+            shown["in_seq"] = json!(in_seq);
+            stored.push(shown);
+        }
+    }
+    for kind in [
+        "classification",
+        "tool_call",
+        "tool_result",
+        "agent_reply",
+        "clarification",
+        "interrupt",
+        "decision",
+        "error",
+        "request_human",
+        "held_for_human",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
+
+    let url = format!(
+        "{}/api/admin/conversations/{}/timeline",
+        app.http_url(0),
+        thread.thread_id
+    );
+    let timeline = app.get_json(&url, ADMIN).await;
+    // The edge's own rows aside, the timeline is the stored events, in order.
+    let edge_rows = ["user_message", "approval_answer", "turn_completed"];
+    let shown: Vec<Value> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| !edge_rows.contains(&event["type"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    assert_eq!(shown, stored);
+}

@@ -12,10 +12,10 @@
 //! Who may do what is checked by the edge when it accepts the message (the operator's token, the
 //! assignment of the conversation); the worker applies the messages in order.
 
-use serde_json::json;
 use shared::ids::TurnId;
 use shared::protocol::bus::{InboundKind, InboundMessage, OperatorId};
 use shared::protocol::{FrameBody, HandoffState, OperatorRef, Usage};
+use shared::timeline::{ApprovalDecision, OperatorChange, TimelineEvent};
 use shared::turns::{InterruptStatus, TurnKind, TurnOutcome};
 
 use crate::error::TurnError;
@@ -53,8 +53,10 @@ pub(crate) async fn held_for_human(
         reply: String::new(),
         usage: Usage::default(),
         agents: Vec::new(),
-        events: vec![json!({"type": "held_for_human", "state": state.as_str(),
-                            "at": chrono::Utc::now()})],
+        events: vec![TimelineEvent::HeldForHuman {
+            state,
+            at: chrono::Utc::now(),
+        }],
         shares: Vec::new(),
         escalated: false,
     })
@@ -71,17 +73,18 @@ struct Control {
     /// `turns.outcome` of its row.
     outcome: TurnOutcome,
     /// Its timeline event.
-    event: serde_json::Value,
+    event: TimelineEvent,
 }
 
-fn operator_event(
-    kind: &str,
-    operator: &OperatorId,
-    from: HandoffState,
-    to: HandoffState,
-) -> serde_json::Value {
-    json!({"type": kind, "operator_id": operator.id, "operator_name": operator.name,
-           "from": from.as_str(), "to": to.as_str(), "at": chrono::Utc::now()})
+/// An operator's join, leave or resolve, for [`TimelineEvent::OperatorJoin`] and the like.
+fn operator_change(operator: &OperatorId, from: HandoffState, to: HandoffState) -> OperatorChange {
+    OperatorChange {
+        operator_id: operator.id,
+        operator_name: operator.name.clone(),
+        from,
+        to,
+        at: chrono::Utc::now(),
+    }
 }
 
 fn handoff_frame(state: HandoffState, operator: Option<&OperatorId>, resolved: bool) -> FrameBody {
@@ -107,8 +110,12 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
                 frame: (next != current).then(|| handoff_frame(next, None, false)),
                 resolved: false,
                 outcome: TurnOutcome::Handoff,
-                event: json!({"type": "request_human", "by": "customer", "from": current.as_str(),
-                              "to": next.as_str(), "at": chrono::Utc::now()}),
+                event: TimelineEvent::RequestHuman {
+                    by: "customer".into(),
+                    from: current,
+                    to: next,
+                    at: chrono::Utc::now(),
+                },
             }
         }
         InboundKind::OperatorJoin { operator } => Control {
@@ -116,7 +123,11 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             frame: Some(handoff_frame(HandoffState::Human, Some(operator), false)),
             resolved: false,
             outcome: TurnOutcome::Handoff,
-            event: operator_event("operator_join", operator, current, HandoffState::Human),
+            event: TimelineEvent::OperatorJoin(operator_change(
+                operator,
+                current,
+                HandoffState::Human,
+            )),
         },
         InboundKind::OperatorLeave { operator } => Control {
             next: HandoffState::Ai,
@@ -124,7 +135,11 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
                 .then(|| handoff_frame(HandoffState::Ai, None, false)),
             resolved: false,
             outcome: TurnOutcome::Handoff,
-            event: operator_event("operator_leave", operator, current, HandoffState::Ai),
+            event: TimelineEvent::OperatorLeave(operator_change(
+                operator,
+                current,
+                HandoffState::Ai,
+            )),
         },
         InboundKind::OperatorResolve { operator } => Control {
             next: HandoffState::Ai,
@@ -132,7 +147,11 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             frame: Some(handoff_frame(HandoffState::Ai, None, true)),
             resolved: true,
             outcome: TurnOutcome::Handoff,
-            event: operator_event("operator_resolve", operator, current, HandoffState::Ai),
+            event: TimelineEvent::OperatorResolve(operator_change(
+                operator,
+                current,
+                HandoffState::Ai,
+            )),
         },
         InboundKind::HumanMessage { operator, content } => Control {
             next: current,
@@ -145,9 +164,12 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             }),
             resolved: false,
             outcome: TurnOutcome::Delivered,
-            event: json!({"type": "human_message", "operator_id": operator.id,
-                          "operator_name": operator.name, "message_id": message.message_id,
-                          "at": chrono::Utc::now()}),
+            event: TimelineEvent::HumanMessage {
+                operator_id: operator.id,
+                operator_name: operator.name.clone(),
+                message_id: message.message_id.clone(),
+                at: chrono::Utc::now(),
+            },
         },
         // Not handoff messages: nothing changes (never reached: see `is_control`).
         InboundKind::Message { .. }
@@ -157,7 +179,9 @@ fn control(current: HandoffState, message: &InboundMessage) -> Control {
             frame: None,
             resolved: false,
             outcome: TurnOutcome::Handoff,
-            event: json!({"type": "ignored", "at": chrono::Utc::now()}),
+            event: TimelineEvent::Ignored {
+                at: chrono::Utc::now(),
+            },
         },
     }
 }
@@ -195,9 +219,13 @@ impl TurnRunner {
                 .interrupts
                 .with_label_values(&["cancelled"])
                 .inc();
-            events.push(json!({"type": "cancelled", "interrupt_id": pending.id,
-                               "decision": "withdrawn", "by": message.kind.as_str(),
-                               "at": chrono::Utc::now()}));
+            events.push(TimelineEvent::Cancelled {
+                interrupt_id: Some(pending.id),
+                decision: Some(ApprovalDecision::Withdrawn),
+                by: Some(message.kind.as_str().to_owned()),
+                note: None,
+                at: chrono::Utc::now(),
+            });
         }
         events.push(control.event);
         let paused_turn = paused.as_ref().map(|pending| TurnId::from(pending.turn_id));
@@ -253,7 +281,7 @@ impl TurnRunner {
             next: control.next,
             resolved: control.resolved,
             outcome: control.outcome,
-            events,
+            events: events.iter().map(TimelineEvent::to_json).collect(),
             withdrawn,
         };
         if self.store.commit_handoff(lease, &record, after).await? == Committed::Fenced {

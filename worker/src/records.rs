@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::ids::ThreadId;
 use shared::protocol::{HandoffState, Usage};
+use shared::timeline::TimelineEvent;
 use shared::turns::{InterruptId, InterruptStatus, TurnKind, TurnOutcome};
 use uuid::Uuid;
 
@@ -54,7 +55,7 @@ pub struct TurnRecord {
     /// The approval the thread waits for after this turn.
     pub pending_interrupt: Option<InterruptId>,
     pub agents: Vec<String>,
-    /// The turn's timeline events (JSON array).
+    /// The turn's timeline events, as `turns.events` stores them ([`TimelineEvent::to_stored`]).
     pub events: serde_json::Value,
     /// Each agent's share of the turn, in order.
     pub shares: Vec<AgentShare>,
@@ -103,7 +104,7 @@ pub struct HandoffRecord {
     pub resolved: bool,
     /// `turns.outcome` of its row.
     pub outcome: TurnOutcome,
-    /// Its timeline events.
+    /// Its timeline events, as `turns.events` stores them (each [`TimelineEvent::to_json`]).
     pub events: Vec<Value>,
     /// The approval it withdrew (a human was asked for or joined while it was pending): the
     /// thread no longer waits for it.
@@ -197,7 +198,7 @@ pub struct Ended {
     pub usage: Usage,
     pub agents: Vec<String>,
     /// Classification, tool calls and results, interrupts, decisions, resets: the timeline.
-    pub events: Vec<Value>,
+    pub events: Vec<TimelineEvent>,
     /// Each agent's share of this segment.
     pub shares: Vec<AgentShare>,
     /// The conversation was handed to a human.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use shared::ids::ThreadId;
 use shared::protocol::HandoffState;
+use shared::timeline::TimelineEvent;
 use shared::turns::TurnKind;
 use sqlx::{Postgres, QueryBuilder};
 
@@ -476,15 +477,13 @@ fn timeline_events(turns: Vec<TurnRow>, letters: Vec<DeadLetterRow>) -> Vec<Valu
 
 /// One turn row: what came in, what the worker recorded, how it ended.
 fn turn_events(turn: TurnRow) -> Vec<Value> {
-    let recorded = match turn.events {
-        Value::Array(events) => events,
-        _ => Vec::new(),
-    };
+    // Each recorded event is shown as stored (an unknown one too), with `turn_id` and `in_seq`.
+    let recorded = TimelineEvent::all_from_stored(turn.events);
     let mut events = Vec::with_capacity(recorded.len() + 2);
     // Handoff messages (SPEC §7): their own events, each with the operator's id (if by one).
     if turn.kind.is_handoff() {
-        for event in recorded {
-            if let Value::Object(mut event) = event {
+        for event in &recorded {
+            if let Value::Object(mut event) = event.to_json() {
                 event.insert("turn_id".into(), json!(turn.turn_id));
                 event.insert("in_seq".into(), json!(turn.in_seq));
                 if turn.kind == TurnKind::HumanMessage {
@@ -498,8 +497,14 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
     if turn.kind == TurnKind::InterruptResponse {
         let decision = recorded
             .iter()
-            .find(|event| event["type"] == "decision")
-            .map(|event| event["decision"].clone())
+            .find_map(|event| match event {
+                TimelineEvent::Decision { decision, .. } => Some(json!(decision)),
+                // One of an unexpected shape: its `decision` as stored.
+                TimelineEvent::Unknown(stored) if event.kind() == Some("decision") => {
+                    Some(stored["decision"].clone())
+                }
+                _ => None,
+            })
             .unwrap_or(Value::Null);
         events.push(json!({
             "type": "approval_answer",
@@ -528,8 +533,8 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
             "at": turn.received_at,
         }));
     }
-    for event in recorded {
-        let mut event = match event {
+    for event in &recorded {
+        let mut event = match event.to_json() {
             Value::Object(fields) => fields,
             other => {
                 let mut wrapped = Map::new();
@@ -737,5 +742,58 @@ mod tests {
         assert_eq!(events[2]["latency_ms"], 250);
         assert_eq!(events[2]["queue_ms"], 7);
         assert_eq!(events[3]["decision"], "approved");
+    }
+
+    #[test]
+    fn recorded_events_are_shown_as_stored_typed_or_not() {
+        let at = "2026-11-24T10:00:00.5Z";
+        let id = "0b3f5a4e-8a0b-4c1e-9f7e-2d6c1a9b7e10";
+        let decision = json!({"type": "decision", "interrupt_id": id, "decision": "rejected",
+                              "at": at});
+        let newer = json!({"type": "from_the_future", "at": at, "extra": [1, 2]});
+        let odd = json!({"type": "decision", "decision": {"maybe": true}, "note": "old"});
+        let turns = vec![turn(
+            4,
+            TurnKind::InterruptResponse,
+            json!([decision, newer, odd, "loose text"]),
+        )];
+        let events = timeline_events(turns, Vec::new());
+        let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "approval_answer",
+                "decision",
+                "from_the_future",
+                "decision",
+                "unknown",
+                "turn_completed",
+            ]
+        );
+        // The typed decision names the answer.
+        assert_eq!(events[0]["decision"], "rejected");
+        let with_turn = |mut stored: Value| {
+            stored["turn_id"] = json!(uuid::Uuid::nil());
+            stored["in_seq"] = json!(4);
+            stored
+        };
+        assert_eq!(events[1], with_turn(decision));
+        assert_eq!(events[2], with_turn(newer));
+        assert_eq!(events[3], with_turn(odd));
+        assert_eq!(
+            events[4],
+            with_turn(json!({"type": "unknown", "value": "loose text"}))
+        );
+        // A handoff message's events, the same way.
+        let join = json!({"type": "operator_join", "operator_id": id, "operator_name": "Ada",
+                          "from": "waiting", "to": "human", "at": at});
+        let events = timeline_events(
+            vec![turn(6, TurnKind::OperatorJoin, json!([join, 3]))],
+            Vec::new(),
+        );
+        let mut expected = join.clone();
+        expected["turn_id"] = json!(uuid::Uuid::nil());
+        expected["in_seq"] = json!(6);
+        assert_eq!(events, [expected]);
     }
 }

@@ -1,6 +1,7 @@
 //! The TypeScript declarations of the browser ⇄ edge protocol, generated from the Rust types with
 //! `ts-rs` (a dev-dependency: the derives exist only under `cfg(test)`, normal builds do not
-//! compile it). The web app imports them from `web/src/generated/protocol.ts`.
+//! compile it). The web app imports them from `web/src/generated/protocol.ts`. The replay
+//! timeline's stored events (`crate::timeline::TimelineEvent`) are declared there too.
 //!
 //! - `bindings_are_current` fails when the committed file differs from what the types generate;
 //!   with `PROTOCOL_TS_OUT=<file>` it writes the file instead (`scripts/gen-ts.sh` regenerates;
@@ -19,10 +20,12 @@ use crate::protocol::frames::{
     ClientFrame, ErrorCode, FeedbackTarget, FrameBody, HandoffState, OperatorRef, Rating,
     ServerFrame, ThreadFrame, Usage, UserText, WireClientFrame, WireFeedbackTarget,
 };
+use crate::timeline::{ApprovalDecision, OperatorChange, TimelineEvent};
 
 const HEADER: &str = "\
-// Generated from the Rust protocol types (shared/src/protocol/frames.rs, shared/src/ids.rs) by
-// ts-rs. Do not edit: change the Rust types, run scripts/gen-ts.sh and commit the result.
+// Generated from the Rust protocol types (shared/src/protocol/frames.rs, shared/src/ids.rs) and
+// the replay timeline's event type (shared/src/timeline.rs) by ts-rs. Do not edit: change the
+// Rust types, run scripts/gen-ts.sh and commit the result.
 // `.ci/run` fails when this file is not what the types generate. The rules: docs/protocol.md.
 ";
 
@@ -59,6 +62,9 @@ fn bindings() -> String {
         OperatorRef,
         Usage,
         ErrorCode,
+        TimelineEvent,
+        ApprovalDecision,
+        OperatorChange,
     );
     out
 }

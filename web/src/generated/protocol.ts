@@ -1,5 +1,6 @@
-// Generated from the Rust protocol types (shared/src/protocol/frames.rs, shared/src/ids.rs) by
-// ts-rs. Do not edit: change the Rust types, run scripts/gen-ts.sh and commit the result.
+// Generated from the Rust protocol types (shared/src/protocol/frames.rs, shared/src/ids.rs) and
+// the replay timeline's event type (shared/src/timeline.rs) by ts-rs. Do not edit: change the
+// Rust types, run scripts/gen-ts.sh and commit the result.
 // `.ci/run` fails when this file is not what the types generate. The rules: docs/protocol.md.
 
 /**
@@ -147,3 +148,42 @@ export type Usage = { prompt_tokens: number, completion_tokens: number, cost_usd
  * The error codes of SPEC §3.
  */
 export type ErrorCode = "message_too_large" | "invalid_json" | "invalid_frame" | "unknown_type" | "missing_thread_id" | "invalid_thread_id" | "unauthorized" | "missing_content" | "content_too_long" | "rate_limited" | "busy" | "session_expired" | "no_pending_interrupt" | "processing_failed" | "internal";
+
+/**
+ * One event of a turn's timeline, as stored in `turns.events`.
+ */
+export type TimelineEvent = { "type": "classification", result: unknown, at: string, }
+  | { "type": "classification_failed", error: string, agent: string, at: string, }
+  | { "type": "clarification", message: string, }
+  | { "type": "tool_call", agent: string, tool: string, args: Record<string, unknown>, at: string, }
+  | { "type": "tool_result", agent: string, tool: string, ok: boolean, result: unknown, at: string, }
+  | { "type": "tool_already_ran", interrupt_id: string, }
+  | { "type": "interrupt", interrupt_id: string, agent: string, action: string, params: Record<string, unknown>, expires_at: string, at: string, }
+  | { "type": "decision", interrupt_id: string, decision: ApprovalDecision, at: string, }
+  | { "type": "escalation", agent: string, reason: string, at: string, }
+  | { "type": "step_limit", agent: string, }
+  | { "type": "model_empty", agent: string, finish_reason: string, at: string, }
+  | { "type": "model_retry", agent: string, error: string, at: string, }
+  | { "type": "turn_reset", error: string, }
+  | { "type": "agent_reply", agent: string, content: string, prompt_tokens: number, completion_tokens: number, cost_usd: number, tool_calls: number, duration_ms: number, at: string, }
+  | { "type": "cancelled", interrupt_id?: string, decision?: ApprovalDecision,
+/**
+ * The handoff message that withdrew the approval (`request_human`, `operator_join`).
+ */
+by?: string, note?: string, at: string, }
+  | { "type": "error", code: ErrorCode, at: string, }
+  | { "type": "recovered", note: string, at: string, }
+  | { "type": "held_for_human", state: HandoffState, at: string, }
+  | { "type": "request_human", by: string, from: HandoffState, to: HandoffState, at: string, }
+  | { "type": "operator_join" } & OperatorChange | { "type": "operator_leave" } & OperatorChange | { "type": "operator_resolve" } & OperatorChange | { "type": "human_message", operator_id: string, operator_name: string, message_id: MessageId, at: string, }
+  | { "type": "ignored", at: string, };
+
+/**
+ * What became of an approval.
+ */
+export type ApprovalDecision = "approved" | "rejected" | "expired" | "withdrawn";
+
+/**
+ * An operator's join, leave or resolve: who, and the handoff state before and after.
+ */
+export type OperatorChange = { operator_id: string, operator_name: string, from: HandoffState, to: HandoffState, at: string, };

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
+use chrono::Utc;
 use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use shared::protocol::{FrameBody, Usage};
+use shared::timeline::{ApprovalDecision, TimelineEvent};
 use shared::turns::InterruptId;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -102,7 +104,7 @@ struct Run<'a> {
     state: Checkpoint,
     reply: String,
     usage: Usage,
-    events: Vec<Value>,
+    events: Vec<TimelineEvent>,
     /// What each agent did in this segment, in the order they ran.
     agents: Vec<AgentShare>,
     /// A tool that hands the conversation to a human ran.
@@ -111,17 +113,10 @@ struct Run<'a> {
     toolsets: std::collections::HashMap<String, Arc<Vec<RegisteredTool>>>,
 }
 
-/// An event for the timeline, with the time it happened.
-fn stamped(mut event: Value) -> Value {
-    if let Some(object) = event.as_object_mut() {
-        object.insert("at".into(), json!(chrono::Utc::now()));
-    }
-    event
-}
-
 impl Run<'_> {
-    fn event(&mut self, event: Value) {
-        self.events.push(stamped(event));
+    /// Puts an event on the segment's timeline.
+    fn event(&mut self, event: TimelineEvent) {
+        self.events.push(event);
     }
 
     /// The share of `agent`, created when it first acts in this segment.
@@ -149,12 +144,16 @@ impl Run<'_> {
 
     fn ended(mut self, outcome: Outcome) -> Ended {
         for share in &self.agents {
-            let event = json!({"type": "agent_reply", "agent": share.agent, "content": share.reply,
-                "prompt_tokens": share.usage.prompt_tokens,
-                "completion_tokens": share.usage.completion_tokens,
-                "cost_usd": share.usage.cost_usd, "tool_calls": share.tool_calls,
-                "duration_ms": share.duration.as_millis() as u64});
-            self.events.push(stamped(event));
+            self.events.push(TimelineEvent::AgentReply {
+                agent: share.agent.clone(),
+                content: share.reply.clone(),
+                prompt_tokens: share.usage.prompt_tokens,
+                completion_tokens: share.usage.completion_tokens,
+                cost_usd: share.usage.cost_usd,
+                tool_calls: share.tool_calls,
+                duration_ms: share.duration.as_millis() as u64,
+                at: Utc::now(),
+            });
         }
         Ended {
             outcome,
@@ -237,7 +236,13 @@ impl Graph {
                 Ok(outcome) => return Ok(run.ended(outcome)),
                 Err(Stop::Turn(error)) => return Err(error),
                 Err(Stop::Cancelled) => {
-                    run.event(json!({"type": "cancelled"}));
+                    run.event(TimelineEvent::Cancelled {
+                        interrupt_id: None,
+                        decision: None,
+                        by: None,
+                        note: None,
+                        at: Utc::now(),
+                    });
                     out.send(FrameBody::MessageComplete {
                         usage: run.total(),
                         cancelled: true,
@@ -255,8 +260,9 @@ impl Graph {
                             out.flush().await?;
                             reset_events = run.events;
                             spent = run.usage;
-                            reset_events
-                                .push(json!({"type": "turn_reset", "error": error.to_string()}));
+                            reset_events.push(TimelineEvent::TurnReset {
+                                error: error.to_string(),
+                            });
                             // A cancel during the pause ends the next attempt at its first check.
                             tokio::select! {
                                 () = tokio::time::sleep(pause(&error, delay)) => {}
@@ -294,8 +300,9 @@ impl Graph {
                 .clarification
                 .filter(|text| !text.trim().is_empty())
                 .unwrap_or_else(|| "Could you tell me a little more about what you need?".into());
-            run.events
-                .push(json!({"type": "clarification", "message": message}));
+            run.events.push(TimelineEvent::Clarification {
+                message: message.clone(),
+            });
             out.send(FrameBody::Clarification { message }).await?;
             out.send(FrameBody::MessageComplete {
                 usage: run.total(),
@@ -351,7 +358,10 @@ impl Graph {
                     match classified.classification {
                         Ok(classification) => {
                             self.count_call("classify", "ok");
-                            run.event(json!({"type": "classification", "result": classification}));
+                            run.event(TimelineEvent::Classification {
+                                result: serde_json::to_value(&classification).unwrap_or_default(),
+                                at: Utc::now(),
+                            });
                             return classification;
                         }
                         Err(reason) => return self.fall_back(run, &reason),
@@ -376,8 +386,11 @@ impl Graph {
     fn fall_back(&self, run: &mut Run<'_>, error: &str) -> Classification {
         self.count_call("classify", "failed");
         tracing::warn!(%error, agent = %self.config.default_agent, "Classification failed; routing to the default agent.");
-        run.event(json!({"type": "classification_failed", "error": error,
-                         "agent": self.config.default_agent}));
+        run.event(TimelineEvent::ClassificationFailed {
+            error: error.to_owned(),
+            agent: self.config.default_agent.clone(),
+            at: Utc::now(),
+        });
         Classification {
             intents: vec![crate::llm::Intent {
                 agent: self.config.default_agent.clone(),
@@ -404,9 +417,11 @@ impl Graph {
         let agent = pending.agent.clone();
         match decision {
             Decision::Approved => {
-                run.event(
-                    json!({"type": "decision", "interrupt_id": pending.id, "decision": "approved"}),
-                );
+                run.event(TimelineEvent::Decision {
+                    interrupt_id: pending.id,
+                    decision: ApprovalDecision::Approved,
+                    at: Utc::now(),
+                });
                 // An approved action of a cancelled turn never starts.
                 check(run.turn.cancel)?;
                 let tool = self.tool_of(run, &agent, &call.name).await?;
@@ -441,9 +456,11 @@ impl Graph {
                 self.tool_message(run, &call, &result);
             }
             Decision::Rejected => {
-                run.event(
-                    json!({"type": "decision", "interrupt_id": pending.id, "decision": "rejected"}),
-                );
+                run.event(TimelineEvent::Decision {
+                    interrupt_id: pending.id,
+                    decision: ApprovalDecision::Rejected,
+                    at: Utc::now(),
+                });
                 let result = json!({"declined": true,
                     "message": format!("The user declined; {} was not performed. Do not try it again unless they ask.", call.name)});
                 self.tool_message(run, &call, &result);
@@ -574,8 +591,9 @@ impl Graph {
             if run.state.steps >= self.config.max_steps {
                 let text = "Sorry, I could not finish this request; please try rephrasing it.";
                 tracing::warn!(agent = %agent.name, steps = run.state.steps, "An agent reached its step limit.");
-                run.events
-                    .push(json!({"type": "step_limit", "agent": agent.name}));
+                run.events.push(TimelineEvent::StepLimit {
+                    agent: agent.name.clone(),
+                });
                 out.send(FrameBody::Token {
                     agent: agent.name.clone(),
                     content: text.into(),
@@ -766,8 +784,9 @@ impl Graph {
                 .await?;
             let (ok, result) = match ran {
                 ApprovedRun::AlreadyRan { ok, result } => {
-                    run.events
-                        .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
+                    run.events.push(TimelineEvent::ToolAlreadyRan {
+                        interrupt_id: pending.id,
+                    });
                     return Ok((ok, result));
                 }
                 ApprovedRun::Ran { ok, result } => (ok, result),
@@ -824,8 +843,9 @@ impl Graph {
                 .claim_remote(pending.id, run.turn.thread_id, &name, &pending.params)
                 .await?;
             if let RemoteClaim::Finished { ok, result } = claim {
-                run.events
-                    .push(json!({"type": "tool_already_ran", "interrupt_id": pending.id}));
+                run.events.push(TimelineEvent::ToolAlreadyRan {
+                    interrupt_id: pending.id,
+                });
                 return Ok((ok, result));
             }
             let context = ToolContext {
@@ -898,8 +918,14 @@ impl Graph {
             })
             .await?;
         self.metrics.interrupts.with_label_values(&["raised"]).inc();
-        run.event(json!({"type": "interrupt", "interrupt_id": id, "agent": agent.name, "action": call.name,
-                               "params": args, "expires_at": expires_at}));
+        run.event(TimelineEvent::Interrupt {
+            interrupt_id: id,
+            agent: agent.name.clone(),
+            action: call.name.clone(),
+            params: args.clone(),
+            expires_at,
+            at: Utc::now(),
+        });
         out.send(FrameBody::Interrupt {
             interrupt_id: id.to_string(),
             action: call.name.clone(),
@@ -945,8 +971,11 @@ impl Graph {
                     // it is retried like a transient failure (nothing reached the client);
                     // one that stays empty fails the attempt.
                     self.count_usage(run, Some(&agent.name), &model, completion.usage);
-                    run.event(json!({"type": "model_empty", "agent": agent.name,
-                                     "finish_reason": completion.finish_reason}));
+                    run.event(TimelineEvent::ModelEmpty {
+                        agent: agent.name.clone(),
+                        finish_reason: completion.finish_reason.clone(),
+                        at: Utc::now(),
+                    });
                     match delays.next() {
                         Some(delay) => {
                             self.count_call("chat", "empty");
@@ -980,7 +1009,11 @@ impl Graph {
                     Some(delay) => {
                         self.count_call("chat", "retried");
                         tracing::warn!(%error, agent = %agent.name, "A model call failed; retrying.");
-                        run.event(json!({"type": "model_retry", "agent": agent.name, "error": error.to_string()}));
+                        run.event(TimelineEvent::ModelRetry {
+                            agent: agent.name.clone(),
+                            error: error.to_string(),
+                            at: Utc::now(),
+                        });
                         let cancel = run.turn.cancel;
                         tokio::select! {
                             () = tokio::time::sleep(pause(&error, delay)) => {}
@@ -1177,15 +1210,28 @@ fn record_call(
     result: &Value,
     escalates: bool,
 ) {
-    run.event(json!({"type": "tool_call", "agent": agent, "tool": tool, "args": args}));
-    run.event(
-        json!({"type": "tool_result", "agent": agent, "tool": tool, "ok": ok, "result": result}),
-    );
+    run.event(TimelineEvent::ToolCall {
+        agent: agent.to_owned(),
+        tool: tool.to_owned(),
+        args,
+        at: Utc::now(),
+    });
+    run.event(TimelineEvent::ToolResult {
+        agent: agent.to_owned(),
+        tool: tool.to_owned(),
+        ok,
+        result: result.clone(),
+        at: Utc::now(),
+    });
     run.share(agent).tool_calls += 1;
     if escalates && ok {
         run.escalated = true;
         let reason = result["reason"].as_str().unwrap_or_default().to_owned();
-        run.event(json!({"type": "escalation", "agent": agent, "reason": reason}));
+        run.event(TimelineEvent::Escalation {
+            agent: agent.to_owned(),
+            reason,
+            at: Utc::now(),
+        });
     }
 }
 
@@ -1278,6 +1324,22 @@ mod tests {
             .collect();
         assert!(!tokens.is_empty());
         assert_eq!(tokens, ended.reply);
+        // The timeline: the classification, then the agent's reply, each with its time, in the
+        // JSON `turns.events` stores.
+        let stored = TimelineEvent::to_stored(&ended.events);
+        let kinds: Vec<_> = ended.events.iter().map(TimelineEvent::kind).collect();
+        assert_eq!(
+            kinds,
+            [Some("classification"), Some("agent_reply")],
+            "{stored}"
+        );
+        assert!(stored[0]["result"]["intents"].is_array(), "{stored}");
+        assert_eq!(stored[1]["content"], ended.reply.as_str());
+        assert!(stored
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["at"].is_string()));
         assert!(
             matches!(
                 out.frames.last(),
@@ -1311,6 +1373,14 @@ mod tests {
             ),
             "{:?}",
             out.frames
+        );
+        // The timeline ends with `cancelled` (the classifier may have answered first).
+        let stored = TimelineEvent::to_stored(&ended.events);
+        let last = stored.as_array().and_then(|events| events.last());
+        assert_eq!(last.map(|event| &event["type"]), Some(&json!("cancelled")));
+        assert!(
+            last.is_some_and(|event| event["at"].is_string()),
+            "{stored}"
         );
     }
 }

@@ -6,6 +6,7 @@ use async_nats::jetstream::message::StreamMessage;
 use shared::ids::TurnId;
 use shared::protocol::bus::InboundMessage;
 use shared::protocol::{ErrorCode, FrameBody, Usage};
+use shared::timeline::TimelineEvent;
 use shared::turns::{InterruptId, TurnKind, TurnOutcome};
 
 use super::run::error_body;
@@ -202,8 +203,10 @@ impl TurnRunner {
                     outcome,
                     pending_interrupt,
                     agents: published.agents,
-                    events: serde_json::json!([{"type": "recovered", "at": chrono::Utc::now(),
-                    "note": "committed from the frames an earlier attempt published"}]),
+                    events: TimelineEvent::to_stored(&[TimelineEvent::Recovered {
+                        note: "committed from the frames an earlier attempt published".into(),
+                        at: chrono::Utc::now(),
+                    }]),
                     // What each agent spent is not in the frames: the turn's totals are.
                     shares: Vec::new(),
                     escalated: false,

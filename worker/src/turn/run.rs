@@ -11,6 +11,7 @@ use shared::ids::TurnId;
 use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::{ErrorCode, FrameBody, HandoffState, Usage};
 use shared::subjects::Subjects;
+use shared::timeline::{ApprovalDecision, TimelineEvent};
 use shared::turns::{InterruptStatus, TurnKind, TurnOutcome};
 
 use super::plan::Plan;
@@ -163,10 +164,10 @@ impl TurnRunner {
                     "This conversation has expired; please start a new one.",
                 ))
                 .await?;
-                simple_end(vec![
-                    serde_json::json!({"type": "error", "code": "session_expired",
-                                                   "at": chrono::Utc::now()}),
-                ])
+                simple_end(vec![TimelineEvent::Error {
+                    code: ErrorCode::SessionExpired,
+                    at: chrono::Utc::now(),
+                }])
             }
             Plan::NoPendingInterrupt => {
                 out.send(error_body(
@@ -179,10 +180,10 @@ impl TurnRunner {
                     cancelled: false,
                 })
                 .await?;
-                simple_end(vec![
-                    serde_json::json!({"type": "error", "code": "no_pending_interrupt",
-                                                   "at": chrono::Utc::now()}),
-                ])
+                simple_end(vec![TimelineEvent::Error {
+                    code: ErrorCode::NoPendingInterrupt,
+                    at: chrono::Utc::now(),
+                }])
             }
             Plan::LateAnswer(pending) => {
                 self.store
@@ -206,10 +207,11 @@ impl TurnRunner {
                     cancelled: false,
                 })
                 .await?;
-                simple_end(vec![
-                    serde_json::json!({"type": "decision", "interrupt_id": pending.id,
-                                       "decision": "expired", "at": chrono::Utc::now()}),
-                ])
+                simple_end(vec![TimelineEvent::Decision {
+                    interrupt_id: pending.id,
+                    decision: ApprovalDecision::Expired,
+                    at: chrono::Utc::now(),
+                }])
             }
             Plan::Resume(pending, decision) => {
                 let status = match decision {
@@ -310,7 +312,7 @@ impl TurnRunner {
             outcome,
             pending_interrupt,
             agents: ended.agents,
-            events: serde_json::Value::Array(ended.events),
+            events: TimelineEvent::to_stored(&ended.events),
             shares: ended.shares,
             escalated: ended.escalated,
         };
@@ -406,8 +408,13 @@ impl TurnRunner {
             outcome: TurnOutcome::Cancelled,
             pending_interrupt: None,
             agents: Vec::new(),
-            events: serde_json::json!([{"type": "cancelled", "interrupt_id": pending.id,
-                "decision": "withdrawn", "at": chrono::Utc::now()}]),
+            events: TimelineEvent::to_stored(&[TimelineEvent::Cancelled {
+                interrupt_id: Some(pending.id),
+                decision: Some(ApprovalDecision::Withdrawn),
+                by: None,
+                note: None,
+                at: chrono::Utc::now(),
+            }]),
             shares: Vec::new(),
             escalated: false,
         };
@@ -499,8 +506,13 @@ impl TurnRunner {
             outcome: TurnOutcome::Cancelled,
             pending_interrupt: None,
             agents: published.agents,
-            events: serde_json::json!([{"type": "cancelled", "at": chrono::Utc::now(),
-                "note": "cancelled before this attempt ran"}]),
+            events: TimelineEvent::to_stored(&[TimelineEvent::Cancelled {
+                interrupt_id: None,
+                decision: None,
+                by: None,
+                note: Some("cancelled before this attempt ran".into()),
+                at: chrono::Utc::now(),
+            }]),
             shares: Vec::new(),
             escalated: false,
         };
@@ -523,7 +535,7 @@ impl TurnRunner {
 const HISTORY_TURNS: i64 = 5;
 
 /// The record of a turn that ran no agent.
-fn simple_end(events: Vec<serde_json::Value>) -> Ended {
+fn simple_end(events: Vec<TimelineEvent>) -> Ended {
     Ended {
         outcome: Outcome::Completed,
         reply: String::new(),
