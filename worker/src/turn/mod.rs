@@ -17,3 +17,5 @@ pub(crate) use end::Closing;
 pub(crate) use plan::approval_open_to;
 pub use run::TurnRunner;
 
+#[cfg(test)]
+mod tests;
