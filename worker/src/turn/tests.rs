@@ -620,7 +620,7 @@ async fn a_message_given_up_on_gets_processing_failed_after_a_reset_of_what_it_s
         .send(&mut out)
         .await
         .unwrap();
-    assert_eq!(out.wire(), [failed.clone()]);
+    assert_eq!(out.wire(), std::slice::from_ref(&failed));
     let mut out = Recorded::default();
     Closing::GivenUp { reset: true }
         .send(&mut out)
