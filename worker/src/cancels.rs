@@ -220,6 +220,21 @@ pub enum DoubleText {
     Interrupt,
 }
 
+/// Whether a stored message stops the thread's earlier turns still running, and which: a
+/// `cancel` stops the turn it names (`Some(None)`: any), a customer message does only with
+/// `DOUBLE_TEXT=interrupt`; nothing else stops a turn (`None`).
+pub(crate) fn stops_earlier_turns(
+    kind: &shared::protocol::bus::InboundKind,
+    double_text: DoubleText,
+) -> Option<Option<TurnId>> {
+    use shared::protocol::bus::InboundKind;
+    match kind {
+        InboundKind::Cancel { turn_id } => Some(*turn_id),
+        InboundKind::Message { .. } if double_text == DoubleText::Interrupt => Some(None),
+        _ => None,
+    }
+}
+
 /// Announces the delivery of a stored message that stops earlier turns of its thread: a
 /// `cancel`, or a customer message with `DOUBLE_TEXT=interrupt`.
 pub async fn announce_delivery(
@@ -228,14 +243,12 @@ pub async fn announce_delivery(
     delivered_seq: u64,
     payload: &[u8],
 ) {
-    use shared::protocol::bus::{InboundKind, InboundMessage};
+    use shared::protocol::bus::InboundMessage;
     let Ok(message) = serde_json::from_slice::<InboundMessage>(payload) else {
         return;
     };
-    let turn_id = match message.kind {
-        InboundKind::Cancel { turn_id } => turn_id,
-        InboundKind::Message { .. } if runner.double_text == DoubleText::Interrupt => None,
-        _ => return,
+    let Some(turn_id) = stops_earlier_turns(&message.kind, runner.double_text) else {
+        return;
     };
     let notice = CancelNotice {
         thread_id: thread.clone(),

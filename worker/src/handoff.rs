@@ -23,7 +23,7 @@ use crate::publish::{self, FramePublisher};
 use crate::records::{
     Advanced, AfterCommit, Commit, Committed, Ended, HandoffRecord, Lease, Outcome,
 };
-use crate::turn::TurnRunner;
+use crate::turn::{approval_open_to, Closing, TurnRunner};
 
 /// Whether the message is a handoff message rather than a customer turn.
 pub(crate) fn is_control(kind: &InboundKind) -> bool {
@@ -43,11 +43,7 @@ pub(crate) async fn held_for_human(
     out: &mut FramePublisher,
     state: HandoffState,
 ) -> Result<Ended, TurnError> {
-    out.send(FrameBody::MessageComplete {
-        usage: Usage::default(),
-        cancelled: false,
-    })
-    .await?;
+    Closing::HeldForHuman.send(out).await?;
     Ok(Ended {
         outcome: Outcome::Completed,
         reply: String::new(),
@@ -206,7 +202,7 @@ impl TurnRunner {
         let paused = match withdrawn {
             Some(id) => self.store.load_interrupt(id).await?.filter(|pending| {
                 // One decided by another message (given up on) has nothing left to end.
-                pending.status == InterruptStatus::Pending || pending.decided_in_seq == Some(in_seq)
+                approval_open_to(pending, in_seq)
             }),
             None => None,
         };
@@ -254,11 +250,9 @@ impl TurnRunner {
                 if let Some(pending) = &paused {
                     // The paused turn ends as a cancelled one does.
                     out.set_turn(TurnId::from(pending.turn_id));
-                    out.send(FrameBody::MessageComplete {
-                        usage: pending.checkpoint.usage,
-                        cancelled: true,
-                    })
-                    .await?;
+                    Closing::Cancelled(pending.checkpoint.usage)
+                        .send(&mut out)
+                        .await?;
                     out.set_turn(message.turn_id);
                 }
                 if let Some(frame) = control.frame.clone() {

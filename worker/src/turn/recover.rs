@@ -5,16 +5,14 @@
 use async_nats::jetstream::message::StreamMessage;
 use shared::ids::TurnId;
 use shared::protocol::bus::InboundMessage;
-use shared::protocol::{ErrorCode, FrameBody, Usage};
+use shared::protocol::{ErrorCode, Usage};
 use shared::timeline::TimelineEvent;
-use shared::turns::{InterruptId, TurnKind, TurnOutcome};
+use shared::turns::{InterruptId, TurnKind};
 
-use super::run::error_body;
+use super::end::{segment_usage, Closing, Settled};
 use crate::error::TurnError;
 use crate::publish;
-use crate::records::{
-    Advanced, AfterCommit, Commit, Committed, DeadLetter, Lease, ThreadStatus, TurnRecord,
-};
+use crate::records::{Advanced, AfterCommit, Commit, Committed, DeadLetter, Lease, TurnRecord};
 use crate::turn::TurnRunner;
 
 impl TurnRunner {
@@ -51,13 +49,10 @@ impl TurnRunner {
         // withdrawn, an answered one answered (its tool, if it ran, is in the ledger).
         let pending_after = plan.as_ref().and_then(|plan| plan.pending_after(lease));
         let mut out = self.publisher(lease, turn_id, &tail);
-        if partial.is_some() {
-            out.send(FrameBody::TurnReset).await?;
+        Closing::GivenUp {
+            reset: partial.is_some(),
         }
-        out.send(error_body(
-            ErrorCode::ProcessingFailed,
-            "We could not process this message. It has been set aside, and an operator can replay it.",
-        ))
+        .send(&mut out)
         .await?;
         out.flush().await?;
         let letter = DeadLetter {
@@ -151,40 +146,12 @@ impl TurnRunner {
                 )
             } else {
                 // `message_complete` says the whole turn's usage; this row holds its segment's.
-                let total = end.usage.unwrap_or_default();
-                let usage = Usage {
-                    prompt_tokens: total
-                        .prompt_tokens
-                        .saturating_sub(usage_before.prompt_tokens),
-                    completion_tokens: total
-                        .completion_tokens
-                        .saturating_sub(usage_before.completion_tokens),
-                    cost_usd: (total.cost_usd - usage_before.cost_usd).max(0.0),
-                };
-                let raised = end
-                    .interrupt_id
-                    .as_deref()
-                    .filter(|_| end.kind == "interrupt")
-                    .and_then(|id| id.parse::<InterruptId>().ok());
-                let pending_interrupt = raised.or(pending_after);
-                let status = if end.code.as_deref() == Some(ErrorCode::SessionExpired.as_str()) {
-                    ThreadStatus::Expired
-                } else if pending_interrupt.is_some() {
-                    ThreadStatus::AwaitingApproval
-                } else {
-                    ThreadStatus::Resolved
-                };
-                let outcome = if raised.is_some() {
-                    TurnOutcome::Interrupted
-                } else if end.cancelled {
-                    TurnOutcome::Cancelled
-                } else if status == ThreadStatus::Expired {
-                    TurnOutcome::SessionExpired
-                } else if published.clarification {
-                    TurnOutcome::Clarification
-                } else {
-                    TurnOutcome::Completed
-                };
+                let usage = segment_usage(end.usage.unwrap_or_default(), usage_before);
+                let Settled {
+                    pending_interrupt,
+                    status,
+                    outcome,
+                } = Settled::from_published(end, pending_after, published.clarification);
                 let record = TurnRecord {
                     in_seq,
                     turn_id: turn_id.as_uuid(),
@@ -225,6 +192,40 @@ impl TurnRunner {
             Committed::Fenced => Err(TurnError::LeaseLost),
         }
     }
+}
+
+/// What an earlier attempt at the message, which did not commit, left on the thread's reply
+/// subject: the frames after the thread's committed position.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Earlier<'a> {
+    /// Nothing: the message has not been tried, or its attempt published nothing.
+    Nothing,
+    /// Part of the turn: the turn runs again, after a `turn_reset`.
+    Partial,
+    /// The whole turn, up to the frame that ends (or pauses) it: its clients have it, so it is
+    /// committed from those frames and not run again.
+    Published(&'a publish::LastFrame),
+}
+
+/// What an earlier attempt left, read from where the reply subject stands (`tail`).
+pub(super) fn earlier_attempt<'a>(lease: &Lease, tail: &'a publish::Tail) -> Earlier<'a> {
+    match tail
+        .frame
+        .as_ref()
+        .filter(|frame| frame.seq > lease.last_seq)
+    {
+        None => Earlier::Nothing,
+        Some(end) if end.ends_turn() => Earlier::Published(end),
+        Some(_) => Earlier::Partial,
+    }
+}
+
+/// The `seq` a turn's frames are numbered after: the larger of the committed one and the last
+/// stored frame (an attempt that died may have gone further).
+pub(super) fn numbered_after(lease: &Lease, tail: &publish::Tail) -> u64 {
+    tail.frame
+        .as_ref()
+        .map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq))
 }
 
 /// What a turn recovered from its published frames is committed with.

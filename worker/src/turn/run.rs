@@ -14,15 +14,16 @@ use shared::subjects::Subjects;
 use shared::timeline::{ApprovalDecision, TimelineEvent};
 use shared::turns::{InterruptStatus, TurnKind, TurnOutcome};
 
+use super::end::{Closing, Settled};
 use super::plan::Plan;
-use super::recover::Recovered;
+use super::recover::{earlier_attempt, numbered_after, Earlier, Recovered};
 use crate::agents::{Graph, TurnInfo};
 use crate::error::TurnError;
 use crate::metrics::WorkerMetrics;
 use crate::publish::{self, FramePublisher};
 use crate::records::{
-    Advanced, AfterCommit, Commit, Committed, Decision, Ended, Lease, Outcome, ThreadStatus,
-    TurnRecord,
+    Advanced, AfterCommit, Commit, Committed, Decision, Ended, Lease, Outcome, PendingInterrupt,
+    ThreadStatus, TurnRecord,
 };
 use crate::store::Store;
 
@@ -55,10 +56,7 @@ impl TurnRunner {
         turn_id: TurnId,
         tail: &publish::Tail,
     ) -> FramePublisher {
-        let last_seq = tail
-            .frame
-            .as_ref()
-            .map_or(lease.last_seq, |frame| frame.seq.max(lease.last_seq));
+        let last_seq = numbered_after(lease, tail);
         FramePublisher::new(
             self.jetstream.clone(),
             self.metrics.clone(),
@@ -105,13 +103,8 @@ impl TurnRunner {
                 .await;
         }
         let plan = self.plan(lease, &message, in_seq).await;
-        // Frames after the committed position are an earlier attempt at this message that did
-        // not commit.
-        let earlier_attempt = tail
-            .frame
-            .as_ref()
-            .filter(|frame| frame.seq > lease.last_seq);
-        if let Some(end) = earlier_attempt.filter(|frame| frame.ends_turn()) {
+        let earlier = earlier_attempt(lease, tail);
+        if let Earlier::Published(end) = earlier {
             // An earlier attempt published the whole turn and died before committing it: its
             // clients have the turn; commit what they saw instead of running it again (even if
             // the turn could not be planned now: that may be why it was given up on).
@@ -140,7 +133,7 @@ impl TurnRunner {
                 .await;
         }
         let mut out = self.publisher(lease, turn_id, tail);
-        if earlier_attempt.is_some() {
+        if let Earlier::Partial = earlier {
             // An earlier attempt at this turn published part of it and did not commit.
             out.send(FrameBody::TurnReset).await?;
         }
@@ -156,57 +149,34 @@ impl TurnRunner {
             Plan::Resume(pending, Decision::Approved) => Some(pending.id),
             _ => None,
         };
+        // Decided before anything of the turn runs: an answer approves, rejects or comes too
+        // late for its approval; a new message while an approval waits withdraws it (nothing of
+        // it runs).
+        if let Some((id, status)) = plan.decides() {
+            self.store.decide_interrupt(id, status, in_seq).await?;
+            self.metrics
+                .interrupts
+                .with_label_values(&[status.as_str()])
+                .inc();
+        }
         let ended = match plan {
             Plan::SessionExpired => {
                 expired = true;
-                out.send(error_body(
-                    ErrorCode::SessionExpired,
-                    "This conversation has expired; please start a new one.",
-                ))
-                .await?;
+                Closing::SessionExpired.send(&mut out).await?;
                 simple_end(vec![TimelineEvent::Error {
                     code: ErrorCode::SessionExpired,
                     at: chrono::Utc::now(),
                 }])
             }
             Plan::NoPendingInterrupt => {
-                out.send(error_body(
-                    ErrorCode::NoPendingInterrupt,
-                    "There is no pending approval on this thread.",
-                ))
-                .await?;
-                out.send(FrameBody::MessageComplete {
-                    usage: Usage::default(),
-                    cancelled: false,
-                })
-                .await?;
+                Closing::NoPendingInterrupt.send(&mut out).await?;
                 simple_end(vec![TimelineEvent::Error {
                     code: ErrorCode::NoPendingInterrupt,
                     at: chrono::Utc::now(),
                 }])
             }
             Plan::LateAnswer(pending) => {
-                self.store
-                    .decide_interrupt(pending.id, InterruptStatus::Expired, in_seq)
-                    .await?;
-                self.metrics
-                    .interrupts
-                    .with_label_values(&["expired"])
-                    .inc();
-                out.send(FrameBody::InterruptExpired {
-                    interrupt_id: pending.id.to_string(),
-                    action: pending.action.clone(),
-                    message: format!(
-                        "This approval ({}) expired before your answer arrived, so nothing was done. Ask again if you still want it.",
-                        pending.action
-                    ),
-                })
-                .await?;
-                out.send(FrameBody::MessageComplete {
-                    usage: pending.checkpoint.usage,
-                    cancelled: false,
-                })
-                .await?;
+                Closing::LateAnswer(&pending).send(&mut out).await?;
                 simple_end(vec![TimelineEvent::Decision {
                     interrupt_id: pending.id,
                     decision: ApprovalDecision::Expired,
@@ -214,35 +184,11 @@ impl TurnRunner {
                 }])
             }
             Plan::Resume(pending, decision) => {
-                let status = match decision {
-                    Decision::Approved => InterruptStatus::Approved,
-                    Decision::Rejected => InterruptStatus::Rejected,
-                };
-                self.store
-                    .decide_interrupt(pending.id, status, in_seq)
-                    .await?;
-                self.metrics
-                    .interrupts
-                    .with_label_values(&[status.as_str()])
-                    .inc();
                 self.graph
                     .resume(&mut out, info, &pending, decision)
                     .await?
             }
-            Plan::Message {
-                content,
-                supersedes,
-            } => {
-                if let Some(pending) = supersedes {
-                    // A new message while an approval waits withdraws it: nothing of it runs.
-                    self.store
-                        .decide_interrupt(pending, InterruptStatus::Superseded, in_seq)
-                        .await?;
-                    self.metrics
-                        .interrupts
-                        .with_label_values(&["superseded"])
-                        .inc();
-                }
+            Plan::Message { content, .. } => {
                 // Every socket of the thread sees the customer's message first (SPEC §7).
                 out.send(FrameBody::UserMessage {
                     message_id: message.message_id.clone(),
@@ -278,22 +224,11 @@ impl TurnRunner {
             TurnKind::from(&message.kind),
             message.kind.content().map(str::to_owned),
         );
-        let pending_interrupt = match ended.outcome {
-            Outcome::Interrupted(id) => Some(id),
-            _ => pending_after,
-        };
-        let outcome = match ended.outcome {
-            Outcome::Completed if expired => TurnOutcome::SessionExpired,
-            ref outcome => outcome.turn_outcome(),
-        };
-
-        let status = if expired {
-            ThreadStatus::Expired
-        } else if pending_interrupt.is_some() {
-            ThreadStatus::AwaitingApproval
-        } else {
-            ThreadStatus::Resolved
-        };
+        let Settled {
+            pending_interrupt,
+            status,
+            outcome,
+        } = Settled::after_run(&ended.outcome, expired, pending_after);
         let record = TurnRecord {
             in_seq,
             turn_id: turn_id.as_uuid(),
@@ -355,7 +290,7 @@ impl TurnRunner {
                 .store
                 .load_interrupt(id)
                 .await?
-                .filter(|pending| named.is_none_or(|turn| turn.as_uuid() == pending.turn_id)),
+                .filter(|pending| cancel_withdraws(named, pending)),
             None => None,
         };
         let Some(pending) = paused else {
@@ -372,20 +307,18 @@ impl TurnRunner {
             .with_label_values(&["cancelled"])
             .inc();
         let turn_id = TurnId::from(pending.turn_id);
-        let earlier_end = tail
-            .frame
-            .as_ref()
-            .filter(|frame| frame.seq > lease.last_seq && frame.ends_turn());
+        let earlier_end = match earlier_attempt(lease, tail) {
+            Earlier::Published(end) => Some(end),
+            Earlier::Nothing | Earlier::Partial => None,
+        };
         let mut out = self.publisher(lease, turn_id, tail);
         let (first_seq, last_seq, subject_seq) = match earlier_end {
             // An earlier attempt at this cancel published its end and did not commit.
             Some(end) => (end.seq, end.seq, tail.stream_seq),
             None => {
-                out.send(FrameBody::MessageComplete {
-                    usage: pending.checkpoint.usage,
-                    cancelled: true,
-                })
-                .await?;
+                Closing::Cancelled(pending.checkpoint.usage)
+                    .send(&mut out)
+                    .await?;
                 out.flush().await?;
                 (out.first_seq(), out.last_seq(), out.subject_seq())
             }
@@ -447,25 +380,12 @@ impl TurnRunner {
         if guard.erased() {
             return Err(TurnError::Erased);
         }
-        match plan {
-            Plan::Message {
-                supersedes: Some(pending),
-                ..
-            } => {
-                self.store
-                    .decide_interrupt(*pending, InterruptStatus::Superseded, in_seq)
-                    .await?;
-            }
-            Plan::Resume(pending, _) => {
-                self.store
-                    .decide_interrupt(pending.id, InterruptStatus::Cancelled, in_seq)
-                    .await?;
-                self.metrics
-                    .interrupts
-                    .with_label_values(&["cancelled"])
-                    .inc();
-            }
-            _ => {}
+        if let Some((id, status)) = plan.decides_when_cancelled() {
+            self.store.decide_interrupt(id, status, in_seq).await?;
+            self.metrics
+                .interrupts
+                .with_label_values(&[status.as_str()])
+                .inc();
         }
         let partial = tail
             .frame
@@ -478,11 +398,9 @@ impl TurnRunner {
             publish::PublishedTurn::default()
         };
         let mut out = self.publisher(lease, turn_id, tail);
-        out.send(FrameBody::MessageComplete {
-            usage: plan.usage_before(),
-            cancelled: true,
-        })
-        .await?;
+        Closing::Cancelled(plan.usage_before())
+            .send(&mut out)
+            .await?;
         out.flush().await?;
         let (kind, content) = (
             TurnKind::from(&message.kind),
@@ -531,6 +449,12 @@ impl TurnRunner {
     }
 }
 
+/// Whether a stored `cancel` (naming `named`, or no turn) withdraws the approval the thread's
+/// paused turn waits for: one naming another turn does not.
+pub(super) fn cancel_withdraws(named: Option<TurnId>, paused: &PendingInterrupt) -> bool {
+    named.is_none_or(|turn| turn.as_uuid() == paused.turn_id)
+}
+
 /// The thread's exchanges the agents see as history.
 const HISTORY_TURNS: i64 = 5;
 
@@ -544,13 +468,5 @@ fn simple_end(events: Vec<TimelineEvent>) -> Ended {
         events,
         shares: Vec::new(),
         escalated: false,
-    }
-}
-
-pub(super) fn error_body(code: ErrorCode, message: &str) -> FrameBody {
-    FrameBody::Error {
-        code,
-        message: message.into(),
-        retryable: code.retryable(),
     }
 }
