@@ -31,6 +31,11 @@ pub const TEST_AUTH_SECRET: &str = "test-secret-test-secret-test-secret";
 /// The longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// How long a started process may take to log that it is ready. Longer than [`WAIT`]: a worker
+/// restarted mid-test connects to NATS, PostgreSQL and its consumer while other tests' processes
+/// load the same two cores and servers (seen taking over 20 s under a parallel load of ~15).
+pub const START_WAIT: Duration = Duration::from_secs(60);
+
 pub fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
@@ -391,7 +396,7 @@ impl TestApp {
                 kept.push_back(log);
             }
         });
-        let log = tokio::time::timeout(WAIT, ready_rx)
+        let log = tokio::time::timeout(START_WAIT, ready_rx)
             .await
             .unwrap_or_else(|_| panic!("{name} did not become ready in time"))
             .unwrap_or_else(|_| panic!("{name} exited before becoming ready"));
