@@ -32,7 +32,6 @@ const ANALYTICS_INDEXES: &[&str] = &[
     "turns_usage_idx",
     "turns_latency_idx",
     "turns_latency_order_idx",
-    "turns_completed_at_idx",
     "turns_text_search_idx",
     "turn_agents_analytics_idx",
     "turn_agents_duration_idx",
@@ -284,7 +283,8 @@ fn literal(text: &str) -> String {
 }
 
 /// Every statement the worker runs for a turn (`worker/src/store/`), and
-/// the edge's thread page. The history is the worker's own text; the others are copies.
+/// the edge's thread page. The history and the acquire are the worker's own text; the others are
+/// copies.
 fn statements(thread: &str) -> Vec<Statement> {
     let thread = literal(thread);
     let owner = literal("00000000-0000-0000-0000-00000000beef");
@@ -299,16 +299,8 @@ fn statements(thread: &str) -> Vec<Statement> {
         s("history", worker::store::HISTORY_SQL, &[&thread, "5"]),
         s(
             "acquire",
-            "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
-             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
-             ON CONFLICT (id) DO UPDATE
-                SET lease_owner = EXCLUDED.lease_owner,
-                    lease_epoch = threads.lease_epoch + 1,
-                    lease_expires_at = EXCLUDED.lease_expires_at
-                WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
-             RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired', last_active_at,
-                       pending_interrupt",
-            &[&thread, &owner, "30.0"],
+            worker::store::ACQUIRE_SQL,
+            &[&thread, "5", &owner, "30.0"],
         ),
         s(
             "commit",

@@ -252,7 +252,7 @@ impl TurnRunner {
                     crate::handoff::held_for_human(&mut out, lease.handoff).await?
                 } else {
                     let history = if lease.last_in_seq > 0 {
-                        self.store.history(&lease.thread_id, HISTORY_TURNS).await?
+                        self.store.history(lease).await?
                     } else {
                         Vec::new()
                     };
@@ -518,9 +518,6 @@ impl TurnRunner {
         }
     }
 }
-
-/// The thread's exchanges the agents see as history.
-const HISTORY_TURNS: i64 = 5;
 
 /// The record of a turn that ran no agent.
 fn simple_end(events: Vec<serde_json::Value>) -> Ended {
