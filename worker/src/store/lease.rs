@@ -22,11 +22,13 @@ pub enum Acquired {
     Erased,
 }
 
-/// [`Store::acquire`] (public for `tests/e2e/hot_path.rs`, which checks its plans): `$1` the thread, `$2` how many exchanges of history, `$3` this worker,
-/// `$4` the lease's TTL in seconds. One round trip that takes the lease if it is free or expired
-/// and, in the same statement, reads what the lease's first turn reads next: the thread's history
-/// (only when a message will be answered by the agents) or, when the lease is taken, whether the
-/// thread was erased. One row per history message (newest first), at least one.
+/// [`Store::acquire`] (public for `tests/e2e/hot_path.rs`, which checks its plans): `$1` the
+/// thread, `$2` how many exchanges of history, `$3` this worker, `$4` the lease's TTL in seconds.
+/// One round trip that takes the lease if it is free or expired and, in the same statement, reads
+/// what the lease's first turn reads next: the thread's history (only when a message will be
+/// answered by the agents) or, when the lease is taken, whether the thread was erased. One row
+/// per history message, at least one; newest first (the join's outer side is a single row, so
+/// the rows come in the order of the history's `ORDER BY`).
 ///
 /// The history is read with the statement's snapshot, taken before the `INSERT` may have waited
 /// for the previous holder's commit to release the lease; the lease's row is then newer than that
