@@ -17,6 +17,13 @@
 #   EDGE_PORT=18180 (the worker's metrics on EDGE_PORT + 1011)
 #   SEED_CONVERSATIONS=100000 scripts/bench-cpu.sh     `loadgen seed` the database first (with
 #       BIN_DIR's loadgen when it has one, so that the schema is BIN_DIR's)
+#   PG_PORT=5433 scripts/bench-cpu.sh     the PostgreSQL server on 127.0.0.1:PG_PORT (default 5432),
+#       e.g. a private one with nothing else on it, for counters that only this bench moves
+#   PG_PROFILE=1 PG_PORT=5433 scripts/bench-cpu.sh    also PostgreSQL's work per turn over the
+#       measured window: each statement's calls, rows, buffers, WAL and time (pg_stat_statements:
+#       the server needs `shared_preload_libraries = 'pg_stat_statements'`), WAL bytes and
+#       flushes, rows written and HOT updates by table, scans by index. WAL and flushes are the
+#       server's: give it a server of its own. Written to stdout and to PG_PROFILE_OUT when set.
 #
 # Compare two builds by running it against each on the same machine, back to back: the ratios
 # between the runs are the figure; the absolute times depend on what else the machine does.
@@ -32,10 +39,13 @@ messages="${MESSAGES:-40}"
 windows="${WINDOWS:-0}"
 window_secs="${WINDOW_SECS:-60}"
 seed="${SEED_CONVERSATIONS:-0}"
+pg_port="${PG_PORT:-5432}"
+profile="${PG_PROFILE:-0}"
+pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
 
 scripts/services.sh start
 id="cpu$(date +%s)$$"
-export NATS_PREFIX="$id" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$id"
+export NATS_PREFIX="$id" DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$id"
 export AUTH_SECRET=bench-secret-bench-secret-bench-secret LOG_FORMAT=json RUST_LOG=warn
 export SEED_DEMO_DATA=true
 export SCRIPTED_REPLY_TOKENS=20 SCRIPTED_TOKEN_DELAY_MS=0
@@ -54,14 +64,14 @@ fi
 cleanup() {
   kill "$edge" "$worker" 2>/dev/null || true
   wait 2>/dev/null || true
-  psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$id\" WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  pg -q -c "DROP DATABASE IF EXISTS \"$id\" WITH (FORCE)" postgres >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
 
 # An experiment's SQL on the bench database before the load (e.g. an index to A/B).
 if [ -n "${PRE_LOAD_SQL:-}" ]; then
-  psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d "$id" -c "$PRE_LOAD_SQL"
+  pg -q -v ON_ERROR_STOP=1 -d "$id" -c "$PRE_LOAD_SQL"
 fi
 # A short warm-up (connections, prepared statements, the first threads), not measured.
 "$loadgen" chat --url "http://127.0.0.1:$port" --connections "$connections" --messages 2 >/dev/null
@@ -69,11 +79,81 @@ fi
 # reports its counters when idle for a while: read them again after 11 s).
 db_counters() {
   sleep 11
-  psql -qAt -F ' ' -h 127.0.0.1 -U postgres -d "$id" -c "SELECT (SELECT count(*) FROM turns),
+  pg -qAt -F ' ' -d "$id" -c "SELECT (SELECT count(*) FROM turns),
       xact_commit + xact_rollback, tup_returned, tup_fetched, tup_inserted, tup_updated, blks_hit + blks_read
     FROM pg_stat_database WHERE datname = current_database()"
 }
+# PG_PROFILE: the server's counters at the start of the window, kept in unlogged tables of the
+# bench database (written before the window's first WAL position is taken), and
+# pg_stat_statements emptied for this database.
+profile_start() {
+  pg -qAt -v ON_ERROR_STOP=1 -d "$id" >/dev/null <<'SQL'
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+CREATE UNLOGGED TABLE profile_tables AS
+  SELECT s.relname, s.n_tup_ins, s.n_tup_upd, s.n_tup_hot_upd, s.n_tup_del,
+         io.heap_blks_hit + io.heap_blks_read AS heap_blks, io.idx_blks_hit + io.idx_blks_read AS idx_blks
+    FROM pg_stat_user_tables s JOIN pg_statio_user_tables io USING (relid);
+CREATE UNLOGGED TABLE profile_indexes AS
+  SELECT s.relname, s.indexrelname, s.idx_scan, s.idx_tup_read, io.idx_blks_hit + io.idx_blks_read AS blks
+    FROM pg_stat_user_indexes s JOIN pg_statio_user_indexes io USING (indexrelid);
+CREATE UNLOGGED TABLE profile_server AS
+  SELECT (SELECT count(*) FROM turns) AS turns, d.xact_commit, d.xact_rollback,
+         w.wal_records, w.wal_fpi, w.wal_bytes, w.wal_write, w.wal_sync, pg_current_wal_lsn() AS lsn
+    FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database();
+SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);
+SQL
+}
+# The window's work per turn, from those counters (read after db_counters waited for the
+# backends to report).
+profile_end() {
+  pg -q -P pager=off -v ON_ERROR_STOP=1 -d "$id" <<'SQL'
+CREATE TEMP TABLE n AS SELECT (SELECT count(*) FROM turns) - turns AS turns FROM profile_server;
+\echo PostgreSQL per turn over the window: the server
+SELECT n.turns, round((d.xact_commit + d.xact_rollback - p.xact_commit - p.xact_rollback)::numeric / n.turns, 2) AS xacts,
+       round((w.wal_records - p.wal_records)::numeric / n.turns, 1) AS wal_records,
+       round((w.wal_fpi - p.wal_fpi)::numeric / n.turns, 2) AS wal_fpi,
+       round((w.wal_bytes - p.wal_bytes) / n.turns) AS wal_bytes,
+       round(pg_wal_lsn_diff(pg_current_wal_lsn(), p.lsn) / n.turns) AS lsn_bytes,
+       round((w.wal_write - p.wal_write)::numeric / n.turns, 2) AS wal_writes,
+       round((w.wal_sync - p.wal_sync)::numeric / n.turns, 2) AS wal_syncs
+  FROM n, profile_server p, pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database();
+\echo by statement (pg_stat_statements; per turn)
+SELECT round(s.calls::numeric / n.turns, 3) AS calls, round(s.rows::numeric / n.turns, 2) AS rows,
+       round((s.shared_blks_hit + s.shared_blks_read)::numeric / n.turns, 1) AS blks,
+       round(s.shared_blks_dirtied::numeric / n.turns, 2) AS dirtied,
+       round(s.wal_records::numeric / n.turns, 1) AS wal_rec, round(s.wal_bytes / n.turns) AS wal_bytes,
+       round((s.total_exec_time / n.turns * 1000)::numeric, 1) AS exec_us,
+       round((s.total_plan_time / n.turns * 1000)::numeric, 1) AS plan_us,
+       left(regexp_replace(s.query, '\s+', ' ', 'g'), 90) AS query
+  FROM pg_stat_statements s, n
+ WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND s.query NOT LIKE '%profile_%' AND s.calls > 0
+ ORDER BY s.calls DESC, s.total_exec_time DESC;
+\echo by table (per turn)
+SELECT s.relname, round((s.n_tup_ins - p.n_tup_ins)::numeric / n.turns, 2) AS ins,
+       round((s.n_tup_upd - p.n_tup_upd)::numeric / n.turns, 2) AS upd,
+       round((s.n_tup_hot_upd - p.n_tup_hot_upd)::numeric / n.turns, 2) AS hot_upd,
+       round((s.n_tup_del - p.n_tup_del)::numeric / n.turns, 2) AS del,
+       round((io.heap_blks_hit + io.heap_blks_read - p.heap_blks)::numeric / n.turns, 1) AS heap_blks,
+       round((io.idx_blks_hit + io.idx_blks_read - p.idx_blks)::numeric / n.turns, 1) AS idx_blks
+  FROM pg_stat_user_tables s JOIN pg_statio_user_tables io USING (relid)
+  JOIN profile_tables p ON p.relname = s.relname, n
+ WHERE s.n_tup_ins + s.n_tup_upd + s.n_tup_del + io.heap_blks_hit + io.heap_blks_read
+       > p.n_tup_ins + p.n_tup_upd + p.n_tup_del + p.heap_blks
+ ORDER BY 1;
+\echo by index (per turn; idx_blks: buffers read or written)
+SELECT s.relname, s.indexrelname, round((s.idx_scan - p.idx_scan)::numeric / n.turns, 2) AS scans,
+       round((s.idx_tup_read - p.idx_tup_read)::numeric / n.turns, 1) AS entries_read,
+       round((io.idx_blks_hit + io.idx_blks_read - p.blks)::numeric / n.turns, 1) AS idx_blks
+  FROM pg_stat_user_indexes s JOIN pg_statio_user_indexes io USING (indexrelid)
+  JOIN profile_indexes p ON p.indexrelname = s.indexrelname, n
+ WHERE io.idx_blks_hit + io.idx_blks_read > p.blks OR s.idx_scan > p.idx_scan
+ ORDER BY 1, 2;
+SQL
+}
+
 read -r t0 x0 r0 f0 i0 u0 b0 <<<"$(db_counters)"
+[ "$profile" = 1 ] && profile_start
 cpu=(--cpu-pids "edge=$edge,worker=$worker" --cpu-procs nats-server,postgres --cpu-database-url "$DATABASE_URL")
 if [ "$windows" -gt 0 ]; then
   "$loadgen" chat --url "http://127.0.0.1:$port" --connections "$connections" --messages "$messages" \
@@ -83,6 +163,9 @@ else
     "${cpu[@]}" "$@"
 fi
 read -r t1 x1 r1 f1 i1 u1 b1 <<<"$(db_counters)"
+if [ "$profile" = 1 ]; then
+  if [ -n "${PG_PROFILE_OUT:-}" ]; then profile_end | tee "$PG_PROFILE_OUT"; else profile_end; fi
+fi
 awk -v t=$((t1 - t0)) -v x=$((x1 - x0)) -v r=$((r1 - r0)) -v f=$((f1 - f0)) -v i=$((i1 - i0)) -v u=$((u1 - u0)) -v b=$((b1 - b0)) 'BEGIN {
   if (t > 0) printf "PostgreSQL per turn (%d turns): %.2f transactions, %.1f rows returned, %.1f rows fetched, %.1f inserted, %.1f updated, %.1f buffers\n",
     t, x / t, r / t, f / t, i / t, u / t, b / t

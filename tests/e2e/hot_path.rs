@@ -32,7 +32,6 @@ const ANALYTICS_INDEXES: &[&str] = &[
     "turns_usage_idx",
     "turns_latency_idx",
     "turns_latency_order_idx",
-    "turns_completed_at_idx",
     "turns_text_search_idx",
     "turn_agents_analytics_idx",
     "turn_agents_duration_idx",
@@ -284,8 +283,8 @@ fn literal(text: &str) -> String {
 }
 
 /// Every statement the worker runs for a turn (`worker/src/store/`), and
-/// the edge's thread page. The history and the `worker/queries/` files are the worker's own text;
-/// the lease's and the edge's are copies.
+/// the edge's thread page. The history, the acquire and the `worker/queries/` files are the
+/// worker's own text; the rest of the lease's and the edge's are copies.
 fn statements(thread: &str) -> Vec<Statement> {
     let thread = literal(thread);
     let owner = literal("00000000-0000-0000-0000-00000000beef");
@@ -300,16 +299,8 @@ fn statements(thread: &str) -> Vec<Statement> {
         s("history", worker::store::HISTORY_SQL, &[&thread, "5"]),
         s(
             "acquire",
-            "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
-             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
-             ON CONFLICT (id) DO UPDATE
-                SET lease_owner = EXCLUDED.lease_owner,
-                    lease_epoch = threads.lease_epoch + 1,
-                    lease_expires_at = EXCLUDED.lease_expires_at
-                WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
-             RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired', last_active_at,
-                       pending_interrupt",
-            &[&thread, &owner, "30.0"],
+            worker::store::ACQUIRE_SQL,
+            &[&thread, "5", &owner, "30.0"],
         ),
         s(
             "commit",
@@ -551,4 +542,133 @@ fn outline_plan(node: &Value, depth: usize, out: &mut String) {
     for child in node["Plans"].as_array().into_iter().flatten() {
         outline_plan(child, depth + 1, out);
     }
+}
+
+/// The acquire reads the history of the lease's first turn in the same statement
+/// (`worker::store::ACQUIRE_SQL`). When it had to wait for the previous holder's commit, its
+/// snapshot predates that commit and misses the turn it wrote: that history must not be used.
+#[tokio::test]
+async fn the_history_read_with_the_lease_counts_only_when_it_is_current() {
+    use std::time::Duration;
+    use worker::llm::ChatMessage;
+    use worker::store::{Acquired, Store};
+
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let db = app.db().await;
+    let minute = Duration::from_secs(60);
+    let worker_id = uuid::Uuid::now_v7();
+    let store = Store::new(
+        db.clone(),
+        db.clone(),
+        worker_id,
+        minute,
+        60 * minute,
+        60 * minute,
+    );
+    let thread = shared::ids::ThreadId::parse("history-race").unwrap();
+    let turn = |in_seq: i64, question: &str, answer: &str| {
+        format!(
+            "INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, reply,
+                                first_seq, last_seq, received_at, started_at, outcome)
+             VALUES ('history-race', {in_seq}, gen_random_uuid(), 'm{in_seq}', 'message',
+                     '{question}', '{answer}', {in_seq}, {in_seq}, now(), now(), 'completed')"
+        )
+    };
+    let exchange = |question: &str, answer: &str| {
+        vec![
+            ChatMessage::User {
+                content: question.to_owned(),
+            },
+            ChatMessage::Assistant {
+                content: answer.to_owned(),
+                tool_calls: Vec::new(),
+            },
+        ]
+    };
+    sqlx::query("INSERT INTO threads (id, last_in_seq, last_seq) VALUES ('history-race', 1, 1)")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query(&turn(1, "first question", "first answer"))
+        .execute(&db)
+        .await
+        .unwrap();
+
+    // Free lease: the history comes with it, current.
+    let Acquired::Lease(lease) = store.acquire(&thread).await.unwrap() else {
+        panic!("the lease is free");
+    };
+    let first = exchange("first question", "first answer");
+    let prefetched = lease.history.as_ref().expect("read with the lease");
+    assert_eq!(prefetched.after_in_seq, 1);
+    assert_eq!(prefetched.messages, first);
+    assert_eq!(store.history(&lease).await.unwrap(), first);
+    // Taken: busy, and the history is not read.
+    assert!(matches!(
+        store.acquire(&thread).await.unwrap(),
+        Acquired::Busy
+    ));
+
+    // The holder commits its next turn (and releases the lease) while another acquire waits for
+    // the thread's row.
+    let mut commit = db.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE threads SET last_in_seq = 2, last_seq = 2, lease_owner = NULL,
+                            lease_expires_at = NULL
+          WHERE id = 'history-race'",
+    )
+    .execute(&mut *commit)
+    .await
+    .unwrap();
+    sqlx::query(&turn(2, "second question", "second answer"))
+        .execute(&mut *commit)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        let thread = thread.clone();
+        async move { store.acquire(&thread).await }
+    });
+    eventually(
+        "the acquire waits for the committing turn's row lock",
+        || {
+            let db = db.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND query LIKE 'WITH lease AS%'",
+                )
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                (waiting == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    commit.commit().await.unwrap();
+    let Acquired::Lease(lease) = waiting.await.unwrap().unwrap() else {
+        panic!("the lease was released");
+    };
+    assert_eq!(lease.last_in_seq, 2);
+    assert!(
+        lease.history.is_none(),
+        "read before the commit it waited for: {:?}",
+        lease.history
+    );
+    let mut both = first;
+    both.extend(exchange("second question", "second answer"));
+    assert_eq!(store.history(&lease).await.unwrap(), both);
+
+    // An erased thread: nothing is re-created.
+    sqlx::query("INSERT INTO erasures (thread_id, actor) VALUES ('history-erased', 'owner')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let erased = shared::ids::ThreadId::parse("history-erased").unwrap();
+    assert!(matches!(
+        store.acquire(&erased).await.unwrap(),
+        Acquired::Erased
+    ));
 }

@@ -16,6 +16,7 @@ use shared::ids::ThreadId;
 use crate::error::TurnError;
 use crate::publish;
 use crate::records::{AfterCommit, Lease};
+use crate::store::Acquired;
 use crate::turn::TurnRunner;
 
 /// What became of a delivery.
@@ -93,14 +94,12 @@ impl TurnRunner {
             .with_max_times(7)
             .with_jitter()
             .build();
-        let mut first = true;
         loop {
-            if let Some(lease) = self.store.acquire(thread).await? {
-                return Ok(Some(lease));
-            }
-            // An erased conversation is never re-created: its leftover deliveries are dropped.
-            if std::mem::take(&mut first) && self.store.is_erased(thread).await? {
-                return Err(TurnError::Erased);
+            match self.store.acquire(thread).await? {
+                Acquired::Lease(lease) => return Ok(Some(lease)),
+                // An erased conversation is never re-created: its leftover deliveries are dropped.
+                Acquired::Erased => return Err(TurnError::Erased),
+                Acquired::Busy => {}
             }
             match delays.next() {
                 Some(delay) => tokio::time::sleep(delay).await,
@@ -197,6 +196,8 @@ impl TurnRunner {
             lease.last_seq = advanced.last_seq;
             lease.pending_interrupt = advanced.pending_interrupt;
             lease.handoff = advanced.handoff;
+            // What the acquire read is the history before this turn.
+            lease.history = None;
             if advanced.expired {
                 lease.expired = true;
             } else {

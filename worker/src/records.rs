@@ -31,6 +31,17 @@ pub struct Lease {
     pub pending_interrupt: Option<InterruptId>,
     /// Who answers the thread's customer messages (SPEC §7).
     pub handoff: HandoffState,
+    /// The thread's history as the acquire read it, in the same statement (the first turn under
+    /// a lease need not ask again); `None` when it was not read or may be stale.
+    pub history: Option<PrefetchedHistory>,
+}
+
+/// History read together with the lease: what the agents see, valid while the thread's
+/// `last_in_seq` is still `after_in_seq`.
+#[derive(Debug, Clone)]
+pub struct PrefetchedHistory {
+    pub after_in_seq: u64,
+    pub messages: Vec<ChatMessage>,
 }
 
 #[derive(Debug, Clone)]
@@ -332,6 +343,7 @@ mod tests {
             last_active_at: chrono::Utc::now(),
             pending_interrupt: Some(InterruptId::from(Uuid::nil())),
             handoff: HandoffState::Ai,
+            history: None,
         }
     }
 

@@ -5,62 +5,152 @@ use std::time::Duration;
 
 use shared::ids::ThreadId;
 use shared::protocol::HandoffState;
-use shared::turns::InterruptId;
+use shared::turns::{InterruptId, TurnKind};
 
+use super::turns::{history_messages, HISTORY_TURNS};
 use super::{to_u64, Store};
-use crate::records::Lease;
+use crate::records::{Lease, PrefetchedHistory};
+
+/// What [`Store::acquire`] found.
+#[derive(Debug)]
+pub enum Acquired {
+    /// The thread's lease, now this worker's.
+    Lease(Lease),
+    /// Another worker holds it.
+    Busy,
+    /// The conversation was erased (SPEC §8): it is never re-created.
+    Erased,
+}
+
+/// [`Store::acquire`] (public for `tests/e2e/hot_path.rs`, which checks its plans): `$1` the
+/// thread, `$2` how many exchanges of history, `$3` this worker, `$4` the lease's TTL in seconds.
+/// One round trip that takes the lease if it is free or expired and, in the same statement, reads
+/// what the lease's first turn reads next: the thread's history (only when a message will be
+/// answered by the agents) or, when the lease is taken, whether the thread was erased. One row
+/// per history message, at least one; newest first (the join's outer side is a single row, so
+/// the rows come in the order of the history's `ORDER BY`).
+///
+/// The history is read with the statement's snapshot, taken before the `INSERT` may have waited
+/// for the previous holder's commit to release the lease; the lease's row is then newer than that
+/// snapshot, and the history may miss the committed turn. So the statement also returns the
+/// newest `in_seq` of the thread's turns that its snapshot sees, and the history counts only when
+/// that is the lease's `last_in_seq` (the commit that advanced the thread wrote that turn).
+pub const ACQUIRE_SQL: &str = concat!(
+    "WITH lease AS (
+    INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
+    SELECT $1, $3, 1, now() + make_interval(secs => $4)
+     WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1)
+    ON CONFLICT (id) DO UPDATE
+       SET lease_owner = EXCLUDED.lease_owner,
+           lease_epoch = threads.lease_epoch + 1,
+           lease_expires_at = EXCLUDED.lease_expires_at
+       WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
+    RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired' AS expired, last_active_at,
+              pending_interrupt, handoff_state
+)
+SELECT l.lease_epoch, l.last_in_seq, l.last_seq, l.expired, l.last_active_at,
+       l.pending_interrupt, l.handoff_state,
+       CASE WHEN l.lease_epoch IS NULL
+            THEN EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1) ELSE false END,
+       CASE WHEN l.last_in_seq > 0 AND l.handoff_state = 'ai'
+            THEN (SELECT max(v.in_seq) FROM turns v WHERE v.thread_id = $1) END,
+       h.kind, h.content, h.reply
+  FROM (VALUES (true)) AS one (x)
+  LEFT JOIN lease l ON true
+  LEFT JOIN LATERAL (
+",
+    super::turns::history_rows!(),
+    "
+    AND l.last_in_seq > 0 AND l.handoff_state = 'ai'
+  ORDER BY t.in_seq DESC LIMIT $2
+  ) AS h (kind, content, reply) ON true"
+);
 
 impl Store {
-    /// Takes the thread's lease if it is free or expired; `None` while another worker holds it.
-    pub async fn acquire(&self, thread_id: &ThreadId) -> Result<Option<Lease>, sqlx::Error> {
+    /// Takes the thread's lease if it is free or expired, with the history its first turn needs.
+    pub async fn acquire(&self, thread_id: &ThreadId) -> Result<Acquired, sqlx::Error> {
         type Row = (
-            i64,
-            i64,
-            i64,
-            bool,
-            chrono::DateTime<chrono::Utc>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<bool>,
+            Option<chrono::DateTime<chrono::Utc>>,
             Option<InterruptId>,
-            HandoffState,
+            Option<HandoffState>,
+            bool,
+            Option<i64>,
+            Option<TurnKind>,
+            Option<String>,
+            Option<String>,
         );
-        let row: Option<Row> = sqlx::query_as(
-            "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
-             SELECT $1, $2, 1, now() + make_interval(secs => $3)
-              WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1)
-             ON CONFLICT (id) DO UPDATE
-                SET lease_owner = EXCLUDED.lease_owner,
-                    lease_epoch = threads.lease_epoch + 1,
-                    lease_expires_at = EXCLUDED.lease_expires_at
-                WHERE threads.lease_owner IS NULL OR threads.lease_expires_at < now()
-             RETURNING lease_epoch, last_in_seq, last_seq, status = 'expired', last_active_at,
-                       pending_interrupt, handoff_state",
+        let rows: Vec<Row> = sqlx::query_as(ACQUIRE_SQL)
+            .bind(thread_id.as_str())
+            .bind(HISTORY_TURNS)
+            .bind(self.worker_id)
+            .bind(self.lease_ttl.as_secs_f64())
+            .fetch_all(&self.db)
+            .await?;
+        let Some(first) = rows.first() else {
+            return Err(sqlx::Error::RowNotFound);
+        };
+        let &(
+            epoch,
+            last_in_seq,
+            last_seq,
+            expired,
+            last_active_at,
+            pending_interrupt,
+            handoff,
+            erased,
+            seen_in_seq,
+            ..,
+        ) = first;
+        let (
+            Some(epoch),
+            Some(last_in_seq),
+            Some(last_seq),
+            Some(expired),
+            Some(last_active_at),
+            Some(handoff),
+        ) = (
+            epoch,
+            last_in_seq,
+            last_seq,
+            expired,
+            last_active_at,
+            handoff,
         )
-        .bind(thread_id.as_str())
-        .bind(self.worker_id)
-        .bind(self.lease_ttl.as_secs_f64())
-        .fetch_optional(&self.db)
-        .await?;
-        Ok(row.map(
-            |(
-                epoch,
-                last_in_seq,
-                last_seq,
-                expired,
-                last_active_at,
-                pending_interrupt,
-                handoff,
-            )| {
-                Lease {
-                    thread_id: thread_id.clone(),
-                    epoch,
-                    last_in_seq: to_u64(last_in_seq),
-                    last_seq: to_u64(last_seq),
-                    expired,
-                    last_active_at,
-                    pending_interrupt,
-                    handoff,
-                }
-            },
-        ))
+        else {
+            return Ok(if erased {
+                Acquired::Erased
+            } else {
+                Acquired::Busy
+            });
+        };
+        let last_in_seq = to_u64(last_in_seq);
+        // Read only for an agents' turn after the first, and current only if the snapshot saw
+        // the turn that set `last_in_seq`.
+        let history = match seen_in_seq {
+            Some(seen) if to_u64(seen) == last_in_seq => Some(PrefetchedHistory {
+                after_in_seq: last_in_seq,
+                messages: history_messages(
+                    rows.into_iter()
+                        .filter_map(|(.., kind, content, reply)| Some((kind?, content?, reply?))),
+                ),
+            }),
+            _ => None,
+        };
+        Ok(Acquired::Lease(Lease {
+            thread_id: thread_id.clone(),
+            epoch,
+            last_in_seq,
+            last_seq: to_u64(last_seq),
+            expired,
+            last_active_at,
+            pending_interrupt,
+            handoff,
+            history,
+        }))
     }
 
     /// Extends the lease by its TTL; `false` if another worker has taken it.

@@ -22,8 +22,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use interrupts::NewInterrupt;
+pub use lease::{Acquired, ACQUIRE_SQL};
 pub use ledger::{ApprovedRun, RemoteClaim};
-pub use turns::HISTORY_SQL;
+pub use turns::{HISTORY_SQL, HISTORY_TURNS};
 
 /// Text as PostgreSQL can store it: a NUL character (which a client may send) becomes U+FFFD.
 pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
@@ -162,6 +163,7 @@ mod tests {
             last_active_at: now - chrono::Duration::minutes(12),
             pending_interrupt: None,
             handoff: HandoffState::Ai,
+            history: None,
         };
         assert!(store.session_expired(&lease, now), "idle 12 min > 10 min");
         lease.pending_interrupt = Some(shared::turns::InterruptId::from(Uuid::nil()));

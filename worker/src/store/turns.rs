@@ -13,22 +13,59 @@ use super::{storable, storable_json, to_i64, Store};
 use crate::llm::ChatMessage;
 use crate::records::{AfterCommit, Committed, DeadLetter, HandoffRecord, Lease, TurnRecord};
 
-/// [`Store::history`]: `$1` the thread, `$2` how many exchanges. Public for the test that checks
-/// its plans on a database with history (`tests/e2e/hot_path.rs`).
+/// How many of the thread's last exchanges the agents see.
+pub const HISTORY_TURNS: i64 = 5;
+
+/// The history's rows, newest first: `$1` the thread, `$2` how many exchanges. Without its
+/// `ORDER BY … LIMIT`, so that the acquire ([`super::lease`]) can add a condition of its own.
 ///
 /// The thread's last messages are a backward walk of `turns_thread_messages_idx` (migration
 /// `20261201300000`), bounded by `$2` whatever the size of the table. A turn continued by
 /// approvals has one row per segment, the later ones at greater stream sequences: the reply is
 /// all of them, read from the primary key from the message on.
-pub const HISTORY_SQL: &str = "SELECT t.kind, t.content,
+macro_rules! history_rows {
+    () => {
+        "SELECT t.kind, t.content,
         (SELECT coalesce(string_agg(s.reply, ' ' ORDER BY s.in_seq), '')
            FROM turns s
           WHERE s.thread_id = t.thread_id AND s.in_seq >= t.in_seq AND s.turn_id = t.turn_id
             AND s.reply <> '')
    FROM turns t
   WHERE t.thread_id = $1 AND t.kind IN ('message', 'human_message') AND t.content IS NOT NULL
-    AND t.outcome IN ('completed', 'interrupted', 'clarification', 'held', 'delivered')
-  ORDER BY t.in_seq DESC LIMIT $2";
+    AND t.outcome IN ('completed', 'interrupted', 'clarification', 'held', 'delivered')"
+    };
+}
+pub(super) use history_rows;
+
+/// [`Store::history`]: `$1` the thread, `$2` how many exchanges. Public for the test that checks
+/// its plans on a database with history (`tests/e2e/hot_path.rs`).
+pub const HISTORY_SQL: &str = concat!(history_rows!(), "\n  ORDER BY t.in_seq DESC LIMIT $2");
+
+/// The history's rows (newest first) as the agents see them, oldest first.
+pub(super) fn history_messages(
+    rows: impl DoubleEndedIterator<Item = (TurnKind, String, String)>,
+) -> Vec<ChatMessage> {
+    let mut history = Vec::new();
+    for (kind, content, reply) in rows.rev() {
+        // An operator's message is the support side speaking: the agents see it as an
+        // earlier reply of theirs, marked as the operator's (SPEC §7: after `leave`).
+        if kind == TurnKind::HumanMessage {
+            history.push(ChatMessage::Assistant {
+                content: format!("[human operator] {content}"),
+                tool_calls: Vec::new(),
+            });
+            continue;
+        }
+        history.push(ChatMessage::User { content });
+        if !reply.is_empty() {
+            history.push(ChatMessage::Assistant {
+                content: reply,
+                tool_calls: Vec::new(),
+            });
+        }
+    }
+    history
+}
 
 impl Store {
     /// Advances the thread past `turn.in_seq` and records the turn, in one statement, only if
@@ -105,37 +142,22 @@ impl Store {
         })
     }
 
-    /// The thread's last few exchanges, oldest first, as the agents see them.
-    pub async fn history(
-        &self,
-        thread_id: &ThreadId,
-        turns: i64,
-    ) -> Result<Vec<ChatMessage>, sqlx::Error> {
+    /// The thread's last [`HISTORY_TURNS`] exchanges, oldest first, as the agents see them: those
+    /// the acquire read with the lease while they are current, else read now.
+    pub async fn history(&self, lease: &Lease) -> Result<Vec<ChatMessage>, sqlx::Error> {
+        if let Some(prefetched) = lease
+            .history
+            .as_ref()
+            .filter(|prefetched| prefetched.after_in_seq == lease.last_in_seq)
+        {
+            return Ok(prefetched.messages.clone());
+        }
         let rows: Vec<(TurnKind, String, String)> = sqlx::query_as(HISTORY_SQL)
-            .bind(thread_id.as_str())
-            .bind(turns)
+            .bind(lease.thread_id.as_str())
+            .bind(HISTORY_TURNS)
             .fetch_all(&self.db)
             .await?;
-        let mut history = Vec::with_capacity(rows.len() * 2);
-        for (kind, content, reply) in rows.into_iter().rev() {
-            // An operator's message is the support side speaking: the agents see it as an
-            // earlier reply of theirs, marked as the operator's (SPEC §7: after `leave`).
-            if kind == TurnKind::HumanMessage {
-                history.push(ChatMessage::Assistant {
-                    content: format!("[human operator] {content}"),
-                    tool_calls: Vec::new(),
-                });
-                continue;
-            }
-            history.push(ChatMessage::User { content });
-            if !reply.is_empty() {
-                history.push(ChatMessage::Assistant {
-                    content: reply,
-                    tool_calls: Vec::new(),
-                });
-            }
-        }
-        Ok(history)
+        Ok(history_messages(rows.into_iter()))
     }
 
     /// Counts a failed attempt at the message; returns the attempts so far.

@@ -200,7 +200,7 @@ impl TurnRunner {
                     crate::handoff::held_for_human(&mut out, lease.handoff).await?
                 } else {
                     let history = if lease.last_in_seq > 0 {
-                        self.store.history(&lease.thread_id, HISTORY_TURNS).await?
+                        self.store.history(lease).await?
                     } else {
                         Vec::new()
                     };
@@ -454,9 +454,6 @@ impl TurnRunner {
 pub(super) fn cancel_withdraws(named: Option<TurnId>, paused: &PendingInterrupt) -> bool {
     named.is_none_or(|turn| turn.as_uuid() == paused.turn_id)
 }
-
-/// The thread's exchanges the agents see as history.
-const HISTORY_TURNS: i64 = 5;
 
 /// The record of a turn that ran no agent.
 fn simple_end(events: Vec<TimelineEvent>) -> Ended {
