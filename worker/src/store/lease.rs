@@ -155,14 +155,14 @@ impl Store {
 
     /// Extends the lease by its TTL; `false` if another worker has taken it.
     pub async fn renew(&self, thread_id: &ThreadId, epoch: i64) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "UPDATE threads SET lease_expires_at = now() + make_interval(secs => $3)
               WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $4",
+            thread_id.as_str(),
+            epoch,
+            self.lease_ttl.as_secs_f64(),
+            self.worker_id,
         )
-        .bind(thread_id.as_str())
-        .bind(epoch)
-        .bind(self.lease_ttl.as_secs_f64())
-        .bind(self.worker_id)
         .execute(&self.leases)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -175,13 +175,13 @@ impl Store {
 
     /// Hands the lease back so the next delivery for the thread need not wait for it to expire.
     pub async fn release(&self, lease: &Lease) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE threads SET lease_owner = NULL, lease_expires_at = NULL
               WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3",
+            lease.thread_id.as_str(),
+            lease.epoch,
+            self.worker_id,
         )
-        .bind(lease.thread_id.as_str())
-        .bind(lease.epoch)
-        .bind(self.worker_id)
         .execute(&self.db)
         .await?;
         Ok(())
@@ -189,10 +189,12 @@ impl Store {
 
     /// Whether the thread was erased (SPEC §8): it is never re-created.
     pub async fn is_erased(&self, thread_id: &ThreadId) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1)")
-            .bind(thread_id.as_str())
-            .fetch_one(&self.db)
-            .await
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM erasures WHERE thread_id = $1) AS "erased!""#,
+            thread_id.as_str()
+        )
+        .fetch_one(&self.db)
+        .await
     }
 
     /// Whether a message received at `received_at` finds the session expired: the thread is

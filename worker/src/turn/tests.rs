@@ -114,6 +114,7 @@ fn lease(pending_interrupt: Option<InterruptId>) -> Lease {
         last_active_at: at(0),
         pending_interrupt,
         handoff: HandoffState::Ai,
+        history: None,
     }
 }
 
