@@ -217,9 +217,9 @@ async fn database_backends(url: &str) -> anyhow::Result<Vec<u32>> {
     let mut conn = sqlx::PgConnection::connect(url)
         .await
         .context("--cpu-database-url: connect")?;
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity
-          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    let pids: Vec<i32> = sqlx::query_scalar!(
+        r#"SELECT pid AS "pid!" FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid()"#,
     )
     .fetch_all(&mut conn)
     .await

@@ -324,7 +324,7 @@ pub(crate) async fn run(
     anyhow::ensure!(conversations > 0, "--conversations must be positive");
     anyhow::ensure!(days > 0.0 && days <= 365.0, "--days must be in (0, 365]");
     let pool = shared::db::connect_and_migrate(database).await?;
-    let populated: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM threads)")
+    let populated = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM threads) AS "populated!""#)
         .fetch_one(&pool)
         .await
         .context("Failed to look at the threads table")?;
@@ -355,6 +355,7 @@ pub(crate) async fn run(
         "tool_executions",
         "dead_letters",
     ] {
+        // Runtime SQL: the table's name is part of the statement.
         sqlx::query(&format!("VACUUM (ANALYZE) {table}"))
             .execute(&pool)
             .await
@@ -373,6 +374,8 @@ async fn seed_batch(pool: &PgPool, first: i64, last: i64, days: f64) -> anyhow::
     let mut tx = pool.begin().await?;
     for statement in BATCH_STATEMENTS {
         // Only the plan reads the parameters; the other statements read the temporary tables.
+        // Runtime SQL: those tables exist only inside this transaction, so no statement that
+        // reads them can be described at compile time.
         let query = if statement.contains("$1") {
             sqlx::query(statement).bind(first).bind(last).bind(days)
         } else {
@@ -385,28 +388,24 @@ async fn seed_batch(pool: &PgPool, first: i64, last: i64, days: f64) -> anyhow::
 }
 
 async fn summarize(pool: &PgPool) -> anyhow::Result<serde_json::Value> {
-    let (threads, turns, events, turn_agents, interrupts, dead_letters): (
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-    ) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM threads), (SELECT count(*) FROM turns),
-                (SELECT coalesce(sum(jsonb_array_length(events)), 0)::bigint FROM turns),
-                (SELECT count(*) FROM turn_agents), (SELECT count(*) FROM interrupts),
-                (SELECT count(*) FROM dead_letters)",
+    let rows = sqlx::query!(
+        r#"SELECT (SELECT count(*) FROM threads) AS "threads!",
+                  (SELECT count(*) FROM turns) AS "turns!",
+                  (SELECT coalesce(sum(jsonb_array_length(events)), 0)::bigint FROM turns)
+                      AS "events!",
+                  (SELECT count(*) FROM turn_agents) AS "turn_agents!",
+                  (SELECT count(*) FROM interrupts) AS "interrupts!",
+                  (SELECT count(*) FROM dead_letters) AS "dead_letters!""#,
     )
     .fetch_one(pool)
     .await
     .context("Failed to count the seeded rows")?;
     Ok(serde_json::json!({
-        "threads": threads,
-        "turns": turns,
-        "events": events,
-        "turn_agents": turn_agents,
-        "interrupts": interrupts,
-        "dead_letters": dead_letters,
+        "threads": rows.threads,
+        "turns": rows.turns,
+        "events": rows.events,
+        "turn_agents": rows.turn_agents,
+        "interrupts": rows.interrupts,
+        "dead_letters": rows.dead_letters,
     }))
 }

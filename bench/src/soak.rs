@@ -1208,10 +1208,10 @@ async fn db_check(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT thread_id, message_id, outcome FROM turns WHERE thread_id = ANY($1)",
+            &threads,
         )
-        .bind(&threads)
         .fetch_all(&pool)
         .await
         .context("read turns")?;
@@ -1222,7 +1222,8 @@ async fn db_check(
             expected: expected.len() as u64,
             ..DbCheck::default()
         };
-        for (thread, message, outcome) in &rows {
+        for row in &rows {
+            let (thread, message, outcome) = (&row.thread_id, &row.message_id, &row.outcome);
             if outcome == "dead_lettered" {
                 check.dead_lettered += 1;
             }
@@ -1269,7 +1270,7 @@ async fn db_check(
             .collect();
         check.lost_on_wire_but_stored = rows
             .iter()
-            .filter(|(thread, message, _)| lost_keys.contains(&(thread.as_str(), message.as_str())))
+            .filter(|row| lost_keys.contains(&(row.thread_id.as_str(), row.message_id.as_str())))
             .count() as u64;
         if check.lost == 0 {
             break;

@@ -35,7 +35,8 @@ const STATUSES: [&str; 6] = [
 ];
 
 /// The columns of a listed conversation, read from `threads t` with its pending approval `i`.
-/// An approval counts as pending while it is undecided and has not expired.
+/// An approval counts as pending while it is undecided and has not expired. Written out again in
+/// `read_timeline`, whose `query_as!` takes a literal only.
 const CONVERSATION_COLUMNS: &str = "t.id, t.status, t.title, t.agents, t.messages, t.prompt_tokens,
        t.completion_tokens, t.cost_usd, t.created_at, t.last_active_at,
        coalesce(i.status = 'pending' AND i.expires_at > now(), false) AS pending_approval,
