@@ -17,9 +17,11 @@ use crate::state::AppState;
 /// and this, the frame is read and answered with `message_too_large`, and the socket stays open.
 const MAX_WS_MESSAGE_BYTES: usize = 8 * MAX_FRAME_BYTES;
 
-/// tungstenite reads into a buffer of this size (its default, 128 KiB, would cost an idle socket
-/// 128 KiB of memory; client frames are small).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// tungstenite reads into a buffer of this size, allocated up front and held for the socket's life
+/// (its default, 128 KiB, would cost an idle socket 128 KiB of memory). Client frames are small: a
+/// larger one (up to `MAX_WS_MESSAGE_BYTES`) grows the buffer to its size and is read in pieces of
+/// this size. 1 KiB holds a typical `message` frame in one read.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Frames of one reply bundle are gathered up to this size before a write to the socket.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
