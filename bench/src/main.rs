@@ -4,7 +4,8 @@
 //! and sends M messages back to back) and, with `--floor`, the same traffic through bare NATS in
 //! the same run; with `--cpu-pids` / `--cpu-procs` / `--cpu-database-url` it reports the CPU time
 //! each process spent per turn, and with `--windows` it runs back-to-back windows on the same
-//! stack to show whether a turn's cost stays flat as the database grows. `loadgen idle` holds N idle sockets and reads the edge's memory. `loadgen seed`
+//! stack to show whether a turn's cost stays flat as the database grows. `loadgen idle` holds N idle sockets (with `--attached`, each
+//! `resume`d on a thread of its own) and reads the edge's memory. `loadgen seed`
 //! fills an empty database with conversations, and `loadgen admin-bench` times the admin API's
 //! read routes against it. `loadgen soak` runs a fixed turn rate for a long time with approvals,
 //! socket drops and resumes (and optionally cancels), and checks that every turn ends exactly once,
@@ -110,6 +111,10 @@ struct IdleArgs {
     /// How long to hold the sockets before measuring.
     #[arg(long, default_value_t = 5)]
     hold_secs: u64,
+    /// Attach each socket to a thread of its own with `resume` (one live subscription each;
+    /// needs `THREADS_PER_MINUTE=0` on the edge).
+    #[arg(long)]
+    attached: bool,
     #[arg(long)]
     append_to: Option<std::path::PathBuf>,
 }
@@ -217,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
                 args.connections,
                 args.edge_pid,
                 Duration::from_secs(args.hold_secs),
+                args.attached,
             )
             .await?;
             println!("{report}");

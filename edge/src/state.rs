@@ -20,9 +20,9 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
     /// `<PREFIX>_IN`: client messages, read by replays.
-    pub inbound: async_nats::jetstream::stream::Stream,
+    pub inbound: Arc<async_nats::jetstream::stream::Stream>,
     /// `<PREFIX>_OUT`: retained reply frames, replayed on `resume`.
-    pub replies: async_nats::jetstream::stream::Stream,
+    pub replies: Arc<async_nats::jetstream::stream::Stream>,
     pub db: PgPool,
     pub subjects: Arc<Subjects>,
     pub tokens: Arc<ThreadTokens>,

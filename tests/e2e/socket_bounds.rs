@@ -223,3 +223,27 @@ async fn live_frames_past_a_gap_are_not_relayed_blindly_and_the_socket_resyncs()
     let end = next.last().unwrap()["seq"].as_u64().unwrap();
     assert_eq!(e2e::ws::seqs(&next), (last + 1..=end).collect::<Vec<_>>());
 }
+
+/// The edge reads a socket through a small buffer (an idle socket holds it for ever), so larger
+/// frames are read in several pieces: the longest valid message, and the largest frame the
+/// WebSocket layer takes (8 × 32 KiB, answered `message_too_large`), both still arrive whole.
+#[tokio::test]
+async fn frames_up_to_the_websocket_limit_are_read_whole_through_the_small_read_buffer() {
+    let options = StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    };
+    let app = TestApp::spawn(options).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    // 10,000 characters of 3 bytes: the longest content, 30,000 bytes of a frame under 32 KiB.
+    let longest = thread.message(&"€".repeat(10_000));
+    assert!(longest.to_string().len() <= 32 * 1024);
+    ws.send(&longest).await;
+    let accepted = ws.expect_type("accepted").await;
+    assert_eq!(accepted["thread_id"], thread.thread_id.as_str());
+    ws.send_text("x".repeat(8 * 32 * 1024)).await;
+    ws.expect_error("message_too_large").await;
+    ws.send(&thread.message("still there?")).await;
+    ws.expect_type("accepted").await;
+}

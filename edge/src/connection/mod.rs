@@ -26,6 +26,7 @@ pub mod slots;
 mod tests;
 pub mod upstream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
@@ -61,12 +62,12 @@ impl SocketLimits {
 
 /// Drives one WebSocket until the client leaves or the edge shuts down.
 #[tracing::instrument(name = "socket", skip_all)]
-pub async fn run(socket: WebSocket, state: AppState, slot: SocketSlot) {
+pub async fn run(socket: WebSocket, state: Arc<AppState>, slot: SocketSlot) {
     state.metrics.connections.inc();
     let context = SocketContext::from_state(&state);
     // Subscriptions go (when `serve` returns) before the slot: a refused upgrade never waits on
     // a closing socket.
-    session::serve(socket, context, state.clone(), slot.addr()).await;
+    session::serve(socket, context, Arc::clone(&state), slot.addr()).await;
     drop(slot);
     state.metrics.connections.dec();
 }

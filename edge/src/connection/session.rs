@@ -206,9 +206,12 @@ impl<U: Upstream> Connection<U> {
         // Whether the client sent anything (a pong will do) since the last ping.
         let mut heard = true;
         let mut client_pings = PingWindow::default();
+        // Handling a frame, a relayed bundle or a catch-up runs in a future of its own on the heap:
+        // inline, the largest of them (a `message`'s publish with its retries) would make every
+        // socket's task that large while it waits, idle, in this `select!`.
         loop {
             tokio::select! {
-                Ok(()) = reconnects.changed() => self.catch_up(socket).await?,
+                Ok(()) = reconnects.changed() => Box::pin(self.catch_up(socket)).await?,
                 () = close_sockets.cancelled() => {
                     let frame = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
                     return socket.send(Message::Close(Some(frame))).await;
@@ -224,7 +227,7 @@ impl<U: Upstream> Connection<U> {
                     let Some(incoming) = incoming else { return Ok(()) };
                     heard = true;
                     let reply = match incoming? {
-                        Message::Text(text) => self.handle_text(socket, text.as_str()).await?,
+                        Message::Text(text) => Box::pin(self.handle_text(socket, text.as_str())).await?,
                         Message::Binary(bytes) => Some(self.refuse(binary_frame_error(bytes.len()))),
                         // tungstenite has queued the close reply: send it before leaving.
                         Message::Close(_) => return socket.flush().await,
@@ -241,7 +244,7 @@ impl<U: Upstream> Connection<U> {
                     }
                 }
                 Some((thread, relayed)) = self.relays.next(), if !self.relays.is_empty() => {
-                    self.relay(socket, thread, relayed).await?;
+                    Box::pin(self.relay(socket, thread, relayed)).await?;
                 }
             }
         }

@@ -84,8 +84,8 @@ fn places(state: &AppState) -> Places {
     Places {
         db: state.db.clone(),
         nats: state.nats.clone(),
-        inbound: state.inbound.clone(),
-        replies: state.replies.clone(),
+        inbound: (*state.inbound).clone(),
+        replies: (*state.replies).clone(),
         subjects: (*state.subjects).clone(),
     }
 }

@@ -1,5 +1,7 @@
 //! `GET /ws`: the upgrade only; the socket's life is in [`crate::connection`].
 
+use std::sync::Arc;
+
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
@@ -15,9 +17,11 @@ use crate::state::AppState;
 /// and this, the frame is read and answered with `message_too_large`, and the socket stays open.
 const MAX_WS_MESSAGE_BYTES: usize = 8 * MAX_FRAME_BYTES;
 
-/// tungstenite reads into a buffer of this size (its default, 128 KiB, would cost an idle socket
-/// 128 KiB of memory; client frames are small).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// tungstenite reads into a buffer of this size, allocated up front and held for the socket's life
+/// (its default, 128 KiB, would cost an idle socket 128 KiB of memory). Client frames are small: a
+/// larger one (up to `MAX_WS_MESSAGE_BYTES`) grows the buffer to its size and is read in pieces of
+/// this size. 1 KiB holds a typical `message` frame in one read.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Frames of one reply bundle are gathered up to this size before a write to the socket.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
@@ -42,6 +46,8 @@ pub(super) async fn upgrade(
         Ok(slot) => slot,
         Err(refused) => return refuse(&state, refused),
     };
+    // Shared, not cloned: every byte a socket's task holds is held 10,000 times on a busy edge.
+    let state = Arc::new(state);
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
