@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::stream::RawMessageError;
 use async_nats::jetstream::AckKind;
 
 /// How long a delivery waits before JetStream offers it again after a failure.
@@ -10,12 +12,25 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The longest backoff between counted attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
+/// A JetStream call of the turn that failed, with async-nats's own error: its kind (no message
+/// found, wrong last sequence, timeout, …) stays matchable and its source chain intact.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// Reading a stored message (`<PREFIX>_IN` or `<PREFIX>_OUT`) by sequence, or a subject's
+    /// last one (the thread's last frame): async-nats gives both one error type.
+    #[error("reading the stream: {0}")]
+    Read(#[from] RawMessageError),
+    /// Publishing a bundle of frames, or its acknowledgement.
+    #[error("publishing: {0}")]
+    Publish(#[from] PublishError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TurnError {
     #[error("database error: {0}")]
     Database(sqlx::Error),
     #[error("NATS error: {0}")]
-    Nats(String),
+    Nats(#[from] NatsError),
     #[error("the thread's lease was lost to another worker")]
     LeaseLost,
     /// The turn itself failed (the model, a tool): counted as an attempt at the message.
@@ -54,8 +69,8 @@ impl From<sqlx::Error> for TurnError {
 }
 
 impl TurnError {
-    pub fn nats(error: impl std::fmt::Display) -> Self {
-        Self::Nats(error.to_string())
+    pub fn nats(error: impl Into<NatsError>) -> Self {
+        Self::Nats(error.into())
     }
 
     /// What the consumer answers JetStream when a turn fails this way.
@@ -79,5 +94,37 @@ impl TurnError {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    use async_nats::jetstream::stream::{RawMessageError, RawMessageErrorKind};
+
+    use super::{NatsError, TurnError};
+
+    #[test]
+    fn a_nats_failure_keeps_async_nats_error_and_its_kind() {
+        let error = TurnError::nats(PublishError::new(PublishErrorKind::TimedOut));
+        let TurnError::Nats(NatsError::Publish(publish)) = &error else {
+            panic!("not a publish error: {error:?}")
+        };
+        assert_eq!(publish.kind(), PublishErrorKind::TimedOut);
+        let source = error.source().expect("the NATS error is the source");
+        assert!(source.downcast_ref::<NatsError>().is_some());
+
+        let error = TurnError::nats(RawMessageError::new(RawMessageErrorKind::NoMessageFound));
+        assert!(matches!(
+            &error,
+            TurnError::Nats(NatsError::Read(read)) if read.kind() == RawMessageErrorKind::NoMessageFound
+        ));
+        // Still retried like any NATS failure.
+        assert!(matches!(
+            error.ack_kind(),
+            async_nats::jetstream::AckKind::Nak(Some(_))
+        ));
     }
 }
