@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, ThreadId, TurnId};
+use crate::turns::InterruptId;
 
 /// Content of a user message: 1–10,000 characters (Unicode scalar values), not blank.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,7 +316,9 @@ pub enum FrameBody {
     },
     /// A sensitive action waits for the customer's approval: the turn is paused.
     Interrupt {
-        interrupt_id: String,
+        /// The approval's id (a UUID), the one `interrupt_response` names.
+        #[cfg_attr(test, ts(type = "string"))]
+        interrupt_id: InterruptId,
         /// The tool's name.
         action: String,
         /// The tool's arguments (a JSON object).
@@ -327,7 +330,8 @@ pub enum FrameBody {
     },
     /// An approval came after `expires_at`: nothing was executed.
     InterruptExpired {
-        interrupt_id: String,
+        #[cfg_attr(test, ts(type = "string"))]
+        interrupt_id: InterruptId,
         action: String,
         message: String,
     },

@@ -669,16 +669,20 @@ fn frame_body() -> impl Strategy<Value = FrameBody> {
             .prop_map(|(agent, tool, args)| FrameBody::ToolCall { agent, tool, args }),
         1 => (name(), name(), any::<bool>())
             .prop_map(|(agent, tool, ok)| FrameBody::ToolResult { agent, tool, ok }),
-        1 => (name(), name(), json_value(), timestamp()).prop_map(
+        1 => (any::<u128>(), name(), json_value(), timestamp()).prop_map(
             |(interrupt_id, action, params, expires_at)| FrameBody::Interrupt {
-                interrupt_id,
+                interrupt_id: uuid::Uuid::from_u128(interrupt_id).into(),
                 action,
                 params,
                 expires_at
             }
         ),
-        1 => (name(), name(), text(64)).prop_map(|(interrupt_id, action, message)| {
-            FrameBody::InterruptExpired { interrupt_id, action, message }
+        1 => (any::<u128>(), name(), text(64)).prop_map(|(interrupt_id, action, message)| {
+            FrameBody::InterruptExpired {
+                interrupt_id: uuid::Uuid::from_u128(interrupt_id).into(),
+                action,
+                message,
+            }
         }),
         1 => text(64).prop_map(|message| FrameBody::Clarification { message }),
         1 => Just(FrameBody::TurnReset),

@@ -264,13 +264,13 @@ fn samples() -> Vec<serde_json::Value> {
             ok: true,
         },
         FrameBody::Interrupt {
-            interrupt_id: "i1".into(),
+            interrupt_id: uuid::Uuid::from_u128(1).into(),
             action: tool.clone(),
             params: serde_json::json!({}),
             expires_at: chrono::Utc::now(),
         },
         FrameBody::InterruptExpired {
-            interrupt_id: "i1".into(),
+            interrupt_id: uuid::Uuid::from_u128(1).into(),
             action: tool,
             message: "ask again".into(),
         },

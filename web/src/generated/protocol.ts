@@ -69,7 +69,11 @@ seq: number,
 turn_id: TurnId, } & ({ "type": "token", agent: string, content: string, }
   | { "type": "tool_call", agent: string, tool: string, args: Record<string, unknown>, }
   | { "type": "tool_result", agent: string, tool: string, ok: boolean, }
-  | { "type": "interrupt", interrupt_id: string,
+  | { "type": "interrupt",
+/**
+ * The approval's id (a UUID), the one `interrupt_response` names.
+ */
+interrupt_id: string,
 /**
  * The tool's name.
  */
@@ -102,7 +106,11 @@ cancelled?: boolean, }
 export type FrameBody = { "type": "token", agent: string, content: string, }
   | { "type": "tool_call", agent: string, tool: string, args: Record<string, unknown>, }
   | { "type": "tool_result", agent: string, tool: string, ok: boolean, }
-  | { "type": "interrupt", interrupt_id: string,
+  | { "type": "interrupt",
+/**
+ * The approval's id (a UUID), the one `interrupt_response` names.
+ */
+interrupt_id: string,
 /**
  * The tool's name.
  */

@@ -927,7 +927,7 @@ impl Graph {
             at: Utc::now(),
         });
         out.send(FrameBody::Interrupt {
-            interrupt_id: id.to_string(),
+            interrupt_id: id,
             action: call.name.clone(),
             params: args,
             expires_at,

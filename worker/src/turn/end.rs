@@ -51,7 +51,7 @@ impl Closing<'_> {
             ],
             Self::LateAnswer(pending) => vec![
                 FrameBody::InterruptExpired {
-                    interrupt_id: pending.id.to_string(),
+                    interrupt_id: pending.id,
                     action: pending.action.clone(),
                     message: format!(
                         "This approval ({}) expired before your answer arrived, so nothing was done. Ask again if you still want it.",
