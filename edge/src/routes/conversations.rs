@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use shared::ids::ThreadId;
 use shared::protocol::HandoffState;
 use shared::timeline::TimelineEvent;
-use shared::turns::TurnKind;
+use shared::turns::{TurnKind, TurnOutcome};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::error::ApiError;
@@ -325,7 +325,7 @@ struct TurnRow {
     kind: TurnKind,
     content: Option<String>,
     reply: String,
-    outcome: String,
+    outcome: TurnOutcome,
     agents: Vec<String>,
     events: Value,
     prompt_tokens: i64,
@@ -404,8 +404,8 @@ async fn read_timeline(
     };
     let turns = sqlx::query_as!(
         TurnRow,
-        r#"SELECT in_seq, turn_id, message_id, kind AS "kind: TurnKind", content, reply, outcome,
-                  agents, events, prompt_tokens, completion_tokens, cost_usd, received_at,
+        r#"SELECT in_seq, turn_id, message_id, kind AS "kind: TurnKind", content, reply,
+                  outcome AS "outcome: TurnOutcome", agents, events, prompt_tokens, completion_tokens, cost_usd, received_at,
                   started_at, completed_at
              FROM turns WHERE thread_id = $1 ORDER BY in_seq"#,
         id.as_str(),
@@ -434,6 +434,68 @@ enum Rank {
     AfterTurn,
 }
 
+/// A row the edge adds to the replay timeline around the events the worker recorded
+/// ([`TimelineEvent`], shown as stored with `turn_id` and `in_seq`): what came in, how the turn
+/// ended, and what happened to a dead letter (docs/admin-api.md).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum EdgeRow<'a> {
+    /// A customer's message.
+    UserMessage {
+        turn_id: uuid::Uuid,
+        in_seq: i64,
+        message_id: &'a str,
+        content: Option<&'a str>,
+        at: DateTime<Utc>,
+    },
+    /// An answer to an approval, with the decision the worker recorded (as stored).
+    ApprovalAnswer {
+        turn_id: uuid::Uuid,
+        in_seq: i64,
+        message_id: &'a str,
+        decision: Value,
+        at: DateTime<Utc>,
+    },
+    /// A stored `cancel` that ended a turn paused on an approval (SPEC §8).
+    CancelRequest {
+        turn_id: uuid::Uuid,
+        in_seq: i64,
+        message_id: &'a str,
+        at: DateTime<Utc>,
+    },
+    /// How the turn ended: its outcome, usage and timings.
+    TurnCompleted {
+        turn_id: uuid::Uuid,
+        in_seq: i64,
+        outcome: &'static str,
+        agents: &'a [String],
+        reply: &'a str,
+        prompt_tokens: i64,
+        completion_tokens: i64,
+        cost_usd: f64,
+        latency_ms: i64,
+        queue_ms: i64,
+        at: DateTime<Utc>,
+    },
+    /// The message was given up on after `attempts` failures.
+    DeadLettered {
+        turn_id: uuid::Uuid,
+        in_seq: i64,
+        message_id: &'a str,
+        attempts: i32,
+        reason: &'a str,
+        at: DateTime<Utc>,
+    },
+    /// An operator re-drove the dead letter (`replay_seq`: the copy's stream sequence).
+    Replayed {
+        turn_id: uuid::Uuid,
+        in_seq: i64,
+        message_id: &'a str,
+        replay_seq: Option<i64>,
+        at: DateTime<Utc>,
+    },
+}
+
 /// Orders the turns' and dead letters' events into one timeline.
 fn timeline_events(turns: Vec<TurnRow>, letters: Vec<DeadLetterRow>) -> Vec<Value> {
     let mut groups: Vec<((i64, Rank), Vec<Value>)> = Vec::with_capacity(turns.len() + 2);
@@ -443,14 +505,13 @@ fn timeline_events(turns: Vec<TurnRow>, letters: Vec<DeadLetterRow>) -> Vec<Valu
     for letter in letters {
         groups.push((
             (letter.in_seq, Rank::AfterTurn),
-            vec![json!({
-                "type": "dead_lettered",
-                "turn_id": letter.turn_id,
-                "in_seq": letter.in_seq,
-                "message_id": letter.message_id,
-                "attempts": letter.attempts,
-                "reason": letter.reason,
-                "at": letter.created_at,
+            vec![json!(EdgeRow::DeadLettered {
+                turn_id: letter.turn_id,
+                in_seq: letter.in_seq,
+                message_id: &letter.message_id,
+                attempts: letter.attempts,
+                reason: &letter.reason,
+                at: letter.created_at,
             })],
         ));
         if let Some(replayed_at) = letter.replayed_at {
@@ -460,13 +521,12 @@ fn timeline_events(turns: Vec<TurnRow>, letters: Vec<DeadLetterRow>) -> Vec<Valu
             };
             groups.push((
                 key,
-                vec![json!({
-                    "type": "replayed",
-                    "turn_id": letter.turn_id,
-                    "in_seq": letter.in_seq,
-                    "message_id": letter.message_id,
-                    "replay_seq": letter.replay_seq,
-                    "at": replayed_at,
+                vec![json!(EdgeRow::Replayed {
+                    turn_id: letter.turn_id,
+                    in_seq: letter.in_seq,
+                    message_id: &letter.message_id,
+                    replay_seq: letter.replay_seq,
+                    at: replayed_at,
                 })],
             ));
         }
@@ -507,31 +567,28 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
                 _ => None,
             })
             .unwrap_or(Value::Null);
-        events.push(json!({
-            "type": "approval_answer",
-            "turn_id": turn.turn_id,
-            "in_seq": turn.in_seq,
-            "message_id": turn.message_id,
-            "decision": decision,
-            "at": turn.received_at,
+        events.push(json!(EdgeRow::ApprovalAnswer {
+            turn_id: turn.turn_id,
+            in_seq: turn.in_seq,
+            message_id: &turn.message_id,
+            decision,
+            at: turn.received_at,
         }));
     } else if turn.kind == TurnKind::Cancel {
         // A stored `cancel` that ended a turn paused on an approval (SPEC §8).
-        events.push(json!({
-            "type": "cancel_request",
-            "turn_id": turn.turn_id,
-            "in_seq": turn.in_seq,
-            "message_id": turn.message_id,
-            "at": turn.received_at,
+        events.push(json!(EdgeRow::CancelRequest {
+            turn_id: turn.turn_id,
+            in_seq: turn.in_seq,
+            message_id: &turn.message_id,
+            at: turn.received_at,
         }));
     } else {
-        events.push(json!({
-            "type": "user_message",
-            "turn_id": turn.turn_id,
-            "in_seq": turn.in_seq,
-            "message_id": turn.message_id,
-            "content": turn.content,
-            "at": turn.received_at,
+        events.push(json!(EdgeRow::UserMessage {
+            turn_id: turn.turn_id,
+            in_seq: turn.in_seq,
+            message_id: &turn.message_id,
+            content: turn.content.as_deref(),
+            at: turn.received_at,
         }));
     }
     for event in &recorded {
@@ -550,19 +607,18 @@ fn turn_events(turn: TurnRow) -> Vec<Value> {
     }
     let latency_ms = (turn.completed_at - turn.received_at).num_milliseconds();
     let queue_ms = (turn.started_at - turn.received_at).num_milliseconds();
-    events.push(json!({
-        "type": "turn_completed",
-        "turn_id": turn.turn_id,
-        "in_seq": turn.in_seq,
-        "outcome": turn.outcome,
-        "agents": turn.agents,
-        "reply": turn.reply,
-        "prompt_tokens": turn.prompt_tokens,
-        "completion_tokens": turn.completion_tokens,
-        "cost_usd": turn.cost_usd,
-        "latency_ms": latency_ms,
-        "queue_ms": queue_ms,
-        "at": turn.completed_at,
+    events.push(json!(EdgeRow::TurnCompleted {
+        turn_id: turn.turn_id,
+        in_seq: turn.in_seq,
+        outcome: turn.outcome.as_str(),
+        agents: &turn.agents,
+        reply: &turn.reply,
+        prompt_tokens: turn.prompt_tokens,
+        completion_tokens: turn.completion_tokens,
+        cost_usd: turn.cost_usd,
+        latency_ms,
+        queue_ms,
+        at: turn.completed_at,
     }));
     events
 }
@@ -684,7 +740,7 @@ mod tests {
             kind,
             content: (kind == TurnKind::Message).then(|| "hi".into()),
             reply: "hello".into(),
-            outcome: "completed".into(),
+            outcome: TurnOutcome::Completed,
             agents: vec!["general".into()],
             events,
             prompt_tokens: 3,
@@ -743,6 +799,66 @@ mod tests {
         assert_eq!(events[2]["latency_ms"], 250);
         assert_eq!(events[2]["queue_ms"], 7);
         assert_eq!(events[3]["decision"], "approved");
+    }
+
+    #[test]
+    fn the_edge_rows_keep_their_json_shape() {
+        let at = DateTime::from_timestamp_micros(1_795_000_100_000_000).unwrap();
+        let letters = vec![DeadLetterRow {
+            in_seq: 5,
+            turn_id: uuid::Uuid::nil(),
+            message_id: "m5".into(),
+            attempts: 3,
+            reason: "boom".into(),
+            created_at: at,
+            replayed_at: Some(at),
+            replay_seq: None,
+        }];
+        let events = timeline_events(vec![turn(3, TurnKind::Message, json!([]))], letters);
+        let nil = uuid::Uuid::nil();
+        let message = &events[0];
+        assert_eq!(
+            message,
+            &json!({"type": "user_message", "turn_id": message["turn_id"], "in_seq": 3,
+                    "message_id": message["message_id"], "content": message["content"],
+                    "at": message["at"]})
+        );
+        let completed = &events[1];
+        let keys: Vec<&str> = completed
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = [
+            "type",
+            "turn_id",
+            "in_seq",
+            "outcome",
+            "agents",
+            "reply",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+            "latency_ms",
+            "queue_ms",
+            "at",
+        ];
+        expected.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(completed["outcome"], "completed");
+        assert_eq!(
+            events[2],
+            json!({"type": "dead_lettered", "turn_id": nil, "in_seq": 5, "message_id": "m5",
+                   "attempts": 3, "reason": "boom", "at": at})
+        );
+        assert_eq!(
+            events[3],
+            json!({"type": "replayed", "turn_id": nil, "in_seq": 5, "message_id": "m5",
+                   "replay_seq": null, "at": at})
+        );
     }
 
     #[test]
