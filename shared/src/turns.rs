@@ -1,5 +1,5 @@
-//! The stored vocabulary of a conversation's turns and approvals: what `turns.kind`,
-//! `turns.outcome`, `interrupts.status` and `threads.handoff_state` hold. The worker writes them and the edge reads them
+//! The stored vocabulary of a conversation's turns and approvals: what `threads.status`,
+//! `turns.kind`, `turns.outcome`, `interrupts.status` and `threads.handoff_state` hold. The worker writes them and the edge reads them
 //! through these types, never through string literals. Each is stored as its `as_str()` text
 //! (the values the migrations document; no migration changed them): binding one is binding that
 //! `TEXT`, and decoding an unknown text is an error rather than a silent default.
@@ -101,6 +101,25 @@ macro_rules! text_column {
             }
         }
     };
+}
+
+text_vocabulary! {
+    /// Where a conversation stands (`threads.status`, migration `20261124000004`): the worker
+    /// sets it with each turn, the edge lists, filters and shows it.
+    pub enum ThreadStatus {
+        /// New, or a message is being answered.
+        Open => "open",
+        /// The last turn waits for an approval.
+        AwaitingApproval => "awaiting_approval",
+        /// The last turn was answered.
+        Resolved => "resolved",
+        /// Handed to a human (kept unless it waits for an approval or expired).
+        Escalated => "escalated",
+        /// The session expired: terminal.
+        Expired => "expired",
+        /// The last message was dead-lettered.
+        Failed => "failed",
+    }
 }
 
 text_vocabulary! {
@@ -270,6 +289,7 @@ mod tests {
 
     #[test]
     fn every_value_round_trips_through_its_text_and_json() {
+        round_trips(ThreadStatus::ALL);
         round_trips(TurnKind::ALL);
         round_trips(TurnOutcome::ALL);
         round_trips(InterruptStatus::ALL);

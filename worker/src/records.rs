@@ -74,28 +74,10 @@ pub struct TurnRecord {
     pub escalated: bool,
 }
 
-/// Where a conversation stands after a turn (its lifecycle; see the migration
-/// `20261124000004`). `open` is a new thread's; `failed` is set by a dead letter; `escalated` is
-/// kept once a turn handed the conversation to a human, unless it waits for an approval or expired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadStatus {
-    /// The last turn was answered.
-    Resolved,
-    /// The last turn waits for an approval.
-    AwaitingApproval,
-    /// The session expired.
-    Expired,
-}
-
-impl ThreadStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Resolved => "resolved",
-            Self::AwaitingApproval => "awaiting_approval",
-            Self::Expired => "expired",
-        }
-    }
-}
+/// Where a conversation stands after a turn: a turn sets `resolved`, `awaiting_approval` or
+/// `expired` (the commit keeps `escalated` once a turn handed the conversation to a human, unless
+/// it waits for an approval or expired); `open` is a new thread's, `failed` a dead letter's.
+pub use shared::turns::ThreadStatus;
 
 /// A handoff message (SPEC §7), written once with the thread's new position and handoff state.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use shared::ids::ThreadId;
 use shared::protocol::HandoffState;
 use shared::timeline::TimelineEvent;
-use shared::turns::{TurnKind, TurnOutcome};
+use shared::turns::{ThreadStatus, TurnKind, TurnOutcome};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::error::ApiError;
@@ -24,15 +24,6 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 200;
 /// The longest `q` accepted, in characters.
 const MAX_QUERY_CHARS: usize = 200;
-/// `threads.status` values (migration `20261124000004`).
-const STATUSES: [&str; 6] = [
-    "open",
-    "awaiting_approval",
-    "resolved",
-    "escalated",
-    "expired",
-    "failed",
-];
 
 /// The columns of a listed conversation, read from `threads t` with its pending approval `i`.
 /// An approval counts as pending while it is undecided and has not expired. Written out again in
@@ -46,7 +37,7 @@ const CONVERSATION_COLUMNS: &str = "t.id, t.status, t.title, t.agents, t.message
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub(super) struct Conversation {
     id: String,
-    status: String,
+    status: ThreadStatus,
     /// The first message, at most 200 characters; `null` before any.
     title: Option<String>,
     /// Every agent that ran in it, in the order they first ran.
@@ -79,7 +70,7 @@ pub(super) struct ListQuery {
 /// The list's checked parameters.
 #[derive(Debug, PartialEq)]
 struct Filters {
-    status: Option<String>,
+    status: Option<ThreadStatus>,
     agent: Option<String>,
     /// `last_active_at >= since`.
     since: Option<DateTime<Utc>>,
@@ -95,13 +86,19 @@ impl Filters {
     fn parse(query: ListQuery) -> Result<Self, ApiError> {
         let bad = |message: String| ApiError::BadRequest(message);
         let status = match query.status {
-            Some(status) if STATUSES.contains(&status.as_str()) => Some(status),
-            Some(status) => {
-                return Err(bad(format!(
-                    "status {status:?} is not one of {}",
-                    STATUSES.join(", ")
-                )))
-            }
+            Some(status) => match status.parse::<ThreadStatus>() {
+                Ok(status) => Some(status),
+                Err(_) => {
+                    let known: Vec<&str> = ThreadStatus::ALL
+                        .iter()
+                        .map(|status| status.as_str())
+                        .collect();
+                    return Err(bad(format!(
+                        "status {status:?} is not one of {}",
+                        known.join(", ")
+                    )));
+                }
+            },
             None => None,
         };
         let agent = match query.agent {
@@ -254,7 +251,7 @@ async fn list_page(db: &sqlx::PgPool, filters: &Filters) -> Result<ConversationP
           WHERE true"
     ));
     if let Some(status) = &filters.status {
-        sql.push(" AND t.status = ").push_bind(status.clone());
+        sql.push(" AND t.status = ").push_bind(*status);
     }
     if let Some(agent) = &filters.agent {
         sql.push(" AND ")
@@ -388,7 +385,7 @@ async fn read_timeline(
     // CONVERSATION_COLUMNS, written out (the macro needs a literal).
     let conversation = sqlx::query_as!(
         Conversation,
-        r#"SELECT t.id, t.status, t.title, t.agents, t.messages, t.prompt_tokens,
+        r#"SELECT t.id, t.status AS "status: ThreadStatus", t.title, t.agents, t.messages, t.prompt_tokens,
                   t.completion_tokens, t.cost_usd, t.created_at, t.last_active_at,
                   coalesce(i.status = 'pending' AND i.expires_at > now(), false)
                       AS "pending_approval!",

@@ -15,7 +15,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use shared::ids::ThreadId;
 use shared::protocol::{HandoffState, OperatorRef, Usage};
-use shared::turns::TurnKind;
+use shared::turns::{ThreadStatus, TurnKind};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -89,7 +89,7 @@ pub(super) struct Page {
 #[derive(Debug, Serialize)]
 pub(super) struct History {
     thread_id: ThreadId,
-    status: String,
+    status: ThreadStatus,
     /// The thread's last frame `seq` committed so far.
     last_seq: i64,
     messages: Vec<Entry>,
@@ -151,7 +151,7 @@ pub(super) async fn messages(
     // operator who joined and whether the last change was a resolve come from the handoff turns
     // (their events name the operator as the frames did), so all of it matches `last_seq`.
     let thread = sqlx::query!(
-        r#"SELECT t.status, t.last_seq, t.handoff_state AS "handoff_state: HandoffState",
+        r#"SELECT t.status AS "status: ThreadStatus", t.last_seq, t.handoff_state AS "handoff_state: HandoffState",
                   (SELECT events->0->>'operator_name' FROM turns
                     WHERE thread_id = t.id AND kind = 'operator_join'
                     ORDER BY in_seq DESC LIMIT 1) AS joined_name,
