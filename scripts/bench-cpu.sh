@@ -41,10 +41,15 @@ window_secs="${WINDOW_SECS:-60}"
 seed="${SEED_CONVERSATIONS:-0}"
 pg_port="${PG_PORT:-5432}"
 profile="${PG_PROFILE:-0}"
+nats_port="${NATS_PORT:-4222}"
+nats_monitor="${NATS_MONITOR_PORT:-$((nats_port + 4000))}"
+nats_profile="${NATS_PROFILE:-0}"
+nats_tap="${NATS_TAP:-0}"
 pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
 
 scripts/services.sh start
 id="cpu$(date +%s)$$"
+export NATS_URL="nats://127.0.0.1:$nats_port"
 export NATS_PREFIX="$id" DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$id"
 export AUTH_SECRET=bench-secret-bench-secret-bench-secret LOG_FORMAT=json RUST_LOG=warn
 export SEED_DEMO_DATA=true
@@ -154,7 +159,45 @@ SQL
 
 read -r t0 x0 r0 f0 i0 u0 b0 <<<"$(db_counters)"
 [ "$profile" = 1 ] && profile_start
-cpu=(--cpu-pids "edge=$edge,worker=$worker" --cpu-procs nats-server,postgres --cpu-database-url "$DATABASE_URL")
+# The NATS server's own pid when it is not the shared one on 4222.
+nats_pid=""
+if [ "$nats_port" != 4222 ]; then
+  nats_pid="$(ss -Hltnp "sport = :$nats_port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
+fi
+if [ -n "$nats_pid" ]; then
+  cpu=(--cpu-pids "edge=$edge,worker=$worker,nats-server=$nats_pid" --cpu-procs postgres --cpu-database-url "$DATABASE_URL")
+else
+  cpu=(--cpu-pids "edge=$edge,worker=$worker" --cpu-procs nats-server,postgres --cpu-database-url "$DATABASE_URL")
+fi
+# NATS_PROFILE: the server's counters (messages and bytes, by connection, JetStream API).
+nats_counters() {
+  local base="http://127.0.0.1:$nats_monitor"
+  jq -cn --argjson varz "$(curl -sf "$base/varz")" --argjson connz "$(curl -sf "$base/connz?limit=1024")" \
+    --argjson jsz "$(curl -sf "$base/jsz")" '{
+      in_msgs: $varz.in_msgs, out_msgs: $varz.out_msgs, in_bytes: $varz.in_bytes, out_bytes: $varz.out_bytes,
+      api: $jsz.api.total, api_errors: $jsz.api.errors, stored: $jsz.messages,
+      conns: [$connz.connections[] | {key: (.name // "?"), value: {in_msgs, out_msgs, in_bytes, out_bytes}}]
+        | group_by(.key) | map({key: .[0].key, value: {
+            in_msgs: (map(.value.in_msgs) | add), out_msgs: (map(.value.out_msgs) | add),
+            in_bytes: (map(.value.in_bytes) | add), out_bytes: (map(.value.out_bytes) | add)}}) | from_entries}'
+}
+nats_profile_end() {
+  local before=$1 after=$2 turns=$3
+  jq -rn --argjson a "$before" --argjson b "$after" --argjson n "$turns" '
+    def per(x): (x * 100 / $n | round) / 100;
+    "NATS per turn over the window (\($n) turns): the server",
+    "  messages in \(per($b.in_msgs - $a.in_msgs)), out \(per($b.out_msgs - $a.out_msgs)); bytes in \(per($b.in_bytes - $a.in_bytes)), out \(per($b.out_bytes - $a.out_bytes)); JetStream API requests \(per($b.api - $a.api)) (errors \(per($b.api_errors - $a.api_errors))); messages stored \(per($b.stored - $a.stored))",
+    "by connection (client to server: in; server to client: out)",
+    ($b.conns | to_entries[] | .key as $k | ($a.conns[$k] // {in_msgs: 0, out_msgs: 0, in_bytes: 0, out_bytes: 0}) as $p
+      | "  \($k): messages in \(per(.value.in_msgs - $p.in_msgs)), out \(per(.value.out_msgs - $p.out_msgs)); bytes in \(per(.value.in_bytes - $p.in_bytes)), out \(per(.value.out_bytes - $p.out_bytes))")'
+}
+n0=""
+[ "$nats_profile" = 1 ] && n0="$(nats_counters)"
+tap=""
+if [ "$nats_tap" = 1 ]; then
+  python3 scripts/nats-tap.py "127.0.0.1:$nats_port" "$id" 0 "${NATS_TAP_OUT:-/tmp/$id-tap.json}" >/tmp/"$id"-tap.txt & tap=$!
+  sleep 1
+fi
 if [ "$windows" -gt 0 ]; then
   "$loadgen" chat --url "http://127.0.0.1:$port" --connections "$connections" --messages "$messages" \
     --windows "$windows" --window-secs "$window_secs" "${cpu[@]}" "$@"
@@ -162,7 +205,17 @@ else
   "$loadgen" chat --url "http://127.0.0.1:$port" --connections "$connections" --messages "$messages" \
     "${cpu[@]}" "$@"
 fi
+# Acks and the last commits of the window reach the server.
+sleep 1
+n1=""
+[ "$nats_profile" = 1 ] && n1="$(nats_counters)"
+if [ -n "$tap" ]; then kill -TERM "$tap"; wait "$tap" || true; fi
 read -r t1 x1 r1 f1 i1 u1 b1 <<<"$(db_counters)"
+if [ -n "$n1" ] && [ $((t1 - t0)) -gt 0 ]; then nats_profile_end "$n0" "$n1" $((t1 - t0)); fi
+if [ -n "$tap" ] && [ $((t1 - t0)) -gt 0 ]; then
+  echo "NATS messages by kind over the window (scripts/nats-tap.py), per turn: messages, bytes"
+  awk -v n=$((t1 - t0)) '{ m = $1; b = $2; $1 = ""; $2 = ""; sub(/^  /, ""); printf "  %8.2f %9.1f  %s\n", m / n, b / n, $0 }' /tmp/"$id"-tap.txt
+fi
 if [ "$profile" = 1 ]; then
   if [ -n "${PG_PROFILE_OUT:-}" ]; then profile_end | tee "$PG_PROFILE_OUT"; else profile_end; fi
 fi
