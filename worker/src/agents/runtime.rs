@@ -659,10 +659,10 @@ impl Graph {
             args: args.clone(),
         })
         .await?;
-        out.flush().await?;
         let key = format!("{}:{}:{}", run.turn.thread_id, run.turn.in_seq, call.id);
         let span = observe::tool_span(&call.name, &call.id, run.turn.thread_id);
-        let (ok, result) = self.run_tool(&tool, &args, &key).instrument(span).await?;
+        let ran = self.run_tool(&tool, &args, &key).instrument(span);
+        let (ok, result) = super::frames::flush_unless_quick(out, ran).await?;
         out.send(FrameBody::ToolResult {
             agent: agent.name.clone(),
             tool: call.name.clone(),
