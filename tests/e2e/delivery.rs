@@ -306,3 +306,83 @@ async fn a_worker_never_pulls_more_than_its_concurrency() {
         "the backlog waited in JetStream, not in the worker"
     );
 }
+
+/// A worker remembers where its drain of a thread left the reply subject and, when it takes the
+/// thread's next lease with no other lease in between, does not read the tail again
+/// (`worker::publish::TailMemory`). Frames published behind its back all the same (here by the
+/// test, as a fenced-out worker that read the tail late would) make what it remembers stale: the
+/// turn's first publish, fenced on it, is refused, the delivery is retried, the tail read, and the
+/// stray frames are reset. No `seq` is ever used twice.
+#[tokio::test]
+async fn frames_published_behind_a_workers_back_are_reset_never_numbered_over() {
+    use async_nats::jetstream::message::PublishMessage;
+    use shared::ids::{ThreadId, TurnId};
+    use shared::protocol::bus::bundle;
+    use shared::protocol::{FrameBody, ThreadFrame};
+
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    ws.send(&thread.message("first")).await;
+    ws.expect_type("accepted").await;
+    let first = ws.frames_until_type("message_complete").await;
+    let last = *seqs(&first).last().unwrap();
+    app.wait_for_turns(&thread.thread_id, 1).await;
+
+    // A stray frame after the committed position, fenced on the subject's last bundle.
+    let thread_id = ThreadId::parse(&thread.thread_id).unwrap();
+    let subject = app.subjects().replies(&thread_id);
+    let js = app.jetstream().await;
+    let replies = js
+        .get_stream(app.subjects().replies_stream())
+        .await
+        .unwrap();
+    let tail = replies
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    let stray = ThreadFrame {
+        thread_id,
+        seq: last + 1,
+        turn_id: TurnId::generate(),
+        body: FrameBody::Token {
+            agent: "general".into(),
+            content: "stray".into(),
+        },
+    };
+    let mut payload = Vec::new();
+    bundle::push(&mut payload, &stray).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(bundle::FRAME_TYPES_HEADER, "token");
+    headers.insert(bundle::FIRST_SEQ_HEADER, (last + 1).to_string().as_str());
+    js.send_publish(
+        subject,
+        PublishMessage::build()
+            .payload(payload.into())
+            .headers(headers)
+            .expected_last_subject_sequence(tail.sequence),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    // The socket, attached to the thread, sees it live.
+    let seen = ws.next_frame().await;
+    assert_eq!(
+        (seen["seq"].as_u64(), &seen["content"]),
+        (Some(last + 1), &"stray".into())
+    );
+
+    ws.send(&thread.message("second")).await;
+    ws.expect_type("accepted").await;
+    let second = ws.frames_until_type("message_complete").await;
+    assert_eq!(
+        seqs(&second),
+        ((last + 2)..=(last + 1 + second.len() as u64)).collect::<Vec<_>>(),
+        "every seq once, in order: {second:?}"
+    );
+    assert_eq!(second[0]["type"], "turn_reset", "{second:?}");
+    assert_eq!(second[1]["type"], "user_message", "{second:?}");
+    app.wait_for_turns(&thread.thread_id, 2).await;
+}

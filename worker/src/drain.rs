@@ -133,13 +133,19 @@ impl TurnRunner {
     async fn drain(&self, lease: &mut Lease, up_to: u64) -> Result<DeliveryOutcome, TurnError> {
         let subject = self.subjects.inbound(&lease.thread_id);
         // Only the first turn under a new lease can follow frames of an attempt that did not
-        // commit; after that this worker published the thread's last frame itself. Both reads go
-        // out together.
+        // commit; after that this worker published the thread's last frame itself. The tail is
+        // read unless this worker left it there under the lease's previous epoch (see
+        // `publish::TailMemory`). Both reads go out together.
+        let remembered = self
+            .tails
+            .tail_after(&lease.thread_id, lease.epoch, lease.last_seq);
         let replies = self.subjects.replies(&lease.thread_id);
-        let (first, tail) = tokio::join!(
-            self.next_message(&subject, lease.last_in_seq),
-            publish::tail(&self.replies, &replies)
-        );
+        let (first, tail) = tokio::join!(self.next_message(&subject, lease.last_in_seq), async {
+            match remembered {
+                Some(tail) => Ok(tail),
+                None => publish::tail(&self.replies, &replies).await,
+            }
+        });
         let mut next = first?;
         let mut tail = tail?;
         loop {
@@ -209,6 +215,12 @@ impl TurnRunner {
                 frame: None,
             };
             if in_seq >= up_to {
+                self.tails.remember(
+                    &lease.thread_id,
+                    lease.epoch,
+                    lease.last_seq,
+                    advanced.subject_seq,
+                );
                 return Ok(DeliveryOutcome::Processed);
             }
             next = self.next_message(&subject, lease.last_in_seq).await?;

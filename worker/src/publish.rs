@@ -2,6 +2,9 @@
 //! bundles (`shared::protocol::bus::bundle`): frames ready together go in one NATS message. The
 //! `<PREFIX>_OUT` stream stores them (for `resume`); every attached edge relays them live.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
@@ -56,6 +59,76 @@ pub struct Tail {
     pub stream_seq: Option<u64>,
     /// The last frame of that bundle.
     pub frame: Option<LastFrame>,
+}
+
+/// Threads whose tails are remembered at once; past it the memory starts over.
+const MAX_REMEMBERED_TAILS: usize = 16_384;
+
+/// Where this worker left threads' reply subjects: after a drain under lease epoch `E` committed
+/// its last turn, the stream sequence of the subject's last bundle (published by that drain, or
+/// read by it) and the thread's committed `seq`. When this worker next takes the thread's lease
+/// with epoch `E + 1`, no lease was granted in between, so nobody but a worker fenced out by
+/// `Nats-Expected-Last-Subject-Sequence` can have published after that bundle, and the tail need
+/// not be read again: [`Self::tail_after`] answers it. If it is wrong all the same (the subject
+/// aged out, a fenced-out worker read the tail late and published after it), the turn's first
+/// publish, fenced on it, fails as a lost lease and the delivery is retried under a newer epoch,
+/// which reads the tail from the stream: the same outcome as without this memory, one attempt later.
+#[derive(Clone, Default)]
+pub struct TailMemory {
+    tails: Arc<Mutex<HashMap<ThreadId, Remembered>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Remembered {
+    epoch: i64,
+    last_seq: u64,
+    stream_seq: Option<u64>,
+}
+
+impl TailMemory {
+    /// The thread's drain under `epoch` committed through `last_seq` and left the reply
+    /// subject's last bundle at `stream_seq`.
+    pub fn remember(
+        &self,
+        thread_id: &ThreadId,
+        epoch: i64,
+        last_seq: u64,
+        stream_seq: Option<u64>,
+    ) {
+        let Ok(mut tails) = self.tails.lock() else {
+            return;
+        };
+        if tails.len() >= MAX_REMEMBERED_TAILS && !tails.contains_key(thread_id) {
+            tails.clear();
+        }
+        let remembered = Remembered {
+            epoch,
+            last_seq,
+            stream_seq,
+        };
+        tails
+            .entry(thread_id.clone())
+            .and_modify(|old| {
+                // A drain of an older epoch that finished late says nothing newer.
+                if old.epoch < epoch {
+                    *old = remembered;
+                }
+            })
+            .or_insert(remembered);
+    }
+
+    /// The tail of the thread's reply subject for a lease of `epoch` that found the thread
+    /// committed through `last_seq`, if this worker's own drain under `epoch - 1` left it there.
+    pub fn tail_after(&self, thread_id: &ThreadId, epoch: i64, last_seq: u64) -> Option<Tail> {
+        let tails = self.tails.lock().ok()?;
+        let remembered = tails.get(thread_id)?;
+        (remembered.epoch.checked_add(1) == Some(epoch) && remembered.last_seq == last_seq).then(
+            || Tail {
+                stream_seq: remembered.stream_seq,
+                frame: None,
+            },
+        )
+    }
 }
 
 /// The tail of the thread's reply subject, read from the stream leader (a replica may lag).
@@ -185,7 +258,8 @@ impl FramePublisher {
     }
 
     /// Numbers a frame and adds it to the bundle. Call [`Self::flush`] before waiting on anything
-    /// (a model chunk, a tool, a timer), so that ready frames never wait.
+    /// (a model chunk, a tool, a timer), so that ready frames never wait (a tool gets a few
+    /// milliseconds first: `crate::agents::frames::flush_unless_quick`).
     pub async fn send(&mut self, body: FrameBody) -> Result<(), TurnError> {
         let kind = body.kind();
         let frame = ThreadFrame {
@@ -272,5 +346,48 @@ impl FrameSink for FramePublisher {
 
     async fn flush(&mut self) -> Result<(), TurnError> {
         FramePublisher::flush(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_tail_answers_only_the_next_epoch_at_the_same_position() {
+        let tails = TailMemory::default();
+        let thread = ThreadId::parse("t").unwrap();
+        assert!(
+            tails.tail_after(&thread, 2, 7).is_none(),
+            "nothing remembered"
+        );
+        tails.remember(&thread, 1, 7, Some(40));
+        let tail = tails.tail_after(&thread, 2, 7).expect("the next lease");
+        assert_eq!((tail.stream_seq, tail.frame.is_none()), (Some(40), true));
+        // Another lease was granted in between: its holder may have published.
+        assert!(tails.tail_after(&thread, 3, 7).is_none());
+        // The same epoch again, or the thread moved on without this worker.
+        assert!(tails.tail_after(&thread, 1, 7).is_none());
+        assert!(tails.tail_after(&thread, 2, 9).is_none());
+        // A late drain of an older epoch does not overwrite a newer one.
+        tails.remember(&thread, 3, 12, Some(55));
+        tails.remember(&thread, 2, 9, Some(50));
+        assert_eq!(
+            tails.tail_after(&thread, 4, 12).unwrap().stream_seq,
+            Some(55)
+        );
+        // An empty subject is remembered as empty: the next bundle is fenced on 0.
+        let fresh = ThreadId::parse("u").unwrap();
+        tails.remember(&fresh, 1, 0, None);
+        assert_eq!(tails.tail_after(&fresh, 2, 0).unwrap().stream_seq, None);
+    }
+
+    #[test]
+    fn remembered_tails_are_bounded() {
+        let tails = TailMemory::default();
+        for i in 0..=MAX_REMEMBERED_TAILS {
+            tails.remember(&ThreadId::parse(format!("t{i}")).unwrap(), 1, 1, Some(1));
+        }
+        assert!(tails.tails.lock().unwrap().len() <= MAX_REMEMBERED_TAILS);
     }
 }

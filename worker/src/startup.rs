@@ -106,6 +106,7 @@ impl Worker {
             metrics,
             cancels: crate::cancels::Cancels::default(),
             double_text: settings.conversations.double_text,
+            tails: crate::publish::TailMemory::default(),
         };
         tracing::info!(%worker_id, "Worker built.");
         Ok(Self {

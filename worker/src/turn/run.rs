@@ -45,6 +45,8 @@ pub struct TurnRunner {
     pub cancels: crate::cancels::Cancels,
     /// `DOUBLE_TEXT`: whether a newer customer message cancels the turn in progress.
     pub double_text: crate::cancels::DoubleText,
+    /// Where this worker's drains left threads' reply subjects.
+    pub tails: publish::TailMemory,
 }
 
 impl TurnRunner {
