@@ -122,12 +122,11 @@ impl TailMemory {
     pub fn tail_after(&self, thread_id: &ThreadId, epoch: i64, last_seq: u64) -> Option<Tail> {
         let tails = self.tails.lock().ok()?;
         let remembered = tails.get(thread_id)?;
-        (remembered.epoch.checked_add(1) == Some(epoch) && remembered.last_seq == last_seq).then(
-            || Tail {
-                stream_seq: remembered.stream_seq,
-                frame: None,
-            },
-        )
+        let next = remembered.epoch.checked_add(1) == Some(epoch);
+        (next && remembered.last_seq == last_seq).then_some(Tail {
+            stream_seq: remembered.stream_seq,
+            frame: None,
+        })
     }
 }
 

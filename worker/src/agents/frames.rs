@@ -22,7 +22,7 @@ pub trait FrameSink: Send {
 /// own. A quicker tool's `tool_call` goes out with its result, in one bundle: one NATS publish,
 /// store, acknowledgement, republish and delivery per turn less, for a few milliseconds of delay
 /// on a frame the client only displays.
-pub const QUICK_TOOL: Duration = Duration::from_millis(10);
+pub const QUICK_TOOL: Duration = Duration::from_millis(50);
 
 /// Runs `work` (a tool that needs no approval); if it has not finished within [`QUICK_TOOL`],
 /// flushes `out` while it goes on.
