@@ -49,7 +49,8 @@ pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
 
 scripts/services.sh start
 id="cpu$(date +%s)$$"
-export NATS_URL="nats://127.0.0.1:$nats_port"
+# NATS_PORT: that server (otherwise NATS_URL as set, or the processes' default).
+if [ -n "${NATS_PORT:-}" ]; then export NATS_URL="nats://127.0.0.1:$nats_port"; fi
 export NATS_PREFIX="$id" DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$id"
 export AUTH_SECRET=bench-secret-bench-secret-bench-secret LOG_FORMAT=json RUST_LOG=warn
 export SEED_DEMO_DATA=true
@@ -186,7 +187,7 @@ nats_profile_end() {
   jq -rn --argjson a "$before" --argjson b "$after" --argjson n "$turns" '
     def per(x): (x * 100 / $n | round) / 100;
     "NATS per turn over the window (\($n) turns): the server",
-    "  messages in \(per($b.in_msgs - $a.in_msgs)), out \(per($b.out_msgs - $a.out_msgs)); bytes in \(per($b.in_bytes - $a.in_bytes)), out \(per($b.out_bytes - $a.out_bytes)); JetStream API requests \(per($b.api - $a.api)) (errors \(per($b.api_errors - $a.api_errors))); messages stored \(per($b.stored - $a.stored))",
+    "  messages in \(per($b.in_msgs - $a.in_msgs)), out \(per($b.out_msgs - $a.out_msgs)); bytes in \(per($b.in_bytes - $a.in_bytes)), out \(per($b.out_bytes - $a.out_bytes)); /jsz api.total \(per($b.api - $a.api)) (errors \(per($b.api_errors - $a.api_errors)); nats-server 2.9.10 leaves message gets out of it); messages stored \(per($b.stored - $a.stored))",
     "by connection (client to server: in; server to client: out)",
     ($b.conns | to_entries[] | .key as $k | ($a.conns[$k] // {in_msgs: 0, out_msgs: 0, in_bytes: 0, out_bytes: 0}) as $p
       | "  \($k): messages in \(per(.value.in_msgs - $p.in_msgs)), out \(per(.value.out_msgs - $p.out_msgs)); bytes in \(per(.value.in_bytes - $p.in_bytes)), out \(per(.value.out_bytes - $p.out_bytes))")'
