@@ -2,7 +2,7 @@
 //!
 //! `loadgen chat` runs N concurrent WebSocket clients against an edge (each creates its own thread
 //! and sends M messages back to back) and, with `--floor`, the same traffic through bare NATS in
-//! the same run; with `--cpu-pids` / `--cpu-procs` / `--cpu-database-url` it reports the CPU time
+//! the same run (`--floor-only`: the floor alone, no edge needed); with `--cpu-pids` / `--cpu-procs` / `--cpu-database-url` it reports the CPU time
 //! each process spent per turn, and with `--windows` it runs back-to-back windows on the same
 //! stack to show whether a turn's cost stays flat as the database grows. `loadgen idle` holds N idle sockets (with `--attached`, each
 //! `resume`d on a thread of its own) and reads the edge's memory. `loadgen seed`
