@@ -17,6 +17,9 @@
 #   EDGE_PORT=18180 (the worker's metrics on EDGE_PORT + 1011)
 #   SEED_CONVERSATIONS=100000 scripts/bench-cpu.sh     `loadgen seed` the database first (with
 #       BIN_DIR's loadgen when it has one, so that the schema is BIN_DIR's)
+#   DB_NAME=seeded1m scripts/bench-cpu.sh     run on that existing database (e.g. seeded beforehand
+#       with `loadgen seed`, which takes minutes at 1,000,000 turns) and keep it afterwards
+#   LOADAVG_OUT=/tmp/x.loadavg scripts/bench-cpu.sh     /proc/loadavg every 30 s while measuring
 #   PG_PORT=5433 scripts/bench-cpu.sh     the PostgreSQL server on 127.0.0.1:PG_PORT (default 5432),
 #       e.g. a private one with nothing else on it, for counters that only this bench moves
 #   PG_PROFILE=1 PG_PORT=5433 scripts/bench-cpu.sh    also PostgreSQL's work per turn over the
@@ -51,7 +54,8 @@ scripts/services.sh start
 id="cpu$(date +%s)$$"
 # NATS_PORT: that server (otherwise NATS_URL as set, or the processes' default).
 if [ -n "${NATS_PORT:-}" ]; then export NATS_URL="nats://127.0.0.1:$nats_port"; fi
-export NATS_PREFIX="$id" DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$id"
+db="${DB_NAME:-$id}"
+export NATS_PREFIX="$id" DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$db"
 export AUTH_SECRET=bench-secret-bench-secret-bench-secret LOG_FORMAT=json RUST_LOG=warn
 export SEED_DEMO_DATA=true
 export SCRIPTED_REPLY_TOKENS=20 SCRIPTED_TOKEN_DELAY_MS=0
@@ -68,16 +72,18 @@ fi
 "$bin/edge" >/tmp/"$id"-edge.log 2>&1 & edge=$!
 "$bin/worker" >/tmp/"$id"-worker.log 2>&1 & worker=$!
 cleanup() {
-  kill "$edge" "$worker" 2>/dev/null || true
+  kill "$edge" "$worker" ${sampler:-} 2>/dev/null || true
   wait 2>/dev/null || true
-  pg -q -c "DROP DATABASE IF EXISTS \"$id\" WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  if [ -z "${DB_NAME:-}" ]; then
+    pg -q -c "DROP DATABASE IF EXISTS \"$id\" WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
 
 # An experiment's SQL on the bench database before the load (e.g. an index to A/B).
 if [ -n "${PRE_LOAD_SQL:-}" ]; then
-  pg -q -v ON_ERROR_STOP=1 -d "$id" -c "$PRE_LOAD_SQL"
+  pg -q -v ON_ERROR_STOP=1 -d "$db" -c "$PRE_LOAD_SQL"
 fi
 # A short warm-up (connections, prepared statements, the first threads), not measured.
 "$loadgen" chat --url "http://127.0.0.1:$port" --connections "$connections" --messages 2 >/dev/null
@@ -85,7 +91,7 @@ fi
 # reports its counters when idle for a while: read them again after 11 s).
 db_counters() {
   sleep 11
-  pg -qAt -F ' ' -d "$id" -c "SELECT (SELECT count(*) FROM turns),
+  pg -qAt -F ' ' -d "$db" -c "SELECT (SELECT count(*) FROM turns),
       xact_commit + xact_rollback, tup_returned, tup_fetched, tup_inserted, tup_updated, blks_hit + blks_read
     FROM pg_stat_database WHERE datname = current_database()"
 }
@@ -93,7 +99,7 @@ db_counters() {
 # bench database (written before the window's first WAL position is taken), and
 # pg_stat_statements emptied for this database.
 profile_start() {
-  pg -qAt -v ON_ERROR_STOP=1 -d "$id" >/dev/null <<'SQL'
+  pg -qAt -v ON_ERROR_STOP=1 -d "$db" >/dev/null <<'SQL'
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
 CREATE UNLOGGED TABLE profile_tables AS
   SELECT s.relname, s.n_tup_ins, s.n_tup_upd, s.n_tup_hot_upd, s.n_tup_del,
@@ -112,7 +118,7 @@ SQL
 # The window's work per turn, from those counters (read after db_counters waited for the
 # backends to report).
 profile_end() {
-  pg -q -P pager=off -v ON_ERROR_STOP=1 -d "$id" <<'SQL'
+  pg -q -P pager=off -v ON_ERROR_STOP=1 -d "$db" <<'SQL'
 CREATE TEMP TABLE n AS SELECT (SELECT count(*) FROM turns) - turns AS turns FROM profile_server;
 \echo PostgreSQL per turn over the window: the server
 SELECT n.turns, round((d.xact_commit + d.xact_rollback - p.xact_commit - p.xact_rollback)::numeric / n.turns, 2) AS xacts,
@@ -159,12 +165,13 @@ SQL
 }
 
 read -r t0 x0 r0 f0 i0 u0 b0 <<<"$(db_counters)"
-[ "$profile" = 1 ] && profile_start
-# The NATS server's own pid when it is not the shared one on 4222.
-nats_pid=""
-if [ "$nats_port" != 4222 ]; then
-  nats_pid="$(ss -Hltnp "sport = :$nats_port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
+if [ -n "${LOADAVG_OUT:-}" ]; then
+  (while :; do echo "$(date -u +%T) $(cat /proc/loadavg)" >>"$LOADAVG_OUT"; sleep 30; done) & sampler=$!
 fi
+[ "$profile" = 1 ] && profile_start
+# nats-server by the pid listening on NATS_PORT (default 4222; other sessions may run private
+# servers of their own), or every nats-server when it cannot be told.
+nats_pid="$(ss -Hltnp "sport = :$nats_port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
 if [ -n "$nats_pid" ]; then
   cpu=(--cpu-pids "edge=$edge,worker=$worker,nats-server=$nats_pid" --cpu-procs postgres --cpu-database-url "$DATABASE_URL")
 else

@@ -61,6 +61,12 @@ impl Targets {
         Ok(targets)
     }
 
+    /// The same targets and one more process under `label`.
+    pub(crate) fn with_pid(mut self, label: &str, pid: u32) -> Self {
+        self.pids.push((label.to_owned(), pid));
+        self
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.pids.is_empty() && self.names.is_empty() && self.database_url.is_none()
     }

@@ -2,7 +2,7 @@
 //!
 //! `loadgen chat` runs N concurrent WebSocket clients against an edge (each creates its own thread
 //! and sends M messages back to back) and, with `--floor`, the same traffic through bare NATS in
-//! the same run; with `--cpu-pids` / `--cpu-procs` / `--cpu-database-url` it reports the CPU time
+//! the same run (`--floor-only`: the floor alone, no edge needed); with `--cpu-pids` / `--cpu-procs` / `--cpu-database-url` it reports the CPU time
 //! each process spent per turn, and with `--windows` it runs back-to-back windows on the same
 //! stack to show whether a turn's cost stays flat as the database grows. `loadgen idle` holds N idle sockets (with `--attached`, each
 //! `resume`d on a thread of its own) and reads the edge's memory. `loadgen seed`
@@ -63,6 +63,10 @@ struct ChatArgs {
     /// Also measure the bare NATS floor, in the same run, with the same shape.
     #[arg(long)]
     floor: bool,
+    /// Measure only the floor (no edge needed): to profile it, or to run it back to back with a
+    /// `--windows` run of the pipeline.
+    #[arg(long)]
+    floor_only: bool,
     /// NATS for the floor.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -312,47 +316,25 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         args.cpu_database_url.clone(),
     )?;
     if args.windows > 0 {
-        if args.floor {
+        if args.floor || args.floor_only {
             anyhow::bail!("--windows does not run the floor: measure it in a run of its own");
         }
         return windows(args, cpu).await;
     }
     let turn_timeout = Duration::from_secs(args.turn_timeout_secs);
-    let http = reqwest::Client::new();
-    let cpu_before = if cpu.is_empty() {
-        None
-    } else {
-        Some(cpu.snapshot().await?)
-    };
-    let started = Instant::now();
-    let clients: Vec<_> = (0..args.connections)
-        .map(|_| {
-            tokio::spawn(chat::client(
-                http.clone(),
-                args.url.trim_end_matches('/').to_owned(),
-                args.messages,
-                turn_timeout,
-            ))
-        })
-        .collect();
-    let mut pipeline = Report::new(
-        "pipeline",
-        args.connections,
-        args.messages,
-        &gather(clients).await?,
-        started.elapsed(),
-    );
-    if let Some(before) = &cpu_before {
-        let after = cpu.snapshot().await?;
-        pipeline.cpu = Some(before.per_turn(&after, pipeline.turns));
+    let mut reports = Vec::new();
+    let mut cpu_line = None;
+    if !args.floor_only {
+        let (pipeline, line) = run_pipeline(&args, &cpu, turn_timeout).await?;
+        reports.push(pipeline);
+        cpu_line = line;
     }
-    let cpu_line = pipeline
-        .cpu
-        .as_ref()
-        .map(|cpu| format!("CPU ms per turn: {}", cpu.line()));
-    let mut reports = vec![pipeline];
 
-    if args.floor {
+    if args.floor || args.floor_only {
+        // CPU of the floor: nats-server (from `--cpu-procs`) and this process, which is the
+        // floor's clients and its worker.
+        let cpu = cpu.clone().with_pid("loadgen", std::process::id());
+        let cpu_before = cpu.snapshot().await?;
         let floor = std::sync::Arc::new(floor::Floor::start(&args.nats_url, args.tokens).await?);
         let started = Instant::now();
         let clients: Vec<_> = (0..args.connections)
@@ -364,16 +346,15 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             .collect();
         let measured = gather(clients).await;
         let wall = started.elapsed();
+        let cpu_after = cpu.snapshot().await?;
         if let Ok(floor) = std::sync::Arc::try_unwrap(floor) {
             floor.stop().await;
         }
-        reports.push(Report::new(
-            "floor",
-            args.connections,
-            args.messages,
-            &measured?,
-            wall,
-        ));
+        let mut floor = Report::new("floor", args.connections, args.messages, &measured?, wall);
+        let per_turn = cpu_before.per_turn(&cpu_after, floor.turns);
+        println!("floor CPU ms per turn: {}", per_turn.line());
+        floor.cpu = Some(per_turn);
+        reports.push(floor);
     }
 
     let mut table = format!("{MARKDOWN_HEADER}\n");
@@ -422,6 +403,47 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         append(path, &block)?;
     }
     Ok(())
+}
+
+/// The pipeline's clients against the edge, with CPU per turn when asked.
+async fn run_pipeline(
+    args: &ChatArgs,
+    cpu: &cpu::Targets,
+    turn_timeout: Duration,
+) -> anyhow::Result<(Report, Option<String>)> {
+    let http = reqwest::Client::new();
+    let cpu_before = if cpu.is_empty() {
+        None
+    } else {
+        Some(cpu.snapshot().await?)
+    };
+    let started = Instant::now();
+    let clients: Vec<_> = (0..args.connections)
+        .map(|_| {
+            tokio::spawn(chat::client(
+                http.clone(),
+                args.url.trim_end_matches('/').to_owned(),
+                args.messages,
+                turn_timeout,
+            ))
+        })
+        .collect();
+    let mut pipeline = Report::new(
+        "pipeline",
+        args.connections,
+        args.messages,
+        &gather(clients).await?,
+        started.elapsed(),
+    );
+    if let Some(before) = &cpu_before {
+        let after = cpu.snapshot().await?;
+        pipeline.cpu = Some(before.per_turn(&after, pipeline.turns));
+    }
+    let cpu_line = pipeline
+        .cpu
+        .as_ref()
+        .map(|cpu| format!("CPU ms per turn: {}", cpu.line()));
+    Ok((pipeline, cpu_line))
 }
 
 /// `--windows`: back-to-back windows on the same stack; each window's figures, CPU per turn, and
