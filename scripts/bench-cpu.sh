@@ -15,6 +15,9 @@
 #   PRE_LOAD_SQL='CREATE INDEX …' scripts/bench-cpu.sh    SQL run on the bench database (after
 #       the binaries migrated it, before the load): A/B an index with the same binaries
 #   EDGE_PORT=18180 (the worker's metrics on EDGE_PORT + 1011)
+#   EXTRA_EDGES=1 scripts/bench-cpu.sh     more edges on the same NATS prefix that hold no socket
+#       (ports EDGE_PORT + 2, + 4, …), their CPU reported as edge2, edge3…: what every edge costs
+#       NATS and itself when it receives every thread's live frames (LIVE_SUBSCRIPTION=edge)
 #   SEED_CONVERSATIONS=100000 scripts/bench-cpu.sh     `loadgen seed` the database first (with
 #       BIN_DIR's loadgen when it has one, so that the schema is BIN_DIR's)
 #   DB_NAME=seeded1m scripts/bench-cpu.sh     run on that existing database (e.g. seeded beforehand
@@ -71,8 +74,16 @@ fi
 
 "$bin/edge" >/tmp/"$id"-edge.log 2>&1 & edge=$!
 "$bin/worker" >/tmp/"$id"-worker.log 2>&1 & worker=$!
+extra=()
+extra_pids=""
+for n in $(seq 2 $((${EXTRA_EDGES:-0} + 1))); do
+  EDGE_ADDR=127.0.0.1:$((port + 2 * (n - 1))) METRICS_ADDR=127.0.0.1:$((port + 1011 + 2 * (n - 1))) \
+    "$bin/edge" >/tmp/"$id"-edge$n.log 2>&1 &
+  extra+=("$!")
+  extra_pids="$extra_pids,edge$n=$!"
+done
 cleanup() {
-  kill "$edge" "$worker" ${sampler:-} 2>/dev/null || true
+  kill "$edge" "$worker" "${extra[@]}" ${sampler:-} 2>/dev/null || true
   wait 2>/dev/null || true
   if [ -z "${DB_NAME:-}" ]; then
     pg -q -c "DROP DATABASE IF EXISTS \"$id\" WITH (FORCE)" postgres >/dev/null 2>&1 || true
@@ -80,6 +91,9 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
+for n in $(seq 2 $((${EXTRA_EDGES:-0} + 1))); do
+  for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/$((port + 2 * (n - 1)))) 2>/dev/null && break; sleep 0.2; done
+done
 
 # An experiment's SQL on the bench database before the load (e.g. an index to A/B).
 if [ -n "${PRE_LOAD_SQL:-}" ]; then
@@ -173,9 +187,9 @@ fi
 # servers of their own), or every nats-server when it cannot be told.
 nats_pid="$(ss -Hltnp "sport = :$nats_port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
 if [ -n "$nats_pid" ]; then
-  cpu=(--cpu-pids "edge=$edge,worker=$worker,nats-server=$nats_pid" --cpu-procs postgres --cpu-database-url "$DATABASE_URL")
+  cpu=(--cpu-pids "edge=$edge,worker=$worker,nats-server=$nats_pid$extra_pids" --cpu-procs postgres --cpu-database-url "$DATABASE_URL")
 else
-  cpu=(--cpu-pids "edge=$edge,worker=$worker" --cpu-procs nats-server,postgres --cpu-database-url "$DATABASE_URL")
+  cpu=(--cpu-pids "edge=$edge,worker=$worker$extra_pids" --cpu-procs nats-server,postgres --cpu-database-url "$DATABASE_URL")
 fi
 # NATS_PROFILE: the server's counters (messages and bytes, by connection, JetStream API).
 nats_counters() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The edge's memory with 10,000 idle sockets (BENCHMARKS.md, "Idle sockets: memory per socket"):
 # a fresh release edge for each case, sockets unattached, then each resumed on a thread of its own
-# (one live subscription per socket). A fresh edge per case: memory freed by an earlier case stays
+# (one live relay per socket; LIVE_SUBSCRIPTION, exported, picks which). A fresh edge per case: memory freed by an earlier case stays
 # resident and would hide part of the next one's cost.
 #
 #   scripts/bench-idle.sh [CONNECTIONS] [BENCHMARKS.md]

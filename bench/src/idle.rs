@@ -1,6 +1,7 @@
 //! Idle sockets: opens N WebSocket connections, holds them, and reads the edge's resident memory.
 //! With `attached`, each socket first creates a thread of its own and `resume`s it, so the edge
-//! holds a live subscription per socket as it does for a client waiting for its answer.
+//! holds a live relay per socket (a router queue, or with `LIVE_SUBSCRIPTION=thread` a NATS
+//! subscription) as it does for a client waiting for its answer.
 
 use std::time::Duration;
 

@@ -115,8 +115,9 @@ struct IdleArgs {
     /// How long to hold the sockets before measuring.
     #[arg(long, default_value_t = 5)]
     hold_secs: u64,
-    /// Attach each socket to a thread of its own with `resume` (one live subscription each;
-    /// needs `THREADS_PER_MINUTE=0` on the edge).
+    /// Attach each socket to a thread of its own with `resume` (one live relay each: a queue in
+    /// the edge's router, or a NATS subscription with `LIVE_SUBSCRIPTION=thread`; needs
+    /// `THREADS_PER_MINUTE=0` on the edge).
     #[arg(long)]
     attached: bool,
     #[arg(long)]

@@ -24,13 +24,21 @@ pub struct EdgeMetrics {
     /// Time to answer an HTTP request, by route template and status (an upgraded `/ws` request
     /// ends with its `101`).
     pub http_seconds: HistogramVec,
-    /// Live reply subscriptions held for sockets (one per attached thread per socket).
+    /// Threads attached to sockets, one per attached thread per socket (with
+    /// `LIVE_SUBSCRIPTION=thread`, each is a NATS subscription of its own).
     pub subscriptions: IntGauge,
+    /// Threads in the live router's map: attached to at least one socket of this edge
+    /// (`LIVE_SUBSCRIPTION=edge`).
+    pub live_routes: IntGauge,
+    /// Live bundles the router dropped for a socket whose queue was full (the socket then
+    /// catches up from the stream).
+    pub live_dropped: IntCounter,
     /// Upgrades refused by a socket cap, by `reason` (`full`, `address_full`).
     pub sockets_refused: IntCounterVec,
     /// Sockets the edge closed itself, by `reason` (`ping_timeout`, `ping_flood`).
     pub sockets_closed: IntCounterVec,
-    /// Live frames skipped a `seq` on a socket (a slow consumer dropped them): re-read from the stream.
+    /// Live frames were lost on a socket (they skipped a `seq`, or the router dropped them for a
+    /// slow socket): re-read from the stream.
     pub relay_gaps: IntCounter,
     /// Conversations erased through this edge, by `actor` (`owner`, `admin`).
     pub erasures: IntCounterVec,
@@ -117,7 +125,21 @@ impl EdgeMetrics {
                 &registry,
                 IntGauge::new(
                     "ws_subscriptions",
-                    "Live reply subscriptions held for sockets (attached threads).",
+                    "Live reply relays held for sockets (attached threads).",
+                )?,
+            )?,
+            live_routes: register(
+                &registry,
+                IntGauge::new(
+                    "live_routes",
+                    "Threads attached to at least one socket, in the live router's map.",
+                )?,
+            )?,
+            live_dropped: register(
+                &registry,
+                IntCounter::new(
+                    "live_dropped_total",
+                    "Live bundles dropped for a socket whose queue was full.",
                 )?,
             )?,
             sockets_refused: register(
@@ -144,7 +166,7 @@ impl EdgeMetrics {
                 &registry,
                 IntCounter::new(
                     "relay_gaps_total",
-                    "Live frames that skipped a seq on a socket and were re-read from the stream.",
+                    "Live frames lost on a socket (a seq skipped, or dropped for a slow socket), re-read from the stream.",
                 )?,
             )?,
             registry,

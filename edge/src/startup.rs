@@ -9,10 +9,12 @@ use anyhow::Context as _;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use shared::auth::ThreadTokens;
+use shared::config::LiveSubscription;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::router::LiveRouter;
 use crate::connection::slots::SocketSlots;
 use crate::connection::SocketLimits;
 use crate::metrics::EdgeMetrics;
@@ -44,7 +46,8 @@ impl Edge {
             Err(weak) => return Err(weak.into()),
         }
         // A socket that stops reading is closed after WRITE_TIMEOUT; meanwhile its subscriptions
-        // hold at most this many bundles each.
+        // (`LIVE_SUBSCRIPTION=thread`), or the edge's one live subscription, hold at most this
+        // many bundles each.
         // Each reconnection bumps `reconnects`: sockets then catch up on what they may have missed.
         let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
         let options = async_nats::ConnectOptions::new()
@@ -64,6 +67,21 @@ impl Edge {
             .context("AUTH_SECRET cannot key HMAC-SHA256")?;
         let window = Duration::from_secs(settings.edge.rate_limit_window_secs);
         let limits = &settings.edge.limits;
+        let metrics = EdgeMetrics::new()?;
+        let subjects = Arc::new(settings.nats.subjects());
+        // Subscribed before the listener is bound, so before the edge serves or reports ready.
+        let live_router = match settings.edge.live_subscription {
+            LiveSubscription::Edge => {
+                let router = Arc::new(LiveRouter::new(
+                    crate::connection::router::QUEUE_BUNDLES,
+                    metrics.live_routes.clone(),
+                    metrics.live_dropped.clone(),
+                ));
+                router.subscribe(&nats, Arc::clone(&subjects)).await?;
+                Some(router)
+            }
+            LiveSubscription::Thread => None,
+        };
         let state = AppState {
             nats,
             jetstream,
@@ -72,7 +90,7 @@ impl Edge {
             inbound: Arc::new(inbound),
             replies: Arc::new(replies),
             db,
-            subjects: Arc::new(settings.nats.subjects()),
+            subjects,
             tokens: Arc::new(tokens),
             message_limit: Arc::new(MessageBudget::new(
                 settings.edge.rate_limit_messages,
@@ -101,9 +119,10 @@ impl Edge {
             trusted_proxies: Arc::new(limits.trusted_proxies.clone()),
             socket_slots: SocketSlots::new(limits.ws_max_sockets, limits.ws_max_sockets_per_addr),
             socket_limits: SocketLimits::from_settings(limits),
-            metrics: EdgeMetrics::new()?,
+            metrics,
             admin_token: settings.edge.admin_token.clone(),
             origins: Arc::new(OriginPolicy::new(&settings.edge.origins)),
+            live_router,
             reconnects,
             close_sockets: CancellationToken::new(),
             sockets: TaskTracker::new(),

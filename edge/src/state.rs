@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::router::LiveRouter;
 use crate::connection::slots::SocketSlots;
 use crate::connection::SocketLimits;
 use crate::metrics::EdgeMetrics;
@@ -46,6 +47,9 @@ pub struct AppState {
     /// Pings, attachment and replay bounds of each socket.
     pub socket_limits: SocketLimits,
     pub metrics: EdgeMetrics,
+    /// `LIVE_SUBSCRIPTION=edge`: the edge's one subscription to every live subject, fanned out to
+    /// the sockets; `None` with `thread` (each attachment subscribes on its own).
+    pub live_router: Option<Arc<LiveRouter>>,
     /// Counts the edge's (re)connections to NATS: live frames published while it was away never
     /// reached its subscriptions, so each socket catches up from the stream.
     pub reconnects: tokio::sync::watch::Receiver<u64>,

@@ -279,6 +279,17 @@ pub struct EdgeSettings {
         default_value_t = 120
     )]
     pub threads_per_minute: u32,
+    /// How the edge receives live reply frames: `edge`, one NATS subscription to every thread's
+    /// live subject, fanned out in process (least memory per attached socket; every edge receives
+    /// every thread's frames); `thread`, one subscription per attached thread per socket (each
+    /// edge receives only its sockets' threads).
+    #[arg(
+        long = "live-subscription",
+        env = "LIVE_SUBSCRIPTION",
+        value_enum,
+        default_value = "edge"
+    )]
+    pub live_subscription: LiveSubscription,
     /// The web app's build output (`npm --prefix web run build`), served at `/`.
     #[arg(long = "web-dir", env = "WEB_DIR", default_value = "web/dist")]
     pub web_dir: std::path::PathBuf,
@@ -286,6 +297,15 @@ pub struct EdgeSettings {
     pub origins: OriginSettings,
     #[command(flatten)]
     pub limits: EdgeLimits,
+}
+
+/// `LIVE_SUBSCRIPTION`: what the edge subscribes to for its sockets' live reply frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LiveSubscription {
+    /// One subscription to `<prefix>.live.*` per edge, fanned out in process.
+    Edge,
+    /// One subscription to `<prefix>.live.<thread>` per attached thread per socket.
+    Thread,
 }
 
 /// Which browser pages may use the edge: WebSocket upgrades and CORS requests (SPEC §9).

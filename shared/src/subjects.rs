@@ -50,6 +50,11 @@ impl Subjects {
         format!("{}.live.{thread}", self.prefix)
     }
 
+    /// Every thread's [`Subjects::live`]: what an edge with `LIVE_SUBSCRIPTION=edge` subscribes to.
+    pub fn live_wildcard(&self) -> String {
+        format!("{}.live.*", self.prefix)
+    }
+
     /// The stream's republish destination for [`Subjects::live`].
     pub fn live_template(&self) -> String {
         format!("{}.live.{{{{wildcard(1)}}}}", self.prefix)
@@ -128,6 +133,7 @@ mod tests {
         assert_eq!(subjects.thread_of_replies("chat.in.t1"), None);
         assert_eq!(subjects.live(&thread), "chat.live.t1");
         assert_eq!(subjects.live_template(), "chat.live.{{wildcard(1)}}");
+        assert_eq!(subjects.live_wildcard(), "chat.live.*");
         assert_eq!(
             subjects.thread_of_live("chat.live.t1"),
             Some(thread.clone())

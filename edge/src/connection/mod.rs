@@ -2,10 +2,12 @@
 //! client message waits for JetStream's ack no reply frame is written: a message's `accepted`
 //! always precedes the frames of its turn (SPEC §3), and the socket's frames are handled in order.
 //!
-//! For each attached thread the socket remembers the last `seq` it wrote. A `resume` subscribes to
-//! the live subject first (live frames wait in the subscription), writes the retained frames after
-//! `after_seq` from `<PREFIX>_OUT`, and then relays live frames past the last one written: no gap
-//! and no duplicate at the seam.
+//! For each attached thread the socket remembers the last `seq` it wrote. A `resume` attaches to
+//! the live subject first (live frames wait in the socket's queue), writes the retained frames
+//! after `after_seq` from `<PREFIX>_OUT`, and then relays live frames past the last one written:
+//! no gap and no duplicate at the seam. Attaching is a registration in the edge's [`router`],
+//! which fans the edge's one subscription to every live subject out to the sockets
+//! (`LIVE_SUBSCRIPTION=edge`), or a NATS subscription per attached thread (`thread`).
 //!
 //! Bounds (docs/operations.md, "Limits"): a socket relays at most `WS_MAX_THREADS_PER_SOCKET`
 //! threads (the least recently used is detached, its subscription dropped); one `resume` replays
@@ -13,13 +15,16 @@
 //! frames back until the client resumes again from that frame's `last_seq`; a resume never replays
 //! what the socket already has; the edge pings every `WS_PING_SECS` and closes a socket that sent
 //! nothing, not even a pong, since its previous ping; a client sending more than
-//! [`MAX_CLIENT_PINGS_PER_SEC`] pings a second is closed (1008). Live frames that skip a `seq` (the
-//! NATS client drops messages of a slow consumer) are re-read from `<PREFIX>_OUT` at once.
+//! [`MAX_CLIENT_PINGS_PER_SEC`] pings a second is closed (1008). A socket's live queue per thread
+//! holds at most [`router::QUEUE_BUNDLES`] bundles; past it the router drops bundles for that socket
+//! only and tells it so. Live frames that were dropped (by the router, or by the NATS client for a
+//! slow consumer: frames that skip a `seq`) are re-read from `<PREFIX>_OUT` at once.
 //!
 //! `session.rs` holds this state machine, generic over the socket ([`ClientSocket`]: axum's
 //! `WebSocket`, or channels in unit tests) and over [`upstream::Upstream`], the NATS and
 //! PostgreSQL calls a socket makes; [`run`] plugs in the real socket and [`AppState`].
 
+pub mod router;
 mod session;
 pub mod slots;
 #[cfg(test)]

@@ -22,7 +22,7 @@ use shared::protocol::{ClientFrame, ErrorCode, FrameError, ServerFrame};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{Bundle, Upstream};
+use super::upstream::{LiveEvent, Upstream};
 use super::{SocketLimits, MAX_CLIENT_PINGS_PER_SEC};
 use crate::metrics::EdgeMetrics;
 use crate::rate_limit::{Decision, KeyedLimit, MessageBudget};
@@ -113,7 +113,8 @@ struct Connection<U: Upstream> {
     attached: HashMap<ThreadId, Attachment>,
     /// Counts the client's frames, to find the least recently used attachment.
     uses: u64,
-    /// One live subscription per attached thread's reply subject.
+    /// One live relay per attached thread: a registration in the edge's live router, or (with
+    /// `LIVE_SUBSCRIPTION=thread`) a NATS subscription of its own.
     relays: SelectAll<Relay<U::Live>>,
     /// Threads this socket watches with an operator token (SPEC §7), not the thread's own: the
     /// token is checked again before relaying, so a revoked one stops the relay.
@@ -138,7 +139,7 @@ struct Attachment {
     behind: bool,
     /// [`Connection::uses`] when the client last named the thread.
     used: u64,
-    /// Dropping it ends the thread's [`Relay`], and its subscription with it.
+    /// Dropping it ends the thread's [`Relay`], and its registration or subscription with it.
     _detach: oneshot::Sender<()>,
 }
 
@@ -150,8 +151,8 @@ struct Relay<L> {
     _counted: Counted,
 }
 
-impl<L: Stream<Item = Bundle> + Unpin> Stream for Relay<L> {
-    type Item = (ThreadId, Bundle);
+impl<L: Stream<Item = LiveEvent> + Unpin> Stream for Relay<L> {
+    type Item = (ThreadId, LiveEvent);
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -655,13 +656,16 @@ impl<U: Upstream> Connection<U> {
     }
 
     /// Relays a live reply bundle: the frames this socket does not have yet, then one flush. A
-    /// bundle past a gap (the NATS client dropped live messages of this slow socket) is not
-    /// written as is: the socket catches up from the stream, where the bundle is already stored.
+    /// bundle past a gap (live messages of this slow socket were dropped: by the router when its
+    /// queue was full, or by the NATS client) is not written as is: the socket catches up from the
+    /// stream, where the bundle is already stored. So does word from the router that bundles were
+    /// dropped, which comes before the bundles still queued, so a turn's last bundle is not lost
+    /// for want of a later one.
     async fn relay<S: ClientSocket>(
         &mut self,
         socket: &mut S,
         thread: ThreadId,
-        message: Bundle,
+        event: LiveEvent,
     ) -> Result<(), axum::Error> {
         if !self.still_watching(socket, &thread).await? {
             return Ok(());
@@ -673,22 +677,24 @@ impl<U: Upstream> Connection<U> {
             return Ok(());
         }
         let last = attachment.last;
+        let message = match event {
+            LiveEvent::Bundle(message) => message,
+            // With no frame of the thread on this socket yet, its position is unknown (as after a
+            // reconnection, see `catch_up`): the next bundles are written as they come.
+            LiveEvent::Missed if last == 0 => return Ok(()),
+            LiveEvent::Missed => {
+                tracing::debug!(thread_id = %thread, last, "Live bundles were dropped for this socket; catching up.");
+                return self.resync(socket, &thread, last).await;
+            }
+        };
         let first_seq = message
             .headers
             .as_ref()
             .and_then(|headers| headers.get(bundle::FIRST_SEQ_HEADER))
             .and_then(|raw| raw.as_str().parse::<u64>().ok());
         if last > 0 && first_seq.is_some_and(|first| first > last.saturating_add(1)) {
-            self.context.metrics.relay_gaps.inc();
             tracing::debug!(thread_id = %thread, last, ?first_seq, "Live frames skipped a seq; catching up.");
-            return match self.resume(socket, &thread, last, ReplayOrigin::Edge).await {
-                Ok(()) => Ok(()),
-                Err(ResumeError::Socket(error)) => Err(error),
-                Err(ResumeError::Frame(error)) => {
-                    let frame = self.refuse(error);
-                    self.send_own(socket, &frame).await
-                }
-            };
+            return self.resync(socket, &thread, last).await;
         }
         let mut unbounded = u64::MAX;
         let written = self
@@ -704,6 +710,24 @@ impl<U: Upstream> Connection<U> {
             attachment.last = written.last;
         }
         timed(socket.flush()).await
+    }
+
+    /// Writes the retained frames of a thread past `last` (live ones were lost on the way).
+    async fn resync<S: ClientSocket>(
+        &mut self,
+        socket: &mut S,
+        thread: &ThreadId,
+        last: u64,
+    ) -> Result<(), axum::Error> {
+        self.context.metrics.relay_gaps.inc();
+        match self.resume(socket, thread, last, ReplayOrigin::Edge).await {
+            Ok(()) => Ok(()),
+            Err(ResumeError::Socket(error)) => Err(error),
+            Err(ResumeError::Frame(error)) => {
+                let frame = self.refuse(error);
+                self.send_own(socket, &frame).await
+            }
+        }
     }
 
     /// Feeds the frames of a bundle with `seq > last_written` to the socket (without flushing),

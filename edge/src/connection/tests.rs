@@ -5,13 +5,16 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, Message};
 use futures_util::stream::BoxStream;
+use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream, StreamExt as _};
+use prometheus::{IntCounter, IntGauge};
 use shared::auth::ThreadTokens;
 use shared::ids::{MessageId, ThreadId};
 use shared::protocol::bus::{bundle, CancelNotice, InboundKind, InboundMessage};
@@ -20,7 +23,8 @@ use shared::protocol::{ClientFrame, ErrorCode, FeedbackTarget, FrameError, Serve
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{Bundle, Upstream};
+use super::router::{LiveRouter, Registration};
+use super::upstream::{Bundle, LiveEvent, Upstream};
 use super::{serve, SocketContext, SocketLimits};
 use crate::metrics::EdgeMetrics;
 use crate::rate_limit::{KeyedLimit, MessageBudget};
@@ -52,6 +56,9 @@ struct FakeState {
     store_fails: bool,
     /// Operator tokens, and whether each is still valid.
     operator_tokens: HashMap<String, bool>,
+    /// The edge's live router (`LIVE_SUBSCRIPTION=edge`), when a test uses it: subscriptions
+    /// register in it and published bundles go through it.
+    router: Option<Arc<LiveRouter>>,
     /// How many times an operator token was looked up.
     operator_lookups: usize,
 }
@@ -61,6 +68,19 @@ struct FakeState {
 struct FakeUpstream(Arc<Mutex<FakeState>>);
 
 impl FakeUpstream {
+    /// Live bundles go through a [`LiveRouter`] whose queues hold `capacity` bundles.
+    fn routed(capacity: usize) -> (Self, Arc<LiveRouter>, IntCounter) {
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let router = Arc::new(LiveRouter::new(
+            capacity,
+            IntGauge::new("routes", "routes").unwrap(),
+            dropped.clone(),
+        ));
+        let upstream = Self::default();
+        upstream.state().router = Some(Arc::clone(&router));
+        (upstream, router, dropped)
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.0.lock().unwrap()
     }
@@ -95,16 +115,27 @@ fn publish_locked(state: &mut FakeState, thread: &ThreadId, bundle: Bundle) {
     for subscriber in state.live.get(thread).into_iter().flatten() {
         let _closed = subscriber.send(bundle.clone());
     }
+    if let Some(router) = &state.router {
+        router.dispatch(thread, bundle);
+    }
 }
 
-/// A live subscription of the fake.
-struct FakeLive(mpsc::UnboundedReceiver<Bundle>);
+/// A live subscription of the fake: a channel of its own, or a registration in the router.
+enum FakeLive {
+    Own(mpsc::UnboundedReceiver<Bundle>),
+    Routed(Registration),
+}
 
 impl Stream for FakeLive {
-    type Item = Bundle;
+    type Item = LiveEvent;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bundle>> {
-        self.0.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LiveEvent>> {
+        match self.get_mut() {
+            Self::Own(receiver) => receiver
+                .poll_recv(cx)
+                .map(|bundle| bundle.map(|bundle| LiveEvent::Bundle(Arc::new(bundle)))),
+            Self::Routed(registration) => registration.poll_next_unpin(cx),
+        }
     }
 }
 
@@ -126,11 +157,14 @@ impl Upstream for FakeUpstream {
     type Live = FakeLive;
 
     async fn subscribe(&self, thread: &ThreadId) -> anyhow::Result<FakeLive> {
-        let (sender, receiver) = mpsc::unbounded_channel();
         let mut state = self.state();
         state.calls.push(Call::Subscribe(thread.clone()));
+        if let Some(router) = &state.router {
+            return Ok(FakeLive::Routed(router.register(thread)));
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
         state.live.entry(thread.clone()).or_default().push(sender);
-        Ok(FakeLive(receiver))
+        Ok(FakeLive::Own(receiver))
     }
 
     async fn retained(
@@ -224,10 +258,25 @@ fn frames(first: u64, last: u64) -> Bundle {
 }
 
 /// The server side of a socket: what the client sends comes out of `from_client`; what the edge
-/// writes goes to `to_client`.
+/// writes goes to `to_client`, unless the client is stalled.
 struct FakeSocket {
     from_client: mpsc::UnboundedReceiver<Result<Message, axum::Error>>,
     to_client: mpsc::UnboundedSender<Message>,
+    stall: Arc<Stall>,
+}
+
+/// A client that stops reading: while stalled, the edge's writes to its socket wait.
+#[derive(Default)]
+struct Stall {
+    stalled: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Stall {
+    fn set(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
+        self.waker.wake();
+    }
 }
 
 impl Stream for FakeSocket {
@@ -241,7 +290,11 @@ impl Stream for FakeSocket {
 impl Sink<Message> for FakeSocket {
     type Error = axum::Error;
 
-    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        self.stall.waker.register(cx.waker());
+        if self.stall.stalled.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -292,6 +345,8 @@ struct Harness {
     served: tokio::task::JoinHandle<()>,
     /// Bumped when the edge's NATS connection comes back.
     reconnected: tokio::sync::watch::Sender<u64>,
+    /// Stalls the client's reading.
+    stall: Arc<Stall>,
 }
 
 impl Harness {
@@ -318,9 +373,11 @@ impl Harness {
         };
         let (to_edge, from_client) = mpsc::unbounded_channel();
         let (to_client, from_edge) = mpsc::unbounded_channel();
+        let stall = Arc::new(Stall::default());
         let socket = FakeSocket {
             from_client,
             to_client,
+            stall: Arc::clone(&stall),
         };
         let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let served = tokio::spawn(serve(socket, context, upstream.clone(), client));
@@ -333,6 +390,7 @@ impl Harness {
             from_edge,
             served,
             reconnected,
+            stall,
         }
     }
 
@@ -797,6 +855,77 @@ async fn a_revoked_operator_token_stops_the_relay_of_the_thread_it_watched() {
     }
     upstream.publish(&thread, frames(4, 4));
     client.nothing_pending().await;
+}
+
+#[tokio::test]
+async fn through_the_router_a_stalled_socket_misses_live_bundles_alone_and_catches_up_from_the_store(
+) {
+    let (upstream, router, dropped) = FakeUpstream::routed(2);
+    let thread = ThreadId::generate();
+    let mut slow = Harness::start_with(Setup::default(), upstream.clone());
+    let mut fast = Harness::start_with(Setup::default(), upstream.clone());
+    for client in [&mut slow, &mut fast] {
+        client.send_resume(&thread, 0);
+        client.nothing_pending().await;
+    }
+    assert_eq!(router.threads(), 1);
+    upstream.publish(&thread, frames(1, 1));
+    for client in [&mut slow, &mut fast] {
+        assert_eq!(client.next_seq().await, 1);
+    }
+
+    // The slow client stops reading: its socket holds 2 in a write, its queue 3 and 4; 5 and 6
+    // (6 is the turn's last bundle: no later one would reveal the gap) are dropped for it alone.
+    slow.stall.set(true);
+    for seq in 2..=6 {
+        upstream.publish(&thread, frames(seq, seq));
+        assert_eq!(fast.next_seq().await, seq);
+    }
+    // 2 if the slow socket had taken 2 from its queue before it stalled, else 3 (2 then waits
+    // in the queue, 5 and 6 are dropped, and so is 4).
+    assert!((2..=3).contains(&dropped.get()), "{}", dropped.get());
+    assert_eq!(fast.metrics.relay_gaps.get(), 0);
+
+    // Reading again, it gets every frame once, in order: the rest from the store.
+    slow.stall.set(false);
+    assert_eq!(slow.next_seqs(5).await, vec![2, 3, 4, 5, 6]);
+    slow.nothing_pending().await;
+    assert_eq!(slow.metrics.relay_gaps.get(), 1);
+    upstream.publish(&thread, frames(7, 7));
+    for client in [&mut slow, &mut fast] {
+        assert_eq!(client.next_seq().await, 7);
+        client.nothing_pending().await;
+    }
+}
+
+#[tokio::test]
+async fn through_the_router_a_message_registers_before_it_is_stored_and_closed_sockets_leave_the_map(
+) {
+    let (upstream, router, _dropped) = FakeUpstream::routed(8);
+    let [a, b] = [(); 2].map(|()| ThreadId::generate());
+    // A worker so fast that the turn's first frames are out before the store is acknowledged.
+    upstream.state().on_store = vec![(a.clone(), frames(1, 2))];
+    let mut first = Harness::start_with(Setup::default(), upstream.clone());
+    let mut second = Harness::start_with(Setup::default(), upstream.clone());
+    second.send_resume(&a, 0);
+    second.nothing_pending().await;
+    second.send_resume(&b, 0);
+    second.nothing_pending().await;
+
+    first.send_message(&a, "Hi");
+    first.next_accepted(&a).await;
+    assert_eq!(first.next_seqs(2).await, vec![1, 2]);
+    assert_eq!(second.next_seqs(2).await, vec![1, 2]);
+    upstream.publish(&b, frames(1, 1));
+    assert_eq!(second.next_seq().await, 1);
+    first.nothing_pending().await;
+    assert_eq!(router.threads(), 2);
+
+    first.close_sockets.cancel();
+    second.close_sockets.cancel();
+    assert_eq!(first.closed_with().await, close_code::AWAY);
+    assert_eq!(second.closed_with().await, close_code::AWAY);
+    assert_eq!(router.threads(), 0);
 }
 
 /// The size of the future a function returns, without calling it.

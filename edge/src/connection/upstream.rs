@@ -3,7 +3,9 @@
 //! against [`AppState`].
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -17,6 +19,8 @@ use shared::protocol::{ClientFrame, ErrorCode, FeedbackTarget, FrameError};
 use shared::retained::BundleReader;
 use shared::subjects::Subjects;
 
+pub use super::router::LiveEvent;
+use super::router::Registration;
 use crate::state::AppState;
 
 /// One reply bundle (`shared::protocol::bus::bundle`): a NATS message's headers and payload.
@@ -28,10 +32,12 @@ pub struct Bundle {
 
 /// The NATS and PostgreSQL operations of one socket.
 pub trait Upstream: Send + Sync {
-    /// A thread's live reply bundles, from the moment of the subscription.
-    type Live: Stream<Item = Bundle> + Send + Unpin;
+    /// A thread's live reply bundles, from the moment of the subscription, and word of bundles
+    /// this socket missed.
+    type Live: Stream<Item = LiveEvent> + Send + Unpin;
 
-    /// Subscribes to a thread's live reply subject.
+    /// Subscribes to a thread's live reply subject: once it returns, every bundle published on
+    /// the subject reaches the stream (or, if dropped for a slow socket, a [`LiveEvent::Missed`]).
     fn subscribe(
         &self,
         thread: &ThreadId,
@@ -77,14 +83,28 @@ pub trait Upstream: Send + Sync {
     ) -> impl Future<Output = Result<MessageId, FrameError>> + Send;
 }
 
-/// A live subscription's messages as bundles.
-pub type LiveBundles =
-    futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Bundle>;
+/// A socket's live bundles of one thread: its registration in the edge's [`LiveRouter`]
+/// (`LIVE_SUBSCRIPTION=edge`), or a NATS subscription of its own (`thread`).
+pub enum LiveBundles {
+    Routed(Registration),
+    Subscribed(async_nats::Subscriber),
+}
 
-fn bundle_of(message: async_nats::Message) -> Bundle {
-    Bundle {
-        headers: message.headers,
-        payload: message.payload,
+impl Stream for LiveBundles {
+    type Item = LiveEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LiveEvent>> {
+        match self.get_mut() {
+            Self::Routed(registration) => registration.poll_next_unpin(cx),
+            Self::Subscribed(subscriber) => subscriber.poll_next_unpin(cx).map(|message| {
+                message.map(|message| {
+                    LiveEvent::Bundle(Arc::new(Bundle {
+                        headers: message.headers,
+                        payload: message.payload,
+                    }))
+                })
+            }),
+        }
     }
 }
 
@@ -94,8 +114,15 @@ impl Upstream for Arc<AppState> {
     type Live = LiveBundles;
 
     async fn subscribe(&self, thread: &ThreadId) -> Result<Self::Live, anyhow::Error> {
-        let subscriber = self.nats.subscribe(self.subjects.live(thread)).await?;
-        Ok(subscriber.map(bundle_of as fn(async_nats::Message) -> Bundle))
+        match &self.live_router {
+            // The edge's subscription to every live subject exists since start-up; the socket's
+            // queue is in the router's map once this returns.
+            Some(router) => Ok(LiveBundles::Routed(router.register(thread))),
+            None => {
+                let subscriber = self.nats.subscribe(self.subjects.live(thread)).await?;
+                Ok(LiveBundles::Subscribed(subscriber))
+            }
+        }
     }
 
     async fn retained(
