@@ -90,25 +90,9 @@ fn last_user_message(messages: &[ChatMessage]) -> Option<&str> {
     })
 }
 
-/// Rough token count: one per word (what `split_whitespace` counts). ASCII text, the usual
-/// case, is counted a byte at a time: the scripted model counts every prompt (the system
-/// prompt and the history included) on each call, and the `char` walk was a twentieth of the
-/// worker's instructions per turn.
+/// Rough token count: one per word.
 fn count_tokens(text: &str) -> u64 {
-    if !text.is_ascii() {
-        return text.split_whitespace().count() as u64;
-    }
-    // `char::is_whitespace` in ASCII: tab, line feed, vertical tab, form feed, carriage
-    // return and space.
-    let space = |byte: u8| matches!(byte, b'\t'..=b'\r' | b' ');
-    let mut words = 0;
-    let mut in_word = false;
-    for &byte in text.as_bytes() {
-        let starts = !space(byte) && !in_word;
-        words += u64::from(starts);
-        in_word = !space(byte);
-    }
-    words
+    text.split_whitespace().count() as u64
 }
 
 /// The first order-like number in the text (the demo's orders are 1001–1010).
@@ -393,26 +377,6 @@ impl Model for ScriptedModel {
 mod tests {
     use super::*;
     use crate::llm::{AgentCard, ToolDefinition};
-
-    #[test]
-    fn tokens_are_counted_as_split_whitespace_counts_words() {
-        for text in [
-            "",
-            " ",
-            "one",
-            "  two  words ",
-            "tab\tnew\nline\rcr\x0bvt\x0cff",
-            "end.\n\n[human operator] Where is order 1004?",
-            "\u{a0}non\u{a0}breaking\u{2003}em space, caf\u{e9}",
-            "a\u{1f600}b c",
-        ] {
-            assert_eq!(
-                count_tokens(text),
-                text.split_whitespace().count() as u64,
-                "{text:?}"
-            );
-        }
-    }
 
     fn model() -> ScriptedModel {
         ScriptedModel {
