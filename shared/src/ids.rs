@@ -5,16 +5,30 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// A thread (conversation) id: `^[a-zA-Z0-9_-]{1,128}$` (SPEC §3). Safe inside a NATS subject token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[cfg_attr(test, derive(ts_rs::TS), ts(type = "string"))]
-#[serde(try_from = "String", into = "String")]
+#[serde(try_from = "String")]
 pub struct ThreadId(String);
 
 /// A client's idempotency key for one message: `^[a-zA-Z0-9_-]{1,64}$`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[cfg_attr(test, derive(ts_rs::TS), ts(type = "string"))]
-#[serde(try_from = "String", into = "String")]
+#[serde(try_from = "String")]
 pub struct MessageId(String);
+
+// Serialized as the string they hold, borrowed: `into = "String"` cloned the id for every frame
+// a worker encodes (the same JSON).
+impl Serialize for ThreadId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 /// Names the turn of one accepted message; the same on every attempt at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -159,5 +173,17 @@ mod tests {
     fn ids_refuse_bad_values_when_deserialized() {
         assert!(serde_json::from_str::<ThreadId>("\"ok\"").is_ok());
         assert!(serde_json::from_str::<ThreadId>("\"not ok\"").is_err());
+    }
+
+    #[test]
+    fn ids_serialize_as_their_string() {
+        let thread = ThreadId::parse("t-1").unwrap();
+        let message = MessageId::parse("m_2").unwrap();
+        assert_eq!(serde_json::to_string(&thread).unwrap(), "\"t-1\"");
+        assert_eq!(serde_json::to_string(&message).unwrap(), "\"m_2\"");
+        assert_eq!(
+            serde_json::to_value(&thread).unwrap(),
+            serde_json::json!("t-1")
+        );
     }
 }

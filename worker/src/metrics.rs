@@ -1,5 +1,7 @@
 //! The worker's Prometheus metrics, served on `METRICS_ADDR`.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
     CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry,
@@ -23,8 +25,12 @@ pub struct WorkerMetrics {
     pub in_flight: IntGauge,
     /// What became of each delivery.
     pub deliveries: IntCounterVec,
-    /// Reply frames published, by type.
+    /// Reply frames published, by type (count them with [`Self::count_frames`]).
     pub frames: IntCounterVec,
+    /// `frames`' series of each frame type, looked up once (a lookup hashes the label and
+    /// takes the vector's lock; a turn publishes about twenty frames). A series is created when
+    /// its type is first counted, as `with_label_values` does, so the exposition is unchanged.
+    frame_series: Arc<[OnceLock<IntCounter>; FRAME_TYPES.len()]>,
     /// Model calls, by kind (`classify`, `chat`) and result (`ok`, `retried`, `failed`).
     pub model_calls: IntCounterVec,
     /// Tool calls, by tool and result (`ok`, `refused`, `invalid`, `failed`); `tool` is one of
@@ -176,12 +182,39 @@ impl WorkerMetrics {
                     &["model", "agent"],
                 )?,
             )?,
+            frame_series: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             registry,
         })
     }
 }
 
+/// Every reply frame type (`FrameBody::kind`): those whose series are kept.
+const FRAME_TYPES: [&str; 12] = [
+    "token",
+    "tool_call",
+    "tool_result",
+    "interrupt",
+    "interrupt_expired",
+    "clarification",
+    "turn_reset",
+    "message_complete",
+    "error",
+    "user_message",
+    "handoff",
+    "human_message",
+];
+
 impl WorkerMetrics {
+    /// Counts `count` published frames of type `kind`.
+    pub fn count_frames(&self, kind: &str, count: u64) {
+        match FRAME_TYPES.iter().position(|known| *known == kind) {
+            Some(index) => self.frame_series[index]
+                .get_or_init(|| self.frames.with_label_values(&[kind]))
+                .inc_by(count),
+            None => self.frames.with_label_values(&[kind]).inc_by(count),
+        }
+    }
+
     /// Counts a model call's tokens and cost.
     pub fn count_usage(&self, model: &str, agent: &str, usage: crate::llm::TokenUsage, cost: f64) {
         self.tokens
@@ -193,5 +226,42 @@ impl WorkerMetrics {
         self.cost_usd
             .with_label_values(&[model, agent])
             .inc_by(cost.max(0.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_counted_by_type_and_only_types_counted_have_a_series() {
+        let metrics = WorkerMetrics::new().unwrap();
+        let clone = metrics.clone();
+        metrics.count_frames("token", 3);
+        clone.count_frames("token", 2);
+        metrics.count_frames("message_complete", 1);
+        metrics.count_frames("not_a_frame_type", 1);
+        assert_eq!(metrics.frames.with_label_values(&["token"]).get(), 5);
+        assert_eq!(
+            metrics
+                .frames
+                .with_label_values(&["message_complete"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .frames
+                .with_label_values(&["not_a_frame_type"])
+                .get(),
+            1
+        );
+        let families = metrics.registry.gather();
+        let frames = families
+            .iter()
+            .find(|family| family.name() == "worker_frames_published_total")
+            .unwrap();
+        // No series for a type never published.
+        assert_eq!(frames.get_metric().len(), 3);
     }
 }

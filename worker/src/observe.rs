@@ -23,7 +23,11 @@ pub fn turn_span(thread: &ThreadId, stored: &StreamMessage) -> Span {
         in_seq = as_i64(stored.sequence),
         otel.kind = "consumer",
     );
-    shared::telemetry::continue_trace(&span, &stored.headers);
+    // A span no layer records (RUST_LOG above info) has no parent to find: the headers are
+    // not read.
+    if !span.is_disabled() {
+        shared::telemetry::continue_trace(&span, &stored.headers);
+    }
     span
 }
 
@@ -70,6 +74,10 @@ pub fn tool_span(tool: &str, call_id: &str, thread_id: &str) -> Span {
 
 /// The info line of a committed turn.
 pub fn log_turn(thread: &ThreadId, record: &TurnRecord, elapsed: Duration) {
+    // The timeline is read for the line only when the line is written.
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
     let approvals = Approvals::of(&record.events);
     tracing::info!(
         thread_id = %thread,

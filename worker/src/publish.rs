@@ -310,8 +310,14 @@ impl FramePublisher {
             Err(error) => return Err(TurnError::nats(error)),
         };
         self.subject_seq = Some(ack.sequence);
-        for kind in self.bundle_types.drain(..) {
-            self.metrics.frames.with_label_values(&[kind]).inc();
+        // One count per run of frames of the same type (a bundle is mostly tokens).
+        let mut kinds = self.bundle_types.drain(..).peekable();
+        while let Some(kind) = kinds.next() {
+            let mut count = 1;
+            while kinds.next_if_eq(&kind).is_some() {
+                count += 1;
+            }
+            self.metrics.count_frames(kind, count);
         }
         Ok(())
     }

@@ -534,7 +534,7 @@ impl Graph {
         run: &mut Run<'_>,
     ) -> Result<Outcome, Stop> {
         while let Some(name) = run.state.agents.first().cloned() {
-            let Some(agent) = self.config.agent(&name).cloned() else {
+            let Some(agent) = self.config.agent(&name) else {
                 tracing::warn!(agent = %name, "A checkpoint names an agent the config no longer has; skipping it.");
                 run.state.agents.remove(0);
                 run.state.messages.clear();
@@ -556,7 +556,7 @@ impl Graph {
                 }
             }
             let started = std::time::Instant::now();
-            let paused = self.run_agent(out, run, &agent).await;
+            let paused = self.run_agent(out, run, agent).await;
             run.share(&agent.name).duration += started.elapsed();
             if let Some(id) = paused? {
                 return Ok(Outcome::Interrupted(id));

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use async_nats::jetstream::{self, message::StreamMessage, stream};
+use futures_util::future::BoxFuture;
 use shared::ids::TurnId;
 use shared::protocol::bus::{InboundKind, InboundMessage};
 use shared::protocol::{ErrorCode, FrameBody, HandoffState, Usage};
@@ -73,7 +74,22 @@ impl TurnRunner {
     /// Runs and commits the turn of one stored client message. `tail` is where the thread's reply
     /// subject stands (its last frame only when it may be newer than the lease says). Returns the
     /// thread's last `seq` and the stream sequence of its last bundle.
-    pub(crate) async fn run_turn(
+    ///
+    /// The turn's future (the agent graph, the frames, the commit: several kilobytes) is on the
+    /// heap, allocated once: inline, it made every delivery task that large, and tokio copies a
+    /// task's future when it is spawned, stored and finished (the profile in BENCHMARKS.md:
+    /// copies were a sixth of the worker's instructions per turn).
+    pub(crate) fn run_turn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        stored: StreamMessage,
+        tail: &'a publish::Tail,
+        after: AfterCommit,
+    ) -> BoxFuture<'a, Result<Advanced, TurnError>> {
+        Box::pin(self.run_turn_inline(lease, stored, tail, after))
+    }
+
+    async fn run_turn_inline(
         &self,
         lease: &Lease,
         stored: StreamMessage,
