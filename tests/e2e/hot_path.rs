@@ -306,29 +306,31 @@ fn statements(thread: &str) -> Vec<Statement> {
             "commit",
             query("commit"),
             &[
-                &thread,
-                "7",
-                "1000000",
-                "1000021",
-                "'resolved'",
-                "true",
+                &format!("ARRAY[{thread}]"),
+                "ARRAY[7]::int8[]",
+                "ARRAY[1000000]::int8[]",
+                "ARRAY[1000021]::int8[]",
+                "ARRAY['resolved']",
+                "ARRAY[true]",
                 &owner,
-                "'00000000-0000-0000-0000-0000000000cc'",
-                "'m-explain'",
-                "'message'",
-                "'Where is my order 1001?'",
-                "'It has shipped.'",
-                "1000001",
-                "150",
-                "25",
-                "0.0001",
-                "now()",
-                "now()",
-                "NULL",
-                "'completed'",
-                "ARRAY['orders']",
-                "'[]'::jsonb",
-                "false",
+                "ARRAY['00000000-0000-0000-0000-0000000000cc']::uuid[]",
+                "ARRAY['m-explain']",
+                "ARRAY['message']",
+                "ARRAY['Where is my order 1001?']",
+                "ARRAY['It has shipped.']",
+                "ARRAY[1000001]::int8[]",
+                "ARRAY[150]::int8[]",
+                "ARRAY[25]::int8[]",
+                "ARRAY[0.0001]::float8[]",
+                "ARRAY[now()]",
+                "ARRAY[now()]",
+                "ARRAY[NULL]::uuid[]",
+                "ARRAY['completed']",
+                "ARRAY['[\"orders\"]']",
+                "ARRAY['[]']",
+                "ARRAY[false]",
+                "ARRAY[1]::int8[]",
+                "ARRAY[1]::int2[]",
                 "ARRAY['orders']",
                 "ARRAY[150]::int8[]",
                 "ARRAY[25]::int8[]",
@@ -417,10 +419,11 @@ fn query(name: &str) -> &'static str {
     }
 }
 
-/// Types of the commit's parameters, as the worker binds them.
-const COMMIT_TYPES: &str = "text, int8, int8, int8, text, bool, uuid, uuid, text, text, text, \
-     text, int8, int8, int8, float8, timestamptz, timestamptz, uuid, text, text[], jsonb, bool, \
-     text[], int8[], int8[], float8[], int[], int8[]";
+/// Types of the commit's parameters, as the worker binds them (one array element a turn).
+const COMMIT_TYPES: &str = "text[], int8[], int8[], int8[], text[], bool[], uuid, uuid[], \
+     text[], text[], text[], text[], int8[], int8[], int8[], float8[], timestamptz[], \
+     timestamptz[], uuid[], text[], text[], text[], bool[], int8[], int2[], text[], int8[], \
+     int8[], float8[], int[], int8[]";
 
 /// `EXPLAIN (ANALYZE, FORMAT JSON)` of every statement under `mode`, each in a transaction rolled
 /// back (the lease of the commit is set up in it); what was wrong with the plans.
@@ -433,11 +436,18 @@ async fn explain_all(app: &TestApp, thread: &str, mode: &str) -> Vec<String> {
         .unwrap();
     let mut problems = Vec::new();
     for statement in statements(thread) {
-        let types = if statement.name == "commit" {
-            format!(" ({COMMIT_TYPES})")
+        // The commit runs on connections of its own, with settings of their own.
+        let (types, settings) = if statement.name == "commit" {
+            (format!(" ({COMMIT_TYPES})"), worker::store::COMMIT_SETTINGS)
         } else {
-            String::new()
+            (String::new(), &[][..])
         };
+        for (name, value) in settings {
+            sqlx::query(&format!("SET {name} = {value}"))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
         sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
         sqlx::query(
             "UPDATE threads SET lease_owner = '00000000-0000-0000-0000-00000000beef', lease_epoch = 7
@@ -463,6 +473,12 @@ async fn explain_all(app: &TestApp, thread: &str, mode: &str) -> Vec<String> {
             .execute(&mut *conn)
             .await
             .unwrap();
+        for (name, _) in settings {
+            sqlx::query(&format!("RESET {name}"))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
         let mut found = Found::default();
         walk(&plan[0]["Plan"], &mut found);
         if statement.name == "history" && mode == "force_generic_plan" && !found.generic {

@@ -13,6 +13,7 @@ mod dead_letters;
 mod delivery;
 mod errors;
 mod fanout;
+mod group_commit;
 mod handoff;
 mod health;
 mod history;

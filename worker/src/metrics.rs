@@ -21,6 +21,8 @@ pub struct WorkerMetrics {
     pub turns: IntCounterVec,
     /// Time from the start of a turn to its commit.
     pub turn_seconds: Histogram,
+    /// Turns written by each commit statement (group commit: the turns that end together).
+    pub commit_batch_turns: Histogram,
     /// Deliveries being handled now.
     pub in_flight: IntGauge,
     /// What became of each delivery.
@@ -74,6 +76,16 @@ impl WorkerMetrics {
                 Histogram::with_opts(
                     HistogramOpts::new("turn_duration_seconds", "Time from turn start to commit.")
                         .buckets(LONG_BUCKETS.to_vec()),
+                )?,
+            )?,
+            commit_batch_turns: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "commit_batch_turns",
+                        "Turns written by each commit statement: the turns that ended while another commit was in flight share one.",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
                 )?,
             )?,
             in_flight: register(

@@ -76,6 +76,7 @@ impl Worker {
             .await
             .context("Failed to open the lease pool's connections to PostgreSQL")?;
         let worker_id = uuid::Uuid::new_v4();
+        let metrics = WorkerMetrics::new()?;
         let store = Store::new(
             db,
             leases,
@@ -83,8 +84,8 @@ impl Worker {
             Duration::from_secs(settings.worker.lease_ttl_secs),
             Duration::from_secs(settings.worker.session_ttl_secs),
             Duration::from_secs(settings.worker.interrupt_ttl_secs),
-        );
-        let metrics = WorkerMetrics::new()?;
+        )
+        .with_commit_batch_sizes(metrics.commit_batch_turns.clone());
         let graph = build_graph(&settings.worker, store.clone(), metrics.clone())?;
         let metrics_listener = TcpListener::bind(settings.worker.metrics_addr)
             .await

@@ -5,22 +5,26 @@
 //!
 //! - [`lease`]: the per-thread lease fenced by an epoch (acquire, renew, release), erasure and
 //!   session expiry;
-//! - [`turns`]: committing a turn (and a skipped, dead-lettered or handoff message), failed
+//! - [`turns`]: committing a turn (the turns ending together share a statement: [`group`]) (and a skipped, dead-lettered or handoff message), failed
 //!   attempts, the history the agents see;
 //! - [`interrupts`]: approvals: raised with their checkpoint, loaded, decided;
 //! - [`ledger`]: what agents' tools touch: the approval ledger that runs an approved call at
 //!   most once, a tool's connection, the imported tools in use.
 
+mod group;
 mod interrupts;
 mod lease;
 mod ledger;
 mod turns;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use prometheus::Histogram;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub use group::COMMIT_SETTINGS;
 pub use interrupts::NewInterrupt;
 pub use lease::{Acquired, ACQUIRE_SQL};
 pub use ledger::{ApprovedRun, RemoteClaim};
@@ -92,6 +96,10 @@ pub struct Store {
     lease_ttl: Duration,
     session_ttl: Duration,
     interrupt_ttl: Duration,
+    /// The group commit's queue, started with the first commit (inside the runtime).
+    commits: Arc<OnceLock<group::GroupCommit>>,
+    /// Observes the turns of each commit statement.
+    commit_batch_sizes: Option<Histogram>,
 }
 
 impl Store {
@@ -110,7 +118,21 @@ impl Store {
             lease_ttl,
             session_ttl,
             interrupt_ttl,
+            commits: Arc::default(),
+            commit_batch_sizes: None,
         }
+    }
+
+    /// Observes in `sizes` how many turns each commit statement writes (group commit).
+    pub fn with_commit_batch_sizes(mut self, sizes: Histogram) -> Self {
+        self.commit_batch_sizes = Some(sizes);
+        self
+    }
+
+    fn group_commit(&self) -> &group::GroupCommit {
+        self.commits.get_or_init(|| {
+            group::GroupCommit::start(&self.db, self.worker_id, self.commit_batch_sizes.clone())
+        })
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -2,13 +2,11 @@
 //! fenced by the lease, a message skipped or dead-lettered, failed attempts, and the history
 //! the agents see.
 
-use std::borrow::Cow;
-
-use chrono::{DateTime, Utc};
 use shared::ids::ThreadId;
 use shared::turns::{InterruptId, TurnKind};
 use uuid::Uuid;
 
+use super::group::{CommitRow, ShareRow};
 use super::{storable, storable_json, to_i64, Store};
 use crate::llm::ChatMessage;
 use crate::records::{AfterCommit, Committed, DeadLetter, HandoffRecord, Lease, TurnRecord};
@@ -68,50 +66,20 @@ pub(super) fn history_messages(
 }
 
 impl Store {
-    /// Advances the thread past `turn.in_seq` and records the turn, in one statement, only if
-    /// this lease is still the current one.
+    /// Advances the thread past `turn.in_seq` and records the turn, only if this lease is still
+    /// the current one: in one statement with the other turns of this worker that end meanwhile
+    /// ([`super::group`]), each row fenced by its own lease.
     pub async fn commit(
         &self,
         lease: &Lease,
         turn: &TurnRecord,
         after: AfterCommit,
     ) -> Result<Committed, sqlx::Error> {
-        let row = CommitRow::new(lease, self.worker_id, turn, after);
-        let committed = sqlx::query_file_scalar!(
-            "queries/commit.sql",
-            row.thread_id,
-            row.epoch,
-            row.in_seq,
-            row.last_seq,
-            row.status,
-            row.release,
-            row.owner,
-            row.turn_id,
-            row.message_id,
-            row.kind,
-            row.content.as_deref(),
-            &*row.reply,
-            row.first_seq,
-            row.prompt_tokens,
-            row.completion_tokens,
-            row.cost_usd,
-            row.received_at,
-            row.started_at,
-            row.pending_interrupt,
-            row.outcome,
-            row.agents,
-            &*row.events,
-            row.escalated,
-            &row.share_agents,
-            &row.share_prompt_tokens,
-            &row.share_completion_tokens,
-            &row.share_cost_usd,
-            &row.share_tool_calls,
-            &row.share_duration_ms,
-        )
-        .fetch_one(&self.db)
-        .await?;
-        Ok(if committed == 1 {
+        let written = self
+            .group_commit()
+            .commit(commit_row(lease, turn, after))
+            .await?;
+        Ok(if written {
             Committed::Yes
         } else {
             Committed::Fenced
@@ -357,89 +325,47 @@ impl Store {
     }
 }
 
-/// The values `queries/commit.sql` is built from: one field a parameter, in their order, each of
-/// the type the statement's parameter has (the macro checks each against it).
-struct CommitRow<'a> {
-    thread_id: &'a str,
-    epoch: i64,
-    in_seq: i64,
-    last_seq: i64,
-    /// The thread's status after the turn.
-    status: &'static str,
-    /// The commit hands the lease back.
-    release: bool,
-    /// This worker: the lease's holder.
-    owner: Uuid,
-    turn_id: Uuid,
-    message_id: &'a str,
-    kind: &'static str,
-    content: Option<Cow<'a, str>>,
-    reply: Cow<'a, str>,
-    first_seq: i64,
-    prompt_tokens: i64,
-    completion_tokens: i64,
-    cost_usd: f64,
-    received_at: DateTime<Utc>,
-    started_at: DateTime<Utc>,
-    pending_interrupt: Option<Uuid>,
-    outcome: &'static str,
-    agents: &'a [String],
-    events: Cow<'a, serde_json::Value>,
-    escalated: bool,
-    /// Each agent's share of the turn, in order: its agent, usage, tool calls and duration.
-    share_agents: Vec<String>,
-    share_prompt_tokens: Vec<i64>,
-    share_completion_tokens: Vec<i64>,
-    share_cost_usd: Vec<f64>,
-    share_tool_calls: Vec<i32>,
-    share_duration_ms: Vec<i64>,
-}
-
-impl<'a> CommitRow<'a> {
-    fn new(lease: &'a Lease, owner: Uuid, turn: &'a TurnRecord, after: AfterCommit) -> Self {
-        let shares = &turn.shares;
-        Self {
-            thread_id: lease.thread_id.as_str(),
-            epoch: lease.epoch,
-            in_seq: to_i64(turn.in_seq),
-            last_seq: to_i64(turn.last_seq),
-            status: turn.status.as_str(),
-            release: after == AfterCommit::ReleaseLease,
-            owner,
-            turn_id: turn.turn_id,
-            message_id: &turn.message_id,
-            kind: turn.kind.as_str(),
-            content: turn.content.as_deref().map(storable),
-            reply: storable(&turn.reply),
-            first_seq: to_i64(turn.first_seq),
-            prompt_tokens: to_i64(turn.prompt_tokens),
-            completion_tokens: to_i64(turn.completion_tokens),
-            cost_usd: turn.cost_usd,
-            received_at: turn.received_at,
-            started_at: turn.started_at,
-            pending_interrupt: turn.pending_interrupt.map(InterruptId::as_uuid),
-            outcome: turn.outcome.as_str(),
-            agents: &turn.agents,
-            events: storable_json(&turn.events),
-            escalated: turn.escalated,
-            share_agents: shares.iter().map(|share| share.agent.clone()).collect(),
-            share_prompt_tokens: shares
-                .iter()
-                .map(|share| to_i64(share.usage.prompt_tokens))
-                .collect(),
-            share_completion_tokens: shares
-                .iter()
-                .map(|share| to_i64(share.usage.completion_tokens))
-                .collect(),
-            share_cost_usd: shares.iter().map(|share| share.usage.cost_usd).collect(),
-            share_tool_calls: shares
-                .iter()
-                .map(|share| i32::try_from(share.tool_calls).unwrap_or(i32::MAX))
-                .collect(),
-            share_duration_ms: shares
-                .iter()
-                .map(|share| i64::try_from(share.duration.as_millis()).unwrap_or(i64::MAX))
-                .collect(),
-        }
+/// The turn's row of the group commit (`queries/commit.sql`), each value of the type the
+/// statement's parameter has.
+fn commit_row(lease: &Lease, turn: &TurnRecord, after: AfterCommit) -> CommitRow {
+    CommitRow {
+        thread_id: lease.thread_id.as_str().to_owned(),
+        epoch: lease.epoch,
+        in_seq: to_i64(turn.in_seq),
+        last_seq: to_i64(turn.last_seq),
+        status: turn.status.as_str(),
+        release: after == AfterCommit::ReleaseLease,
+        turn_id: turn.turn_id,
+        message_id: turn.message_id.clone(),
+        kind: turn.kind.as_str(),
+        content: turn
+            .content
+            .as_deref()
+            .map(|text| storable(text).into_owned()),
+        reply: storable(&turn.reply).into_owned(),
+        first_seq: to_i64(turn.first_seq),
+        prompt_tokens: to_i64(turn.prompt_tokens),
+        completion_tokens: to_i64(turn.completion_tokens),
+        cost_usd: turn.cost_usd,
+        received_at: turn.received_at,
+        started_at: turn.started_at,
+        pending_interrupt: turn.pending_interrupt.map(InterruptId::as_uuid),
+        outcome: turn.outcome.as_str(),
+        agents: serde_json::to_string(&turn.agents).unwrap_or_else(|_| "[]".to_owned()),
+        events: serde_json::to_string(&storable_json(&turn.events))
+            .unwrap_or_else(|_| "[]".to_owned()),
+        escalated: turn.escalated,
+        shares: turn
+            .shares
+            .iter()
+            .map(|share| ShareRow {
+                agent: share.agent.clone(),
+                prompt_tokens: to_i64(share.usage.prompt_tokens),
+                completion_tokens: to_i64(share.usage.completion_tokens),
+                cost_usd: share.usage.cost_usd,
+                tool_calls: i32::try_from(share.tool_calls).unwrap_or(i32::MAX),
+                duration_ms: i64::try_from(share.duration.as_millis()).unwrap_or(i64::MAX),
+            })
+            .collect(),
     }
 }

@@ -1,0 +1,208 @@
+//! Group commit (`worker/src/store/group.rs`): turns of different threads that end together are
+//! written by one statement, each row still fenced by its own lease; a turn whose row PostgreSQL
+//! refuses fails alone; a turn that ends alone is written at once.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use shared::ids::ThreadId;
+use shared::protocol::Usage;
+use shared::turns::{ThreadStatus, TurnKind, TurnOutcome};
+use worker::records::{AfterCommit, AgentShare, Committed, Lease, TurnRecord};
+use worker::store::{Acquired, Store};
+
+use e2e::{StackOptions, TestApp};
+
+/// Threads whose turns commit.
+const WRITTEN: usize = 8;
+
+fn turn(in_seq: u64, text: &str) -> TurnRecord {
+    let now = chrono::Utc::now();
+    TurnRecord {
+        in_seq,
+        turn_id: uuid::Uuid::now_v7(),
+        message_id: format!("m-{text}"),
+        kind: TurnKind::Message,
+        content: Some(format!("question {text}")),
+        reply: format!("answer {text}"),
+        first_seq: 1,
+        last_seq: 3,
+        prompt_tokens: 150,
+        completion_tokens: 25,
+        cost_usd: 0.0001,
+        received_at: now,
+        started_at: now,
+        status: ThreadStatus::Resolved,
+        outcome: TurnOutcome::Completed,
+        pending_interrupt: None,
+        agents: vec!["triage".to_owned(), "orders".to_owned()],
+        events: serde_json::json!([{"type": "message", "text": text}]),
+        shares: ["triage", "orders"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, agent)| AgentShare {
+                agent: agent.to_owned(),
+                usage: Usage {
+                    prompt_tokens: 100 + i as u64,
+                    completion_tokens: 10,
+                    cost_usd: 0.00005,
+                },
+                tool_calls: u32::try_from(i).unwrap(),
+                duration: Duration::from_millis(40),
+                reply: String::new(),
+            })
+            .collect(),
+        escalated: false,
+    }
+}
+
+async fn lease(store: &Store, thread: &str) -> Lease {
+    let thread = ThreadId::parse(thread).unwrap();
+    match store.acquire(&thread).await.unwrap() {
+        Acquired::Lease(lease) => lease,
+        _ => panic!("the lease of {thread} is free"),
+    }
+}
+
+/// Ten turns end at once (the test's runtime runs one task at a time, so all ten are queued
+/// before the statement starts): one statement writes the eight whose leases are current, the
+/// fenced one is told so, and the one PostgreSQL refuses fails alone without taking the others
+/// with it.
+#[tokio::test]
+async fn turns_ending_together_share_a_statement_each_fenced_by_its_own_lease() {
+    let app = TestApp::spawn(StackOptions::default()).await;
+    let db = app.db().await;
+    let minute = Duration::from_secs(60);
+    let metrics = worker::metrics::WorkerMetrics::new().unwrap();
+    let store = Store::new(
+        db.clone(),
+        db.clone(),
+        uuid::Uuid::now_v7(),
+        minute,
+        60 * minute,
+        60 * minute,
+    )
+    .with_commit_batch_sizes(metrics.commit_batch_turns.clone());
+
+    let mut leases = Vec::new();
+    for i in 0..WRITTEN {
+        leases.push(lease(&store, &format!("group-{i}")).await);
+    }
+    // Another worker took this one's lease since.
+    let fenced = lease(&store, "group-fenced").await;
+    sqlx::query("UPDATE threads SET lease_epoch = lease_epoch + 1 WHERE id = 'group-fenced'")
+        .execute(&db)
+        .await
+        .unwrap();
+    // This one's row cannot be written: a turn at its sequence exists already.
+    let refused = lease(&store, "group-refused").await;
+    sqlx::query(
+        "INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, first_seq,
+                            last_seq, received_at, started_at, outcome)
+         VALUES ('group-refused', 1, gen_random_uuid(), 'm-there', 'message', 'there', 1, 1,
+                 now(), now(), 'completed')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+
+    let records: Vec<TurnRecord> = (0..WRITTEN + 2).map(|i| turn(1, &i.to_string())).collect();
+    let all_leases: Vec<&Lease> = leases.iter().chain([&fenced, &refused]).collect();
+    let results = join_all(
+        all_leases
+            .iter()
+            .zip(&records)
+            .map(|(lease, record)| store.commit(lease, record, AfterCommit::ReleaseLease)),
+    )
+    .await;
+
+    let sizes = &metrics.commit_batch_turns;
+    assert_eq!(
+        (sizes.get_sample_count(), sizes.get_sample_sum()),
+        (1, (WRITTEN + 2) as f64),
+        "the ten turns were gathered into one statement"
+    );
+    for (i, result) in results.iter().take(WRITTEN).enumerate() {
+        assert!(
+            matches!(result, Ok(Committed::Yes)),
+            "group-{i}: {result:?}"
+        );
+    }
+    assert!(
+        matches!(results[WRITTEN], Ok(Committed::Fenced)),
+        "{:?}",
+        results[WRITTEN]
+    );
+    let refusal = results[WRITTEN + 1].as_ref().unwrap_err();
+    assert_eq!(
+        refusal
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("23505"),
+        "the refused turn gets its own error: {refusal}"
+    );
+
+    // Each written row is its own turn's, with its own shares, and each thread moved on.
+    let rows: Vec<(String, String, String, Vec<String>, i64, i64)> = sqlx::query_as(
+        "SELECT t.thread_id, t.content, t.reply, t.agents,
+                (SELECT count(*) FROM turn_agents a WHERE a.thread_id = t.thread_id),
+                (SELECT sum(a.prompt_tokens) FROM turn_agents a WHERE a.thread_id = t.thread_id)::int8
+           FROM turns t WHERE t.thread_id LIKE 'group-%' AND t.thread_id <> 'group-refused'
+          ORDER BY t.thread_id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), WRITTEN, "{rows:?}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(
+            row,
+            &(
+                format!("group-{i}"),
+                format!("question {i}"),
+                format!("answer {i}"),
+                vec!["triage".to_owned(), "orders".to_owned()],
+                2,
+                201,
+            )
+        );
+    }
+    let threads: Vec<(String, i64, bool, i64, Vec<String>)> = sqlx::query_as(
+        "SELECT id, last_in_seq, lease_owner IS NULL, messages::int8, agents FROM threads
+          WHERE id LIKE 'group-%' ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    for (id, last_in_seq, released, messages, agents) in &threads {
+        let written = id.strip_prefix("group-").unwrap().parse::<usize>().is_ok();
+        assert_eq!(
+            (*last_in_seq, *released, *messages),
+            if written { (1, true, 1) } else { (0, false, 0) },
+            "{id}"
+        );
+        if written {
+            assert_eq!(agents, &["triage".to_owned(), "orders".to_owned()]);
+        }
+    }
+
+    // A turn that ends alone is written at once, in a statement of its own.
+    let alone = lease(&store, "group-alone").await;
+    let result = store
+        .commit(&alone, &turn(1, "alone"), AfterCommit::KeepLease)
+        .await
+        .unwrap();
+    assert_eq!(result, Committed::Yes);
+    assert_eq!(
+        (sizes.get_sample_count(), sizes.get_sample_sum()),
+        (2, (WRITTEN + 3) as f64)
+    );
+    let held: bool = sqlx::query_scalar(
+        "SELECT lease_owner IS NOT NULL AND last_in_seq = 1 FROM threads WHERE id = 'group-alone'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(held, "committed, the lease kept");
+}
