@@ -1,6 +1,7 @@
-//! Group commit (`worker/src/store/group.rs`): turns of different threads that end together are
-//! written by one statement, each row still fenced by its own lease; a turn whose row PostgreSQL
-//! refuses fails alone; a turn that ends alone is written at once.
+//! Grouped statements (`worker/src/store/group.rs`): the leases of threads whose deliveries come
+//! together are taken by one statement, and the turns that end together are written by one, each
+//! row still fenced by its own lease; a turn whose row PostgreSQL refuses fails alone; a turn that
+//! ends alone is written at once.
 
 use std::time::Duration;
 
@@ -56,20 +57,20 @@ fn turn(in_seq: u64, text: &str) -> TurnRecord {
     }
 }
 
-async fn lease(store: &Store, thread: &str) -> Lease {
-    let thread = ThreadId::parse(thread).unwrap();
-    match store.acquire(&thread).await.unwrap() {
-        Acquired::Lease(lease) => lease,
-        _ => panic!("the lease of {thread} is free"),
+fn leased(acquired: Result<Acquired, sqlx::Error>) -> Lease {
+    match acquired {
+        Ok(Acquired::Lease(lease)) => lease,
+        other => panic!("the lease is free: {other:?}"),
     }
 }
 
-/// Ten turns end at once (the test's runtime runs one task at a time, so all ten are queued
-/// before the statement starts): one statement writes the eight whose leases are current, the
-/// fenced one is told so, and the one PostgreSQL refuses fails alone without taking the others
-/// with it.
+/// Twelve deliveries come at once (the test's runtime runs one task at a time, so all are queued
+/// before the statement starts): one statement takes the ten free leases, finds the erased
+/// thread erased and the leased one busy. Then ten turns end at once: one statement writes the
+/// eight whose leases are current, the fenced one is told so, and the one PostgreSQL refuses
+/// fails alone without taking the others with it.
 #[tokio::test]
-async fn turns_ending_together_share_a_statement_each_fenced_by_its_own_lease() {
+async fn threads_coming_together_share_a_statement_each_fenced_by_its_own_lease() {
     let app = TestApp::spawn(StackOptions::default()).await;
     let db = app.db().await;
     let minute = Duration::from_secs(60);
@@ -82,20 +83,53 @@ async fn turns_ending_together_share_a_statement_each_fenced_by_its_own_lease() 
         60 * minute,
         60 * minute,
     )
-    .with_commit_batch_sizes(metrics.commit_batch_turns.clone());
+    .with_group_sizes(metrics.group_statement_threads.clone());
+    let sizes = |statement: &str| {
+        let sizes = metrics
+            .group_statement_threads
+            .with_label_values(&[statement]);
+        (sizes.get_sample_count(), sizes.get_sample_sum())
+    };
 
-    let mut leases = Vec::new();
-    for i in 0..WRITTEN {
-        leases.push(lease(&store, &format!("group-{i}")).await);
+    sqlx::query("INSERT INTO erasures (thread_id, actor) VALUES ('group-erased', 'owner')")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO threads (id, lease_owner, lease_epoch, lease_expires_at)
+         VALUES ('group-busy', gen_random_uuid(), 1, now() + interval '1 hour')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let threads: Vec<ThreadId> = (0..WRITTEN)
+        .map(|i| format!("group-{i}"))
+        .chain(["fenced", "refused", "erased", "busy"].map(|name| format!("group-{name}")))
+        .map(|id| ThreadId::parse(&id).unwrap())
+        .collect();
+    let mut acquired = join_all(threads.iter().map(|thread| store.acquire(thread))).await;
+    assert_eq!(
+        sizes("acquire"),
+        (1, threads.len() as f64),
+        "the twelve acquires were gathered into one statement"
+    );
+    assert!(
+        matches!(acquired.pop(), Some(Ok(Acquired::Busy))),
+        "leased by another worker"
+    );
+    assert!(matches!(acquired.pop(), Some(Ok(Acquired::Erased))));
+    let mut leases: Vec<Lease> = acquired.into_iter().map(leased).collect();
+    for lease in &leases {
+        assert_eq!((lease.epoch, lease.last_in_seq), (1, 0), "{lease:?}");
     }
+    let refused = leases.pop().unwrap();
+    let fenced = leases.pop().unwrap();
     // Another worker took this one's lease since.
-    let fenced = lease(&store, "group-fenced").await;
     sqlx::query("UPDATE threads SET lease_epoch = lease_epoch + 1 WHERE id = 'group-fenced'")
         .execute(&db)
         .await
         .unwrap();
     // This one's row cannot be written: a turn at its sequence exists already.
-    let refused = lease(&store, "group-refused").await;
     sqlx::query(
         "INSERT INTO turns (thread_id, in_seq, turn_id, message_id, kind, content, first_seq,
                             last_seq, received_at, started_at, outcome)
@@ -116,9 +150,8 @@ async fn turns_ending_together_share_a_statement_each_fenced_by_its_own_lease() 
     )
     .await;
 
-    let sizes = &metrics.commit_batch_turns;
     assert_eq!(
-        (sizes.get_sample_count(), sizes.get_sample_sum()),
+        sizes("commit"),
         (1, (WRITTEN + 2) as f64),
         "the ten turns were gathered into one statement"
     );
@@ -168,14 +201,14 @@ async fn turns_ending_together_share_a_statement_each_fenced_by_its_own_lease() 
             )
         );
     }
-    let threads: Vec<(String, i64, bool, i64, Vec<String>)> = sqlx::query_as(
+    let positions: Vec<(String, i64, bool, i64, Vec<String>)> = sqlx::query_as(
         "SELECT id, last_in_seq, lease_owner IS NULL, messages::int8, agents FROM threads
-          WHERE id LIKE 'group-%' ORDER BY id",
+          WHERE id LIKE 'group-%' AND id NOT IN ('group-busy', 'group-alone') ORDER BY id",
     )
     .fetch_all(&db)
     .await
     .unwrap();
-    for (id, last_in_seq, released, messages, agents) in &threads {
+    for (id, last_in_seq, released, messages, agents) in &positions {
         let written = id.strip_prefix("group-").unwrap().parse::<usize>().is_ok();
         assert_eq!(
             (*last_in_seq, *released, *messages),
@@ -188,16 +221,18 @@ async fn turns_ending_together_share_a_statement_each_fenced_by_its_own_lease() 
     }
 
     // A turn that ends alone is written at once, in a statement of its own.
-    let alone = lease(&store, "group-alone").await;
+    let alone = leased(
+        store
+            .acquire(&ThreadId::parse("group-alone").unwrap())
+            .await,
+    );
     let result = store
         .commit(&alone, &turn(1, "alone"), AfterCommit::KeepLease)
         .await
         .unwrap();
     assert_eq!(result, Committed::Yes);
-    assert_eq!(
-        (sizes.get_sample_count(), sizes.get_sample_sum()),
-        (2, (WRITTEN + 3) as f64)
-    );
+    assert_eq!(sizes("commit"), (2, (WRITTEN + 3) as f64));
+    assert_eq!(sizes("acquire"), (2, (threads.len() + 1) as f64));
     let held: bool = sqlx::query_scalar(
         "SELECT lease_owner IS NOT NULL AND last_in_seq = 1 FROM threads WHERE id = 'group-alone'",
     )

@@ -300,7 +300,7 @@ fn statements(thread: &str) -> Vec<Statement> {
         s(
             "acquire",
             worker::store::ACQUIRE_SQL,
-            &[&thread, "5", &owner, "30.0"],
+            &[&format!("ARRAY[{thread}]"), "5", &owner, "30.0"],
         ),
         s(
             "commit",
@@ -436,11 +436,15 @@ async fn explain_all(app: &TestApp, thread: &str, mode: &str) -> Vec<String> {
         .unwrap();
     let mut problems = Vec::new();
     for statement in statements(thread) {
-        // The commit runs on connections of its own, with settings of their own.
-        let (types, settings) = if statement.name == "commit" {
-            (format!(" ({COMMIT_TYPES})"), worker::store::COMMIT_SETTINGS)
+        // The grouped statements run on connections of their own, with settings of their own.
+        let settings = match statement.name {
+            "commit" | "acquire" => worker::store::GROUP_SETTINGS,
+            _ => &[],
+        };
+        let types = if statement.name == "commit" {
+            format!(" ({COMMIT_TYPES})")
         } else {
-            (String::new(), &[][..])
+            String::new()
         };
         for (name, value) in settings {
             sqlx::query(&format!("SET {name} = {value}"))
@@ -653,7 +657,7 @@ async fn the_history_read_with_the_lease_counts_only_when_it_is_current() {
                 let waiting: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM pg_stat_activity
                   WHERE datname = current_database() AND wait_event_type = 'Lock'
-                    AND query LIKE 'WITH lease AS%'",
+                    AND query LIKE 'WITH r AS MATERIALIZED%'",
                 )
                 .fetch_one(&db)
                 .await

@@ -21,8 +21,9 @@ pub struct WorkerMetrics {
     pub turns: IntCounterVec,
     /// Time from the start of a turn to its commit.
     pub turn_seconds: Histogram,
-    /// Turns written by each commit statement (group commit: the turns that end together).
-    pub commit_batch_turns: Histogram,
+    /// Threads taken by each grouped statement (`acquire`, `commit`): those whose deliveries came,
+    /// or whose turns ended, together.
+    pub group_statement_threads: HistogramVec,
     /// Deliveries being handled now.
     pub in_flight: IntGauge,
     /// What became of each delivery.
@@ -78,14 +79,15 @@ impl WorkerMetrics {
                         .buckets(LONG_BUCKETS.to_vec()),
                 )?,
             )?,
-            commit_batch_turns: register(
+            group_statement_threads: register(
                 &registry,
-                Histogram::with_opts(
+                HistogramVec::new(
                     HistogramOpts::new(
-                        "commit_batch_turns",
-                        "Turns written by each commit statement: the turns that ended while another commit was in flight share one.",
+                        "group_statement_threads",
+                        "Threads taken by each grouped statement (acquire, commit): the threads whose deliveries came, or whose turns ended, while the previous statement was in flight share one.",
                     )
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+                    &["statement"],
                 )?,
             )?,
             in_flight: register(

@@ -85,7 +85,7 @@ impl Worker {
             Duration::from_secs(settings.worker.session_ttl_secs),
             Duration::from_secs(settings.worker.interrupt_ttl_secs),
         )
-        .with_commit_batch_sizes(metrics.commit_batch_turns.clone());
+        .with_group_sizes(metrics.group_statement_threads.clone());
         let graph = build_graph(&settings.worker, store.clone(), metrics.clone())?;
         let metrics_listener = TcpListener::bind(settings.worker.metrics_addr)
             .await

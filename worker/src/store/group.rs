@@ -1,136 +1,118 @@
-//! Group commit: the turns that end while another commit of this worker is in flight share one
-//! statement (`queries/commit.sql`), so one round trip, one transaction and one WAL flush.
+//! Grouped statements: the lease acquires, and the commits, of this worker's threads that come at
+//! the same moment share one statement each, so one round trip, one transaction and one WAL flush
+//! for all of them (group commit). The statements are [`super::lease`]'s acquire and
+//! [`super::turns`]'s commit, each an [`Statement`] over arrays, one element a thread.
 //!
-//! A turn's commit is queued ([`GroupCommit::commit`]); one task takes what is queued when a
-//! statement may start (at most [`IN_FLIGHT`] at once) and writes it as one batch. Nothing waits
-//! for company: an idle worker's commit starts at once, alone; under load the turns that ended
-//! during a round trip go together in the next. Each row keeps its own fence (its thread, epoch
-//! and owner, as a single commit), so a fenced turn never blocks the others' rows and each turn
-//! learns whether its own row was written. A thread is at most once in a batch.
+//! A thread's row is queued ([`Group::run`]); one task takes what is queued when a statement may
+//! start (at most [`IN_FLIGHT`] at once) and runs it for the batch. Nothing waits for company: an
+//! idle worker's statement starts at once, alone; under load the rows that came during a round
+//! trip go together in the next. Each row keeps its own condition (a commit its thread's epoch and
+//! owner, an acquire its thread's lease being free), so a row that does not qualify never blocks
+//! the others and each caller learns what became of its own. A thread is at most once in a
+//! batch, and the batch is sorted by thread: every worker's statements lock rows in one order.
 //!
-//! When PostgreSQL refuses the statement (the batch wrote nothing: one turn's data refused, a
-//! deadlock with another worker's batch), each turn is written again on its own, so that a turn
-//! fails only for its own row. Any other error (the connection lost: whether the statement
-//! committed is not known) is every turn's, retried as the database being unavailable.
+//! When PostgreSQL refuses the statement (the batch wrote nothing: one row's data refused, a
+//! deadlock), each row runs again on its own, so that a caller fails only for its own row. Any
+//! other error (the connection lost: whether the statement committed is not known) is every
+//! caller's, retried as the database being unavailable.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use prometheus::Histogram;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use uuid::Uuid;
 
-/// Turns in one statement at most.
+/// Rows in one statement at most.
 const MAX_BATCH: usize = 64;
 
-/// Statements in flight at once: one can be on the wire while the next gathers.
+/// Statements of a kind in flight at once: one can be on the wire while the next gathers.
 const IN_FLIGHT: usize = 2;
 
-/// Turns queued for a statement at most; a commit waits for room beyond.
+/// Rows queued for a statement at most; a caller waits for room beyond.
 const QUEUE: usize = 1024;
 
-/// Settings of the connections the commit statements run on: with sequential scans off, the
-/// batch's rows are found through the primary key (one probe each) whatever the plan and the size
-/// of `threads`. Only the commit runs on them. Public for `tests/e2e/hot_path.rs`, which explains
-/// the statement under them.
-pub const COMMIT_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+/// Settings of the connections the grouped statements run on: with sequential scans off, the
+/// batch's rows are found through the primary keys (one probe each) whatever the plan and the
+/// size of the tables (on a small table, a generic plan would otherwise hash the batch with all
+/// of `threads`). Only the grouped statements run on them. Public for `tests/e2e/hot_path.rs`,
+/// which explains the statements under them.
+pub const GROUP_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
 
-/// The queue of this worker's commits (cheap to clone: a sender).
-#[derive(Clone)]
-pub(super) struct GroupCommit {
-    queue: mpsc::Sender<Pending>,
+/// A statement over a batch of rows, one a thread.
+pub(super) trait Statement: Send + Sync + 'static {
+    type Row: Send + Sync + 'static;
+    type Answer: Send + 'static;
+
+    /// The row's thread: at most once in a batch, and the batch's order.
+    fn thread(row: &Self::Row) -> &str;
+
+    /// Runs the statement for `rows`; one answer a row, in their order.
+    fn run(
+        &self,
+        db: &PgPool,
+        rows: &[&Self::Row],
+    ) -> impl Future<Output = Result<Vec<Self::Answer>, sqlx::Error>> + Send;
 }
 
-/// One turn's row: the values `queries/commit.sql` takes for it, owned (the batch outlives the
-/// turn's borrow).
-pub(super) struct CommitRow {
-    pub thread_id: String,
-    pub epoch: i64,
-    pub in_seq: i64,
-    pub last_seq: i64,
-    /// The thread's status after the turn.
-    pub status: &'static str,
-    /// The commit hands the lease back.
-    pub release: bool,
-    pub turn_id: Uuid,
-    pub message_id: String,
-    pub kind: &'static str,
-    pub content: Option<String>,
-    pub reply: String,
-    pub first_seq: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub cost_usd: f64,
-    pub received_at: DateTime<Utc>,
-    pub started_at: DateTime<Utc>,
-    pub pending_interrupt: Option<Uuid>,
-    pub outcome: &'static str,
-    /// The turn's agents, a JSON array of their names.
-    pub agents: String,
-    /// The turn's timeline events, JSON.
-    pub events: String,
-    pub escalated: bool,
-    /// Each agent's share of the turn, in order.
-    pub shares: Vec<ShareRow>,
+/// The queue of one statement's rows (cheap to clone: a sender).
+pub(super) struct Group<S: Statement> {
+    queue: mpsc::Sender<Pending<S>>,
 }
 
-pub(super) struct ShareRow {
-    pub agent: String,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub cost_usd: f64,
-    pub tool_calls: i32,
-    pub duration_ms: i64,
+impl<S: Statement> Clone for Group<S> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
 }
 
-struct Pending {
-    row: CommitRow,
-    /// Whether the row was written (`false`: fenced).
-    done: oneshot::Sender<Result<bool, sqlx::Error>>,
+struct Pending<S: Statement> {
+    row: S::Row,
+    done: oneshot::Sender<Result<S::Answer, sqlx::Error>>,
 }
 
-impl GroupCommit {
-    /// Starts the task that writes the batches, on connections of its own to `db`'s database (one
-    /// a statement in flight, with [`COMMIT_SETTINGS`]); `sizes` observes the turns of each
-    /// statement.
-    pub(super) fn start(db: &PgPool, owner: Uuid, sizes: Option<Histogram>) -> Self {
+impl<S: Statement> Group<S> {
+    /// Starts the task that runs the batches, on connections of its own to `db`'s database (one a
+    /// statement in flight, with [`GROUP_SETTINGS`]); `sizes` observes the rows of each statement.
+    pub(super) fn start(statement: S, db: &PgPool, sizes: Option<Histogram>) -> Self {
         let options = db
             .connect_options()
             .as_ref()
             .clone()
-            .options(COMMIT_SETTINGS.iter().copied());
+            .options(GROUP_SETTINGS.iter().copied());
         let db = PgPoolOptions::new()
             .max_connections(IN_FLIGHT as u32)
             .connect_lazy_with(options);
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(db, owner, sizes, pending));
+        tokio::spawn(gather(Arc::new(statement), db, sizes, pending));
         Self { queue }
     }
 
-    /// Writes the row with whatever else is queued; `Ok(false)` if its lease was not current.
-    pub(super) async fn commit(&self, row: CommitRow) -> Result<bool, sqlx::Error> {
-        let (done, written) = oneshot::channel();
+    /// Runs the statement for `row`, with whatever else is queued.
+    pub(super) async fn run(&self, row: S::Row) -> Result<S::Answer, sqlx::Error> {
+        let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending { row, done })
             .await
             .map_err(|_| sqlx::Error::WorkerCrashed)?;
         // The sender is dropped unanswered only if the statement's task panicked.
-        written.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+        answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
 }
 
-/// Takes the queued commits into batches, each written by a task of its own, [`IN_FLIGHT`] at
-/// once. Ends when every [`GroupCommit`] is dropped, after the last batch has started.
-async fn gather(
+/// Takes the queued rows into batches, each run by a task of its own, [`IN_FLIGHT`] at once.
+/// Ends when every [`Group`] is dropped, after the last batch has started.
+async fn gather<S: Statement>(
+    statement: Arc<S>,
     db: PgPool,
-    owner: Uuid,
     sizes: Option<Histogram>,
-    mut queue: mpsc::Receiver<Pending>,
+    mut queue: mpsc::Receiver<Pending<S>>,
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    // A commit taken from the queue whose thread was in the batch already: the next batch's first.
+    // A row taken from the queue whose thread was in the batch already: the next batch's first.
     let mut held = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -148,10 +130,8 @@ async fn gather(
             let Ok(next) = queue.try_recv() else {
                 break;
             };
-            if batch
-                .iter()
-                .any(|queued| queued.row.thread_id == next.row.thread_id)
-            {
+            let thread = S::thread(&next.row);
+            if batch.iter().any(|queued| S::thread(&queued.row) == thread) {
                 held = Some(next);
                 break;
             }
@@ -160,32 +140,41 @@ async fn gather(
         if let Some(sizes) = &sizes {
             sizes.observe(batch.len() as f64);
         }
-        let db = db.clone();
+        let (statement, db) = (statement.clone(), db.clone());
         tokio::spawn(async move {
-            write_batch(&db, owner, batch).await;
+            run_batch(&*statement, &db, batch).await;
             drop(permit);
         });
     }
 }
 
-/// Writes the batch and answers each of its turns.
-async fn write_batch(db: &PgPool, owner: Uuid, mut batch: Vec<Pending>) {
-    // Rows locked in one order by every worker's batches: two batches cannot wait on each other.
-    batch.sort_unstable_by(|a, b| a.row.thread_id.cmp(&b.row.thread_id));
-    let rows: Vec<&CommitRow> = batch.iter().map(|pending| &pending.row).collect();
-    match write(db, owner, &rows).await {
-        Ok(written) => {
+/// Runs the batch and answers each of its callers.
+async fn run_batch<S: Statement>(statement: &S, db: &PgPool, mut batch: Vec<Pending<S>>) {
+    batch.sort_unstable_by(|a, b| S::thread(&a.row).cmp(S::thread(&b.row)));
+    let rows: Vec<&S::Row> = batch.iter().map(|pending| &pending.row).collect();
+    match statement.run(db, &rows).await {
+        Ok(answers) if answers.len() == batch.len() => {
+            for (pending, answer) in batch.into_iter().zip(answers) {
+                let _ = pending.done.send(Ok(answer));
+            }
+        }
+        Ok(answers) => {
+            let error = format!("{} answers for {} rows", answers.len(), batch.len());
             for pending in batch {
-                let yes = written.contains(&pending.row.thread_id);
-                let _ = pending.done.send(Ok(yes));
+                let _ = pending.done.send(Err(sqlx::Error::Protocol(error.clone())));
             }
         }
         Err(error) if batch.len() > 1 && error.as_database_error().is_some() => {
-            tracing::debug!(%error, turns = batch.len(), "the batch was refused: each turn alone");
+            tracing::debug!(%error, rows = batch.len(), "the batch was refused: each row alone");
             for pending in batch {
-                let alone = write(db, owner, &[&pending.row])
+                let alone = statement
+                    .run(db, &[&pending.row])
                     .await
-                    .map(|written| !written.is_empty());
+                    .and_then(|answers| {
+                        answers.into_iter().next().ok_or_else(|| {
+                            sqlx::Error::Protocol("no answer for the row".to_owned())
+                        })
+                    });
                 let _ = pending.done.send(alone);
             }
         }
@@ -195,90 +184,11 @@ async fn write_batch(db: &PgPool, owner: Uuid, mut batch: Vec<Pending>) {
             for pending in batch {
                 let error = error.take().unwrap_or_else(|| {
                     sqlx::Error::Io(std::io::Error::other(format!(
-                        "the group commit's statement failed: {message}"
+                        "the grouped statement failed: {message}"
                     )))
                 });
                 let _ = pending.done.send(Err(error));
             }
         }
     }
-}
-
-/// One statement for the rows; the threads whose rows were written.
-async fn write(db: &PgPool, owner: Uuid, rows: &[&CommitRow]) -> Result<Vec<String>, sqlx::Error> {
-    let column = |f: fn(&CommitRow) -> i64| rows.iter().map(|row| f(row)).collect::<Vec<_>>();
-    let texts = |f: for<'r> fn(&'r CommitRow) -> &'r str| {
-        rows.iter().map(|row| f(row)).collect::<Vec<&str>>()
-    };
-    let flags = |f: fn(&CommitRow) -> bool| rows.iter().map(|row| f(row)).collect::<Vec<_>>();
-    let times =
-        |f: fn(&CommitRow) -> DateTime<Utc>| rows.iter().map(|row| f(row)).collect::<Vec<_>>();
-    let shares = rows.iter().enumerate().flat_map(|(i, row)| {
-        row.shares
-            .iter()
-            .enumerate()
-            .map(move |(k, share)| (i, k, share))
-    });
-    let mut share_turn = Vec::new();
-    let mut share_position = Vec::new();
-    let mut share_agent = Vec::new();
-    let mut share_prompt_tokens = Vec::new();
-    let mut share_completion_tokens = Vec::new();
-    let mut share_cost_usd = Vec::new();
-    let mut share_tool_calls = Vec::new();
-    let mut share_duration_ms = Vec::new();
-    for (i, k, share) in shares {
-        // From 1, as `WITH ORDINALITY` numbers the batch's rows and the turn's shares.
-        share_turn.push(i64::try_from(i + 1).unwrap_or(i64::MAX));
-        share_position.push(i16::try_from(k + 1).unwrap_or(i16::MAX));
-        share_agent.push(share.agent.as_str());
-        share_prompt_tokens.push(share.prompt_tokens);
-        share_completion_tokens.push(share.completion_tokens);
-        share_cost_usd.push(share.cost_usd);
-        share_tool_calls.push(share.tool_calls);
-        share_duration_ms.push(share.duration_ms);
-    }
-    sqlx::query_file_scalar!(
-        "queries/commit.sql",
-        &texts(|row| &row.thread_id) as &[&str],
-        &column(|row| row.epoch),
-        &column(|row| row.in_seq),
-        &column(|row| row.last_seq),
-        &texts(|row| row.status) as &[&str],
-        &flags(|row| row.release),
-        owner,
-        &rows.iter().map(|row| row.turn_id).collect::<Vec<_>>(),
-        &texts(|row| &row.message_id) as &[&str],
-        &texts(|row| row.kind) as &[&str],
-        &rows
-            .iter()
-            .map(|row| row.content.as_deref())
-            .collect::<Vec<_>>() as &[Option<&str>],
-        &texts(|row| &row.reply) as &[&str],
-        &column(|row| row.first_seq),
-        &column(|row| row.prompt_tokens),
-        &column(|row| row.completion_tokens),
-        &rows.iter().map(|row| row.cost_usd).collect::<Vec<_>>(),
-        &times(|row| row.received_at),
-        &times(|row| row.started_at),
-        // `Option<Uuid>` elements (NULLs): sqlx encodes them, its check knows only `Uuid`.
-        &rows
-            .iter()
-            .map(|row| row.pending_interrupt)
-            .collect::<Vec<Option<Uuid>>>() as _,
-        &texts(|row| row.outcome) as &[&str],
-        &texts(|row| &row.agents) as &[&str],
-        &texts(|row| &row.events) as &[&str],
-        &flags(|row| row.escalated),
-        &share_turn,
-        &share_position,
-        &share_agent as &[&str],
-        &share_prompt_tokens,
-        &share_completion_tokens,
-        &share_cost_usd,
-        &share_tool_calls,
-        &share_duration_ms,
-    )
-    .fetch_all(db)
-    .await
 }

@@ -5,8 +5,9 @@
 //!
 //! - [`lease`]: the per-thread lease fenced by an epoch (acquire, renew, release), erasure and
 //!   session expiry;
-//! - [`turns`]: committing a turn (the turns ending together share a statement: [`group`]) (and a skipped, dead-lettered or handoff message), failed
+//! - [`turns`]: committing a turn (and a skipped, dead-lettered or handoff message), failed
 //!   attempts, the history the agents see;
+//! - [`group`]: the acquires, and the commits, of threads that come together share a statement.
 //! - [`interrupts`]: approvals: raised with their checkpoint, loaded, decided;
 //! - [`ledger`]: what agents' tools touch: the approval ledger that runs an approved call at
 //!   most once, a tool's connection, the imported tools in use.
@@ -17,14 +18,16 @@ mod lease;
 mod ledger;
 mod turns;
 
+use group::Group;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus::Histogram;
+use prometheus::HistogramVec;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use group::COMMIT_SETTINGS;
+pub use group::GROUP_SETTINGS;
 pub use interrupts::NewInterrupt;
 pub use lease::{Acquired, ACQUIRE_SQL};
 pub use ledger::{ApprovedRun, RemoteClaim};
@@ -86,6 +89,12 @@ pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
 }
 
+/// The statements of a turn that this worker's threads share ([`group`]).
+struct Groups {
+    acquires: Group<lease::Acquires>,
+    commits: Group<turns::Commits>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: PgPool,
@@ -96,10 +105,10 @@ pub struct Store {
     lease_ttl: Duration,
     session_ttl: Duration,
     interrupt_ttl: Duration,
-    /// The group commit's queue, started with the first commit (inside the runtime).
-    commits: Arc<OnceLock<group::GroupCommit>>,
-    /// Observes the turns of each commit statement.
-    commit_batch_sizes: Option<Histogram>,
+    /// The grouped statements' queues, started with their first use (inside the runtime).
+    groups: Arc<OnceLock<Groups>>,
+    /// Observes the rows of each grouped statement.
+    group_sizes: Option<HistogramVec>,
 }
 
 impl Store {
@@ -118,21 +127,51 @@ impl Store {
             lease_ttl,
             session_ttl,
             interrupt_ttl,
-            commits: Arc::default(),
-            commit_batch_sizes: None,
+            groups: Arc::default(),
+            group_sizes: None,
         }
     }
 
-    /// Observes in `sizes` how many turns each commit statement writes (group commit).
-    pub fn with_commit_batch_sizes(mut self, sizes: Histogram) -> Self {
-        self.commit_batch_sizes = Some(sizes);
+    /// Observes in `sizes`, by statement (`acquire`, `commit`), how many threads each grouped
+    /// statement takes.
+    pub fn with_group_sizes(mut self, sizes: HistogramVec) -> Self {
+        self.group_sizes = Some(sizes);
         self
     }
 
-    fn group_commit(&self) -> &group::GroupCommit {
-        self.commits.get_or_init(|| {
-            group::GroupCommit::start(&self.db, self.worker_id, self.commit_batch_sizes.clone())
+    fn groups(&self) -> &Groups {
+        self.groups.get_or_init(|| {
+            let sizes = |statement: &str| {
+                self.group_sizes
+                    .as_ref()
+                    .map(|sizes| sizes.with_label_values(&[statement]))
+            };
+            Groups {
+                acquires: Group::start(
+                    lease::Acquires {
+                        owner: self.worker_id,
+                        lease_ttl: self.lease_ttl,
+                    },
+                    &self.db,
+                    sizes("acquire"),
+                ),
+                commits: Group::start(
+                    turns::Commits {
+                        owner: self.worker_id,
+                    },
+                    &self.db,
+                    sizes("commit"),
+                ),
+            }
         })
+    }
+
+    fn acquires(&self) -> &Group<lease::Acquires> {
+        &self.groups().acquires
+    }
+
+    fn commits(&self) -> &Group<turns::Commits> {
+        &self.groups().commits
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -2,11 +2,13 @@
 //! fenced by the lease, a message skipped or dead-lettered, failed attempts, and the history
 //! the agents see.
 
+use chrono::{DateTime, Utc};
 use shared::ids::ThreadId;
 use shared::turns::{InterruptId, TurnKind};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::group::{CommitRow, ShareRow};
+use super::group::Statement;
 use super::{storable, storable_json, to_i64, Store};
 use crate::llm::ChatMessage;
 use crate::records::{AfterCommit, Committed, DeadLetter, HandoffRecord, Lease, TurnRecord};
@@ -14,30 +16,35 @@ use crate::records::{AfterCommit, Committed, DeadLetter, HandoffRecord, Lease, T
 /// How many of the thread's last exchanges the agents see.
 pub const HISTORY_TURNS: i64 = 5;
 
-/// The history's rows, newest first: `$1` the thread, `$2` how many exchanges. Without its
-/// `ORDER BY … LIMIT`, so that the acquire ([`super::lease`]) can add a condition of its own.
+/// The history's rows, newest first: of the thread `$thread` (an SQL expression), `$2` how many
+/// exchanges. Without its `ORDER BY … LIMIT`, so that the acquire ([`super::lease`]) can add a
+/// condition of its own.
 ///
 /// The thread's last messages are a backward walk of `turns_thread_messages_idx` (migration
 /// `20261201300000`), bounded by `$2` whatever the size of the table. A turn continued by
 /// approvals has one row per segment, the later ones at greater stream sequences: the reply is
 /// all of them, read from the primary key from the message on.
 macro_rules! history_rows {
-    () => {
-        "SELECT t.kind, t.content,
+    ($thread:literal) => {
+        concat!(
+            "SELECT t.kind, t.content,
         (SELECT coalesce(string_agg(s.reply, ' ' ORDER BY s.in_seq), '')
            FROM turns s
           WHERE s.thread_id = t.thread_id AND s.in_seq >= t.in_seq AND s.turn_id = t.turn_id
             AND s.reply <> '')
    FROM turns t
-  WHERE t.thread_id = $1 AND t.kind IN ('message', 'human_message') AND t.content IS NOT NULL
+  WHERE t.thread_id = ",
+            $thread,
+            " AND t.kind IN ('message', 'human_message') AND t.content IS NOT NULL
     AND t.outcome IN ('completed', 'interrupted', 'clarification', 'held', 'delivered')"
+        )
     };
 }
 pub(super) use history_rows;
 
 /// [`Store::history`]: `$1` the thread, `$2` how many exchanges. Public for the test that checks
 /// its plans on a database with history (`tests/e2e/hot_path.rs`).
-pub const HISTORY_SQL: &str = concat!(history_rows!(), "\n  ORDER BY t.in_seq DESC LIMIT $2");
+pub const HISTORY_SQL: &str = concat!(history_rows!("$1"), "\n  ORDER BY t.in_seq DESC LIMIT $2");
 
 /// The history's rows (newest first) as the agents see them, oldest first.
 pub(super) fn history_messages(
@@ -75,10 +82,7 @@ impl Store {
         turn: &TurnRecord,
         after: AfterCommit,
     ) -> Result<Committed, sqlx::Error> {
-        let written = self
-            .group_commit()
-            .commit(commit_row(lease, turn, after))
-            .await?;
+        let written = self.commits().run(commit_row(lease, turn, after)).await?;
         Ok(if written {
             Committed::Yes
         } else {
@@ -368,4 +372,153 @@ fn commit_row(lease: &Lease, turn: &TurnRecord, after: AfterCommit) -> CommitRow
             })
             .collect(),
     }
+}
+
+/// One turn's row: the values `queries/commit.sql` takes for it, owned (the batch outlives the
+/// turn's borrow).
+pub(super) struct CommitRow {
+    thread_id: String,
+    epoch: i64,
+    in_seq: i64,
+    last_seq: i64,
+    /// The thread's status after the turn.
+    status: &'static str,
+    /// The commit hands the lease back.
+    release: bool,
+    turn_id: Uuid,
+    message_id: String,
+    kind: &'static str,
+    content: Option<String>,
+    reply: String,
+    first_seq: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cost_usd: f64,
+    received_at: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    pending_interrupt: Option<Uuid>,
+    outcome: &'static str,
+    /// The turn's agents, a JSON array of their names.
+    agents: String,
+    /// The turn's timeline events, JSON.
+    events: String,
+    escalated: bool,
+    /// Each agent's share of the turn, in order.
+    shares: Vec<ShareRow>,
+}
+
+pub(super) struct ShareRow {
+    agent: String,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cost_usd: f64,
+    tool_calls: i32,
+    duration_ms: i64,
+}
+
+/// The grouped commit (`queries/commit.sql`): this worker's turns that end together, in one
+/// statement; each answer is whether the turn's row was written (`false`: fenced).
+pub(super) struct Commits {
+    /// This worker: the holder of every lease of a batch.
+    pub(super) owner: Uuid,
+}
+
+impl Statement for Commits {
+    type Row = CommitRow;
+    type Answer = bool;
+
+    fn thread(row: &CommitRow) -> &str {
+        &row.thread_id
+    }
+
+    async fn run(&self, db: &PgPool, rows: &[&CommitRow]) -> Result<Vec<bool>, sqlx::Error> {
+        let written = write_commits(db, self.owner, rows).await?;
+        Ok(rows
+            .iter()
+            .map(|row| written.contains(&row.thread_id))
+            .collect())
+    }
+}
+
+/// One statement for the rows; the threads whose rows were written.
+async fn write_commits(
+    db: &PgPool,
+    owner: Uuid,
+    rows: &[&CommitRow],
+) -> Result<Vec<String>, sqlx::Error> {
+    let column = |f: fn(&CommitRow) -> i64| rows.iter().map(|row| f(row)).collect::<Vec<_>>();
+    let texts = |f: for<'r> fn(&'r CommitRow) -> &'r str| {
+        rows.iter().map(|row| f(row)).collect::<Vec<&str>>()
+    };
+    let flags = |f: fn(&CommitRow) -> bool| rows.iter().map(|row| f(row)).collect::<Vec<_>>();
+    let times =
+        |f: fn(&CommitRow) -> DateTime<Utc>| rows.iter().map(|row| f(row)).collect::<Vec<_>>();
+    let shares = rows.iter().enumerate().flat_map(|(i, row)| {
+        row.shares
+            .iter()
+            .enumerate()
+            .map(move |(k, share)| (i, k, share))
+    });
+    let mut share_turn = Vec::new();
+    let mut share_position = Vec::new();
+    let mut share_agent = Vec::new();
+    let mut share_prompt_tokens = Vec::new();
+    let mut share_completion_tokens = Vec::new();
+    let mut share_cost_usd = Vec::new();
+    let mut share_tool_calls = Vec::new();
+    let mut share_duration_ms = Vec::new();
+    for (i, k, share) in shares {
+        // From 1, as `WITH ORDINALITY` numbers the batch's rows and the turn's shares.
+        share_turn.push(i64::try_from(i + 1).unwrap_or(i64::MAX));
+        share_position.push(i16::try_from(k + 1).unwrap_or(i16::MAX));
+        share_agent.push(share.agent.as_str());
+        share_prompt_tokens.push(share.prompt_tokens);
+        share_completion_tokens.push(share.completion_tokens);
+        share_cost_usd.push(share.cost_usd);
+        share_tool_calls.push(share.tool_calls);
+        share_duration_ms.push(share.duration_ms);
+    }
+    sqlx::query_file_scalar!(
+        "queries/commit.sql",
+        &texts(|row| &row.thread_id) as &[&str],
+        &column(|row| row.epoch),
+        &column(|row| row.in_seq),
+        &column(|row| row.last_seq),
+        &texts(|row| row.status) as &[&str],
+        &flags(|row| row.release),
+        owner,
+        &rows.iter().map(|row| row.turn_id).collect::<Vec<_>>(),
+        &texts(|row| &row.message_id) as &[&str],
+        &texts(|row| row.kind) as &[&str],
+        &rows
+            .iter()
+            .map(|row| row.content.as_deref())
+            .collect::<Vec<_>>() as &[Option<&str>],
+        &texts(|row| &row.reply) as &[&str],
+        &column(|row| row.first_seq),
+        &column(|row| row.prompt_tokens),
+        &column(|row| row.completion_tokens),
+        &rows.iter().map(|row| row.cost_usd).collect::<Vec<_>>(),
+        &times(|row| row.received_at),
+        &times(|row| row.started_at),
+        // `Option<Uuid>` elements (NULLs): sqlx encodes them, its check knows only `Uuid`.
+        &rows
+            .iter()
+            .map(|row| row.pending_interrupt)
+            .collect::<Vec<Option<Uuid>>>() as _,
+        &texts(|row| row.outcome) as &[&str],
+        &texts(|row| &row.agents) as &[&str],
+        &texts(|row| &row.events) as &[&str],
+        &flags(|row| row.escalated),
+        &share_turn,
+        &share_position,
+        &share_agent as &[&str],
+        &share_prompt_tokens,
+        &share_completion_tokens,
+        &share_cost_usd,
+        &share_tool_calls,
+        &share_duration_ms,
+    )
+    .fetch_all(db)
+    .await
 }
