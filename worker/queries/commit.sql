@@ -1,10 +1,10 @@
--- Store::commit (group commit, worker/src/store/group.rs): advances each thread of the batch past
+-- Store::commit (grouped, worker/src/store/group.rs): advances each thread of the batch past
 -- its turn and records the turn, with each agent's share, in one statement and one transaction,
 -- a row only if its lease (thread, epoch, $7) is still the current one. Returns the threads
 -- whose rows were written; a thread not returned was fenced. A thread appears at most once.
--- The parameters are arrays, one element a turn (`CommitBatch`, worker/src/store/group.rs), in
+-- The parameters are arrays, one element a turn (`CommitRow`, worker/src/store/turns.rs), in
 -- order, except $7 (this worker, the holder of every lease of the batch). It runs on connections
--- with sequential scans off (`COMMIT_SETTINGS`): each row of the batch is one probe of
+-- with sequential scans off (`GROUP_SETTINGS`): each row of the batch is one probe of
 -- `threads_pkey`, whatever the size of the table (on a small one, a generic plan would
 -- otherwise hash the batch with all of `threads`):
 --  $1 thread_id  $2 epoch  $3 in_seq  $4 last_seq  $5 status  $6 release  $7 owner  $8 turn_id
