@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::Histogram;
 use sqlx::postgres::PgPoolOptions;
@@ -85,6 +86,8 @@ impl<S: Statement> Group<S> {
             .options(GROUP_SETTINGS.iter().copied());
         let db = PgPoolOptions::new()
             .max_connections(IN_FLIGHT as u32)
+            // As the main pool's (`shared::db`): PostgreSQL down is an error soon, and retried.
+            .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options);
         let (queue, pending) = mpsc::channel(QUEUE);
         tokio::spawn(gather(Arc::new(statement), db, sizes, pending));
