@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use shared::ids::ThreadId;
 use shared::protocol::Usage;
 use shared::turns::{ThreadStatus, TurnKind, TurnOutcome};
+use worker::llm::ChatMessage;
 use worker::records::{AfterCommit, AgentShare, Committed, Lease, TurnRecord};
 use worker::store::{Acquired, Store};
 
@@ -64,12 +65,13 @@ fn leased(acquired: Result<Acquired, sqlx::Error>) -> Lease {
     }
 }
 
-/// Twelve deliveries come at once (the test's runtime runs one task at a time, so all are queued
-/// before the statement starts): one statement takes the ten free leases, finds the erased
-/// thread erased and the leased one busy. Then ten turns end at once: one statement writes the
-/// eight whose leases are current, the fenced one is told so, and the one PostgreSQL refuses
-/// fails alone without taking the others with it.
-#[tokio::test]
+/// Thirteen deliveries come at once (the test's runtime runs one task at a time, so all are
+/// queued before the statement starts): one statement takes the eleven free leases, finds the
+/// erased thread erased and the leased one busy. Then nine turns end at once: one statement
+/// writes the eight whose leases are current and tells the fenced one so. A turn whose row
+/// PostgreSQL refuses fails alone, without taking the turn it came with. The eight threads come
+/// back together, each lease with its own history; a turn that ends alone goes out at once.
+#[tokio::test(flavor = "current_thread")]
 async fn threads_coming_together_share_a_statement_each_fenced_by_its_own_lease() {
     let app = TestApp::spawn(StackOptions::default()).await;
     let db = app.db().await;
@@ -104,14 +106,17 @@ async fn threads_coming_together_share_a_statement_each_fenced_by_its_own_lease(
     .unwrap();
     let threads: Vec<ThreadId> = (0..WRITTEN)
         .map(|i| format!("group-{i}"))
-        .chain(["fenced", "refused", "erased", "busy"].map(|name| format!("group-{name}")))
+        .chain(
+            ["fenced", "companion", "refused", "erased", "busy"]
+                .map(|name| format!("group-{name}")),
+        )
         .map(|id| ThreadId::parse(&id).unwrap())
         .collect();
     let mut acquired = join_all(threads.iter().map(|thread| store.acquire(thread))).await;
     assert_eq!(
         sizes("acquire"),
         (1, threads.len() as f64),
-        "the twelve acquires were gathered into one statement"
+        "the thirteen acquires were gathered into one statement"
     );
     assert!(
         matches!(acquired.pop(), Some(Ok(Acquired::Busy))),
@@ -123,6 +128,7 @@ async fn threads_coming_together_share_a_statement_each_fenced_by_its_own_lease(
         assert_eq!((lease.epoch, lease.last_in_seq), (1, 0), "{lease:?}");
     }
     let refused = leases.pop().unwrap();
+    let companion = leases.pop().unwrap();
     let fenced = leases.pop().unwrap();
     // Another worker took this one's lease since.
     sqlx::query("UPDATE threads SET lease_epoch = lease_epoch + 1 WHERE id = 'group-fenced'")
@@ -140,20 +146,21 @@ async fn threads_coming_together_share_a_statement_each_fenced_by_its_own_lease(
     .await
     .unwrap();
 
-    let records: Vec<TurnRecord> = (0..WRITTEN + 2).map(|i| turn(1, &i.to_string())).collect();
-    let all_leases: Vec<&Lease> = leases.iter().chain([&fenced, &refused]).collect();
+    // Nine turns end at once: one statement writes the eight whose leases are current, and
+    // tells the fenced one so.
+    let records: Vec<TurnRecord> = (0..=WRITTEN).map(|i| turn(1, &i.to_string())).collect();
     let results = join_all(
-        all_leases
+        leases
             .iter()
+            .chain([&fenced])
             .zip(&records)
             .map(|(lease, record)| store.commit(lease, record, AfterCommit::ReleaseLease)),
     )
     .await;
-
     assert_eq!(
         sizes("commit"),
-        (1, (WRITTEN + 2) as f64),
-        "the ten turns were gathered into one statement"
+        (1, (WRITTEN + 1) as f64),
+        "the nine turns were gathered into one statement"
     );
     for (i, result) in results.iter().take(WRITTEN).enumerate() {
         assert!(
@@ -166,22 +173,13 @@ async fn threads_coming_together_share_a_statement_each_fenced_by_its_own_lease(
         "{:?}",
         results[WRITTEN]
     );
-    let refusal = results[WRITTEN + 1].as_ref().unwrap_err();
-    assert_eq!(
-        refusal
-            .as_database_error()
-            .and_then(|e| e.code())
-            .as_deref(),
-        Some("23505"),
-        "the refused turn gets its own error: {refusal}"
-    );
 
     // Each written row is its own turn's, with its own shares, and each thread moved on.
     let rows: Vec<(String, String, String, Vec<String>, i64, i64)> = sqlx::query_as(
         "SELECT t.thread_id, t.content, t.reply, t.agents,
                 (SELECT count(*) FROM turn_agents a WHERE a.thread_id = t.thread_id),
                 (SELECT sum(a.prompt_tokens) FROM turn_agents a WHERE a.thread_id = t.thread_id)::int8
-           FROM turns t WHERE t.thread_id LIKE 'group-%' AND t.thread_id <> 'group-refused'
+           FROM turns t WHERE t.thread_id ~ '^group-[0-9]+$' OR t.thread_id = 'group-fenced'
           ORDER BY t.thread_id",
     )
     .fetch_all(&db)
@@ -203,13 +201,14 @@ async fn threads_coming_together_share_a_statement_each_fenced_by_its_own_lease(
     }
     let positions: Vec<(String, i64, bool, i64, Vec<String>)> = sqlx::query_as(
         "SELECT id, last_in_seq, lease_owner IS NULL, messages::int8, agents FROM threads
-          WHERE id LIKE 'group-%' AND id NOT IN ('group-busy', 'group-alone') ORDER BY id",
+          WHERE id ~ '^group-[0-9]+$' OR id = 'group-fenced' ORDER BY id",
     )
     .fetch_all(&db)
     .await
     .unwrap();
+    assert_eq!(positions.len(), WRITTEN + 1);
     for (id, last_in_seq, released, messages, agents) in &positions {
-        let written = id.strip_prefix("group-").unwrap().parse::<usize>().is_ok();
+        let written = id != "group-fenced";
         assert_eq!(
             (*last_in_seq, *released, *messages),
             if written { (1, true, 1) } else { (0, false, 0) },
@@ -220,21 +219,62 @@ async fn threads_coming_together_share_a_statement_each_fenced_by_its_own_lease(
         }
     }
 
-    // A turn that ends alone is written at once, in a statement of its own.
-    let alone = leased(
-        store
-            .acquire(&ThreadId::parse("group-alone").unwrap())
-            .await,
+    // A turn whose row PostgreSQL refuses ends with another: the statement fails, each runs again
+    // alone, and only the refused one fails, with its own error.
+    let (refused_turn, companion_turn) = (turn(1, "refused"), turn(1, "companion"));
+    let (refusal, written) = tokio::join!(
+        store.commit(&refused, &refused_turn, AfterCommit::ReleaseLease),
+        store.commit(&companion, &companion_turn, AfterCommit::ReleaseLease),
     );
+    assert_eq!(sizes("commit"), (2, (WRITTEN + 3) as f64));
+    assert_eq!(written.unwrap(), Committed::Yes);
+    let refusal = refusal.unwrap_err();
+    assert_eq!(
+        refusal
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("23505"),
+        "the refused turn gets its own error: {refusal}"
+    );
+
+    // The eight come back together: each lease comes with its own thread's history.
+    let again = join_all(
+        threads[..WRITTEN]
+            .iter()
+            .map(|thread| store.acquire(thread)),
+    )
+    .await;
+    assert_eq!(sizes("acquire"), (2, (threads.len() + WRITTEN) as f64));
+    let again: Vec<Lease> = again.into_iter().map(leased).collect();
+    for (i, lease) in again.iter().enumerate() {
+        assert_eq!((lease.epoch, lease.last_in_seq), (2, 1));
+        let history = lease.history.as_ref().expect("read with the lease");
+        assert_eq!(history.after_in_seq, 1);
+        assert_eq!(
+            history.messages,
+            [
+                ChatMessage::User {
+                    content: format!("question {i}")
+                },
+                ChatMessage::Assistant {
+                    content: format!("answer {i}"),
+                    tool_calls: Vec::new(),
+                },
+            ],
+            "group-{i}"
+        );
+    }
+
+    // A turn that ends alone is written at once, in a statement of its own.
     let result = store
-        .commit(&alone, &turn(1, "alone"), AfterCommit::KeepLease)
+        .commit(&again[0], &turn(2, "alone"), AfterCommit::KeepLease)
         .await
         .unwrap();
     assert_eq!(result, Committed::Yes);
-    assert_eq!(sizes("commit"), (2, (WRITTEN + 3) as f64));
-    assert_eq!(sizes("acquire"), (2, (threads.len() + 1) as f64));
+    assert_eq!(sizes("commit"), (3, (WRITTEN + 4) as f64));
     let held: bool = sqlx::query_scalar(
-        "SELECT lease_owner IS NOT NULL AND last_in_seq = 1 FROM threads WHERE id = 'group-alone'",
+        "SELECT lease_owner IS NOT NULL AND last_in_seq = 2 FROM threads WHERE id = 'group-0'",
     )
     .fetch_one(&db)
     .await

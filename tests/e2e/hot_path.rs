@@ -447,7 +447,7 @@ async fn explain_all(app: &TestApp, thread: &str, mode: &str) -> Vec<String> {
             String::new()
         };
         for (name, value) in settings {
-            sqlx::query(&format!("SET {name} = {value}"))
+            sqlx::query(&format!("SET {name} = '{value}'"))
                 .execute(&mut *conn)
                 .await
                 .unwrap();

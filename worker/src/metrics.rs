@@ -22,7 +22,7 @@ pub struct WorkerMetrics {
     /// Time from the start of a turn to its commit.
     pub turn_seconds: Histogram,
     /// Threads taken by each grouped statement (`acquire`, `commit`): those whose deliveries came,
-    /// or whose turns ended, together.
+    /// or whose turns ended, while two statements of the kind were in flight.
     pub group_statement_threads: HistogramVec,
     /// Deliveries being handled now.
     pub in_flight: IntGauge,
@@ -84,7 +84,7 @@ impl WorkerMetrics {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "group_statement_threads",
-                        "Threads taken by each grouped statement (acquire, commit): the threads whose deliveries came, or whose turns ended, while the previous statement was in flight share one.",
+                        "Threads taken by each grouped statement (acquire, commit): the threads whose deliveries came, or whose turns ended, while two statements of the kind were in flight share the next.",
                     )
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
                     &["statement"],

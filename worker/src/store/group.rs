@@ -4,17 +4,21 @@
 //! [`super::turns`]'s commit, each an [`Statement`] over arrays, one element a thread.
 //!
 //! A thread's row is queued ([`Group::run`]); one task takes what is queued when a statement may
-//! start (at most [`IN_FLIGHT`] at once) and runs it for the batch. Nothing waits for company: an
-//! idle worker's statement starts at once, alone; under load the rows that came during a round
-//! trip go together in the next. Each row keeps its own condition (a commit its thread's epoch and
-//! owner, an acquire its thread's lease being free), so a row that does not qualify never blocks
-//! the others and each caller learns what became of its own. A thread is at most once in a
-//! batch, and the batch is sorted by thread: every worker's statements lock rows in one order.
+//! start (at most [`IN_FLIGHT`] of a kind at once) and runs it for the batch. Nothing waits for
+//! company: while a statement may start, a row goes out at once, alone; once [`IN_FLIGHT`] are on
+//! the wire, the rows that come meanwhile go together in the next. Each row keeps its own
+//! condition (a commit its thread's epoch and owner, an acquire its thread's lease being free), so
+//! a row that does not qualify never blocks the others and each caller learns what became of its
+//! own. A thread is at most once in a batch, and the batch is sorted by thread: the statements
+//! take the rows' locks in the array's order, so every worker's take them in one order.
 //!
-//! When PostgreSQL refuses the statement (the batch wrote nothing: one row's data refused, a
-//! deadlock), each row runs again on its own, so that a caller fails only for its own row. Any
-//! other error (the connection lost: whether the statement committed is not known) is every
-//! caller's, retried as the database being unavailable.
+//! A batch waits for a row lock at most [`GROUP_SETTINGS`]' `lock_timeout`: a row held elsewhere
+//! for longer (a stalled transaction) must not hold up, with the locks the batch took already,
+//! every other thread of the batch. When PostgreSQL refuses the statement as a whole for one row
+//! ([`refused_for_a_row`]: its data, a deadlock, that lock timeout), each row runs again on its
+//! own, so that a caller fails only for its own row. Any other error (the connection lost, the
+//! server shutting down: whether the statement committed is not known) is every caller's,
+//! retried as the database being unavailable.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,12 +38,15 @@ const IN_FLIGHT: usize = 2;
 /// Rows queued for a statement at most; a caller waits for room beyond.
 const QUEUE: usize = 1024;
 
-/// Settings of the connections the grouped statements run on: with sequential scans off, the
+/// Settings of the connections the grouped statements run on. With sequential scans off, the
 /// batch's rows are found through the primary keys (one probe each) whatever the plan and the
 /// size of the tables (on a small table, a generic plan would otherwise hash the batch with all
 /// of `threads`). Only the grouped statements run on them. Public for `tests/e2e/hot_path.rs`,
 /// which explains the statements under them.
-pub const GROUP_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+///
+/// `lock_timeout`: a row lock is held for milliseconds (a thread's previous commit, a lease's
+/// renewal); one held longer fails the batch, and its rows run again alone.
+pub const GROUP_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off"), ("lock_timeout", "1s")];
 
 /// A statement over a batch of rows, one a thread.
 pub(super) trait Statement: Send + Sync + 'static {
@@ -167,7 +174,7 @@ async fn run_batch<S: Statement>(statement: &S, db: &PgPool, mut batch: Vec<Pend
                 let _ = pending.done.send(Err(sqlx::Error::Protocol(error.clone())));
             }
         }
-        Err(error) if batch.len() > 1 && error.as_database_error().is_some() => {
+        Err(error) if batch.len() > 1 && refused_for_a_row(&error) => {
             tracing::debug!(%error, rows = batch.len(), "the batch was refused: each row alone");
             for pending in batch {
                 let alone = statement
@@ -194,4 +201,18 @@ async fn run_batch<S: Statement>(statement: &S, db: &PgPool, mut batch: Vec<Pend
             }
         }
     }
+}
+
+/// PostgreSQL refused the statement, which wrote nothing, possibly because of one row: data it
+/// refuses (classes 21, 22, 23), a deadlock or serialization failure (40), a lock not available
+/// (55: `lock_timeout`), the statement cancelled (57014). Not the server going away (57P01…) or a
+/// connection failing (08): then the rows are every caller's to retry.
+fn refused_for_a_row(error: &sqlx::Error) -> bool {
+    let code = error.as_database_error().and_then(|error| error.code());
+    code.is_some_and(|code| {
+        ["21", "22", "23", "40", "55"]
+            .iter()
+            .any(|class| code.starts_with(class))
+            || code == "57014"
+    })
 }
