@@ -44,9 +44,17 @@ const QUEUE: usize = 1024;
 /// of `threads`). Only the grouped statements run on them. Public for `tests/e2e/hot_path.rs`,
 /// which explains the statements under them.
 ///
+/// `plan_cache_mode`: a statement over arrays is estimated cheaper with its arguments known, so
+/// PostgreSQL would plan it again at every execution (a custom plan), and planning cost as much
+/// as running it. Its generic plan, made once per connection, is as bounded (the same probes).
+///
 /// `lock_timeout`: a row lock is held for milliseconds (a thread's previous commit, a lease's
 /// renewal); one held longer fails the batch, and its rows run again alone.
-pub const GROUP_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off"), ("lock_timeout", "1s")];
+pub const GROUP_SETTINGS: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+    ("lock_timeout", "1s"),
+];
 
 /// A statement over a batch of rows, one a thread.
 pub(super) trait Statement: Send + Sync + 'static {
