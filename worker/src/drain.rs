@@ -1,11 +1,14 @@
-//! A delivery's life: it is only a prompt to look at its thread. The worker takes the thread's
+//! A delivery's life: it is only a prompt to look at its thread. The worker waits for its own
+//! drain of the thread, if one runs ([`LocalDrains`]), takes the thread's
 //! lease (fenced by an epoch, renewed while it works), then drains the thread: reads its
 //! unprocessed messages straight from the stream (JetStream direct get), oldest first, up to the
 //! delivered one, and runs and commits each as a turn with its stream sequence. So turns run in
 //! accepted order however many workers pull. A turn that fails is counted; one that keeps
 //! failing (or panics, or is refused for good) is dead-lettered and the thread moves on.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{message::StreamMessage, stream};
@@ -18,6 +21,10 @@ use crate::publish;
 use crate::records::{AfterCommit, Lease};
 use crate::store::Acquired;
 use crate::turn::TurnRunner;
+
+/// How long a delivery waits for a drain of its thread in this worker to end before it is
+/// offered again, about as long as [`TurnRunner::acquire_soon`] tries the lease.
+const LOCAL_WAIT: Duration = Duration::from_millis(100);
 
 /// What became of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +58,11 @@ impl TurnRunner {
         thread: &ThreadId,
         delivered_seq: u64,
     ) -> Result<DeliveryOutcome, TurnError> {
+        // A drain of this thread here first: most often the turn this client's message answers
+        // `message_complete` of, still committing.
+        let Some(_draining) = self.drains.enter(thread, LOCAL_WAIT).await else {
+            return Ok(DeliveryOutcome::Busy);
+        };
         let mut lease = match self.acquire_soon(thread).await {
             Ok(Some(lease)) => lease,
             Ok(None) => return Ok(DeliveryOutcome::Busy),
@@ -252,6 +264,84 @@ impl TurnRunner {
     }
 }
 
+/// The threads this worker is draining. A delivery whose thread is drained here waits for that
+/// drain in process before it asks PostgreSQL for the lease. Most often the client sent this
+/// message on the previous turn's `message_complete`, which is published before the turn
+/// commits: asked at once, PostgreSQL would find the lease still taken (and be asked again), or
+/// wait for the commit's row lock with a snapshot older than the commit (and the history would
+/// be read again). Only a way to ask at the right moment: the lease in PostgreSQL stays the fence
+/// between drains, here and in other workers. An entry lives while a drain or a delivery waiting
+/// for one holds it, so there are at most as many as deliveries in flight.
+#[derive(Clone, Default)]
+pub struct LocalDrains {
+    threads: Arc<Mutex<HashMap<ThreadId, Entry>>>,
+}
+
+struct Entry {
+    drain: Arc<tokio::sync::Mutex<()>>,
+    /// The drain and the deliveries waiting for it.
+    holders: usize,
+}
+
+/// A drain of the thread in this worker; the next may start when it is dropped.
+pub struct Draining {
+    // Fields drop in order: the next waiter is let in, then the entry is given up.
+    _drain: tokio::sync::OwnedMutexGuard<()>,
+    _holder: Holder,
+}
+
+struct Holder {
+    drains: LocalDrains,
+    thread: ThreadId,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let mut threads = self.drains.lock();
+        if let Some(entry) = threads.get_mut(&self.thread) {
+            entry.holders -= 1;
+            if entry.holders == 0 {
+                threads.remove(&self.thread);
+            }
+        }
+    }
+}
+
+impl LocalDrains {
+    /// Starts a drain of `thread` here, after the one running here ends, if it does within
+    /// `wait`; `None` if it does not.
+    pub async fn enter(&self, thread: &ThreadId, wait: Duration) -> Option<Draining> {
+        let drain = {
+            let mut threads = self.lock();
+            let entry = threads.entry(thread.clone()).or_insert_with(|| Entry {
+                drain: Arc::default(),
+                holders: 0,
+            });
+            entry.holders += 1;
+            entry.drain.clone()
+        };
+        let holder = Holder {
+            drains: self.clone(),
+            thread: thread.clone(),
+        };
+        let drain = tokio::time::timeout(wait, drain.lock_owned()).await.ok()?;
+        Some(Draining {
+            _drain: drain,
+            _holder: holder,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, Entry>> {
+        // Nothing can panic while the map is held.
+        self.threads.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 /// The message a panic was raised with, cut to a bound.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
@@ -262,5 +352,40 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     match text.char_indices().nth(500) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread(id: &str) -> ThreadId {
+        ThreadId::parse(id).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_waits_for_its_threads_drain_here_and_no_longer() {
+        let drains = LocalDrains::default();
+        let first = drains.enter(&thread("t-1"), LOCAL_WAIT).await.unwrap();
+        // Another thread is not held up.
+        let other = drains.enter(&thread("t-2"), LOCAL_WAIT).await.unwrap();
+        assert_eq!(drains.len(), 2);
+
+        // The same thread: given up on after the wait, while the first drain runs.
+        assert!(drains.enter(&thread("t-1"), LOCAL_WAIT).await.is_none());
+
+        // Let in as soon as the first drain ends.
+        let waiting = tokio::spawn({
+            let drains = drains.clone();
+            async move { drains.enter(&thread("t-1"), LOCAL_WAIT).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        assert!(waiting.await.unwrap());
+
+        // Nothing is kept once nothing runs or waits.
+        drop(other);
+        assert_eq!(drains.len(), 0);
     }
 }

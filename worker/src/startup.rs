@@ -108,6 +108,7 @@ impl Worker {
             cancels: crate::cancels::Cancels::default(),
             double_text: settings.conversations.double_text,
             tails: crate::publish::TailMemory::default(),
+            drains: crate::drain::LocalDrains::default(),
         };
         tracing::info!(%worker_id, "Worker built.");
         Ok(Self {

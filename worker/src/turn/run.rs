@@ -48,6 +48,8 @@ pub struct TurnRunner {
     pub double_text: crate::cancels::DoubleText,
     /// Where this worker's drains left threads' reply subjects.
     pub tails: publish::TailMemory,
+    /// The threads this worker is draining.
+    pub drains: crate::drain::LocalDrains,
 }
 
 impl TurnRunner {
