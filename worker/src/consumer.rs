@@ -118,9 +118,10 @@ async fn handle(
             // A panic in the turn itself is counted as a failed attempt where it runs; one
             // anywhere else in the delivery is caught here and the delivery retried, so it never
             // takes the slot, the gauges or the message's answer with it.
-            // On the heap: tokio copies a task's future when it is spawned, stored and finished,
-            // and the delivery's (the lease, its renewal, the drain) is most of this one.
-            let delivery = AssertUnwindSafe(Box::pin(runner.handle_delivery(&thread, delivered_seq)))
+            // On the heap: the task's future is moved when it is spawned and into its cell, and
+            // the delivery's (the lease, its renewal, the drain) is most of this one.
+            let delivery = Box::pin(runner.handle_delivery(&thread, delivered_seq));
+            let delivery = AssertUnwindSafe(delivery)
                 .catch_unwind()
                 .map(|handled| {
                     handled.unwrap_or_else(|panic| {

@@ -33,7 +33,8 @@ pub enum DeliveryOutcome {
     Processed,
     /// Already committed earlier: acknowledged without effect.
     Duplicate,
-    /// Another worker holds the thread's lease; it will be offered again.
+    /// Another worker holds the thread's lease, or this worker's drain of it did not end in
+    /// time; it will be offered again.
     Busy,
     /// The conversation was erased: dropped, nothing re-created.
     Erased,
@@ -60,9 +61,13 @@ impl TurnRunner {
     ) -> Result<DeliveryOutcome, TurnError> {
         // A drain of this thread here first: most often the turn this client's message answers
         // `message_complete` of, still committing.
-        let Some(_draining) = self.drains.enter(thread, LOCAL_WAIT).await else {
+        let Some(draining) = self.drains.enter(thread, LOCAL_WAIT).await else {
             return Ok(DeliveryOutcome::Busy);
         };
+        if self.abandon.is_cancelled() {
+            // Past the shutdown's grace period, while it waited: nothing new is started.
+            return Err(TurnError::Abandoned);
+        }
         let mut lease = match self.acquire_soon(thread).await {
             Ok(Some(lease)) => lease,
             Ok(None) => return Ok(DeliveryOutcome::Busy),
@@ -81,6 +86,9 @@ impl TurnRunner {
             lost = self.keep_lease(&thread_id, epoch) => Err(lost),
             () = self.abandon.cancelled() => Err(TurnError::Abandoned),
         };
+        // What is left talks to PostgreSQL only, and the lease (which expires) guards it: the
+        // next delivery of the thread here need not wait for it.
+        drop(draining);
         if drained.is_err() {
             if let Err(error) = self.store.release(&lease).await {
                 tracing::warn!(%error, "Cannot release a lease after a failed turn; it will expire.");
@@ -365,6 +373,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_delivery_waits_for_its_threads_drain_here_and_no_longer() {
+        tokio::time::timeout(Duration::from_secs(5), waits_for_its_threads_drain())
+            .await
+            .expect("a wait without bound");
+    }
+
+    async fn waits_for_its_threads_drain() {
         let drains = LocalDrains::default();
         let first = drains.enter(&thread("t-1"), LOCAL_WAIT).await.unwrap();
         // Another thread is not held up.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Histogram;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -85,6 +85,14 @@ impl<S: Statement> Clone for Group<S> {
     }
 }
 
+/// How the group's connections connect: as `db`'s, with [`GROUP_SETTINGS`].
+fn connect_options(db: &PgPool) -> PgConnectOptions {
+    db.connect_options()
+        .as_ref()
+        .clone()
+        .options(GROUP_SETTINGS.iter().copied())
+}
+
 struct Pending<S: Statement> {
     row: S::Row,
     done: oneshot::Sender<Result<S::Answer, sqlx::Error>>,
@@ -94,16 +102,11 @@ impl<S: Statement> Group<S> {
     /// Starts the task that runs the batches, on connections of its own to `db`'s database (one a
     /// statement in flight, with [`GROUP_SETTINGS`]); `sizes` observes the rows of each statement.
     pub(super) fn start(statement: S, db: &PgPool, sizes: Option<Histogram>) -> Self {
-        let options = db
-            .connect_options()
-            .as_ref()
-            .clone()
-            .options(GROUP_SETTINGS.iter().copied());
         let db = PgPoolOptions::new()
             .max_connections(IN_FLIGHT as u32)
             // As the main pool's (`shared::db`): PostgreSQL down is an error soon, and retried.
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options);
+            .connect_lazy_with(connect_options(db));
         let (queue, pending) = mpsc::channel(QUEUE);
         tokio::spawn(gather(Arc::new(statement), db, sizes, pending));
         Self { queue }
@@ -223,4 +226,21 @@ fn refused_for_a_row(error: &sqlx::Error) -> bool {
             .any(|class| code.starts_with(class))
             || code == "57014"
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_groups_connections_start_with_its_settings() {
+        let db = PgPool::connect_lazy("postgres://app@127.0.0.1:1/app?options=-c%20work_mem%3D8MB")
+            .unwrap();
+        let options = connect_options(&db);
+        let sent = options.get_options().unwrap_or_default();
+        assert!(sent.contains("work_mem=8MB"), "{sent}");
+        for (name, value) in GROUP_SETTINGS {
+            assert!(sent.contains(&format!("{name}={value}")), "{sent}");
+        }
+    }
 }
