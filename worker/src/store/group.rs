@@ -4,9 +4,11 @@
 //! [`super::turns`]'s commit, each an [`Statement`] over arrays, one element a thread.
 //!
 //! A thread's row is queued ([`Group::run`]); one task takes what is queued when a statement may
-//! start (at most [`IN_FLIGHT`] of a kind at once) and runs it for the batch. Nothing waits for
-//! company: while a statement may start, a row goes out at once, alone; once [`IN_FLIGHT`] are on
-//! the wire, the rows that come meanwhile go together in the next. Each row keeps its own
+//! start and runs it for the batch. Nothing waits for company: while no statement of the kind is
+//! in flight, a row goes out at once, alone. While one is, the rows that come meanwhile wait for
+//! it to end and go together in the next, so that under load one statement at a time carries as
+//! many rows as it can; but the next waits at most [`SECOND_AFTER`], then starts beside the one
+//! that is slow (a row lock waited for, a slow WAL flush; [`IN_FLIGHT`] at most). Each row keeps its own
 //! condition (a commit its thread's epoch and owner, an acquire its thread's lease being free), so
 //! a row that does not qualify never blocks the others and each caller learns what became of its
 //! own. A thread is at most once in a batch, and the batch is sorted by thread: the statements
@@ -27,13 +29,19 @@ use std::time::Duration;
 use prometheus::Histogram;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 /// Rows in one statement at most.
 const MAX_BATCH: usize = 64;
 
-/// Statements of a kind in flight at once: one can be on the wire while the next gathers.
+/// Statements of a kind in flight at once, at most.
 const IN_FLIGHT: usize = 2;
+
+/// How long the next statement waits for the one in flight to end before it starts beside it.
+/// Two in flight as a rule split the load into statements half as full: in `BENCHMARKS.md`
+/// (issue 10), waiting took a sixth off the pipeline's CPU per turn and a quarter off
+/// PostgreSQL's.
+const SECOND_AFTER: Duration = Duration::from_millis(5);
 
 /// Rows queued for a statement at most; a caller waits for room beyond.
 const QUEUE: usize = 1024;
@@ -124,8 +132,9 @@ impl<S: Statement> Group<S> {
     }
 }
 
-/// Takes the queued rows into batches, each run by a task of its own, [`IN_FLIGHT`] at once.
-/// Ends when every [`Group`] is dropped, after the last batch has started.
+/// Takes the queued rows into batches, each run by a task of its own, [`IN_FLIGHT`] at once, a
+/// second only after [`SECOND_AFTER`] waiting for the first. Ends when every [`Group`] is
+/// dropped, after the last batch has started.
 async fn gather<S: Statement>(
     statement: Arc<S>,
     db: PgPool,
@@ -133,6 +142,7 @@ async fn gather<S: Statement>(
     mut queue: mpsc::Receiver<Pending<S>>,
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let ended = Arc::new(Notify::new());
     // A row taken from the queue whose thread was in the batch already: the next batch's first.
     let mut held = None;
     loop {
@@ -146,6 +156,13 @@ async fn gather<S: Statement>(
                 None => return,
             },
         };
+        // Registered before looking, so that an end between the look and the wait is not missed.
+        let one_ended = ended.notified();
+        tokio::pin!(one_ended);
+        one_ended.as_mut().enable();
+        if in_flight.available_permits() + 1 < IN_FLIGHT {
+            let _ = tokio::time::timeout(SECOND_AFTER, one_ended).await;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             let Ok(next) = queue.try_recv() else {
@@ -161,10 +178,11 @@ async fn gather<S: Statement>(
         if let Some(sizes) = &sizes {
             sizes.observe(batch.len() as f64);
         }
-        let (statement, db) = (statement.clone(), db.clone());
+        let (statement, db, ended) = (statement.clone(), db.clone(), ended.clone());
         tokio::spawn(async move {
             run_batch(&*statement, &db, batch).await;
             drop(permit);
+            ended.notify_waiters();
         });
     }
 }
