@@ -39,8 +39,9 @@ const IN_FLIGHT: usize = 2;
 
 /// How long the next statement waits for the one in flight to end before it starts beside it.
 /// Two in flight as a rule split the load into statements half as full: in `BENCHMARKS.md`
-/// (issue 10), waiting took a sixth off the pipeline's CPU per turn and a quarter off
-/// PostgreSQL's.
+/// (issue 10, 50 connections), waiting cut the pipeline's CPU per turn by a tenth and
+/// PostgreSQL's by a seventh. Not one at most: a statement stalled on a row lock (up to
+/// `lock_timeout`) would then hold up every thread of the worker.
 const SECOND_AFTER: Duration = Duration::from_millis(5);
 
 /// Rows queued for a statement at most; a caller waits for room beyond.
@@ -249,6 +250,88 @@ fn refused_for_a_row(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A statement that records each batch's threads and ends when the test lets it.
+    #[derive(Clone, Default)]
+    struct Gated {
+        batches: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+        ends: Arc<Semaphore>,
+    }
+
+    impl Statement for Gated {
+        type Row = String;
+        type Answer = ();
+
+        fn thread(row: &String) -> &str {
+            row
+        }
+
+        fn run(
+            &self,
+            _db: &PgPool,
+            rows: &[&String],
+        ) -> impl Future<Output = Result<Vec<()>, sqlx::Error>> + Send {
+            let rows: Vec<String> = rows.iter().map(|row| (*row).clone()).collect();
+            let answers = vec![(); rows.len()];
+            self.batches.lock().unwrap().push(rows);
+            let ends = self.ends.clone();
+            async move {
+                ends.acquire().await.unwrap().forget();
+                Ok(answers)
+            }
+        }
+    }
+
+    impl Gated {
+        fn batches(&self) -> Vec<Vec<String>> {
+            self.batches.lock().unwrap().clone()
+        }
+    }
+
+    fn group(statement: &Gated) -> Group<Gated> {
+        let db = PgPool::connect_lazy("postgres://app@127.0.0.1:1/app").unwrap();
+        Group::start(statement.clone(), &db, None)
+    }
+
+    fn run(group: &Group<Gated>, thread: &str) -> tokio::task::JoinHandle<()> {
+        let (group, thread) = (group.clone(), thread.to_owned());
+        tokio::spawn(async move { group.run(thread).await.unwrap() })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_that_come_while_a_statement_runs_wait_for_it_and_go_together() {
+        let statement = Gated::default();
+        let group = group(&statement);
+        let first = run(&group, "a");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(statement.batches(), [["a"]], "a lone row goes out at once");
+
+        let rest = [run(&group, "b"), run(&group, "c")];
+        tokio::time::sleep(SECOND_AFTER / 2).await;
+        assert_eq!(statement.batches().len(), 1, "no second statement yet");
+
+        statement.ends.add_permits(3);
+        first.await.unwrap();
+        for row in rest {
+            row.await.unwrap();
+        }
+        assert_eq!(statement.batches(), [vec!["a"], vec!["b", "c"]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_statement_gets_a_second_beside_it() {
+        let statement = Gated::default();
+        let group = group(&statement);
+        let slow = run(&group, "a");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let next = run(&group, "b");
+        tokio::time::sleep(SECOND_AFTER + Duration::from_millis(1)).await;
+        assert_eq!(statement.batches(), [["a"], ["b"]]);
+
+        statement.ends.add_permits(2);
+        slow.await.unwrap();
+        next.await.unwrap();
+    }
 
     #[tokio::test]
     async fn the_groups_connections_start_with_its_settings() {
