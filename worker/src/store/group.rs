@@ -252,7 +252,7 @@ mod tests {
     use super::*;
 
     /// A statement that records each batch's threads and ends when the test lets it.
-    #[derive(Clone, Default)]
+    #[derive(Clone)]
     struct Gated {
         batches: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
         ends: Arc<Semaphore>,
@@ -283,6 +283,13 @@ mod tests {
     }
 
     impl Gated {
+        fn new() -> Self {
+            Self {
+                batches: Arc::default(),
+                ends: Arc::new(Semaphore::new(0)),
+            }
+        }
+
         fn batches(&self) -> Vec<Vec<String>> {
             self.batches.lock().unwrap().clone()
         }
@@ -300,7 +307,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rows_that_come_while_a_statement_runs_wait_for_it_and_go_together() {
-        let statement = Gated::default();
+        let statement = Gated::new();
         let group = group(&statement);
         let first = run(&group, "a");
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -320,7 +327,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_statement_gets_a_second_beside_it() {
-        let statement = Gated::default();
+        let statement = Gated::new();
         let group = group(&statement);
         let slow = run(&group, "a");
         tokio::time::sleep(Duration::from_millis(1)).await;
