@@ -8,11 +8,12 @@
 //! in flight, a row goes out at once, alone. While one is, the rows that come meanwhile wait for
 //! it to end and go together in the next, so that under load one statement at a time carries as
 //! many rows as it can; but the next waits at most [`SECOND_AFTER`], then starts beside the one
-//! that is slow (a row lock waited for, a slow WAL flush; [`IN_FLIGHT`] at most). Each row keeps its own
-//! condition (a commit its thread's epoch and owner, an acquire its thread's lease being free), so
-//! a row that does not qualify never blocks the others and each caller learns what became of its
-//! own. A thread is at most once in a batch, and the batch is sorted by thread: the statements
-//! take the rows' locks in the array's order, so every worker's take them in one order.
+//! that is slow (a row lock waited for, a slow WAL flush; [`IN_FLIGHT`] at most). Each row keeps
+//! its own condition (a commit its thread's epoch and owner, an acquire its thread's lease being
+//! free), so a row that does not qualify never blocks the others and each caller learns what
+//! became of its own. A thread is at most once in a batch, and the batch is sorted by thread:
+//! the statements take the rows' locks in the array's order, so every worker's take them in one
+//! order.
 //!
 //! A batch waits for a row lock at most [`GROUP_SETTINGS`]' `lock_timeout`: a row held elsewhere
 //! for longer (a stalled transaction) must not hold up, with the locks the batch took already,
@@ -54,8 +55,9 @@ const QUEUE: usize = 1024;
 /// which explains the statements under them.
 ///
 /// `plan_cache_mode`: a statement over arrays is estimated cheaper with its arguments known, so
-/// PostgreSQL would plan it again at every execution (a custom plan), and planning cost as much
-/// as running it. Its generic plan, made once per connection, is as bounded (the same probes).
+/// PostgreSQL would plan the acquire again at every execution (a custom plan: 7 µs a turn in
+/// `BENCHMARKS.md`, for nothing). Its generic plan, made once per connection, is as bounded (the
+/// same probes).
 ///
 /// `lock_timeout`: a row lock is held for milliseconds (a thread's previous commit, a lease's
 /// renewal); one held longer fails the batch, and its rows run again alone.
