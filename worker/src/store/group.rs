@@ -28,9 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Histogram;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+
+use super::connections::{self, Connections, Taken, STATEMENT_TIMEOUT};
 
 /// Rows in one statement at most.
 const MAX_BATCH: usize = 64;
@@ -75,12 +77,55 @@ pub(super) trait Statement: Send + Sync + 'static {
     /// The row's thread: at most once in a batch, and the batch's order.
     fn thread(row: &Self::Row) -> &str;
 
-    /// Runs the statement for `rows`; one answer a row, in their order.
+    /// Runs the statement for `rows` on `db`; one answer a row, in their order.
     fn run(
         &self,
-        db: &PgPool,
+        db: &mut Lane<'_>,
         rows: &[&Self::Row],
     ) -> impl Future<Output = Result<Vec<Self::Answer>, sqlx::Error>> + Send;
+}
+
+/// The connection a statement runs on: one of the group's, taken at its first use.
+pub(super) struct Lane<'a> {
+    connections: &'a Connections,
+    taken: Option<Taken>,
+}
+
+impl Lane<'_> {
+    /// The connection, taken from the group's (or opened) at the first call.
+    pub(super) async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        let taken = match self.taken.take() {
+            Some(taken) => taken,
+            None => connections::take(self.connections).await?,
+        };
+        Ok(&mut **self.taken.insert(taken))
+    }
+}
+
+/// Runs `statement` for `rows` on one of `connections`, for [`STATEMENT_TIMEOUT`] at most. The
+/// connection goes back when the statement succeeded or PostgreSQL refused it for a row (which
+/// leaves the connection as it was); otherwise it is closed.
+async fn run_on<S: Statement>(
+    statement: &S,
+    connections: &Connections,
+    rows: &[&S::Row],
+) -> Result<Vec<S::Answer>, sqlx::Error> {
+    let mut lane = Lane {
+        connections,
+        taken: None,
+    };
+    let outcome = tokio::time::timeout(STATEMENT_TIMEOUT, statement.run(&mut lane, rows))
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from PostgreSQL in {STATEMENT_TIMEOUT:?}"),
+            )))
+        });
+    if let Some(taken) = lane.taken {
+        taken.give_back(outcome.as_ref().map_or_else(refused_for_a_row, |_| true));
+    }
+    outcome
 }
 
 /// The queue of one statement's rows (cheap to clone: a sender).
@@ -113,13 +158,9 @@ impl<S: Statement> Group<S> {
     /// Starts the task that runs the batches, on connections of its own to `db`'s database (one a
     /// statement in flight, with [`GROUP_SETTINGS`]); `sizes` observes the rows of each statement.
     pub(super) fn start(statement: S, db: &PgPool, sizes: Option<Histogram>) -> Self {
-        let db = PgPoolOptions::new()
-            .max_connections(IN_FLIGHT as u32)
-            // As the main pool's (`shared::db`): PostgreSQL down is an error soon, and retried.
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(connect_options(db));
+        let connections = connections::connections(connect_options(db), IN_FLIGHT);
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(Arc::new(statement), db, sizes, pending));
+        tokio::spawn(gather(Arc::new(statement), connections, sizes, pending));
         Self { queue }
     }
 
@@ -140,7 +181,7 @@ impl<S: Statement> Group<S> {
 /// dropped, after the last batch has started.
 async fn gather<S: Statement>(
     statement: Arc<S>,
-    db: PgPool,
+    connections: Connections,
     sizes: Option<Histogram>,
     mut queue: mpsc::Receiver<Pending<S>>,
 ) {
@@ -181,20 +222,25 @@ async fn gather<S: Statement>(
         if let Some(sizes) = &sizes {
             sizes.observe(batch.len() as f64);
         }
-        let (statement, db, ended) = (statement.clone(), db.clone(), ended.clone());
+        let (statement, connections, ended) =
+            (statement.clone(), connections.clone(), ended.clone());
         tokio::spawn(async move {
-            run_batch(&*statement, &db, batch).await;
+            run_batch(&*statement, &connections, batch).await;
             drop(permit);
             ended.notify_waiters();
         });
     }
 }
 
-/// Runs the batch and answers each of its callers.
-async fn run_batch<S: Statement>(statement: &S, db: &PgPool, mut batch: Vec<Pending<S>>) {
+/// Runs the batch on one of `connections` and answers each of its callers.
+async fn run_batch<S: Statement>(
+    statement: &S,
+    connections: &Connections,
+    mut batch: Vec<Pending<S>>,
+) {
     batch.sort_unstable_by(|a, b| S::thread(&a.row).cmp(S::thread(&b.row)));
     let rows: Vec<&S::Row> = batch.iter().map(|pending| &pending.row).collect();
-    match statement.run(db, &rows).await {
+    match run_on(statement, connections, &rows).await {
         Ok(answers) if answers.len() == batch.len() => {
             for (pending, answer) in batch.into_iter().zip(answers) {
                 let _ = pending.done.send(Ok(answer));
@@ -209,8 +255,7 @@ async fn run_batch<S: Statement>(statement: &S, db: &PgPool, mut batch: Vec<Pend
         Err(error) if batch.len() > 1 && refused_for_a_row(&error) => {
             tracing::debug!(%error, rows = batch.len(), "the batch was refused: each row alone");
             for pending in batch {
-                let alone = statement
-                    .run(db, &[&pending.row])
+                let alone = run_on(statement, connections, &[&pending.row])
                     .await
                     .and_then(|answers| {
                         answers.into_iter().next().ok_or_else(|| {
@@ -270,7 +315,7 @@ mod tests {
 
         fn run(
             &self,
-            _db: &PgPool,
+            _db: &mut Lane<'_>,
             rows: &[&String],
         ) -> impl Future<Output = Result<Vec<()>, sqlx::Error>> + Send {
             let rows: Vec<String> = rows.iter().map(|row| (*row).clone()).collect();

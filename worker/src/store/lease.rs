@@ -7,10 +7,9 @@ use std::time::Duration;
 use shared::ids::ThreadId;
 use shared::protocol::HandoffState;
 use shared::turns::{InterruptId, TurnKind};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::group::Statement;
+use super::group::{Lane, Statement};
 use super::turns::{history_messages, HISTORY_TURNS};
 use super::{to_u64, Store};
 use crate::records::{Lease, PrefetchedHistory};
@@ -110,14 +109,18 @@ impl Statement for Acquires {
         row.as_str()
     }
 
-    async fn run(&self, db: &PgPool, threads: &[&ThreadId]) -> Result<Vec<Acquired>, sqlx::Error> {
+    async fn run(
+        &self,
+        db: &mut Lane<'_>,
+        threads: &[&ThreadId],
+    ) -> Result<Vec<Acquired>, sqlx::Error> {
         let ids: Vec<&str> = threads.iter().map(|thread| thread.as_str()).collect();
         let rows: Vec<AcquireRow> = sqlx::query_as(ACQUIRE_SQL)
             .bind(&ids)
             .bind(HISTORY_TURNS)
             .bind(self.owner)
             .bind(self.lease_ttl.as_secs_f64())
-            .fetch_all(db)
+            .fetch_all(db.get().await?)
             .await?;
         let mut by_thread: HashMap<String, Vec<AcquireRow>> = HashMap::with_capacity(ids.len());
         for row in rows {

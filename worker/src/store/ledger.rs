@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use shared::turns::InterruptId;
 
-use super::{storable_json, Store};
+use super::{connections, storable_json, Store};
 use crate::tools::http::HttpSettings;
 use crate::tools::{imported, RegisteredTool, Tool, ToolContext, ToolError};
 
@@ -41,12 +41,24 @@ impl Store {
         idempotency_key: &str,
     ) -> Result<Result<Value, ToolError>, sqlx::Error> {
         if tool.needs_database() {
-            let mut db = self.db.acquire().await?;
+            let mut taken = connections::take(&self.tools).await?;
             let context = ToolContext {
-                db: Some(&mut *db),
+                db: Some(&mut taken),
                 idempotency_key,
             };
-            Ok(tool.call(args, context).await)
+            let outcome =
+                tokio::time::timeout(connections::STATEMENT_TIMEOUT, tool.call(args, context))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ToolError::Unavailable(format!(
+                            "the database did not answer in {:?}",
+                            connections::STATEMENT_TIMEOUT
+                        )))
+                    });
+            // What a tool makes of a database error (or of no answer): the connection may be
+            // lost, or left in a transaction.
+            taken.give_back(!matches!(outcome, Err(ToolError::Unavailable(_))));
+            Ok(outcome)
         } else {
             let context = ToolContext {
                 db: None,

@@ -7,11 +7,14 @@
 //!   session expiry;
 //! - [`turns`]: committing a turn (and a skipped, dead-lettered or handoff message), failed
 //!   attempts, the history the agents see;
-//! - [`group`]: the acquires, and the commits, of threads that come together share a statement.
+//! - [`group`]: the acquires, and the commits, of threads that come together share a statement;
+//! - [`connections`]: the connections those statements and the tools' run on, one round trip a
+//!   statement;
 //! - [`interrupts`]: approvals: raised with their checkpoint, loaded, decided;
 //! - [`ledger`]: what agents' tools touch: the approval ledger that runs an approved call at
 //!   most once, a tool's connection, the imported tools in use.
 
+mod connections;
 mod group;
 mod interrupts;
 mod lease;
@@ -89,6 +92,10 @@ pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
 }
 
+/// Connections for the tools that work in the database, at most: a call holds one for a query or
+/// two (the demo shop's), never across a call out.
+const TOOL_CONNECTIONS: usize = 4;
+
 /// The statements of a turn that this worker's threads share ([`group`]).
 struct Groups {
     acquires: Group<lease::Acquires>,
@@ -101,6 +108,8 @@ pub struct Store {
     /// Renewals of leases: a pool of their own, so that turns using every connection of `db`
     /// cannot make a lease run out.
     leases: PgPool,
+    /// The connections of the tools that work in the database ([`connections`]).
+    tools: connections::Connections,
     worker_id: Uuid,
     lease_ttl: Duration,
     session_ttl: Duration,
@@ -120,9 +129,12 @@ impl Store {
         session_ttl: Duration,
         interrupt_ttl: Duration,
     ) -> Self {
+        let tools =
+            connections::connections(db.connect_options().as_ref().clone(), TOOL_CONNECTIONS);
         Self {
             db,
             leases,
+            tools,
             worker_id,
             lease_ttl,
             session_ttl,

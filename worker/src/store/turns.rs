@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 use shared::ids::ThreadId;
 use shared::turns::{InterruptId, TurnKind};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::group::Statement;
+use super::group::{Lane, Statement};
 use super::{storable, storable_json, to_i64, Store};
 use crate::llm::ChatMessage;
 use crate::records::{AfterCommit, Committed, DeadLetter, HandoffRecord, Lease, TurnRecord};
@@ -431,8 +431,8 @@ impl Statement for Commits {
         &row.thread_id
     }
 
-    async fn run(&self, db: &PgPool, rows: &[&CommitRow]) -> Result<Vec<bool>, sqlx::Error> {
-        let written = write_commits(db, self.owner, rows).await?;
+    async fn run(&self, db: &mut Lane<'_>, rows: &[&CommitRow]) -> Result<Vec<bool>, sqlx::Error> {
+        let written = write_commits(db.get().await?, self.owner, rows).await?;
         Ok(rows
             .iter()
             .map(|row| written.contains(&row.thread_id))
@@ -442,7 +442,7 @@ impl Statement for Commits {
 
 /// One statement for the rows; the threads whose rows were written.
 async fn write_commits(
-    db: &PgPool,
+    db: &mut PgConnection,
     owner: Uuid,
     rows: &[&CommitRow],
 ) -> Result<Vec<String>, sqlx::Error> {
