@@ -24,13 +24,7 @@ async fn wait_for(app: &TestApp, what: &str, want: impl Fn(u16, &Value) -> bool)
 #[tokio::test]
 async fn health_names_the_dependency_that_is_down() {
     let nats = TcpProxy::start("127.0.0.1:4222".parse().unwrap()).await;
-    let pg_upstream = postgres_url()
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .parse()
-        .expect("TEST_POSTGRES_URL host:port");
-    let postgres = TcpProxy::start(pg_upstream).await;
+    let postgres = TcpProxy::to_postgres().await;
     let options = StackOptions {
         workers: 0,
         ..StackOptions::default()

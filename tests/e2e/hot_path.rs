@@ -15,6 +15,7 @@
 
 use std::fmt::Write as _;
 
+use e2e::proxy::TcpProxy;
 use e2e::{eventually, StackOptions, TestApp};
 use serde_json::Value;
 
@@ -204,6 +205,61 @@ async fn stop_stack(app: &mut TestApp) {
         (sessions == 0).then_some(())
     })
     .await;
+    db.close().await;
+}
+
+/// Turns measured by [`a_turn_makes_one_round_trip_to_postgres_a_statement`].
+const COUNTED_TURNS: usize = 10;
+
+/// A turn through the demo agents (classification, the tool's read, the reply) asks PostgreSQL
+/// for its statements and nothing more: the acquire, the tool's read and the commit, one round
+/// trip each (turns one after the other: nothing to group). sqlx's pool would add two to each,
+/// testing the connection when handing it out and again when taking it back (9 a turn).
+/// Counted by a proxy between the worker and PostgreSQL.
+#[tokio::test]
+async fn a_turn_makes_one_round_trip_to_postgres_a_statement() {
+    let mut app = TestApp::spawn(StackOptions {
+        workers: 0,
+        ..StackOptions::default().with("RATE_LIMIT_MESSAGES", "1000")
+    })
+    .await;
+    let postgres = TcpProxy::to_postgres().await;
+    let proxied = format!("postgres://postgres@{}/{}", postgres.addr(), app.database);
+    app.env.insert("DATABASE_URL".into(), proxied);
+    app.start_worker().await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let db = app.db().await;
+    let mut sends = 0;
+    // The first turn opens the connections and prepares the statements on them.
+    for turn in 0..=COUNTED_TURNS {
+        if turn == 1 {
+            sends = postgres.sends();
+        }
+        ws.send(&thread.message(&format!("Where is my order {}?", 1001 + turn % 10)))
+            .await;
+        ws.expect_type("accepted").await;
+        ws.frames_until_type("message_complete").await;
+        eventually("the turn to be committed", || async {
+            let messages: i32 = sqlx::query_scalar("SELECT messages FROM threads WHERE id = $1")
+                .bind(&thread.thread_id)
+                .fetch_one(&db)
+                .await
+                .ok()?;
+            (messages == turn as i32 + 1).then_some(())
+        })
+        .await;
+    }
+    let per_turn = (postgres.sends() - sends) as f64 / COUNTED_TURNS as f64;
+    eprintln!("{per_turn:.1} round trips to PostgreSQL a turn");
+    assert!(
+        per_turn <= 3.5,
+        "{per_turn:.1} round trips to PostgreSQL a turn, for 3 statements"
+    );
+    assert!(
+        per_turn >= 2.5,
+        "{per_turn:.1}: the proxy missed statements"
+    );
     db.close().await;
 }
 

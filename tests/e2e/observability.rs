@@ -43,13 +43,7 @@ async fn wait_for_readiness(app: &TestApp, what: &str, want: impl Fn(u16, &Value
 #[tokio::test]
 async fn readiness_names_the_dependency_that_is_cut_and_liveness_stays_up() {
     let nats = TcpProxy::start("127.0.0.1:4222".parse().unwrap()).await;
-    let pg_upstream = postgres_url()
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .parse()
-        .expect("TEST_POSTGRES_URL host:port");
-    let postgres = TcpProxy::start(pg_upstream).await;
+    let postgres = TcpProxy::to_postgres().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let proxied_db = format!("postgres://postgres@{}/test_{id}", postgres.addr());
     let mut app = TestApp::spawn_with_urls(

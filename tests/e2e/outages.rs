@@ -565,13 +565,7 @@ async fn postgres_down_for_a_while_turns_wait_and_resume() {
     const THREADS: usize = 4;
     const OUTAGE: Duration = Duration::from_secs(10);
     let started = Instant::now();
-    let upstream = postgres_url()
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .parse()
-        .expect("TEST_POSTGRES_URL host:port");
-    let postgres = TcpProxy::start(upstream).await;
+    let postgres = TcpProxy::to_postgres().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let proxied = format!("postgres://postgres@{}/test_{id}", postgres.addr());
     let mut app = TestApp::spawn_with_urls(options(2), e2e::nats_url(), Some(proxied)).await;
