@@ -4,7 +4,8 @@
 # loadgen reads the CPU time of the edge, the worker, nats-server, every postgres process and the
 # backends of the bench database from /proc around the measured window (`--cpu-pids`,
 # `--cpu-procs`, `--cpu-database-url`) and prints CPU milliseconds per turn for each next to its
-# turns/s and latencies.
+# turns/s and latencies, and the round trips the worker makes to PostgreSQL per turn (data segments
+# it sent on its sockets to the server over the window, from `ss`).
 #
 #   scripts/bench-cpu.sh [BIN_DIR] [-- more loadgen chat arguments]
 #       BIN_DIR defaults to target/release; its edge and worker run, loaded by this checkout's
@@ -179,6 +180,14 @@ SQL
 }
 
 read -r t0 x0 r0 f0 i0 u0 b0 <<<"$(db_counters)"
+# What the worker sends PostgreSQL: data segments on each of its sockets to the server, by local
+# port. A PostgreSQL client writes a request whole and waits for the answer: one a round trip.
+pg_sends() {
+  ss -tnpi state established "( dport = :$pg_port )" 2>/dev/null | awk -v pid="pid=$worker," '
+    index($0, pid) { port = $3; sub(/.*:/, "", port); next }
+    port != "" { if (match($0, /data_segs_out:[0-9]+/)) print port, substr($0, RSTART + 14, RLENGTH - 14); port = "" }'
+}
+s0="$(pg_sends)"
 if [ -n "${LOADAVG_OUT:-}" ]; then
   (while :; do echo "$(date -u +%T) $(cat /proc/loadavg)" >>"$LOADAVG_OUT"; sleep 30; done) & sampler=$!
 fi
@@ -232,6 +241,7 @@ sleep 1
 n1=""
 [ "$nats_profile" = 1 ] && n1="$(nats_counters)"
 if [ -n "$tap" ]; then kill -TERM "$tap"; wait "$tap" || true; fi
+s1="$(pg_sends)"
 read -r t1 x1 r1 f1 i1 u1 b1 <<<"$(db_counters)"
 if [ -n "$n1" ] && [ $((t1 - t0)) -gt 0 ]; then nats_profile_end "$n0" "$n1" $((t1 - t0)); fi
 if [ -n "$tap" ] && [ $((t1 - t0)) -gt 0 ]; then
@@ -241,6 +251,10 @@ fi
 if [ "$profile" = 1 ]; then
   if [ -n "${PG_PROFILE_OUT:-}" ]; then profile_end | tee "$PG_PROFILE_OUT"; else profile_end; fi
 fi
+# Sockets opened during the window count from nothing.
+awk -v t=$((t1 - t0)) 'NR == FNR { before[$1] = $2; next } { sent += $2 - before[$1] }
+  END { if (t > 0) printf "PostgreSQL round trips per turn (the worker'"'"'s data segments sent over the window): %.2f\n", sent / t }' \
+  <(printf '%s\n' "$s0") <(printf '%s\n' "$s1")
 awk -v t=$((t1 - t0)) -v x=$((x1 - x0)) -v r=$((r1 - r0)) -v f=$((f1 - f0)) -v i=$((i1 - i0)) -v u=$((u1 - u0)) -v b=$((b1 - b0)) 'BEGIN {
   if (t > 0) printf "PostgreSQL per turn (%d turns): %.2f transactions, %.1f rows returned, %.1f rows fetched, %.1f inserted, %.1f updated, %.1f buffers\n",
     t, x / t, r / t, f / t, i / t, u / t, b / t
