@@ -240,15 +240,7 @@ async fn a_turn_makes_one_round_trip_to_postgres_a_statement() {
             .await;
         ws.expect_type("accepted").await;
         ws.frames_until_type("message_complete").await;
-        eventually("the turn to be committed", || async {
-            let messages: i32 = sqlx::query_scalar("SELECT messages FROM threads WHERE id = $1")
-                .bind(&thread.thread_id)
-                .fetch_one(&db)
-                .await
-                .ok()?;
-            (messages == turn as i32 + 1).then_some(())
-        })
-        .await;
+        wait_for_committed(&db, &thread.thread_id, turn + 1).await;
     }
     let per_turn = (postgres.sends() - sends) as f64 / COUNTED_TURNS as f64;
     eprintln!("{per_turn:.1} round trips to PostgreSQL a turn");
@@ -287,17 +279,8 @@ async fn real_turns(app: &mut TestApp, mode: &str) -> (String, Vec<String>) {
         ws.expect_type("accepted").await;
         ws.frames_until_type("message_complete").await;
     }
-    // Committed: read on `threads` (whose index reads are not counted), not on `turns`.
     let db = app.db().await;
-    eventually("the turns to be committed", || async {
-        let messages: i32 = sqlx::query_scalar("SELECT messages FROM threads WHERE id = $1")
-            .bind(&thread.thread_id)
-            .fetch_one(&db)
-            .await
-            .ok()?;
-        (messages == TURNS as i32).then_some(())
-    })
-    .await;
+    wait_for_committed(&db, &thread.thread_id, TURNS).await;
     db.close().await;
     drop(ws);
     stop_stack(app).await;
@@ -326,6 +309,20 @@ async fn real_turns(app: &mut TestApp, mode: &str) -> (String, Vec<String>) {
         ));
     }
     (thread.thread_id, problems)
+}
+
+/// Waits until `thread` has `turns` messages committed, read on `threads` (whose index reads the
+/// counters do not count), not on `turns`.
+async fn wait_for_committed(db: &sqlx::PgPool, thread: &str, turns: usize) {
+    eventually("the turns to be committed", || async {
+        let messages: i32 = sqlx::query_scalar("SELECT messages FROM threads WHERE id = $1")
+            .bind(thread)
+            .fetch_one(db)
+            .await
+            .ok()?;
+        (usize::try_from(messages) == Ok(turns)).then_some(())
+    })
+    .await;
 }
 
 /// One per-turn statement: its text, and its arguments as SQL literals.
