@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 
 use e2e::proxy::TcpProxy;
 use e2e::{eventually, StackOptions, TestApp};
+use futures_util::StreamExt as _;
 use serde_json::Value;
 
 /// Turns seeded, and the threads they are spread over (20 turns each, 50 threads at a time, as
@@ -253,6 +254,117 @@ async fn a_turn_makes_one_round_trip_to_postgres_a_statement() {
         "{per_turn:.1}: the proxy missed statements"
     );
     db.close().await;
+}
+
+/// A delivery that follows its thread's last committed message is run as delivered, not read
+/// again from the stream: a socket's next message on a thread is stored on the condition that
+/// it follows the one the socket stored last, which the stream checks. A message stored behind
+/// the socket's back (by a second socket on the thread) breaks the condition: the socket's next
+/// message is stored without it and read again, and the turns run in the order stored.
+/// Counted from the `STREAM.MSG.GET` requests on `<PREFIX>_IN` (a subscription sees them).
+#[tokio::test]
+async fn a_delivery_that_follows_the_last_turn_is_not_read_again() {
+    let app = TestApp::spawn(StackOptions::default().with("RATE_LIMIT_MESSAGES", "1000")).await;
+    let mut reads = InboundReads::watch(&app).await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let db = app.db().await;
+    let mut sent = Vec::new();
+    for turn in 0..TURNS {
+        let content = format!("Where is my order {}?", 1001 + turn);
+        ws.send(&thread.message(&content)).await;
+        ws.expect_type("accepted").await;
+        ws.frames_until_type("message_complete").await;
+        sent.push(content);
+    }
+    wait_for_committed(&db, &thread.thread_id, TURNS).await;
+    let first = reads.since_last().await;
+    // The socket's first message on the thread follows nothing it knows of (a retried delivery
+    // of it may read it again); the rest follow the one before.
+    assert!(
+        (1..=2).contains(&first),
+        "{first} reads of the inbound stream for {TURNS} turns of one socket"
+    );
+
+    let mut other = app.connect(0).await;
+    let content = format!("Where is my order {}?", 1001 + sent.len());
+    other.send(&thread.message(&content)).await;
+    other.expect_type("accepted").await;
+    other.frames_until_type("message_complete").await;
+    // Relayed to the first socket too.
+    ws.frames_until_type("message_complete").await;
+    sent.push(content);
+    let content = format!("Where is my order {}?", 1001 + sent.len());
+    ws.send(&thread.message(&content)).await;
+    ws.expect_type("accepted").await;
+    ws.frames_until_type("message_complete").await;
+    sent.push(content);
+    wait_for_committed(&db, &thread.thread_id, sent.len()).await;
+    let behind = reads.since_last().await;
+    assert!(
+        behind >= 2,
+        "{behind} reads for a message of a second socket and the first's next: each is read"
+    );
+    let run: Vec<String> = sqlx::query_scalar(
+        "SELECT content FROM turns WHERE thread_id = $1 AND kind = 'message' ORDER BY in_seq",
+    )
+    .bind(&thread.thread_id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        run, sent,
+        "the turns ran in the order their messages were stored"
+    );
+    db.close().await;
+}
+
+/// The `STREAM.MSG.GET` requests on the stack's `<PREFIX>_IN`, as a subscription sees them.
+struct InboundReads {
+    nats: async_nats::Client,
+    requests: async_nats::Subscriber,
+    inbound: String,
+    markers: String,
+    marked: usize,
+}
+
+impl InboundReads {
+    const GETS: &str = "$JS.API.STREAM.MSG.GET";
+
+    async fn watch(app: &TestApp) -> Self {
+        let nats = e2e::nats_client(&app.nats_url).await.unwrap();
+        let requests = nats.subscribe(format!("{}.>", Self::GETS)).await.unwrap();
+        nats.flush().await.unwrap();
+        let stream = app.subjects().inbound_stream();
+        Self {
+            nats,
+            requests,
+            inbound: format!("{}.{stream}", Self::GETS),
+            markers: format!("{}.{stream}_MARK", Self::GETS),
+            marked: 0,
+        }
+    }
+
+    /// The reads since the last call: the requests up to a marker of this connection's, which
+    /// the server relays behind every request it handled before it (for a stream that does
+    /// not exist: nothing answers it).
+    async fn since_last(&mut self) -> usize {
+        self.marked += 1;
+        let marker = format!("{}{}", self.markers, self.marked);
+        self.nats.publish(marker.clone(), "".into()).await.unwrap();
+        let mut reads = 0;
+        tokio::time::timeout(e2e::WAIT, async {
+            while let Some(request) = self.requests.next().await {
+                if request.subject.as_str() == marker {
+                    return;
+                }
+                reads += usize::from(request.subject.as_str() == self.inbound);
+            }
+        })
+        .await
+        .expect("the marker to come back");
+        reads
+    }
 }
 
 /// Runs [`TURNS`] turns on a new thread through a stack whose sessions plan as `mode` says;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::AckKind;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -110,6 +111,13 @@ async fn handle(
     ) {
         (Ok(info), Some(thread)) => {
             let delivered_seq = info.stream_sequence;
+            let delivered = StreamMessage {
+                subject: message.subject.clone(),
+                sequence: delivered_seq,
+                headers: message.headers.clone().unwrap_or_default(),
+                payload: message.payload.clone(),
+                time: info.published,
+            };
             // A stored cancel (or, with DOUBLE_TEXT=interrupt, a newer customer message) is
             // announced with each of its deliveries: the turn it stops may be running anywhere,
             // and is stopped without waiting for this delivery's turn in the thread's queue.
@@ -120,7 +128,7 @@ async fn handle(
             // takes the slot, the gauges or the message's answer with it.
             // On the heap: the task's future is moved when it is spawned and into its cell, and
             // the delivery's (the lease, its renewal, the drain) is most of this one.
-            let delivery = Box::pin(runner.handle_delivery(&thread, delivered_seq));
+            let delivery = Box::pin(runner.handle_delivery(&thread, delivered));
             let delivery = AssertUnwindSafe(delivery)
                 .catch_unwind()
                 .map(|handled| {

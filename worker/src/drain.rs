@@ -2,7 +2,9 @@
 //! drain of the thread, if one runs ([`LocalDrains`]), takes the thread's
 //! lease (fenced by an epoch, renewed while it works), then drains the thread: reads its
 //! unprocessed messages straight from the stream (JetStream direct get), oldest first, up to the
-//! delivered one, and runs and commits each as a turn with its stream sequence. So turns run in
+//! delivered one, and runs and commits each as a turn with its stream sequence. The read is
+//! skipped when the delivered message is known to follow the last committed one directly
+//! ([`follows_directly`]). So turns run in
 //! accepted order however many workers pull. A turn that fails is counted; one that keeps
 //! failing (or panics, or is refused for good) is dead-lettered and the thread moves on.
 
@@ -57,8 +59,9 @@ impl TurnRunner {
     pub async fn handle_delivery(
         &self,
         thread: &ThreadId,
-        delivered_seq: u64,
+        delivered: StreamMessage,
     ) -> Result<DeliveryOutcome, TurnError> {
+        let delivered_seq = delivered.sequence;
         // A drain of this thread here first: most often the turn this client's message answers
         // `message_complete` of, still committing.
         let Some(draining) = self.drains.enter(thread, LOCAL_WAIT).await else {
@@ -82,7 +85,7 @@ impl TurnRunner {
         let drained = tokio::select! {
             // A finished drain wins over a renewal that raced with its final commit.
             biased;
-            drained = self.drain(&mut lease, delivered_seq) => drained,
+            drained = self.drain(&mut lease, delivered) => drained,
             lost = self.keep_lease(&thread_id, epoch) => Err(lost),
             () = self.abandon.cancelled() => Err(TurnError::Abandoned),
         };
@@ -150,7 +153,12 @@ impl TurnRunner {
     }
 
     /// Runs the thread's unprocessed messages in stream order, through `up_to`.
-    async fn drain(&self, lease: &mut Lease, up_to: u64) -> Result<DeliveryOutcome, TurnError> {
+    async fn drain(
+        &self,
+        lease: &mut Lease,
+        delivered: StreamMessage,
+    ) -> Result<DeliveryOutcome, TurnError> {
+        let up_to = delivered.sequence;
         let subject = self.subjects.inbound(&lease.thread_id);
         // Only the first turn under a new lease can follow frames of an attempt that did not
         // commit; after that this worker published the thread's last frame itself. The tail is
@@ -160,12 +168,21 @@ impl TurnRunner {
             .tails
             .tail_after(&lease.thread_id, lease.epoch, lease.last_seq);
         let replies = self.subjects.replies(&lease.thread_id);
-        let (first, tail) = tokio::join!(self.next_message(&subject, lease.last_in_seq), async {
+        let first = async {
+            if follows_directly(&delivered, lease.last_in_seq) {
+                // Most often the delivery is the thread's next message itself.
+                Ok(Some(delivered))
+            } else {
+                self.next_message(&subject, lease.last_in_seq).await
+            }
+        };
+        let tail = async {
             match remembered {
                 Some(tail) => Ok(tail),
                 None => publish::tail(&self.replies, &replies).await,
             }
-        });
+        };
+        let (first, tail) = tokio::join!(first, tail);
         let mut next = first?;
         let mut tail = tail?;
         loop {
@@ -272,6 +289,18 @@ impl TurnRunner {
     }
 }
 
+/// Whether `delivered` is the thread's first message after `last_in_seq`: stored on the
+/// condition that the thread's last message then was `last_in_seq` (the edge asks for it, see
+/// `edge::connection::Upstream::store`, and the stream checked it and kept the header). Stream
+/// sequences only grow, so no message of the thread can lie between the two.
+fn follows_directly(delivered: &StreamMessage, last_in_seq: u64) -> bool {
+    let after = delivered
+        .headers
+        .get(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE)
+        .and_then(|value| value.as_str().parse::<u64>().ok());
+    after == Some(last_in_seq) && delivered.sequence > last_in_seq
+}
+
 /// The threads this worker is draining. A delivery whose thread is drained here waits for that
 /// drain in process before it asks PostgreSQL for the lease. Most often the client sent this
 /// message on the previous turn's `message_complete`, which is published before the turn
@@ -369,6 +398,36 @@ mod tests {
 
     fn thread(id: &str) -> ThreadId {
         ThreadId::parse(id).unwrap()
+    }
+
+    fn stored(sequence: u64, after: Option<&str>) -> StreamMessage {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(after) = after {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                after,
+            );
+        }
+        StreamMessage {
+            subject: "chat.in.t-1".into(),
+            sequence,
+            headers,
+            payload: bytes::Bytes::new(),
+            time: async_nats::datetime::from_nanos(0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_delivery_follows_the_last_committed_message_only_when_stored_to() {
+        // Stored on the condition that the thread's last message was 7: the next after 7.
+        assert!(follows_directly(&stored(12, Some("7")), 7));
+        // Another message of the thread may lie between 5 and 12 (7, not yet run).
+        assert!(!follows_directly(&stored(12, Some("7")), 5));
+        // Stored without the condition (a socket's first message, an operator's): read again.
+        assert!(!follows_directly(&stored(12, None), 7));
+        assert!(!follows_directly(&stored(12, Some("not a number")), 7));
+        // Already committed: never run again from here.
+        assert!(!follows_directly(&stored(7, Some("7")), 7));
     }
 
     #[tokio::test(start_paused = true)]

@@ -139,6 +139,8 @@ struct Attachment {
     behind: bool,
     /// [`Connection::uses`] when the client last named the thread.
     used: u64,
+    /// The stream sequence of the thread's message this socket stored last.
+    stored: Option<u64>,
     /// Dropping it ends the thread's [`Relay`], and its registration or subscription with it.
     _detach: oneshot::Sender<()>,
 }
@@ -459,7 +461,7 @@ impl<U: Upstream> Connection<U> {
             received_at: chrono::Utc::now(),
             kind,
         };
-        self.upstream.store(&message).await?;
+        self.store(&message).await?;
         Ok(Some(ServerFrame::Accepted {
             thread_id: message.thread_id,
             message_id: message.message_id,
@@ -482,7 +484,7 @@ impl<U: Upstream> Connection<U> {
             received_at: chrono::Utc::now(),
             kind: InboundKind::Cancel { turn_id },
         };
-        let stored_seq = self.upstream.store(&message).await?;
+        let stored_seq = self.store(&message).await?;
         let notice = shared::protocol::bus::CancelNotice {
             thread_id: message.thread_id.clone(),
             before_seq: stored_seq,
@@ -494,6 +496,18 @@ impl<U: Upstream> Connection<U> {
             thread_id: message.thread_id,
             message_id: message.message_id,
         }))
+    }
+
+    /// Stores a message of an attached thread, after the one this socket stored last, if any
+    /// (see [`Upstream::store`]).
+    async fn store(&mut self, message: &InboundMessage) -> Result<u64, FrameError> {
+        let attachment = self.attached.get_mut(&message.thread_id);
+        let after = attachment.as_ref().and_then(|attachment| attachment.stored);
+        let stored = self.upstream.store(message, after).await?;
+        if let Some(attachment) = attachment {
+            attachment.stored = Some(stored);
+        }
+        Ok(stored)
     }
 
     /// Starts relaying the thread's reply subject to this socket (once per thread). Past
@@ -540,6 +554,7 @@ impl<U: Upstream> Connection<U> {
                 last: 0,
                 behind: false,
                 used: self.uses,
+                stored: None,
                 _detach: detach,
             },
         );

@@ -36,7 +36,8 @@ const WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
     Subscribe(ThreadId),
-    Store(ThreadId),
+    /// A store, with the sequence it was to follow.
+    Store(ThreadId, Option<u64>),
 }
 
 #[derive(Default)]
@@ -192,13 +193,13 @@ impl Upstream for FakeUpstream {
         Ok(futures_util::stream::iter(bundles).boxed())
     }
 
-    async fn store(&self, message: &InboundMessage) -> Result<u64, FrameError> {
+    async fn store(&self, message: &InboundMessage, after: Option<u64>) -> Result<u64, FrameError> {
         let mut state = self.state();
         let thread = &message.thread_id;
         if state.store_fails {
             return Err(FrameError::new(ErrorCode::Busy, "unavailable").on_thread(thread));
         }
-        state.calls.push(Call::Store(thread.clone()));
+        state.calls.push(Call::Store(thread.clone(), after));
         state.stored.push(message.clone());
         let answers: Vec<_> = state
             .on_store
@@ -598,18 +599,57 @@ async fn a_message_subscribes_before_it_is_stored_and_accepted_precedes_its_fram
     assert_eq!(client.next_seqs(2).await, vec![1, 2]);
     assert_eq!(
         upstream.state().calls,
-        vec![Call::Subscribe(thread.clone()), Call::Store(thread.clone())]
+        vec![
+            Call::Subscribe(thread.clone()),
+            Call::Store(thread.clone(), None)
+        ]
     );
-    // A second message on the same thread reuses the subscription.
+    // A second message on the same thread reuses the subscription, and is stored to follow the
+    // first (stored at 1 by the fake).
     client.send_message(&thread, "again");
     client.next_accepted(&thread).await;
     let state = upstream.state();
     assert_eq!(state.calls.len(), 3);
-    assert_eq!(state.calls[2], Call::Store(thread.clone()));
+    assert_eq!(state.calls[2], Call::Store(thread.clone(), Some(1)));
     assert!(matches!(
         &state.stored[1].kind,
         InboundKind::Message { content } if content.as_str() == "again"
     ));
+}
+
+#[tokio::test]
+async fn a_message_is_stored_to_follow_the_one_this_socket_stored_last_on_its_thread() {
+    let upstream = FakeUpstream::default();
+    let [a, b] = [(); 2].map(|()| ThreadId::generate());
+    let mut client = Harness::start_with(Setup::default(), upstream.clone());
+    for (thread, text) in [(&a, "one"), (&b, "two"), (&a, "three")] {
+        client.send_message(thread, text);
+        client.next_accepted(thread).await;
+    }
+    let cancel = serde_json::json!({
+        "type": "cancel",
+        "thread_id": b,
+        "token": client.tokens.sign(&b),
+    });
+    client.send_text(cancel.to_string());
+    client.next_accepted(&b).await;
+    let stores: Vec<Call> = upstream
+        .state()
+        .calls
+        .iter()
+        .filter(|call| matches!(call, Call::Store(..)))
+        .cloned()
+        .collect();
+    // The fake stores at 1, 2, 3, 4.
+    assert_eq!(
+        stores,
+        vec![
+            Call::Store(a.clone(), None),
+            Call::Store(b.clone(), None),
+            Call::Store(a.clone(), Some(1)),
+            Call::Store(b.clone(), Some(2)),
+        ]
+    );
 }
 
 #[tokio::test]

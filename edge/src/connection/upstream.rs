@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use backon::{ExponentialBuilder, Retryable as _};
 use futures_util::stream::BoxStream;
@@ -51,10 +52,16 @@ pub trait Upstream: Send + Sync {
         after_seq: u64,
     ) -> impl Future<Output = anyhow::Result<BoxStream<'_, anyhow::Result<Bundle>>>> + Send;
 
-    /// Stores a client message in `<PREFIX>_IN`; returns its stream sequence.
+    /// Stores a client message in `<PREFIX>_IN`; returns its stream sequence. `after`: the
+    /// sequence of the thread's message this socket stored last. The message is stored on the
+    /// condition that it still is the thread's last (`Nats-Expected-Last-Subject-Sequence`,
+    /// checked by the stream and kept in the stored message's headers), which tells the worker
+    /// that no message of the thread lies between the two; when one does (another socket or an
+    /// operator stored it), it is stored without.
     fn store(
         &self,
         message: &InboundMessage,
+        after: Option<u64>,
     ) -> impl Future<Output = Result<u64, FrameError>> + Send;
 
     /// Announces a stored `cancel` on the thread's cancel subject (best effort: the stored copy
@@ -150,7 +157,7 @@ impl Upstream for Arc<AppState> {
         Ok(bundles.boxed())
     }
 
-    async fn store(&self, message: &InboundMessage) -> Result<u64, FrameError> {
+    async fn store(&self, message: &InboundMessage, after: Option<u64>) -> Result<u64, FrameError> {
         let thread = &message.thread_id;
         let busy = || {
             FrameError::new(
@@ -172,29 +179,19 @@ impl Upstream for Arc<AppState> {
         let started = Instant::now();
         let trace_context = shared::telemetry::trace_headers();
         // A failure after the message left may hide a stored message: send the same message id
-        // again (JetStream stores it once) before telling the client it was not stored.
-        let stored = (|| async {
-            let publish = async_nats::jetstream::message::PublishMessage::build()
-                .headers(trace_context.clone())
-                .payload(payload.clone())
-                .message_id(&dedup_id);
-            self.jetstream
-                .send_publish(self.subjects.inbound(thread), publish)
-                .await?
-                .await
-        })
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(50))
-                .with_max_times(2),
-        )
-        .when(|error| {
-            matches!(
-                error.kind(),
-                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::Other
-            )
-        })
-        .await;
+        // again (JetStream stores it once, and answers a duplicate before it checks `after`)
+        // before telling the client it was not stored.
+        let publish = |after| {
+            let subject = self.subjects.inbound(thread);
+            publish_inbound(self, subject, &payload, &dedup_id, &trace_context, after)
+        };
+        let stored = match publish(after).await {
+            // Another message of the thread came between: stored without the condition.
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                publish(None).await
+            }
+            stored => stored,
+        };
         match stored {
             Ok(ack) => {
                 self.metrics
@@ -240,4 +237,43 @@ impl Upstream for Arc<AppState> {
     ) -> Result<MessageId, FrameError> {
         crate::routes::operator::feedback(self, thread, target, comment).await
     }
+}
+
+/// Publishes an inbound message to `subject`, following `after` if given (see
+/// [`Upstream::store`]); sent again on a lost connection or a missing ack, with the same message
+/// id, so that it is stored once.
+async fn publish_inbound(
+    state: &AppState,
+    subject: String,
+    payload: &bytes::Bytes,
+    dedup_id: &str,
+    trace_context: &HeaderMap,
+    after: Option<u64>,
+) -> Result<PublishAck, PublishError> {
+    (|| async {
+        let mut publish = async_nats::jetstream::message::PublishMessage::build()
+            .headers(trace_context.clone())
+            .payload(payload.clone())
+            .message_id(dedup_id);
+        if let Some(after) = after {
+            publish = publish.expected_last_subject_sequence(after);
+        }
+        state
+            .jetstream
+            .send_publish(subject.clone(), publish)
+            .await?
+            .await
+    })
+    .retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_times(2),
+    )
+    .when(|error| {
+        matches!(
+            error.kind(),
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::Other
+        )
+    })
+    .await
 }
