@@ -226,6 +226,18 @@ pub fn stream_configs(settings: &NatsSettings) -> [stream::Config; 2] {
     [inbound, replies]
 }
 
+/// Whether a thread's inbound messages are stored on the condition that they follow the one the
+/// socket stored last (`Nats-Expected-Last-Subject-Sequence`), and run as delivered when they
+/// are known to (`worker/src/drain.rs`, `follows_directly`). Only on a stream of one replica:
+/// there the server checks the condition and stores the message in one step. A replicated
+/// stream's leader checks it before the store is agreed, against what it has applied, so a
+/// plain publish still in flight could be stored between; there every delivery is read again.
+/// Read from the stream as the process found it at start-up (docs/operations.md: a change of
+/// `NATS_REPLICAS` restarts the edges and workers).
+pub fn inbound_follows_atomically(inbound: &stream::Stream) -> bool {
+    inbound.cached_info().config.num_replicas <= 1
+}
+
 /// The two streams; missing ones are created. An existing stream whose settings differ from the
 /// configured ones is used as it is, with a warning per setting: only `worker setup --apply`
 /// rewrites a stream. Safe to run from every process at start-up.

@@ -54,8 +54,8 @@ impl DeliveryOutcome {
 }
 
 impl TurnRunner {
-    /// Handles the delivery of the message stored at `delivered_seq` on `thread`'s subject.
-    #[tracing::instrument(name = "delivery", skip(self), fields(thread_id = %thread))]
+    /// Handles `delivered`, a message stored on `thread`'s subject.
+    #[tracing::instrument(name = "delivery", skip(self, delivered), fields(thread_id = %thread, delivered_seq = delivered.sequence))]
     pub async fn handle_delivery(
         &self,
         thread: &ThreadId,
@@ -169,7 +169,9 @@ impl TurnRunner {
             .tail_after(&lease.thread_id, lease.epoch, lease.last_seq);
         let replies = self.subjects.replies(&lease.thread_id);
         let first = async {
-            if follows_directly(&delivered, lease.last_in_seq) {
+            if shared::jetstream::inbound_follows_atomically(&self.inbound)
+                && follows_directly(&delivered, lease.last_in_seq)
+            {
                 // Most often the delivery is the thread's next message itself.
                 Ok(Some(delivered))
             } else {
@@ -291,8 +293,9 @@ impl TurnRunner {
 
 /// Whether `delivered` is the thread's first message after `last_in_seq`: stored on the
 /// condition that the thread's last message then was `last_in_seq` (the edge asks for it, see
-/// `edge::connection::Upstream::store`, and the stream checked it and kept the header). Stream
-/// sequences only grow, so no message of the thread can lie between the two.
+/// `edge::connection::Upstream::store`, and a stream of one replica checked it and stored the
+/// message in one step, keeping the header). Stream sequences only grow, so no message of the
+/// thread can lie between the two.
 fn follows_directly(delivered: &StreamMessage, last_in_seq: u64) -> bool {
     let after = delivered
         .headers

@@ -505,7 +505,8 @@ impl<U: Upstream> Connection<U> {
         let after = attachment.as_ref().and_then(|attachment| attachment.stored);
         let stored = self.upstream.store(message, after).await?;
         if let Some(attachment) = attachment {
-            attachment.stored = Some(stored);
+            // A message sent again is answered with its first sequence: never go back.
+            attachment.stored = attachment.stored.max(Some(stored));
         }
         Ok(stored)
     }

@@ -53,11 +53,12 @@ pub trait Upstream: Send + Sync {
     ) -> impl Future<Output = anyhow::Result<BoxStream<'_, anyhow::Result<Bundle>>>> + Send;
 
     /// Stores a client message in `<PREFIX>_IN`; returns its stream sequence. `after`: the
-    /// sequence of the thread's message this socket stored last. The message is stored on the
-    /// condition that it still is the thread's last (`Nats-Expected-Last-Subject-Sequence`,
-    /// checked by the stream and kept in the stored message's headers), which tells the worker
-    /// that no message of the thread lies between the two; when one does (another socket or an
-    /// operator stored it), it is stored without.
+    /// sequence of the thread's message this socket stored last. On a stream of one replica
+    /// (`shared::jetstream::inbound_follows_atomically`) the message is stored on the condition
+    /// that it still is the thread's last (`Nats-Expected-Last-Subject-Sequence`, checked by the
+    /// stream and kept in the stored message's headers), which tells the worker that no message
+    /// of the thread lies between the two; when one does (another socket or an operator stored
+    /// it), it is stored without.
     fn store(
         &self,
         message: &InboundMessage,
@@ -179,8 +180,11 @@ impl Upstream for Arc<AppState> {
         let started = Instant::now();
         let trace_context = shared::telemetry::trace_headers();
         // A failure after the message left may hide a stored message: send the same message id
-        // again (JetStream stores it once, and answers a duplicate before it checks `after`)
-        // before telling the client it was not stored.
+        // again (JetStream stores it once) before telling the client it was not stored. Sent
+        // again on the condition of `after`, a stored message is answered as a duplicate, or
+        // (by a server that checks the condition first) refused and sent without it: a
+        // duplicate then.
+        let after = after.filter(|_| shared::jetstream::inbound_follows_atomically(&self.inbound));
         let publish = |after| {
             let subject = self.subjects.inbound(thread);
             publish_inbound(self, subject, &payload, &dedup_id, &trace_context, after)
