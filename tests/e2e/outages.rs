@@ -673,6 +673,27 @@ async fn a_three_node_cluster_survives_losing_a_node_under_load() {
     })
     .await;
     assert_ne!(new_leader, leader);
+    // On a replicated stream the condition is checked before the store is agreed, so no message
+    // is stored on it, and every delivery is read again (`inbound_follows_atomically`).
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut checked = 0;
+    for seq in 1..=last {
+        let Ok(stored) = stream.direct_get(seq).await else {
+            continue;
+        };
+        checked += 1;
+        assert!(
+            stored
+                .headers
+                .get(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE)
+                .is_none(),
+            "message {seq} was stored on a condition on a replicated stream"
+        );
+    }
+    assert!(
+        checked > 0,
+        "none of the {last} stored messages could be read"
+    );
     eprintln!(
         "node {leader} of 3 killed (new leader {new_leader}): {total} messages committed once each; {incidents:?}; {:.1?}",
         started.elapsed()
