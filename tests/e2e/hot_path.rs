@@ -301,9 +301,10 @@ async fn a_delivery_that_follows_the_last_turn_is_not_read_again() {
     sent.push(content);
     wait_for_committed(&db, &thread.thread_id, sent.len()).await;
     let behind = reads.since_last().await;
+    // Each is read (a retried delivery may read it again).
     assert!(
-        behind >= 2,
-        "{behind} reads for a message of a second socket and the first's next: each is read"
+        (2..=4).contains(&behind),
+        "{behind} reads for a message of a second socket and the first's next"
     );
     let run: Vec<String> = sqlx::query_scalar(
         "SELECT content FROM turns WHERE thread_id = $1 AND kind = 'message' ORDER BY in_seq",

@@ -691,8 +691,8 @@ async fn a_three_node_cluster_survives_losing_a_node_under_load() {
         );
     }
     assert!(
-        checked > 0,
-        "none of the {last} stored messages could be read"
+        checked * 2 >= last,
+        "only {checked} of the {last} stored messages could be read"
     );
     eprintln!(
         "node {leader} of 3 killed (new leader {new_leader}): {total} messages committed once each; {incidents:?}; {:.1?}",
