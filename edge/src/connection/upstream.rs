@@ -245,8 +245,8 @@ impl Upstream for Arc<AppState> {
 
 /// Publishes an inbound message to `subject`, following `after` if given (see
 /// [`Upstream::store`]); sent again on a lost connection or a missing ack, with the same message
-/// id, so that it is stored once.
-async fn publish_inbound(
+/// id, so that it is stored once. Also the operators' messages' (`routes/operator.rs`).
+pub(crate) async fn publish_inbound(
     state: &AppState,
     subject: String,
     payload: &bytes::Bytes,

@@ -14,17 +14,13 @@
 //!
 //! [`ThreadTokens::operator_token_hash`]: shared::auth::ThreadTokens::operator_token_hash
 
-use std::time::Duration;
-
 use anyhow::Context as _;
-use async_nats::jetstream::context::PublishErrorKind;
 use axum::extract::{Path, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::{Extension, Json};
-use backon::{ExponentialBuilder, Retryable as _};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::ids::{MessageId, ThreadId, TurnId};
@@ -33,6 +29,7 @@ use shared::protocol::frames::UserText;
 use shared::protocol::{ClientFrame, ErrorCode, FeedbackTarget, FrameError};
 use uuid::Uuid;
 
+use crate::connection::upstream::publish_inbound;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -580,29 +577,8 @@ async fn publish(
         .map_err(|error| unavailable(&error.to_string()))?;
     let dedup_id = format!("{thread}:op:{}", message.message_id);
     let trace_context = shared::telemetry::trace_headers();
-    let stored = (|| async {
-        let publish = async_nats::jetstream::message::PublishMessage::build()
-            .headers(trace_context.clone())
-            .payload(payload.clone())
-            .message_id(&dedup_id);
-        state
-            .jetstream
-            .send_publish(state.subjects.inbound(thread), publish)
-            .await?
-            .await
-    })
-    .retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_times(2),
-    )
-    .when(|error| {
-        matches!(
-            error.kind(),
-            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::Other
-        )
-    })
-    .await;
+    let subject = state.subjects.inbound(thread);
+    let stored = publish_inbound(state, subject, &payload, &dedup_id, &trace_context, None).await;
     stored
         .map(|_ack| ())
         .map_err(|error| unavailable(&error.to_string()))
