@@ -699,3 +699,79 @@ async fn a_three_node_cluster_survives_losing_a_node_under_load() {
         started.elapsed()
     );
 }
+
+/// On a replicated inbound stream a worker reads every delivery again from the stream, even one
+/// stored on the condition that it follows the thread's last committed message: the stream's
+/// leader checks that condition before the store is agreed, not with it
+/// (`shared::jetstream::inbound_follows_atomically`). The condition is put on here by the test,
+/// as an edge on a stream of one replica would.
+#[tokio::test]
+async fn on_a_replicated_stream_a_worker_reads_every_delivery_again() {
+    use futures_util::StreamExt as _;
+    use shared::protocol::bus::{InboundKind, InboundMessage};
+
+    let cluster = NatsServer::cluster::<3>().await;
+    NatsServer::wait_for_jetstream(&cluster).await;
+    let app = TestApp::spawn_with_urls(
+        options(1).with("NATS_REPLICAS", "3"),
+        NatsServer::urls(&cluster),
+        None,
+    )
+    .await;
+    let subjects = app.subjects();
+    let js = app.jetstream().await;
+    let reads = Arc::new(AtomicUsize::new(0));
+    let nats = e2e::nats_client(&app.nats_url).await.unwrap();
+    let mut requests = nats
+        .subscribe(format!(
+            "$JS.API.STREAM.MSG.GET.{}",
+            subjects.inbound_stream()
+        ))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let counting = {
+        let reads = Arc::clone(&reads);
+        tokio::spawn(async move {
+            while requests.next().await.is_some() {
+                reads.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    ws.ask(&thread, "Where is my order 1001?").await;
+    app.wait_for_turns(&thread.thread_id, 1).await;
+    let first = eventually("the first message to be read", || async {
+        let read = reads.load(Ordering::SeqCst);
+        (read >= 1).then_some(read)
+    })
+    .await;
+
+    let mut stream = js.get_stream(subjects.inbound_stream()).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let message = InboundMessage {
+        thread_id: thread.id(),
+        message_id: shared::ids::MessageId::generate(),
+        turn_id: shared::ids::TurnId::generate(),
+        received_at: chrono::Utc::now(),
+        kind: InboundKind::Message {
+            content: shared::protocol::frames::UserText::parse("Where is my order 1002?".into())
+                .unwrap(),
+        },
+    };
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(message.to_bytes().unwrap())
+        .expected_last_subject_sequence(last);
+    js.send_publish(subjects.inbound(&thread.id()), publish)
+        .await
+        .unwrap()
+        .await
+        .expect("stored: the first message is the thread's last");
+    app.wait_for_turns(&thread.thread_id, 2).await;
+    eventually("the worker to read the delivery again", || async {
+        (reads.load(Ordering::SeqCst) > first).then_some(())
+    })
+    .await;
+    counting.abort();
+}
