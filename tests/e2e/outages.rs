@@ -629,18 +629,25 @@ async fn stream_leader(app: &TestApp, stream: &str) -> Option<String> {
     info.cluster.as_ref()?.leader.clone()
 }
 
-#[tokio::test]
-async fn a_three_node_cluster_survives_losing_a_node_under_load() {
-    const THREADS: usize = 12;
-    let started = Instant::now();
-    let mut cluster = NatsServer::cluster::<3>().await;
+/// A stack of one edge and `workers` workers on a 3-node JetStream cluster, its streams
+/// replicated on all three nodes (the cluster lives as long as the array).
+async fn replicated_stack(workers: usize) -> ([NatsServer; 3], TestApp) {
+    let cluster = NatsServer::cluster::<3>().await;
     NatsServer::wait_for_jetstream(&cluster).await;
     let app = TestApp::spawn_with_urls(
-        options(2).with("NATS_REPLICAS", "3"),
+        options(workers).with("NATS_REPLICAS", "3"),
         NatsServer::urls(&cluster),
         None,
     )
     .await;
+    (cluster, app)
+}
+
+#[tokio::test]
+async fn a_three_node_cluster_survives_losing_a_node_under_load() {
+    const THREADS: usize = 12;
+    let started = Instant::now();
+    let (mut cluster, app) = replicated_stack(2).await;
     let inbound = app.subjects().inbound_stream();
     let mut stream = app.jetstream().await.get_stream(&inbound).await.unwrap();
     let replicas = stream.info().await.unwrap().config.num_replicas;
@@ -710,14 +717,7 @@ async fn on_a_replicated_stream_a_worker_reads_every_delivery_again() {
     use futures_util::StreamExt as _;
     use shared::protocol::bus::{InboundKind, InboundMessage};
 
-    let cluster = NatsServer::cluster::<3>().await;
-    NatsServer::wait_for_jetstream(&cluster).await;
-    let app = TestApp::spawn_with_urls(
-        options(1).with("NATS_REPLICAS", "3"),
-        NatsServer::urls(&cluster),
-        None,
-    )
-    .await;
+    let (_cluster, app) = replicated_stack(1).await;
     let subjects = app.subjects();
     let js = app.jetstream().await;
     let reads = Arc::new(AtomicUsize::new(0));

@@ -2,11 +2,11 @@
 //! drain of the thread, if one runs ([`LocalDrains`]), takes the thread's
 //! lease (fenced by an epoch, renewed while it works), then drains the thread: reads its
 //! unprocessed messages straight from the stream (JetStream direct get), oldest first, up to the
-//! delivered one, and runs and commits each as a turn with its stream sequence. The read is
-//! skipped when the delivered message is known to follow the last committed one directly
-//! ([`follows_directly`]). So turns run in
-//! accepted order however many workers pull. A turn that fails is counted; one that keeps
-//! failing (or panics, or is refused for good) is dead-lettered and the thread moves on.
+//! delivered one, and runs and commits each as a turn with its stream sequence (the read is
+//! skipped when the delivered message is known to follow the last committed one directly:
+//! [`follows_directly`]). So turns run in accepted order however many workers pull. A turn that
+//! fails is counted; one that keeps failing (or panics, or is refused for good) is dead-lettered
+//! and the thread moves on.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
