@@ -87,6 +87,7 @@ impl Edge {
             jetstream,
             // Behind `Arc`s: a stream's info is 1.4 KiB inline and more on the heap, and the state
             // is cloned for every request and socket.
+            atomic_conditions: shared::jetstream::AtomicConditions::watch(&inbound),
             inbound: Arc::new(inbound),
             replies: Arc::new(replies),
             db,

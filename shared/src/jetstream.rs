@@ -4,6 +4,8 @@
 //! by `worker setup --apply` (SPEC §9).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -226,16 +228,70 @@ pub fn stream_configs(settings: &NatsSettings) -> [stream::Config; 2] {
     [inbound, replies]
 }
 
-/// Whether a thread's inbound messages are stored on the condition that they follow the one the
-/// socket stored last (`Nats-Expected-Last-Subject-Sequence`), and run as delivered when they
-/// are known to (`worker/src/drain.rs`, `follows_directly`). Only on a stream of one replica:
-/// there the server checks the condition and stores the message in one step. A replicated
-/// stream's leader checks it before the store is agreed, against what it has applied, so a
-/// plain publish still in flight could be stored between; there every delivery is read again.
-/// Read from the stream as the process found it at start-up (docs/operations.md: a change of
-/// `NATS_REPLICAS` restarts the edges and workers).
-pub fn inbound_follows_atomically(inbound: &stream::Stream) -> bool {
-    inbound.cached_info().config.num_replicas <= 1
+/// How often a running edge or worker reads the inbound stream's replicas again
+/// ([`AtomicConditions`]).
+pub const REPLICAS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Whether the inbound stream stores a message on its condition in one step, so that a thread's
+/// inbound messages may be stored on the condition that they follow the one the socket stored
+/// last (`Nats-Expected-Last-Subject-Sequence`), and run as delivered when they are known to
+/// (`worker/src/drain.rs`, `follows_directly`). Only on a stream of one replica: there the server
+/// checks the condition and stores the message in one step. A replicated stream's leader checks
+/// it before the store is agreed, against what it has applied, so a plain publish still in flight
+/// could be stored between; there every delivery is read again.
+///
+/// Kept current: read from the stream as the process opened it, then again every
+/// [`REPLICAS_REFRESH`] by a task that ends with the last clone, so that raising `NATS_REPLICAS`
+/// on a running fleet (`worker setup --apply`) stops the edges' conditional stores and the
+/// workers' trust in them within that time. A stream that cannot be read counts as replicated:
+/// reading a delivery again is never wrong, only dearer.
+#[derive(Clone, Debug)]
+pub struct AtomicConditions {
+    atomic: Arc<AtomicBool>,
+}
+
+impl AtomicConditions {
+    /// Watches `inbound` (spawns the refresh task: call inside a Tokio runtime).
+    pub fn watch(inbound: &stream::Stream) -> Self {
+        let atomic = Arc::new(AtomicBool::new(single_replica(inbound.cached_info())));
+        let watched = Arc::downgrade(&atomic);
+        let mut inbound = inbound.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + REPLICAS_REFRESH;
+            let mut ticks = tokio::time::interval_at(start, REPLICAS_REFRESH);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(atomic) = watched.upgrade() else {
+                    return;
+                };
+                let now = match inbound.info().await {
+                    Ok(info) => single_replica(info),
+                    Err(error) => {
+                        tracing::debug!(%error, "Cannot read the inbound stream's replicas.");
+                        false
+                    }
+                };
+                if atomic.swap(now, Ordering::Relaxed) != now {
+                    tracing::info!(
+                        atomic = now,
+                        "The inbound stream's replicas changed: conditional stores {}.",
+                        if now { "resume" } else { "stop" }
+                    );
+                }
+            }
+        });
+        Self { atomic }
+    }
+
+    /// Whether a message stored on its condition now follows the thread's previous one directly.
+    pub fn hold(&self) -> bool {
+        self.atomic.load(Ordering::Relaxed)
+    }
+}
+
+fn single_replica(info: &stream::Info) -> bool {
+    info.config.num_replicas <= 1
 }
 
 /// The two streams; missing ones are created. An existing stream whose settings differ from the

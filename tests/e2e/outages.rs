@@ -707,25 +707,20 @@ async fn a_three_node_cluster_survives_losing_a_node_under_load() {
     );
 }
 
-/// On a replicated inbound stream a worker reads every delivery again from the stream, even one
-/// stored on the condition that it follows the thread's last committed message: the stream's
-/// leader checks that condition before the store is agreed, not with it
-/// (`shared::jetstream::inbound_follows_atomically`). The condition is put on here by the test,
-/// as an edge on a stream of one replica would.
-#[tokio::test]
-async fn on_a_replicated_stream_a_worker_reads_every_delivery_again() {
+/// Counts the requests to read a message of `<PREFIX>_IN` (`$JS.API.STREAM.MSG.GET.<stream>`:
+/// a subscription sees them) until the returned task is aborted. Flushing the returned client
+/// makes sure the server has sent it every request made before.
+async fn count_inbound_reads(
+    app: &TestApp,
+) -> (Arc<AtomicUsize>, async_nats::Client, JoinHandle<()>) {
     use futures_util::StreamExt as _;
-    use shared::protocol::bus::{InboundKind, InboundMessage};
 
-    let (_cluster, app) = replicated_stack(1).await;
-    let subjects = app.subjects();
-    let js = app.jetstream().await;
     let reads = Arc::new(AtomicUsize::new(0));
     let nats = e2e::nats_client(&app.nats_url).await.unwrap();
     let mut requests = nats
         .subscribe(format!(
             "$JS.API.STREAM.MSG.GET.{}",
-            subjects.inbound_stream()
+            app.subjects().inbound_stream()
         ))
         .await
         .unwrap();
@@ -738,6 +733,67 @@ async fn on_a_replicated_stream_a_worker_reads_every_delivery_again() {
             }
         })
     };
+    (reads, nats, counting)
+}
+
+/// Stores a customer message on `thread` on the condition that the thread's last message is still
+/// the last, as an edge on a stream of one replica does. Every message of the thread stored so far
+/// must be committed: the last is read from PostgreSQL, not with a request to the stream, which
+/// [`count_inbound_reads`] would count.
+async fn store_on_condition(app: &TestApp, thread: &Thread, content: &str) {
+    use shared::protocol::bus::{InboundKind, InboundMessage};
+
+    let subjects = app.subjects();
+    let js = app.jetstream().await;
+    let last: i64 = sqlx::query_scalar("SELECT last_in_seq FROM threads WHERE id = $1")
+        .bind(&thread.thread_id)
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    let last = u64::try_from(last).unwrap();
+    let message = InboundMessage {
+        thread_id: thread.id(),
+        message_id: shared::ids::MessageId::generate(),
+        turn_id: shared::ids::TurnId::generate(),
+        received_at: chrono::Utc::now(),
+        kind: InboundKind::Message {
+            content: shared::protocol::frames::UserText::parse(content.into()).unwrap(),
+        },
+    };
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(message.to_bytes().unwrap())
+        .expected_last_subject_sequence(last);
+    js.send_publish(subjects.inbound(&thread.id()), publish)
+        .await
+        .unwrap()
+        .await
+        .expect("stored: the condition names the thread's last message");
+}
+
+/// Whether the thread's last stored message was stored on a condition (a request to the stream:
+/// not while [`count_inbound_reads`] counts).
+async fn last_stored_on_condition(app: &TestApp, thread: &Thread) -> bool {
+    let subjects = app.subjects();
+    let js = app.jetstream().await;
+    let stream = js.get_stream(subjects.inbound_stream()).await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(&subjects.inbound(&thread.id()))
+        .await
+        .expect("the thread has a stored message");
+    last.headers
+        .get(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE)
+        .is_some()
+}
+
+/// On a replicated inbound stream a worker reads every delivery again from the stream, even one
+/// stored on the condition that it follows the thread's last committed message: the stream's
+/// leader checks that condition before the store is agreed, not with it
+/// (`shared::jetstream::AtomicConditions`). The condition is put on here by the test, as an edge
+/// on a stream of one replica would.
+#[tokio::test]
+async fn on_a_replicated_stream_a_worker_reads_every_delivery_again() {
+    let (_cluster, app) = replicated_stack(1).await;
+    let (reads, _nats, counting) = count_inbound_reads(&app).await;
     let thread = app.create_thread().await;
     let mut ws = app.connect(0).await;
     ws.ask(&thread, "Where is my order 1001?").await;
@@ -748,30 +804,104 @@ async fn on_a_replicated_stream_a_worker_reads_every_delivery_again() {
     })
     .await;
 
-    let mut stream = js.get_stream(subjects.inbound_stream()).await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let message = InboundMessage {
-        thread_id: thread.id(),
-        message_id: shared::ids::MessageId::generate(),
-        turn_id: shared::ids::TurnId::generate(),
-        received_at: chrono::Utc::now(),
-        kind: InboundKind::Message {
-            content: shared::protocol::frames::UserText::parse("Where is my order 1002?".into())
-                .unwrap(),
-        },
-    };
-    let publish = async_nats::jetstream::message::PublishMessage::build()
-        .payload(message.to_bytes().unwrap())
-        .expected_last_subject_sequence(last);
-    js.send_publish(subjects.inbound(&thread.id()), publish)
-        .await
-        .unwrap()
-        .await
-        .expect("stored: the first message is the thread's last");
+    store_on_condition(&app, &thread, "Where is my order 1002?").await;
     app.wait_for_turns(&thread.thread_id, 2).await;
     eventually("the worker to read the delivery again", || async {
         (reads.load(Ordering::SeqCst) > first).then_some(())
     })
     .await;
     counting.abort();
+}
+
+/// The inbound stream's replicas raised from one to three under a running edge and worker (as
+/// `worker setup --apply` does): within `shared::jetstream::REPLICAS_REFRESH` the edge stops
+/// storing a socket's messages on the condition and the worker reads every delivery again, with
+/// no restart (`shared::jetstream::AtomicConditions`).
+#[tokio::test]
+async fn raising_the_replicas_under_a_running_stack_stops_the_conditional_stores() {
+    // Each wait below is for a refresh of one process: a few refresh periods at most.
+    let bound = shared::jetstream::REPLICAS_REFRESH * 4;
+    let cluster = NatsServer::cluster::<3>().await;
+    NatsServer::wait_for_jetstream(&cluster).await;
+    let app = TestApp::spawn_with_urls(
+        options(1).with("NATS_REPLICAS", "1"),
+        NatsServer::urls(&cluster),
+        None,
+    )
+    .await;
+    let thread = app.create_thread().await;
+    let mut ws = app.connect(0).await;
+    let mut turns = 0;
+    for _ in 0..2 {
+        ws.ask(&thread, "Where is my order 1001?").await;
+        turns += 1;
+        app.wait_for_turns(&thread.thread_id, turns).await;
+    }
+    assert!(
+        last_stored_on_condition(&app, &thread).await,
+        "on one replica a socket's second message is stored on the condition"
+    );
+
+    let js = app.jetstream().await;
+    let mut stream = js
+        .get_stream(app.subjects().inbound_stream())
+        .await
+        .unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.num_replicas = 3;
+    js.update_stream(&config).await.unwrap();
+    let raised = Instant::now();
+    // The stream takes stores again once its new peers have caught up (the edge answers `busy`
+    // meanwhile).
+    let name = app.subjects().inbound_stream();
+    eventually("the raised stream's replicas to be current", || async {
+        let mut stream = app.jetstream().await.get_stream(&name).await.ok()?;
+        let info = stream.info().await.ok()?;
+        let cluster = info.cluster.as_ref()?;
+        let current = cluster.replicas.iter().filter(|peer| peer.current).count();
+        (cluster.leader.is_some() && current == 2).then_some(())
+    })
+    .await;
+
+    // The edge: a message of the same socket is stored without the condition.
+    loop {
+        ws.ask(&thread, "Where is my order 1002?").await;
+        turns += 1;
+        app.wait_for_turns(&thread.thread_id, turns).await;
+        if !last_stored_on_condition(&app, &thread).await {
+            break;
+        }
+        assert!(
+            raised.elapsed() < bound,
+            "the edge still stores on the condition {:?} after the replicas were raised",
+            raised.elapsed()
+        );
+    }
+
+    // The worker: a message stored on the condition all the same is read again.
+    let (reads, nats, counting) = count_inbound_reads(&app).await;
+    loop {
+        let before = reads.load(Ordering::SeqCst);
+        store_on_condition(&app, &thread, "Where is my order 1003?").await;
+        turns += 1;
+        app.wait_for_turns(&thread.thread_id, turns).await;
+        // The worker's read, if it made one, was answered before its turn committed: the server
+        // sent the request to the counter before the flush's answer. A count the counting task
+        // has yet to make only costs another turn.
+        nats.flush().await.unwrap();
+        tokio::task::yield_now().await;
+        if reads.load(Ordering::SeqCst) > before {
+            break;
+        }
+        assert!(
+            raised.elapsed() < bound * 2,
+            "the worker still runs conditional deliveries as delivered {:?} after the replicas were raised",
+            raised.elapsed()
+        );
+    }
+    counting.abort();
+    eprintln!(
+        "replicas raised under a running stack: {turns} turns; conditional stores stopped within {:?}",
+        raised.elapsed()
+    );
 }

@@ -246,6 +246,17 @@ async fn setup(args: &SetupArgs, settings: &Settings) -> anyhow::Result<()> {
             StreamSetup::Updated(drift) => {
                 println!("stream {name}: updated to the configured settings");
                 print_drift(&drift);
+                let is_inbound = name == settings.nats.subjects().inbound_stream();
+                if is_inbound
+                    && drift
+                        .iter()
+                        .any(|change| change.field == "num_replicas" && change.actual == "1")
+                {
+                    println!(
+                        "  running edges and workers stop storing on conditions within {:?} (docs/operations.md, NATS)",
+                        shared::jetstream::REPLICAS_REFRESH
+                    );
+                }
             }
         }
         inbound.get_or_insert(stream);

@@ -97,6 +97,7 @@ impl Worker {
             })?;
         let runner = TurnRunner {
             jetstream,
+            atomic_conditions: shared::jetstream::AtomicConditions::watch(&inbound),
             inbound,
             replies,
             subjects: settings.nats.subjects(),

@@ -33,6 +33,8 @@ use crate::store::Store;
 pub struct TurnRunner {
     pub jetstream: jetstream::Context,
     pub inbound: stream::Stream,
+    /// Whether `inbound` stores a message on its condition in one step (one replica), kept current.
+    pub atomic_conditions: shared::jetstream::AtomicConditions,
     pub replies: stream::Stream,
     pub subjects: Subjects,
     pub store: Store,
