@@ -82,14 +82,15 @@ impl Edge {
             }
             LiveSubscription::Thread => None,
         };
+        let inbound_conditions = shared::jetstream::StoreConditions::watch(&inbound);
         let state = AppState {
             nats,
             jetstream,
             // Behind `Arc`s: a stream's info is 1.4 KiB inline and more on the heap, and the state
             // is cloned for every request and socket.
-            atomic_conditions: shared::jetstream::AtomicConditions::watch(&inbound),
             inbound: Arc::new(inbound),
             replies: Arc::new(replies),
+            inbound_conditions,
             db,
             subjects,
             tokens: Arc::new(tokens),

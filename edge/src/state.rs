@@ -22,8 +22,8 @@ pub struct AppState {
     pub jetstream: async_nats::jetstream::Context,
     /// `<PREFIX>_IN`: client messages, read by replays.
     pub inbound: Arc<async_nats::jetstream::stream::Stream>,
-    /// Whether `inbound` stores a message on its condition in one step (one replica), kept current.
-    pub atomic_conditions: shared::jetstream::AtomicConditions,
+    /// Whether `inbound` checks a message's condition with its store (one replica), kept current.
+    pub inbound_conditions: shared::jetstream::StoreConditions,
     /// `<PREFIX>_OUT`: retained reply frames, replayed on `resume`.
     pub replies: Arc<async_nats::jetstream::stream::Stream>,
     pub db: PgPool,

@@ -4,7 +4,7 @@
 //! by `worker setup --apply` (SPEC §9).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,10 +229,10 @@ pub fn stream_configs(settings: &NatsSettings) -> [stream::Config; 2] {
 }
 
 /// How often a running edge or worker reads the inbound stream's replicas again
-/// ([`AtomicConditions`]).
+/// ([`StoreConditions`]).
 pub const REPLICAS_REFRESH: Duration = Duration::from_secs(5);
 
-/// Whether the inbound stream stores a message on its condition in one step, so that a thread's
+/// Whether the inbound stream checks a message's condition with its store, so that a thread's
 /// inbound messages may be stored on the condition that they follow the one the socket stored
 /// last (`Nats-Expected-Last-Subject-Sequence`), and run as delivered when they are known to
 /// (`worker/src/drain.rs`, `follows_directly`). Only on a stream of one replica: there the server
@@ -240,58 +240,113 @@ pub const REPLICAS_REFRESH: Duration = Duration::from_secs(5);
 /// it before the store is agreed, against what it has applied, so a plain publish still in flight
 /// could be stored between; there every delivery is read again.
 ///
-/// Kept current: read from the stream as the process opened it, then again every
+/// Kept current: read from the stream as the process opened it, again at once, then every
 /// [`REPLICAS_REFRESH`] by a task that ends with the last clone, so that raising `NATS_REPLICAS`
-/// on a running fleet (`worker setup --apply`) stops the edges' conditional stores and the
-/// workers' trust in them within that time. A stream that cannot be read counts as replicated:
-/// reading a delivery again is never wrong, only dearer.
+/// on a running fleet (`worker setup --apply`) stops the workers' trust in the condition (and
+/// the edges' use of it) at their next reading. A stream that cannot be read counts as
+/// replicated: reading a delivery again is never wrong, only dearer. A message is trusted only
+/// if it was stored after the stream was last seen to come to one replica (or after this
+/// process first looked): one stored on its condition while the stream was replicated, and
+/// delivered after it came back to one, is read again.
 #[derive(Clone, Debug)]
-pub struct AtomicConditions {
-    atomic: Arc<AtomicBool>,
+pub struct StoreConditions {
+    seen: Arc<Seen>,
 }
 
-impl AtomicConditions {
-    /// Watches `inbound` (spawns the refresh task: call inside a Tokio runtime).
-    pub fn watch(inbound: &stream::Stream) -> Self {
-        let atomic = Arc::new(AtomicBool::new(single_replica(inbound.cached_info())));
-        let watched = Arc::downgrade(&atomic);
-        let mut inbound = inbound.clone();
-        tokio::spawn(async move {
-            let start = tokio::time::Instant::now() + REPLICAS_REFRESH;
-            let mut ticks = tokio::time::interval_at(start, REPLICAS_REFRESH);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(atomic) = watched.upgrade() else {
-                    return;
-                };
-                let now = match inbound.info().await {
-                    Ok(info) => single_replica(info),
-                    Err(error) => {
-                        tracing::debug!(%error, "Cannot read the inbound stream's replicas.");
-                        false
-                    }
-                };
-                if atomic.swap(now, Ordering::Relaxed) != now {
+/// What the last reading of the stream found.
+#[derive(Debug)]
+struct Seen {
+    /// The stream had one replica.
+    single: AtomicBool,
+    /// Messages stored up to this stream sequence may have been stored while it was replicated.
+    trusted_after: AtomicU64,
+}
+
+impl Seen {
+    /// A reading: `Some((one replica, last stream sequence))`, or `None` when the stream could
+    /// not be read.
+    fn observe(&self, reading: Option<(bool, u64)>) {
+        match reading {
+            Some((true, last_sequence)) => {
+                if !self.single.load(Ordering::Acquire) {
+                    // Published before `single`: a reader that sees one sees the other.
+                    self.trusted_after.store(last_sequence, Ordering::Release);
+                    self.single.store(true, Ordering::Release);
                     tracing::info!(
-                        atomic = now,
-                        "The inbound stream's replicas changed: conditional stores {}.",
-                        if now { "resume" } else { "stop" }
+                        last_sequence,
+                        "The inbound stream has one replica: its store conditions are used."
                     );
                 }
             }
-        });
-        Self { atomic }
+            Some((false, _)) => {
+                if self.single.swap(false, Ordering::AcqRel) {
+                    tracing::info!(
+                        "The inbound stream is replicated: its store conditions are not used."
+                    );
+                }
+            }
+            None => {
+                if self.single.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "Cannot read the inbound stream's replicas: its store conditions are not used until it can be read."
+                    );
+                }
+            }
+        }
     }
 
-    /// Whether a message stored on its condition now follows the thread's previous one directly.
-    pub fn hold(&self) -> bool {
-        self.atomic.load(Ordering::Relaxed)
+    fn trusted(&self, sequence: u64) -> bool {
+        self.single.load(Ordering::Acquire) && sequence > self.trusted_after.load(Ordering::Acquire)
     }
 }
 
-fn single_replica(info: &stream::Info) -> bool {
-    info.config.num_replicas <= 1
+fn reading(info: &stream::Info) -> (bool, u64) {
+    (info.config.num_replicas <= 1, info.state.last_sequence)
+}
+
+impl StoreConditions {
+    /// Watches `inbound` (spawns the refresh task: call inside a Tokio runtime).
+    pub fn watch(inbound: &stream::Stream) -> Self {
+        let seen = Arc::new(Seen {
+            single: AtomicBool::new(false),
+            trusted_after: AtomicU64::new(0),
+        });
+        seen.observe(Some(reading(inbound.cached_info())));
+        let watched = Arc::downgrade(&seen);
+        let mut inbound = inbound.clone();
+        tokio::spawn(async move {
+            // The first tick is at once: the stream may have changed since it was opened.
+            let mut ticks = tokio::time::interval(REPLICAS_REFRESH);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(seen) = watched.upgrade() else {
+                    return;
+                };
+                let now = match inbound.info().await {
+                    Ok(info) => Some(reading(info)),
+                    Err(error) => {
+                        tracing::debug!(%error, "Cannot read the inbound stream's info.");
+                        None
+                    }
+                };
+                seen.observe(now);
+            }
+        });
+        Self { seen }
+    }
+
+    /// Whether the stream had one replica at the last reading: an edge stores on the condition.
+    pub fn checked_with_store(&self) -> bool {
+        self.seen.single.load(Ordering::Acquire)
+    }
+
+    /// Whether a message stored at `sequence` on its condition can be trusted to have been
+    /// checked with its store: the stream had one replica at the last reading, and since before
+    /// the message was stored.
+    pub fn trusted(&self, sequence: u64) -> bool {
+        self.seen.trusted(sequence)
+    }
 }
 
 /// The two streams; missing ones are created. An existing stream whose settings differ from the
@@ -549,6 +604,35 @@ mod tests {
             .to_string();
         assert!(!error.contains("s3cret"), "{error}");
         assert!(servers_and_credentials(" , ").is_err());
+    }
+
+    #[test]
+    fn a_condition_is_trusted_only_on_one_replica_and_for_messages_stored_since_it_was_seen() {
+        let seen = Seen {
+            single: AtomicBool::new(false),
+            trusted_after: AtomicU64::new(0),
+        };
+        // One replica when first looked at, 10 messages stored before.
+        seen.observe(Some((true, 10)));
+        assert!(seen.trusted(11));
+        assert!(!seen.trusted(10), "stored before this process looked");
+        // Still one replica: nothing moves.
+        seen.observe(Some((true, 30)));
+        assert!(seen.trusted(11));
+        // Replicated: nothing is trusted.
+        seen.observe(Some((false, 40)));
+        assert!(!seen.trusted(41));
+        // Back to one replica at 50: what was stored meanwhile (perhaps on a condition the
+        // replicated stream did not check with the store) is read again.
+        seen.observe(Some((true, 50)));
+        assert!(!seen.trusted(45));
+        assert!(seen.trusted(51));
+        // A stream that cannot be read counts as replicated, and the same holds after it.
+        seen.observe(None);
+        assert!(!seen.trusted(60));
+        seen.observe(Some((true, 70)));
+        assert!(!seen.trusted(65));
+        assert!(seen.trusted(71));
     }
 
     #[test]

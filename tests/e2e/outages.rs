@@ -681,7 +681,7 @@ async fn a_three_node_cluster_survives_losing_a_node_under_load() {
     .await;
     assert_ne!(new_leader, leader);
     // On a replicated stream the condition is checked before the store is agreed, so no message
-    // is stored on it, and every delivery is read again (`inbound_follows_atomically`).
+    // is stored on it, and every delivery is read again (`shared::jetstream::StoreConditions`).
     let last = stream.info().await.unwrap().state.last_sequence;
     let mut checked = 0;
     for seq in 1..=last {
@@ -788,7 +788,7 @@ async fn last_stored_on_condition(app: &TestApp, thread: &Thread) -> bool {
 /// On a replicated inbound stream a worker reads every delivery again from the stream, even one
 /// stored on the condition that it follows the thread's last committed message: the stream's
 /// leader checks that condition before the store is agreed, not with it
-/// (`shared::jetstream::AtomicConditions`). The condition is put on here by the test, as an edge
+/// (`shared::jetstream::StoreConditions`). The condition is put on here by the test, as an edge
 /// on a stream of one replica would.
 #[tokio::test]
 async fn on_a_replicated_stream_a_worker_reads_every_delivery_again() {
@@ -816,7 +816,7 @@ async fn on_a_replicated_stream_a_worker_reads_every_delivery_again() {
 /// The inbound stream's replicas raised from one to three under a running edge and worker (as
 /// `worker setup --apply` does): within `shared::jetstream::REPLICAS_REFRESH` the edge stops
 /// storing a socket's messages on the condition and the worker reads every delivery again, with
-/// no restart (`shared::jetstream::AtomicConditions`).
+/// no restart (`shared::jetstream::StoreConditions`).
 #[tokio::test]
 async fn raising_the_replicas_under_a_running_stack_stops_the_conditional_stores() {
     // Each wait below is for a refresh of one process: a few refresh periods at most.
@@ -877,6 +877,7 @@ async fn raising_the_replicas_under_a_running_stack_stops_the_conditional_stores
             raised.elapsed()
         );
     }
+    let edge_stopped = raised.elapsed();
 
     // The worker: a message stored on the condition all the same is read again.
     let (reads, nats, counting) = count_inbound_reads(&app).await;
@@ -885,9 +886,9 @@ async fn raising_the_replicas_under_a_running_stack_stops_the_conditional_stores
         store_on_condition(&app, &thread, "Where is my order 1003?").await;
         turns += 1;
         app.wait_for_turns(&thread.thread_id, turns).await;
-        // The worker's read, if it made one, was answered before its turn committed: the server
-        // sent the request to the counter before the flush's answer. A count the counting task
-        // has yet to make only costs another turn.
+        // The worker's read, if it made one, was answered before its turn committed. The worker
+        // may be connected to another server of the cluster than the counter, so the count can
+        // come late: then it costs another turn (and counts for it: a real read all the same).
         nats.flush().await.unwrap();
         tokio::task::yield_now().await;
         if reads.load(Ordering::SeqCst) > before {
@@ -900,8 +901,42 @@ async fn raising_the_replicas_under_a_running_stack_stops_the_conditional_stores
         );
     }
     counting.abort();
+    let worker_stopped = raised.elapsed();
+
+    // Back to one replica: the edge stores on the condition again, by itself.
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.num_replicas = 1;
+    js.update_stream(&config).await.unwrap();
+    let lowered = Instant::now();
+    eventually("the lowered stream to have one peer", || async {
+        let mut stream = app.jetstream().await.get_stream(&name).await.ok()?;
+        let info = stream.info().await.ok()?;
+        (info.config.num_replicas == 1
+            && info
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| cluster.leader.is_some() && cluster.replicas.is_empty()))
+        .then_some(())
+    })
+    .await;
+    // A socket of its own: the first one has the frames of the turns stored above to read.
+    drop(ws);
+    let mut ws = app.connect(0).await;
+    loop {
+        ws.ask(&thread, "Where is my order 1004?").await;
+        turns += 1;
+        app.wait_for_turns(&thread.thread_id, turns).await;
+        if last_stored_on_condition(&app, &thread).await {
+            break;
+        }
+        assert!(
+            lowered.elapsed() < bound,
+            "the edge does not store on the condition {:?} after the replicas were lowered",
+            lowered.elapsed()
+        );
+    }
     eprintln!(
-        "replicas raised under a running stack: {turns} turns; conditional stores stopped within {:?}",
-        raised.elapsed()
+        "replicas raised under a running stack: the edge stopped storing on the condition within {edge_stopped:?}, the worker trusting it within {worker_stopped:?}; lowered: the edge stored on it again within {:?}; {turns} turns",
+        lowered.elapsed()
     );
 }

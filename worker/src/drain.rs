@@ -169,7 +169,9 @@ impl TurnRunner {
             .tail_after(&lease.thread_id, lease.epoch, lease.last_seq);
         let replies = self.subjects.replies(&lease.thread_id);
         let first = async {
-            if self.atomic_conditions.hold() && follows_directly(&delivered, lease.last_in_seq) {
+            if self.inbound_conditions.trusted(delivered.sequence)
+                && follows_directly(&delivered, lease.last_in_seq)
+            {
                 // Most often the delivery is the thread's next message itself.
                 Ok(Some(delivered))
             } else {

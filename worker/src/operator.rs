@@ -253,7 +253,7 @@ async fn setup(args: &SetupArgs, settings: &Settings) -> anyhow::Result<()> {
                         .any(|change| change.field == "num_replicas" && change.actual == "1")
                 {
                     println!(
-                        "  running edges and workers stop storing on conditions within {:?} (docs/operations.md, NATS)",
+                        "  running edges and workers stop using store conditions at their next reading of the stream, every {:?}; for no window at all, stop them before applying (docs/operations.md, NATS)",
                         shared::jetstream::REPLICAS_REFRESH
                     );
                 }

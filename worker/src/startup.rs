@@ -97,7 +97,7 @@ impl Worker {
             })?;
         let runner = TurnRunner {
             jetstream,
-            atomic_conditions: shared::jetstream::AtomicConditions::watch(&inbound),
+            inbound_conditions: shared::jetstream::StoreConditions::watch(&inbound),
             inbound,
             replies,
             subjects: settings.nats.subjects(),

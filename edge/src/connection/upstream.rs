@@ -54,7 +54,7 @@ pub trait Upstream: Send + Sync {
 
     /// Stores a client message in `<PREFIX>_IN`; returns its stream sequence. `after`: the
     /// sequence of the thread's message this socket stored last. On a stream of one replica
-    /// (`shared::jetstream::AtomicConditions`) the message is stored on the condition
+    /// (`shared::jetstream::StoreConditions`) the message is stored on the condition
     /// that it still is the thread's last (`Nats-Expected-Last-Subject-Sequence`, checked by the
     /// stream and kept in the stored message's headers), which tells the worker that no message
     /// of the thread lies between the two; when one does (another socket or an operator stored
@@ -184,7 +184,7 @@ impl Upstream for Arc<AppState> {
         // again on the condition of `after`, a stored message is answered as a duplicate, or
         // (by a server that checks the condition first) refused and sent without it: a
         // duplicate then.
-        let after = after.filter(|_| self.atomic_conditions.hold());
+        let after = after.filter(|_| self.inbound_conditions.checked_with_store());
         let publish = |after| {
             let subject = self.subjects.inbound(thread);
             publish_inbound(self, subject, &payload, &dedup_id, &trace_context, after)

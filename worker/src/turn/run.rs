@@ -33,8 +33,8 @@ use crate::store::Store;
 pub struct TurnRunner {
     pub jetstream: jetstream::Context,
     pub inbound: stream::Stream,
-    /// Whether `inbound` stores a message on its condition in one step (one replica), kept current.
-    pub atomic_conditions: shared::jetstream::AtomicConditions,
+    /// Whether `inbound` checks a message's condition with its store (one replica), kept current.
+    pub inbound_conditions: shared::jetstream::StoreConditions,
     pub replies: stream::Stream,
     pub subjects: Subjects,
     pub store: Store,
