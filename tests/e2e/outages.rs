@@ -709,7 +709,8 @@ async fn a_three_node_cluster_survives_losing_a_node_under_load() {
 
 /// Counts the requests to read a message of `<PREFIX>_IN` (`$JS.API.STREAM.MSG.GET.<stream>`:
 /// a subscription sees them) until the returned task is aborted. Flushing the returned client
-/// makes sure the server has sent it every request made before.
+/// makes sure its server has sent it every request that server had seen; on a cluster a request
+/// made through another server may still be on its way.
 async fn count_inbound_reads(
     app: &TestApp,
 ) -> (Arc<AtomicUsize>, async_nats::Client, JoinHandle<()>) {
